@@ -1,0 +1,375 @@
+"""Stage 2: AST -> IR. Checks names, attributes and shapes; reports every error of a file at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import ir
+from .errors import Diagnostic, SourceLoc, SpecError
+from .parse import Attr, Spec, Statement, Value
+
+MAX_DIM = 1 << 16  # maps, units, rows or columns of one layer
+MAX_FLOATS = 1 << 28  # 1 GiB of float32: bound on the parameters, and on one instance's buffers
+MAX_EPOCHS = 100_000
+
+LAYER_KINDS = ("input", "conv", "maxpool", "avgpool", "dense", "output")
+STATEMENT_KINDS = (*LAYER_KINDS, "train")
+
+
+@dataclass(frozen=True, slots=True)
+class AttrSpec:
+    """What one attribute accepts: a value kind and a validity test with its description."""
+
+    kinds: tuple[str, ...]
+    required: bool = False
+    default: object = None
+
+
+_SIZE = AttrSpec(("int", "dims"), required=True)
+ATTRS: dict[str, dict[str, AttrSpec]] = {
+    "input": {"maps": AttrSpec(("int",), default=1), "size": _SIZE},
+    "conv": {
+        "maps": AttrSpec(("int",), required=True),
+        "kernel": _SIZE,
+        "stride": AttrSpec(("int",), default=1),
+        "activation": AttrSpec(("word",), default="scaled_tanh"),
+    },
+    "maxpool": {"window": _SIZE},
+    "avgpool": {"window": _SIZE},
+    "dense": {
+        "units": AttrSpec(("int",), required=True),
+        "activation": AttrSpec(("word",), default="scaled_tanh"),
+    },
+    "output": {
+        "classes": AttrSpec(("int",), required=True),
+        "activation": AttrSpec(("word",), default="softmax"),
+        "loss": AttrSpec(("word",), default="cross_entropy"),
+    },
+    "train": {
+        "epochs": AttrSpec(("int",), default=ir.Training.epochs),
+        "eta": AttrSpec(("int", "float"), default=ir.Training.eta),
+        "decay": AttrSpec(("int", "float"), default=ir.Training.decay),
+        "seed": AttrSpec(("int",), default=ir.Training.seed),
+    },
+}
+_KIND_WORDS = {"int": "an integer", "float": "a number", "dims": "sizes like 4x4", "word": "a name"}
+
+
+class _Checker:
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.errors: list[Diagnostic] = []
+
+    def error(self, loc: SourceLoc, msg: str) -> None:
+        src = self.spec.lines[loc.line - 1] if 0 < loc.line <= len(self.spec.lines) else None
+        self.errors.append(Diagnostic(loc, msg, src))
+
+    # --- attributes -----------------------------------------------------------------------
+    def attrs(self, st: Statement, what: str) -> dict[str, object] | None:
+        """Values of a statement's attributes, defaults filled in; None if any is wrong."""
+        allowed = ATTRS[st.kind]
+        seen: dict[str, Attr] = {}
+        values: dict[str, object] = {}
+        ok = True
+        for a in st.attrs:
+            if a.key in seen:
+                self.error(a.loc, f"{what}: attribute '{a.key}' given twice")
+                ok = False
+                continue
+            seen[a.key] = a
+            spec = allowed.get(a.key)
+            if spec is None:
+                self.error(
+                    a.loc,
+                    f"{what}: unknown attribute '{a.key}'; expected one of {', '.join(allowed)}",
+                )
+                ok = False
+                continue
+            if a.value.kind not in spec.kinds:
+                want = " or ".join(_KIND_WORDS[k] for k in spec.kinds)
+                self.error(a.value.loc, f"{what}: '{a.key}' must be {want}, found '{a.value.text}'")
+                ok = False
+                continue
+            values[a.key] = self.convert(a.value)
+        for key, spec in allowed.items():
+            if key not in values and key not in seen:
+                if spec.required:
+                    self.error(st.loc, f"{what}: missing attribute '{key}'")
+                    ok = False
+                else:
+                    values[key] = spec.default
+        return values if ok else None
+
+    @staticmethod
+    def convert(v: Value) -> object:
+        if v.kind == "int":
+            return int(v.text)
+        if v.kind == "float":
+            return float(v.text)
+        if v.kind == "dims":
+            return v.dims
+        return v.text
+
+    def loc_of(self, st: Statement, key: str) -> SourceLoc:
+        for a in st.attrs:
+            if a.key == key:
+                return a.value.loc
+        return st.loc
+
+    def count(self, st: Statement, what: str, key: str, value: int, lo: int = 1) -> bool:
+        """Check lo <= value <= MAX_DIM."""
+        if value < lo or value > MAX_DIM:
+            self.error(
+                self.loc_of(st, key),
+                f"{what}: '{key}' must be between {lo} and {MAX_DIM}, found {value}",
+            )
+            return False
+        return True
+
+    def pair(self, st: Statement, what: str, key: str, value: object) -> tuple[int, int] | None:
+        """A `HxW` (or a single int for a square) attribute, each side within bounds."""
+        dims = (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[arg-type]
+        if len(dims) != 2:
+            self.error(self.loc_of(st, key), f"{what}: '{key}' must be HxW, found {len(dims)} sizes")
+            return None
+        if all(self.count(st, what, key, d) for d in dims):
+            return dims  # type: ignore[return-value]
+        return None
+
+    def word(self, st: Statement, what: str, key: str, value: str, allowed: tuple[str, ...]) -> bool:
+        if value not in allowed:
+            self.error(
+                self.loc_of(st, key),
+                f"{what}: unknown {key} '{value}'; expected one of {', '.join(allowed)}",
+            )
+            return False
+        return True
+
+    # --- the network ------------------------------------------------------------------------
+    def run(self) -> ir.Net | None:
+        spec = self.spec
+        for st in spec.statements:
+            if st.kind not in STATEMENT_KINDS:
+                self.error(
+                    st.loc,
+                    f"unknown statement '{st.kind}'; expected one of {', '.join(STATEMENT_KINDS)}",
+                )
+        statements = [st for st in spec.statements if st.kind in STATEMENT_KINDS]
+        trains = [st for st in statements if st.kind == "train"]
+        for st in trains[1:]:
+            self.error(st.loc, "a second 'train' statement; give all training settings in one")
+        training = self.training(trains[0]) if trains else ir.Training()
+        layer_sts = [st for st in statements if st.kind in LAYER_KINDS]
+        names = self.names(layer_sts)
+
+        if not layer_sts or layer_sts[0].kind != "input":
+            where = layer_sts[0].loc if layer_sts else SourceLoc(spec.path, 1, 1)
+            self.error(where, "the network must begin with an 'input' statement")
+        for st in layer_sts[1:]:
+            if st.kind == "input":
+                self.error(st.loc, "a second 'input'; only the first statement may be an input")
+        outputs = [st for st in layer_sts if st.kind == "output"]
+        if not outputs:
+            last = layer_sts[-1].loc if layer_sts else SourceLoc(spec.path, 1, 1)
+            self.error(last, "the network has no 'output' layer; end it with `output classes=N`")
+        else:
+            after = layer_sts[layer_sts.index(outputs[0]) + 1 :]
+            for st in after:
+                self.error(st.loc, f"layer '{names[id(st)]}' comes after the output layer")
+
+        net = self.layers(layer_sts, names, training) if layer_sts else None
+        if self.errors:
+            raise SpecError(self.errors)
+        assert net is not None
+        ir.verify(net)
+        return net
+
+    def names(self, layer_sts: list[Statement]) -> dict[int, str]:
+        """User names, checked for duplicates; then kind+number for the unnamed ones."""
+        names: dict[int, str] = {}
+        first: dict[str, Statement] = {}
+        for st in layer_sts:
+            if st.name is None:
+                continue
+            if st.name in first:
+                prev = first[st.name].loc
+                self.error(
+                    st.name_loc or st.loc,
+                    f"duplicate layer name '{st.name}' (first used at line {prev.line})",
+                )
+            first.setdefault(st.name, st)
+            names[id(st)] = st.name
+        counters: dict[str, int] = {}
+        for st in layer_sts:
+            if st.name is None:
+                if st.kind in ("input", "output"):
+                    base = st.kind
+                else:
+                    counters[st.kind] = counters.get(st.kind, 0) + 1
+                    base = f"{st.kind}{counters[st.kind]}"
+                name, k = base, 1
+                while name in first:
+                    k += 1
+                    name = f"{base}_{k}"
+                first[name] = st
+                names[id(st)] = name
+        return names
+
+    def training(self, st: Statement) -> ir.Training:
+        a = self.attrs(st, "train")
+        if a is None:
+            return ir.Training()
+        ok = True
+        if not 1 <= a["epochs"] <= MAX_EPOCHS:  # type: ignore[operator]
+            self.error(self.loc_of(st, "epochs"), f"train: 'epochs' must be between 1 and {MAX_EPOCHS}, found {a['epochs']}")
+            ok = False
+        if not 0 < a["eta"] <= 10:  # type: ignore[operator]
+            self.error(self.loc_of(st, "eta"), f"train: 'eta' must be in (0, 10], found {a['eta']}")
+            ok = False
+        if not 0 < a["decay"] <= 1:  # type: ignore[operator]
+            self.error(self.loc_of(st, "decay"), f"train: 'decay' must be in (0, 1], found {a['decay']}")
+            ok = False
+        if not 0 <= a["seed"] < 2**63:  # type: ignore[operator]
+            self.error(self.loc_of(st, "seed"), f"train: 'seed' must be a non-negative integer, found {a['seed']}")
+            ok = False
+        if not ok:
+            return ir.Training()
+        return ir.Training(
+            epochs=int(a["epochs"]), eta=float(a["eta"]), decay=float(a["decay"]), seed=int(a["seed"])  # type: ignore[arg-type]
+        )
+
+    def layers(self, sts: list[Statement], names: dict[int, str], training: ir.Training) -> ir.Net | None:
+        in_st = sts[0] if sts[0].kind == "input" else None
+        shape: ir.Shape | None = None
+        if in_st is not None:
+            a = self.attrs(in_st, "input")
+            if a is not None:
+                hw = self.pair(in_st, "input", "size", a["size"])
+                if self.count(in_st, "input", "maps", a["maps"]) and hw:  # type: ignore[arg-type]
+                    shape = ir.Shape(maps=a["maps"], h=hw[0], w=hw[1])  # type: ignore[arg-type]
+        input_shape = shape
+        layers: list[ir.Layer] = []
+        offset = 0
+        for st in sts:
+            if st.kind == "input":
+                continue
+            name = names[id(st)]
+            what = f"{st.kind} '{name}'"
+            a = self.attrs(st, what)
+            if a is None or shape is None:
+                shape = None  # shapes below an error are unknown: report nothing more about them
+                continue
+            make = _BUILDERS[st.kind]
+            lay = make(self, st, what, a, name=name, index=len(layers), in_shape=shape, offset=offset)
+            if lay is None:
+                shape = None
+                continue
+            if isinstance(lay, ir.Trainable):
+                offset = ir.align(lay.b_offset + lay.n_bias)
+                if offset > MAX_FLOATS:
+                    self.error(st.loc, f"{what}: the parameters exceed the bound of {MAX_FLOATS} floats (1 GiB); found {offset}")
+                    shape = None
+                    continue
+            layers.append(lay)
+            shape = lay.out_shape
+        if shape is not None:
+            work = sum(lay.out_shape.size for lay in layers)
+            if work * 2 > MAX_FLOATS:
+                self.error(sts[-1].loc, f"the activations and deltas of one network instance ({2 * work} floats) exceed the bound of {MAX_FLOATS} floats (1 GiB)")
+        if self.errors or input_shape is None:
+            return None
+        return ir.Net(
+            name=self.spec.network or _stem(self.spec.path),
+            path=self.spec.path,
+            input=input_shape,
+            layers=tuple(layers),
+            training=training,
+            n_params=ir.align(offset),
+            input_loc=in_st.loc if in_st else sts[0].loc,
+        )
+
+    # --- one builder per layer kind: (checker, statement, what, attrs, **common) -> Layer | None
+    def conv(self, st, what, a, *, name, index, in_shape, offset):
+        k = self.pair(st, what, "kernel", a["kernel"])
+        ok = self.count(st, what, "maps", a["maps"]) & self.count(st, what, "stride", a["stride"])
+        ok &= self.word(st, what, "activation", a["activation"], ir.ACTIVATIONS)
+        if not (k and ok):
+            return None
+        kh, kw = k
+        if kh > in_shape.h or kw > in_shape.w:
+            self.error(self.loc_of(st, "kernel"), f"{what}: kernel {kh}x{kw} is larger than its input {in_shape.h}x{in_shape.w}")
+            return None
+        s = a["stride"]
+        out = ir.Shape(maps=a["maps"], h=(in_shape.h - kh) // s + 1, w=(in_shape.w - kw) // s + 1)
+        n_w = out.maps * in_shape.maps * kh * kw
+        return ir.Conv(name=name, index=index, in_shape=in_shape, out_shape=out, loc=st.loc,
+                       activation=a["activation"], w_offset=offset,
+                       b_offset=ir.align(offset + n_w), kh=kh, kw=kw, stride=s)
+
+    def pool(self, st, what, a, *, name, index, in_shape, offset):
+        win = self.pair(st, what, "window", a["window"])
+        if not win:
+            return None
+        wh, ww = win
+        if wh > in_shape.h or ww > in_shape.w:
+            self.error(self.loc_of(st, "window"), f"{what}: window {wh}x{ww} is larger than its input {in_shape.h}x{in_shape.w}")
+            return None
+        if in_shape.h % wh or in_shape.w % ww:
+            self.error(
+                self.loc_of(st, "window"),
+                f"{what}: window {wh}x{ww} does not tile its input {in_shape.h}x{in_shape.w} "
+                f"(pooling windows do not overlap and must divide the input exactly)",
+            )
+            return None
+        out = ir.Shape(maps=in_shape.maps, h=in_shape.h // wh, w=in_shape.w // ww)
+        return ir.Pool(name=name, index=index, in_shape=in_shape, out_shape=out, loc=st.loc,
+                       op=st.kind[:3], wh=wh, ww=ww)
+
+    def dense(self, st, what, a, *, name, index, in_shape, offset):
+        is_out = st.kind == "output"
+        key = "classes" if is_out else "units"
+        ok = self.count(st, what, key, a[key], lo=2 if is_out else 1)
+        acts = ir.OUTPUT_ACTIVATIONS if is_out else ir.ACTIVATIONS
+        ok &= self.word(st, what, "activation", a["activation"], acts)
+        if is_out:
+            ok &= self.word(st, what, "loss", a["loss"], ir.LOSSES)
+            if ok and a["loss"] == "cross_entropy" and a["activation"] != "softmax":
+                self.error(self.loc_of(st, "loss"), f"{what}: loss cross_entropy needs activation softmax, found {a['activation']}")
+                ok = False
+        if not ok:
+            return None
+        out = ir.Shape(maps=a[key], h=1, w=1)
+        n_w = out.maps * in_shape.size
+        if n_w > MAX_FLOATS:
+            self.error(st.loc, f"{what}: {n_w} weights exceed the bound of {MAX_FLOATS} floats (1 GiB)")
+            return None
+        common = dict(name=name, index=index, in_shape=in_shape, out_shape=out, loc=st.loc,
+                      activation=a["activation"], w_offset=offset, b_offset=ir.align(offset + n_w))
+        if is_out:
+            return ir.Output(**common, loss=a["loss"])
+        return ir.Dense(**common)
+
+
+_BUILDERS: dict[str, Callable] = {
+    "conv": _Checker.conv,
+    "maxpool": _Checker.pool,
+    "avgpool": _Checker.pool,
+    "dense": _Checker.dense,
+    "output": _Checker.dense,
+}
+
+
+def _stem(path: str) -> str:
+    import re
+    from pathlib import Path
+
+    stem = re.sub(r"\W", "_", Path(path).stem) or "net"
+    return stem if not stem[0].isdigit() else f"net_{stem}"
+
+
+def check(spec: Spec) -> ir.Net:
+    """Turn an AST into a verified IR, or raise SpecError with every problem found."""
+    net = _Checker(spec).run()
+    assert net is not None
+    return net

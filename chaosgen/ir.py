@@ -1,0 +1,235 @@
+"""The IR: every layer knows its shapes, parameter counts and offsets. Built once by `check`."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field, fields
+
+from .errors import NOWHERE, SourceLoc
+
+ACTIVATIONS = ("scaled_tanh", "tanh", "sigmoid", "relu", "linear")
+OUTPUT_ACTIVATIONS = ("softmax", *ACTIVATIONS)
+LOSSES = ("cross_entropy", "mse")
+PARAM_ALIGN = 16  # floats: each parameter block starts on a 64-byte boundary
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shape:
+    """maps x h x w (a fully connected layer is units x 1 x 1)."""
+
+    maps: int
+    h: int
+    w: int
+
+    @property
+    def size(self) -> int:
+        """Number of values."""
+        return self.maps * self.h * self.w
+
+    def __str__(self) -> str:
+        return f"{self.maps}x{self.h}x{self.w}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Layer:
+    """What every layer has: a name, a kind, its shapes and where it was written."""
+
+    name: str
+    index: int  # position among the layers after the input, from 0
+    in_shape: Shape
+    out_shape: Shape
+    loc: SourceLoc = field(compare=False, default=NOWHERE)
+
+    kind = "layer"
+
+    @property
+    def n_weights(self) -> int:
+        """Weights (not biases)."""
+        return 0
+
+    @property
+    def n_bias(self) -> int:
+        """Biases."""
+        return 0
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """PyTorch layout of the weights."""
+        return ()
+
+    @property
+    def macs(self) -> int:
+        """Forward multiply-adds per image."""
+        return 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Trainable(Layer):
+    """A layer with weights, biases and an activation; offsets index the flat parameter array."""
+
+    activation: str
+    w_offset: int
+    b_offset: int
+
+    @property
+    def n_bias(self) -> int:
+        """One bias per output map (conv) or unit (dense)."""
+        return self.out_shape.maps
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Conv(Trainable):
+    """Valid convolution, every output map connected to every input map."""
+
+    kh: int
+    kw: int
+    stride: int = 1
+    kind = "conv"
+
+    @property
+    def n_weights(self) -> int:
+        return self.out_shape.maps * self.in_shape.maps * self.kh * self.kw
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_shape.maps, self.in_shape.maps, self.kh, self.kw)
+
+    @property
+    def macs(self) -> int:
+        return self.n_weights * self.out_shape.h * self.out_shape.w
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pool(Layer):
+    """Non-overlapping max or average pooling (the window tiles the input)."""
+
+    op: str  # "max" | "avg"
+    wh: int
+    ww: int
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return f"{self.op}pool"
+
+    @property
+    def macs(self) -> int:
+        return self.in_shape.size
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dense(Trainable):
+    """Fully connected; the input is flattened in (map, row, col) order."""
+
+    kind = "dense"
+
+    @property
+    def n_weights(self) -> int:
+        return self.out_shape.maps * self.in_shape.size
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_shape.maps, self.in_shape.size)
+
+    @property
+    def macs(self) -> int:
+        return self.n_weights
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Output(Dense):
+    """The last, fully connected layer, with the loss."""
+
+    loss: str
+    kind = "output"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Training:
+    """Training defaults from the spec's `train` statement."""
+
+    epochs: int = 10
+    eta: float = 0.001
+    decay: float = 1.0
+    seed: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Net:
+    """A checked network: input shape, layers (input excluded) and training defaults."""
+
+    name: str
+    path: str
+    input: Shape
+    layers: tuple[Layer, ...]
+    training: Training
+    n_params: int  # floats in the flat parameter array, padding included
+    input_loc: SourceLoc = field(compare=False, default=NOWHERE)
+
+    @property
+    def output(self) -> Output:
+        """The output layer."""
+        out = self.layers[-1]
+        assert isinstance(out, Output)
+        return out
+
+    @property
+    def trainable(self) -> tuple[Trainable, ...]:
+        """Layers with parameters, in order."""
+        return tuple(lay for lay in self.layers if isinstance(lay, Trainable))
+
+    @property
+    def macs(self) -> int:
+        """Forward multiply-adds per image (weights x output positions, plus pooling)."""
+        return sum(lay.macs for lay in self.layers)
+
+    def digest(self) -> str:
+        """A hash of everything that determines the generated code (not locations)."""
+        return hashlib.sha256(repr(self.describe()).encode()).hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """A plain, JSON-ready form of the IR (also what `--emit ir` prints)."""
+
+        def plain(obj):
+            if isinstance(obj, (Shape, Layer, Training)):
+                d = {"kind": obj.kind} if isinstance(obj, Layer) else {}
+                d.update({f.name: plain(getattr(obj, f.name)) for f in fields(obj) if f.compare})
+                if isinstance(obj, Layer):
+                    d.update(n_weights=obj.n_weights, n_bias=obj.n_bias, macs=obj.macs)
+                return d
+            return obj
+
+        return {
+            "name": self.name,
+            "input": plain(self.input),
+            "layers": [plain(lay) for lay in self.layers],
+            "training": plain(self.training),
+            "n_params": self.n_params,
+        }
+
+
+def align(n: int, to: int = PARAM_ALIGN) -> int:
+    """Round n up to a multiple of `to`."""
+    return -(-n // to) * to
+
+
+def verify(net: Net) -> None:
+    """Assert the IR's internal invariants (a bug in chaosgen, not in the spec, if one fails)."""
+    prev = net.input
+    end = 0
+    for i, lay in enumerate(net.layers):
+        assert lay.index == i, lay
+        assert lay.in_shape == prev, (lay.name, lay.in_shape, prev)
+        assert min(lay.out_shape.maps, lay.out_shape.h, lay.out_shape.w) >= 1, lay
+        if isinstance(lay, Trainable):
+            assert lay.w_offset % PARAM_ALIGN == 0 and lay.b_offset % PARAM_ALIGN == 0
+            assert lay.w_offset >= end and lay.b_offset >= lay.w_offset + lay.n_weights
+            end = lay.b_offset + lay.n_bias
+            assert math.prod(lay.weight_shape) == lay.n_weights
+        if isinstance(lay, Pool):
+            assert lay.in_shape.h == lay.out_shape.h * lay.wh
+            assert lay.in_shape.w == lay.out_shape.w * lay.ww
+        prev = lay.out_shape
+    assert isinstance(net.layers[-1], Output)
+    assert sum(isinstance(lay, Output) for lay in net.layers) == 1
+    assert net.n_params == align(end)

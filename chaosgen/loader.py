@@ -1,0 +1,130 @@
+"""Stage 5: load a built library with cffi and wrap it as a `Net` (weights, forward, gradients)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import cffi
+import numpy as np
+
+from . import ir
+from .errors import ChaosgenError
+
+ALIGN = 64
+
+
+def aligned_zeros(n: int, dtype=np.float32) -> np.ndarray:
+    """A zeroed 1-D array whose data starts on a 64-byte boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(n * itemsize + ALIGN, dtype=np.uint8)
+    off = (-raw.ctypes.data) % ALIGN
+    return raw[off : off + n * itemsize].view(dtype)
+
+
+@functools.cache
+def _open(library: str, header: str) -> tuple[cffi.FFI, object]:
+    ffi = cffi.FFI()
+    ffi.cdef(header)  # the same header the C++ compiler checked
+    return ffi, ffi.dlopen(library)
+
+
+class Net:
+    """A compiled network with its own copy of the weights (float32, PyTorch layouts)."""
+
+    def __init__(self, net: ir.Net, library: str | Path, header: str):
+        self.ir = net
+        self.library = Path(library)
+        self.ffi, self.lib = _open(str(library), header)
+        if self.lib.cg_n_params() != net.n_params or self.lib.cg_ir_hash() == self.ffi.NULL:
+            raise ChaosgenError(f"{library} does not match the network {net.name}")
+        self.params = aligned_zeros(net.n_params)
+        self._work = aligned_zeros(self.lib.cg_work_floats())
+        self._image = aligned_zeros(self.lib.cg_image_stride())
+        self.init_weights(net.training.seed)
+
+    # --- pointers -----------------------------------------------------------------------------
+    def ptr(self, a: np.ndarray, ctype: str = "float *"):
+        """A cffi pointer to a contiguous array (which must outlive the call)."""
+        assert a.flags.c_contiguous
+        return self.ffi.cast(ctype, a.ctypes.data)
+
+    # --- weights ------------------------------------------------------------------------------
+    def init_weights(self, seed: int) -> None:
+        """PyTorch's default: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), seeded."""
+        rng = np.random.default_rng(seed)
+        self.params[:] = 0
+        for lay in self.ir.trainable:
+            fan_in = lay.n_weights // lay.out_shape.maps
+            bound = 1.0 / np.sqrt(fan_in)
+            self.params[lay.w_offset : lay.w_offset + lay.n_weights] = rng.uniform(-bound, bound, lay.n_weights)
+            self.params[lay.b_offset : lay.b_offset + lay.n_bias] = rng.uniform(-bound, bound, lay.n_bias)
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """'<layer>.weight' / '<layer>.bias' -> float32 copies in PyTorch layout, in layer order."""
+        return _unflatten(self.ir, self.params)
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Copy weights in; every key must be present with its exact shape."""
+        expected = {k: v.shape for k, v in self.get_weights().items()}
+        missing = [k for k in expected if k not in weights]
+        extra = [k for k in weights if k not in expected]
+        if missing or extra:
+            raise ChaosgenError(
+                f"set_weights: keys do not match network {self.ir.name}: "
+                f"missing {missing or 'none'}, unexpected {extra or 'none'}"
+            )
+        for lay in self.ir.trainable:
+            for key, off, shape in _blocks(lay):
+                arr = np.asarray(weights[key])
+                if arr.shape != shape:
+                    raise ChaosgenError(f"set_weights: {key} has shape {arr.shape}, expected {shape}")
+                if not np.all(np.isfinite(arr)):
+                    raise ChaosgenError(f"set_weights: {key} contains NaN or inf")
+                self.params[off : off + arr.size] = arr.astype(np.float32).ravel()
+
+    # --- one image ----------------------------------------------------------------------------
+    def _load_image(self, x: np.ndarray) -> None:
+        s = self.ir.input
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape not in ((s.maps, s.h, s.w), (s.h, s.w) if s.maps == 1 else None, (s.size,)):
+            raise ChaosgenError(f"input has shape {x.shape}, expected ({s.maps}, {s.h}, {s.w})")
+        self._image[: s.size] = x.ravel()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Output-layer activations for one image."""
+        self._load_image(x)
+        out = np.empty(self.ir.output.out_shape.size, np.float32)
+        self.lib.cg_forward(self.ptr(self.params), self.ptr(self._work), self.ptr(self._image), self.ptr(out))
+        return out
+
+    def gradients(self, x: np.ndarray, label: int) -> dict[str, np.ndarray]:
+        """d loss / d parameter for one image, same keys and shapes as get_weights()."""
+        n_out = self.ir.output.out_shape.size
+        if not 0 <= int(label) < n_out:
+            raise ChaosgenError(f"label {label} is out of range 0..{n_out - 1}")
+        self._load_image(x)
+        g = aligned_zeros(self.ir.n_params)
+        self.last_loss = self.lib.cg_gradients(
+            self.ptr(self.params), self.ptr(self._work), self.ptr(self._image), int(label), self.ptr(g)
+        )
+        return _unflatten(self.ir, g)
+
+    def loss(self, x: np.ndarray, label: int) -> float:
+        """The loss of one image (computed by the gradient pass)."""
+        self.gradients(x, label)
+        return float(self.last_loss)
+
+
+def _blocks(lay: ir.Trainable):
+    yield f"{lay.name}.weight", lay.w_offset, lay.weight_shape
+    yield f"{lay.name}.bias", lay.b_offset, (lay.n_bias,)
+
+
+def _unflatten(net: ir.Net, flat: np.ndarray) -> dict[str, np.ndarray]:
+    out = {}
+    for lay in net.trainable:
+        for key, off, shape in _blocks(lay):
+            n = int(np.prod(shape))
+            out[key] = flat[off : off + n].reshape(shape).copy()
+    return out

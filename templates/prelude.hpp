@@ -1,0 +1,51 @@
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <cmath>
+#include <atomic>
+#include <omp.h>
+
+#define CG_STR_(x) #x
+#define CG_STR(x) CG_STR_(x)
+
+/* Promise 64-byte alignment of a buffer base to the compiler: Intel's classic compilers take
+   __assume_aligned; gcc and clang (and icx) take __builtin_assume_aligned. */
+#if defined(__INTEL_COMPILER)
+#define CG_ASSUME_ALIGNED(p) __assume_aligned((p), CG_ALIGN)
+#define CG_UNROLL(n) _Pragma(CG_STR(unroll(n)))
+#elif defined(__clang__)
+#define CG_ASSUME_ALIGNED(p) (p) = static_cast<decltype(p)>(__builtin_assume_aligned((p), CG_ALIGN))
+#define CG_UNROLL(n) _Pragma(CG_STR(unroll n))
+#else
+#define CG_ASSUME_ALIGNED(p) (p) = static_cast<decltype(p)>(__builtin_assume_aligned((p), CG_ALIGN))
+#define CG_UNROLL(n) _Pragma(CG_STR(GCC unroll n))
+#endif
+
+/* LeCun's scaled tanh, A tanh(S x); its derivative in terms of y = f(x) is S/A (A^2 - y^2). */
+#define CG_STANH_A 1.7159f
+#define CG_STANH_S 0.66666667f
+#define CG_STANH_DSCALE (CG_STANH_S / CG_STANH_A)
+
+/* tanh as a rational function (the minimax form Eigen uses): plain arithmetic, so loops that
+   call it vectorize, unlike libm's scalar tanhf. Max error against libm: see tests/test_codegen. */
+static inline float cg_tanh(float x) {
+    const float clamp = 7.90531110763549805f;
+    x = x > clamp ? clamp : (x < -clamp ? -clamp : x);
+    const float x2 = x * x;
+    float p = -2.76076847742355e-16f;
+    p = p * x2 + 2.00018790482477e-13f;
+    p = p * x2 + -8.60467152213735e-11f;
+    p = p * x2 + 5.12229709037114e-08f;
+    p = p * x2 + 1.48572235717979e-05f;
+    p = p * x2 + 6.37261928875436e-04f;
+    p = p * x2 + 4.89352455891786e-03f;
+    float q = 1.19825839466702e-06f;
+    q = q * x2 + 1.18534705686654e-04f;
+    q = q * x2 + 2.26843463243900e-03f;
+    q = q * x2 + 4.89352518554385e-03f;
+    return x * p / q;
+}
+
+static inline float cg_scaled_tanh(float x) { return CG_STANH_A * cg_tanh(CG_STANH_S * x); }
+static inline float cg_sigmoid(float x) { return 0.5f + 0.5f * cg_tanh(0.5f * x); }

@@ -1,0 +1,233 @@
+/* ---------------------------------------------------------------------------------------------
+   The CHAOS runtime: the same C++ for every network (it uses only the names in namespace net),
+   compiled into the cffi library and into the standalone native program (Xeon Phi native mode).
+   One network instance per OpenMP thread: private activations, deltas and gradients, allocated
+   once by the thread that uses them (first touch); the weights P are shared. Workers pick the
+   next image from a shared atomic counter; during back-propagation each layer's update goes into
+   P as soon as that layer is done, under that layer's lock (first come, first served); readers of
+   P never wait. No barrier per image.
+   --------------------------------------------------------------------------------------------- */
+namespace chaos {
+
+enum Scheme { CHAOS = 0, HOGWILD = 1, DELAYED = 2, AVERAGED = 3 };
+
+static float *alloc_floats(size_t n) {
+    void *p = nullptr;
+#if defined(__INTEL_COMPILER)
+    p = _mm_malloc(n * sizeof(float), CG_ALIGN);
+#else
+    if (posix_memalign(&p, CG_ALIGN, n * sizeof(float)) != 0) p = nullptr;
+#endif
+    if (p) std::memset(p, 0, n * sizeof(float));  // first touch by the calling (owning) thread
+    return static_cast<float *>(p);
+}
+
+static void free_floats(float *p) {
+#if defined(__INTEL_COMPILER)
+    _mm_free(p);
+#else
+    std::free(p);
+#endif
+}
+
+/* A spin lock on its own cache line: writers of one layer queue here; nobody else touches it. */
+struct alignas(64) LayerLock {
+    std::atomic<int> held{0};
+    void lock() {
+        while (held.exchange(1, std::memory_order_acquire))
+            while (held.load(std::memory_order_relaxed)) {
+            }
+    }
+    void unlock() { held.store(0, std::memory_order_release); }
+};
+
+struct NoProfile {
+    void start() {}
+    void tick(int, int) {}
+};
+
+/* Per-thread timer: adds the time since the last tick to (layer, pass). */
+struct Profile {
+    double *acc;
+    double last = 0.0;
+    explicit Profile(double *a) : acc(a) {}
+    void start() { last = omp_get_wtime(); }
+    void tick(int layer, int pass) {
+        const double now = omp_get_wtime();
+        acc[layer * net::N_PASSES + pass] += now - last;
+        last = now;
+    }
+};
+
+static int argmax(const float *y) {
+    int best = 0;
+    for (int u = 1; u < net::OUTPUT_SIZE; ++u)
+        if (y[u] > y[best]) best = u;
+    return best;
+}
+
+struct Tally {
+    double loss = 0.0;
+    long errors = 0, images = 0;
+    void add(const float *work, float l, int label) {
+        loss += l;
+        errors += argmax(net::output(work)) != label;
+        ++images;
+    }
+};
+
+/* One worker's share of a training epoch. Returns false if it could not allocate its buffers. */
+template <class Prof>
+static bool train_worker(float *P, const float *images, const int *labels, const int *order,
+                         long n, const cg_config &cfg, std::atomic<long> &next,
+                         LayerLock *locks, Tally &tally, Prof &prof, volatile int &failed) {
+    float *work = alloc_floats(net::WORK_FLOATS);
+    float *G = alloc_floats(net::N_PARAMS);
+    const bool ok = work && G;
+    if (!ok) failed = 1;
+    const float eta = cfg.eta;
+    auto image_of = [&](long i) { return images + static_cast<size_t>(order[i]) * net::IMAGE_STRIDE; };
+    auto stopped = [&]() { return failed || (cfg.stop && *cfg.stop); };
+    auto apply = [&](int b, float scale, bool locked) {
+        if (locked) locks[b].lock();
+        net::update_block(b, P, G, scale);
+        if (locked) locks[b].unlock();
+        prof.tick(net::BLOCK_LAYER[b], net::UPDATE);
+    };
+
+    if (cfg.scheme == AVERAGED) {  // (`next` is free here: it carries the decision to halt)
+        /* Synchronous data parallel: the B images of a step are shared out, every gradient is
+           computed with the same weights, then each worker adds its part of the average. */
+        const long B = cfg.batch > 0 ? cfg.batch : 1;
+        bool halt = false;
+        for (long b0 = 0; b0 < n && !halt; b0 += B) {
+            const long b1 = b0 + B < n ? b0 + B : n;
+#pragma omp for schedule(dynamic, 1)
+            for (long i = b0; i < b1; ++i) {
+                if (!ok) continue;
+                prof.start();
+                const float l = net::train_image(P, work, G, image_of(i), labels[order[i]],
+                                                 [](int) {}, prof);
+                tally.add(work, l, labels[order[i]]);
+            }
+            if (ok)
+                for (int b = 0; b < net::N_BLOCKS; ++b) apply(b, eta / float(b1 - b0), true);
+#pragma omp barrier
+#pragma omp single
+            next.store(stopped() ? n : 0);  // one reader decides for all, so every worker agrees
+            halt = next.load() >= n;
+        }
+    } else if (ok) {
+        const long every = cfg.scheme == DELAYED && cfg.update_every > 1 ? cfg.update_every : 1;
+        const bool locked = cfg.scheme != HOGWILD;
+        long mine = 0;
+        for (long i; !stopped() && (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
+            const int label = labels[order[i]];
+            prof.start();
+            float l;
+            if (every == 1)
+                l = net::train_image(P, work, G, image_of(i), label,
+                                     [&](int b) { apply(b, eta, locked); }, prof);
+            else
+                l = net::train_image(P, work, G, image_of(i), label, [](int) {}, prof);
+            tally.add(work, l, label);
+            if (every > 1 && ++mine % every == 0)
+                for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true);
+        }
+        if (every > 1 && mine % every != 0)
+            for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true);
+    }
+    free_floats(work);
+    free_floats(G);
+    return ok;
+}
+
+}  // namespace chaos
+
+extern "C" {
+
+int cg_n_params(void) { return net::N_PARAMS; }
+int cg_image_size(void) { return net::IMAGE_SIZE; }
+int cg_image_stride(void) { return net::IMAGE_STRIDE; }
+int cg_output_size(void) { return net::OUTPUT_SIZE; }
+int cg_work_floats(void) { return net::WORK_FLOATS; }
+int cg_n_layers(void) { return net::N_LAYERS; }
+
+void cg_forward(const float *params, float *work, const float *image, float *output) {
+    chaos::NoProfile prof;
+    net::forward(params, work, image, prof);
+    std::memcpy(output, net::output(work), sizeof(float) * net::OUTPUT_SIZE);
+}
+
+float cg_gradients(const float *params, float *work, const float *image, int label, float *grads) {
+    chaos::NoProfile prof;
+    std::memset(grads, 0, sizeof(float) * net::N_PARAMS);
+    return net::train_image(params, work, grads, image, label, [](int) {}, prof);
+}
+
+/* One training epoch (or part of one) over order[0..n). Returns 0, or -1 if memory ran out. */
+int cg_train(float *params, const float *images, const int *labels, const int *order, long n,
+             const cg_config *config, cg_stats *stats, double *profile) {
+    const double t0 = omp_get_wtime();
+    std::atomic<long> next{0};
+    chaos::LayerLock locks[net::N_BLOCKS];
+    volatile int failed = 0;
+    double loss = 0.0;
+    long errors = 0, done = 0;
+    const int threads = config->threads > 0 ? config->threads : 1;
+#pragma omp parallel num_threads(threads) reduction(+ : loss, errors, done)
+    {
+        chaos::Tally tally;
+        if (profile) {
+            double mine[net::N_LAYERS * net::N_PASSES] = {};
+            chaos::Profile prof(mine);
+            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed);
+#pragma omp critical
+            for (int k = 0; k < net::N_LAYERS * net::N_PASSES; ++k) profile[k] += mine[k];
+        } else {
+            chaos::NoProfile prof;
+            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed);
+        }
+        loss += tally.loss;
+        errors += tally.errors;
+        done += tally.images;
+    }
+    stats->loss = loss;
+    stats->errors = errors;
+    stats->images = done;
+    stats->seconds = omp_get_wtime() - t0;
+    return failed ? -1 : 0;
+}
+
+/* Forward only over images[0..n) in order: summed loss and errors. Returns 0, or -1 on no memory. */
+int cg_evaluate(const float *params, const float *images, const int *labels, long n, int threads,
+                cg_stats *stats) {
+    const double t0 = omp_get_wtime();
+    double loss = 0.0;
+    long errors = 0;
+    int failed = 0;
+#pragma omp parallel num_threads(threads > 0 ? threads : 1) reduction(+ : loss, errors, failed)
+    {
+        float *work = chaos::alloc_floats(net::WORK_FLOATS);
+        chaos::NoProfile prof;
+        if (!work) failed = 1;
+#pragma omp for schedule(dynamic, 64)
+        for (long i = 0; i < n; ++i) {
+            if (!work) continue;
+            net::forward(params, work, images + static_cast<size_t>(i) * net::IMAGE_STRIDE, prof);
+            const float *y = net::output(work);
+            loss += net::loss(y, labels[i]);
+            errors += chaos::argmax(y) != labels[i];
+        }
+        chaos::free_floats(work);
+    }
+    stats->loss = loss;
+    stats->errors = errors;
+    stats->images = failed ? 0 : n;
+    stats->seconds = omp_get_wtime() - t0;
+    return failed ? -1 : 0;
+}
+
+const char *cg_ir_hash(void) { return CG_IR_HASH; }
+
+}  // extern "C"
