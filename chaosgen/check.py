@@ -257,8 +257,8 @@ class _Checker:
             name = names[id(st)]
             what = f"{st.kind} '{name}'"
             a = self.attrs(st, what)
-            if a is None or shape is None:
-                shape = None  # shapes below an error are unknown: report nothing more about them
+            if a is None:
+                shape = None  # shapes below an error are unknown: only their own attributes are checked
                 continue
             make = _BUILDERS[st.kind]
             lay = make(self, st, what, a, name=name, index=len(layers), in_shape=shape, offset=offset)
@@ -294,12 +294,12 @@ class _Checker:
         k = self.pair(st, what, "kernel", a["kernel"])
         ok = self.count(st, what, "maps", a["maps"]) & self.count(st, what, "stride", a["stride"])
         ok &= self.word(st, what, "activation", a["activation"], ir.ACTIVATIONS)
-        if not (k and ok):
+        if k and in_shape is not None and (k[0] > in_shape.h or k[1] > in_shape.w):
+            self.error(self.loc_of(st, "kernel"), f"{what}: kernel {k[0]}x{k[1]} is larger than its input {in_shape.h}x{in_shape.w}")
+            return None
+        if not (k and ok) or in_shape is None:
             return None
         kh, kw = k
-        if kh > in_shape.h or kw > in_shape.w:
-            self.error(self.loc_of(st, "kernel"), f"{what}: kernel {kh}x{kw} is larger than its input {in_shape.h}x{in_shape.w}")
-            return None
         s = a["stride"]
         out = ir.Shape(maps=a["maps"], h=(in_shape.h - kh) // s + 1, w=(in_shape.w - kw) // s + 1)
         n_w = out.maps * in_shape.maps * kh * kw
@@ -309,7 +309,7 @@ class _Checker:
 
     def pool(self, st, what, a, *, name, index, in_shape, offset):
         win = self.pair(st, what, "window", a["window"])
-        if not win:
+        if not win or in_shape is None:
             return None
         wh, ww = win
         if wh > in_shape.h or ww > in_shape.w:
@@ -337,7 +337,7 @@ class _Checker:
             if ok and a["loss"] == "cross_entropy" and a["activation"] != "softmax":
                 self.error(self.loc_of(st, "loss"), f"{what}: loss cross_entropy needs activation softmax, found {a['activation']}")
                 ok = False
-        if not ok:
+        if not ok or in_shape is None:
             return None
         out = ir.Shape(maps=a[key], h=1, w=1)
         n_w = out.maps * in_shape.size

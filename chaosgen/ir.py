@@ -184,8 +184,11 @@ class Net:
         return sum(lay.macs for lay in self.layers)
 
     def digest(self) -> str:
-        """A hash of everything that determines the generated code (not locations)."""
-        return hashlib.sha256(repr(self.describe()).encode()).hexdigest()[:16]
+        """A hash of everything that determines the generated code (not locations, not the
+        training defaults, so a checkpoint survives a change of epochs or eta)."""
+        d = self.describe()
+        del d["training"]
+        return hashlib.sha256(repr(d).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
         """A plain, JSON-ready form of the IR (also what `--emit ir` prints)."""

@@ -1,0 +1,124 @@
+"""The `chaosgen` command. Every subcommand lives in its own module with `add_parser(sub)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shlex
+import sys
+
+from . import __version__
+from .errors import ChaosgenError, UsageError
+
+# Modules that register subcommands (each has add_parser(subparsers) setting `func`).
+COMMAND_MODULES = ("chaosgen.cli", "chaosgen.train", "chaosgen.data", "chaosgen.native",
+                   "chaosgen.predict", "chaosgen.plot")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage and exits 2; keep that, without noise
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def add_compile_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that compiles a spec."""
+    p.add_argument("spec", help="network spec file (.net)")
+    p.add_argument("--target", default="native", help="native (default), avx512, avx2, generic, knl, knc")
+    p.add_argument("--cc", default=None, help="compiler: gcc (default), clang, icc, icx; or $CXX/$CC")
+    p.add_argument("--build-dir", default=None, help="build cache (default $CHAOSGEN_CACHE or ./build)")
+
+
+def add_parser(sub) -> None:
+    """`chaosgen compile` and `chaosgen targets`."""
+    p = sub.add_parser("compile", help="compile a spec to C++ and build it")
+    add_compile_options(p)
+    p.add_argument("--emit", choices=("ast", "ir", "cpp", "header", "cmd"),
+                   help="print one stage of the pipeline instead of the summary")
+    p.add_argument("--rebuild", action="store_true", help="ignore the build cache (also CHAOSGEN_REBUILD=1)")
+    p.set_defaults(func=cmd_compile)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Compile, then print the layer summary and where the library is (or one stage)."""
+    from . import codegen
+    from .pipeline import compile_spec, front_end
+
+    if args.emit in ("ast", "ir"):
+        spec, net = front_end(args.spec)
+        if args.emit == "ast":
+            print(spec.to_text(), end="")
+        else:
+            print(json.dumps(net.describe(), indent=2))
+        return 0
+    emit_only = args.emit in ("cpp", "header", "cmd")
+    c = compile_spec(args.spec, target=args.target, cc=args.cc, build_dir=args.build_dir,
+                     force=args.rebuild or None, build=not emit_only and _buildable(args))
+    if args.emit == "cpp":
+        print(c.source.cpp, end="")
+        return 0
+    if args.emit == "header":
+        print(c.source.header, end="")
+        return 0
+    if args.emit == "cmd":
+        from .build import command
+
+        print(shlex.join(command(c.compiler, c.target)))
+        return 0
+    print(f"{c.net.name}: {args.spec} -> target {c.target.name} ({c.target.isa}) with {c.compiler.name}")
+    for row in codegen.summary_rows(c.net):
+        print("  " + row)
+    print(f"  forward multiply-adds per image: {c.net.macs:,}")
+    if c.build is not None:
+        how = "cached" if c.build.cached else f"built in {c.build.seconds:.2f} s"
+        print(f"library: {c.build.library} ({how})")
+    return 0
+
+
+def _buildable(args: argparse.Namespace) -> bool:
+    from .targets import get_target
+
+    return get_target(args.target).host
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line parser."""
+    parser = _Parser(prog="chaosgen", description="Compile network specs to native training kernels and train them with CHAOS.")
+    parser.add_argument("--version", action="version", version=f"chaosgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # a command module not written yet
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a command; errors become one clean message and an exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except ChaosgenError as e:
+        print(e.render(), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("chaosgen: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as e:  # a bug in chaosgen: one line, the traceback only on request
+        if os.environ.get("CHAOSGEN_DEBUG"):
+            raise
+        print(f"chaosgen: internal error: {type(e).__name__}: {e} (set CHAOSGEN_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
