@@ -114,7 +114,10 @@ static bool train_worker(float *P, const float *images, const int *labels, const
                 for (int b = 0; b < net::N_BLOCKS; ++b) apply(b, eta / float(b1 - b0), true);
 #pragma omp barrier
 #pragma omp single
-            next.store(stopped() ? n : 0);  // one reader decides for all, so every worker agrees
+            {
+                next.store(stopped() ? n : 0);  // one reader decides for all, so every worker agrees
+                if (cfg.progress) *cfg.progress = b1;
+            }
             halt = next.load() >= n;
         }
     } else if (ok) {
@@ -131,6 +134,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
             else
                 l = net::train_image(P, work, G, image_of(i), label, [](int) {}, prof);
             tally.add(work, l, label);
+            if (cfg.progress && (i & 63) == 0) *cfg.progress = i;  // a hint for progress bars
             if (every > 1 && ++mine % every == 0)
                 for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true);
         }
