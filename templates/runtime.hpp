@@ -96,8 +96,8 @@ static bool train_worker(float *P, const float *images, const int *labels, const
     };
 
     if (cfg.scheme == AVERAGED) {  // (`next` is free here: it carries the decision to halt)
-        /* Synchronous data parallel: the B images of a step are shared out, every gradient is
-           computed with the same weights, then each worker adds its part of the average. */
+        /* Synchronous data parallel (Tallada 2016): the B images of a step are shared out, every
+           gradient is computed with the same weights, then applied once; a barrier ends the step. */
         const long B = cfg.batch > 0 ? cfg.batch : 1;
         bool halt = false;
         for (long b0 = 0; b0 < n && !halt; b0 += B) {
@@ -110,8 +110,11 @@ static bool train_worker(float *P, const float *images, const int *labels, const
                                                  [](int) {}, prof);
                 tally.add(work, l, labels[order[i]]);
             }
+            /* Each worker adds eta x its summed gradients: the step is B x eta x the average
+               (the linear scaling rule), so an epoch of B-image steps makes about the progress
+               of an epoch of per-image steps at the same eta. */
             if (ok)
-                for (int b = 0; b < net::N_BLOCKS; ++b) apply(b, eta / float(b1 - b0), true);
+                for (int b = 0; b < net::N_BLOCKS; ++b) apply(b, eta, true);
 #pragma omp barrier
 #pragma omp single
             {
