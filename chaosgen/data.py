@@ -1,0 +1,371 @@
+"""MNIST: read the original IDX files (gzip or raw), pad to 29x29, scale to [0, 1]; fetch them.
+
+Two choices shape every image the runtime sees:
+
+- **29x29, not 28x28.** The CHAOS paper (Viebke et al.) feeds 29x29 images, the input size of
+  Simard et al.'s and Ciresan et al.'s MNIST CNNs. Each 28x28 digit gets one zero row at the
+  bottom and one zero column at the right, so it keeps its pixel coordinates (row r, column c of
+  the file is row r, column c of the array) and nothing is resampled.
+- **Pixels are uint8 / 255 as float32**, so background is exactly 0.0 and full ink exactly 1.0;
+  no mean subtraction or standardization (the network spec can add that if it wants).
+
+Files are recognized as gzip by their magic bytes (1f 8b), not by their names, and checked
+against the IDX header: magic 2051 (images) or 2049 (labels), dimensions, and exactly the bytes
+the header promises. Every problem is a `DataError` naming the file. Nothing is cached on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import math
+import os
+import sys
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .build import atomic_write
+from .errors import DataError
+
+IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+ROWS = COLS = 28  # as stored in the files
+SIZE = 29  # as fed to the network (see the module docstring)
+GZIP_MAGIC = b"\x1f\x8b"
+
+# (file, bytes, md5) of the canonical gzipped files, as listed by torchvision.
+FILES: tuple[tuple[str, int, str], ...] = (
+    ("train-images-idx3-ubyte.gz", 9912422, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    ("train-labels-idx1-ubyte.gz", 28881, "d53e105ee54ea40749a09fcbcd1e9432"),
+    ("t10k-images-idx3-ubyte.gz", 1648877, "9fb629c4189551a2d022fa330f9573f3"),
+    ("t10k-labels-idx1-ubyte.gz", 4542, "ec29112dd5afa0611ce80d1b7f02629c"),
+)
+MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+ENV_VAR = "CHAOSGEN_DATA"
+HOW_TO_GET = (
+    "get it with `chaosgen data fetch --dir {dir}`, or point CHAOSGEN_DATA at a folder with "
+    "the four IDX files"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Mnist:
+    """The four arrays: images (n, 29, 29) float32 in [0, 1], labels (n,) int32 in 0..9."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+def default_data_dir() -> Path:
+    """Where `chaosgen data fetch` puts the files when no directory is given."""
+    return Path.home() / ".cache" / "chaosgen" / "mnist"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's content, decompressed if it starts with the gzip magic."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not raw.startswith(GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except EOFError:
+        raise DataError(
+            f"{path}: truncated gzip file (the compressed stream ends early)"
+        ) from None
+    except (gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise DataError(f"{path}: corrupt gzip file ({e})") from None
+
+
+def _read_idx(path: Path, magic: int, what: str) -> np.ndarray:
+    """An unsigned-byte IDX array, checked against its header."""
+    blob = _read_bytes(path)
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(blob) < 4:
+        raise DataError(f"{path}: {len(blob)} bytes, too short for an IDX header")
+    found = int.from_bytes(blob[:4], "big")
+    if found != magic:
+        known = {IMAGES_MAGIC: " (an image file)", LABELS_MAGIC: " (a label file)"}.get(found, "")
+        raise DataError(
+            f"{path}: not an IDX {what} file: magic number {found}{known}, expected {magic}"
+        )
+    if len(blob) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(blob)} of {header} bytes)")
+    dims = tuple(int(d) for d in np.frombuffer(blob, ">u4", ndim, 4))
+    promised = math.prod(dims)  # Python ints: a corrupt header cannot overflow
+    held = len(blob) - header
+    shape = "x".join(map(str, dims))
+    if held < promised:
+        raise DataError(
+            f"{path}: truncated: the header promises {promised} bytes of {what}s ({shape}), "
+            f"the file holds {held}"
+        )
+    if held > promised:
+        raise DataError(
+            f"{path}: {held - promised} bytes more than the header promises ({shape}); "
+            f"not a clean IDX file"
+        )
+    return np.frombuffer(blob, np.uint8, promised, header).reshape(dims)
+
+
+def read_images(path: str | Path) -> np.ndarray:
+    """An IDX image file (magic 2051) as a read-only uint8 (n, rows, cols) view of its bytes."""
+    return _read_idx(Path(path), IMAGES_MAGIC, "image")
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """An IDX label file (magic 2049) as read-only uint8 (n,), every label checked to be 0..9."""
+    path = Path(path)
+    labels = _read_idx(path, LABELS_MAGIC, "label")
+    if labels.size and labels.max() > 9:
+        i = int(np.argmax(labels > 9))
+        raise DataError(f"{path}: label {labels[i]} at index {i}; MNIST labels are 0..9")
+    return labels
+
+
+def pad_and_scale(images: np.ndarray) -> np.ndarray:
+    """uint8 (n, 28, 28) -> float32 (n, 29, 29): /255, a zero row below, a zero column right."""
+    n = images.shape[0]
+    out = np.zeros((n, SIZE, SIZE), np.float32)
+    np.divide(images, np.float32(255), out=out[:, :ROWS, :COLS])
+    return out
+
+
+def _file(directory: Path, name: str) -> Path | None:
+    """`name` (ending .gz) or its uncompressed twin, whichever exists (gzip preferred)."""
+    for candidate in (directory / name, directory / name.removesuffix(".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _missing(directory: Path) -> list[str]:
+    """The canonical names (without .gz) of the files `directory` lacks."""
+    return [name.removesuffix(".gz") for name, _, _ in FILES if _file(directory, name) is None]
+
+
+def _split(directory: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split ('train' or 't10k'): checked, padded, scaled images and int32 labels."""
+    ipath = _file(directory, f"{kind}-images-idx3-ubyte.gz")
+    lpath = _file(directory, f"{kind}-labels-idx1-ubyte.gz")
+    if ipath is None or lpath is None:
+        missing = ", ".join(f"{m}[.gz]" for m in _missing(directory))
+        raise DataError(
+            f"no MNIST data in {directory}: missing {missing}; {HOW_TO_GET.format(dir=directory)}"
+        )
+    images = read_images(ipath)
+    labels = read_labels(lpath)
+    if images.shape[1:] != (ROWS, COLS):
+        raise DataError(
+            f"{ipath}: images are {images.shape[1]}x{images.shape[2]}, expected {ROWS}x{COLS}"
+        )
+    if len(images) != len(labels):
+        raise DataError(
+            f"{ipath} holds {len(images)} images but {lpath.name} holds {len(labels)} labels"
+        )
+    return pad_and_scale(images), labels.astype(np.int32)
+
+
+def load_mnist(directory: str | Path) -> Mnist:
+    """Read the four IDX files in `directory` (gzipped or not) into padded, scaled arrays."""
+    directory = Path(directory)
+    train_images, train_labels = _split(directory, "train")
+    test_images, test_labels = _split(directory, "t10k")
+    return Mnist(train_images, train_labels, test_images, test_labels)
+
+
+def _sources(arg: str | None) -> list[tuple[str, Path | None]]:
+    """The places data may live, in order of precedence, each with where it came from."""
+    env = os.environ.get(ENV_VAR) or None
+    return [
+        ("--data", Path(arg).expanduser() if arg else None),
+        (f"${ENV_VAR}", Path(env).expanduser() if env else None),
+        ("default", default_data_dir()),
+    ]
+
+
+def data_source(arg: str | None) -> tuple[str, Path]:
+    """The directory `find_data_dir(arg)` considers, and what chose it (--data, env, default)."""
+    return next((label, path) for label, path in _sources(arg) if path is not None)
+
+
+def find_data_dir(arg: str | None = None) -> Path:
+    """The MNIST directory: `--data`, else $CHAOSGEN_DATA, else ~/.cache/chaosgen/mnist.
+
+    The first of these that is given is the one used: a mistyped --data or $CHAOSGEN_DATA is
+    reported, never silently replaced by another copy of the data.
+    """
+    _, directory = data_source(arg)
+    missing = _missing(directory)
+    if not missing:
+        return directory
+    looked = []
+    for name, path in _sources(arg):
+        if path is not None:
+            looked.append(f"{name} {path}")
+            break
+        looked.append(f"{name} not {'given' if name == '--data' else 'set'}")
+    if not directory.is_dir():
+        problem = f"{directory} is not a directory"
+    elif len(missing) == len(FILES):
+        problem = f"{directory} holds none of the four IDX files"
+    else:
+        problem = f"{directory} lacks {', '.join(m + '[.gz]' for m in missing)}"
+    raise DataError(
+        f"no MNIST data: {problem} (looked at: {'; '.join(looked)}); "
+        + HOW_TO_GET.format(dir=directory)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching
+
+
+def md5(data: bytes) -> str:
+    """Hex MD5 of `data` (an integrity check against the published values, not security)."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _download(url: str, size: int, timeout: float) -> bytes:
+    """At most `size + 1` bytes from `url`, so a wrong page is refused without reading it all."""
+    request = urllib.request.Request(url, headers={"User-Agent": f"chaosgen/{__version__}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read(size + 1)
+
+
+def fetch(
+    directory: str | Path,
+    mirrors: Sequence[str] | None = None,
+    timeout: float = 30.0,
+    log: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Download the four gzipped IDX files into `directory`, checked by size and MD5.
+
+    Mirrors are tried in order for each file; a download with the wrong size or checksum is
+    refused (never written) and the next mirror tried. A file already present with the right
+    checksum is kept. Each file is written atomically. Returns the four paths.
+    """
+    directory = Path(directory)
+    mirrors = tuple(mirrors) if mirrors else MIRRORS
+    say = log or (lambda _: None)
+    paths = []
+    for name, size, digest in FILES:
+        path = directory / name
+        paths.append(path)
+        if path.is_file() and md5(path.read_bytes()) == digest:
+            say(f"{name}: present, checksum ok")
+            continue
+        failures = []
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + "/" + name
+            try:
+                data = _download(url, size, timeout)
+            except urllib.error.HTTPError as e:
+                failures.append(f"{url}: HTTP {e.code} {e.reason}")
+                continue
+            except urllib.error.URLError as e:
+                failures.append(f"{url}: {e.reason}")
+                continue
+            except (OSError, ValueError) as e:  # timeouts, resets, malformed URLs
+                failures.append(f"{url}: {e}")
+                continue
+            if len(data) != size:
+                failures.append(f"{url}: refused, wrong size ({len(data)} bytes, expected {size})")
+                continue
+            if (got := md5(data)) != digest:
+                failures.append(f"{url}: refused, bad MD5 {got} (expected {digest})")
+                continue
+            try:
+                atomic_write(path, data)
+                path.chmod(0o644)  # public data; mkstemp's 0600 would hide it from other users
+            except OSError as e:
+                raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
+            say(f"{name}: {size:,} bytes from {url}, MD5 ok")
+            break
+        else:
+            raise DataError(f"could not fetch {name}: " + "; ".join(failures))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_parser(sub) -> None:
+    """`chaosgen data fetch` and `chaosgen data info`."""
+    p = sub.add_parser("data", help="get MNIST, or show where it is and what it holds")
+    data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,info}", required=True)
+    f = data_sub.add_parser("fetch", help="download the four MNIST files, checked by MD5")
+    f.add_argument(
+        "--dir",
+        default=None,
+        help="where to put them (default $CHAOSGEN_DATA, else ~/.cache/chaosgen/mnist)",
+    )
+    f.add_argument(
+        "--mirror",
+        action="append",
+        metavar="URL",
+        help="base URL to download from instead of the public mirrors (repeat to try several in "
+        "order; file:// works)",
+    )
+    f.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    f.set_defaults(func=cmd_fetch)
+    i = data_sub.add_parser("info", help="where the data is, how many images, label counts")
+    i.add_argument("--data", default=None, help="MNIST directory (default $CHAOSGEN_DATA)")
+    i.set_defaults(func=cmd_info)
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Download into --dir (or $CHAOSGEN_DATA, or the default) and say what happened."""
+    directory = Path(args.dir).expanduser() if args.dir else data_source(None)[1]
+    fetch(directory, args.mirror, args.timeout, log=lambda s: print(s, file=sys.stderr))
+    print(f"MNIST is in {directory}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print where the data is, the sizes of both splits and their label histograms."""
+    directory = find_data_dir(args.data)
+    label = data_source(args.data)[0]
+    d = load_mnist(directory)
+    print(f"data: {directory} (from {label})")
+    for name, _, digest in FILES:
+        path = _file(directory, name)
+        assert path is not None  # find_data_dir checked
+        if path.name == name:
+            check = "MD5 ok" if md5(path.read_bytes()) == digest else "MD5 differs from canonical"
+        else:
+            check = "uncompressed, no checksum"
+        print(f"  {path.name}: {path.stat().st_size:,} bytes, {check}")
+    for split, images in (("train", d.train_images), ("test", d.test_images)):
+        lo, hi = float(images.min(initial=0)), float(images.max(initial=0))
+        shape = "x".join(map(str, images.shape[1:]))
+        print(f"{split}: {len(images)} images {shape} float32, pixels in [{lo:g}, {hi:g}]")
+    print("label " + " ".join(f"{k:>5}" for k in range(10)))
+    for split, labels in (("train", d.train_labels), ("test", d.test_labels)):
+        counts = np.bincount(labels, minlength=10)
+        print(f"{split:<5} " + " ".join(f"{c:>5}" for c in counts))
+    return 0
