@@ -1,0 +1,167 @@
+"""The CHAOS runtime on real MNIST: reproducibility, an independent SGD trajectory, accuracy per
+scheme, checkpoints, resume, interrupts and divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import chaosgen
+from chaosgen import checkpoint
+from chaosgen.cli import main
+from chaosgen.data import load_mnist
+from chaosgen.train import Config, Runtime, Trainer
+
+from reference import numpy_run
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("CHAOSGEN_DATA") or ROOT.parent / "shared" / "data" / "mnist")
+SMALL = "specs/small.net"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _at_root(tmp_path_factory):
+    old = os.getcwd()
+    os.chdir(ROOT)
+    yield
+    os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_mnist(DATA)
+
+
+@pytest.fixture(scope="module")
+def small():
+    os.chdir(ROOT)
+    return chaosgen.compile(SMALL)
+
+
+def _train(net, mnist, **kw) -> tuple[np.ndarray, list[dict]]:
+    """Fresh weights from the spec's seed, then a Trainer run; returns final params and records."""
+    net.init_weights(net.ir.training.seed)
+    cfg = Config(**{"epochs": 1, "val_limit": 1000, "test_limit": 1000, **kw})
+    records = Trainer(Runtime(net), mnist, cfg, quiet=True).run()
+    return net.params.copy(), records
+
+
+def test_sequential_is_bitwise_reproducible_and_one_thread_schemes_coincide(small, mnist):
+    a, rec = _train(small, mnist, scheme="sequential", threads=1, limit=3000)
+    b, _ = _train(small, mnist, scheme="sequential", threads=1, limit=3000)
+    assert np.array_equal(a, b)
+    assert rec[0]["train_images"] == 3000
+    # With one thread, the schemes whose maths coincide give identical weights.
+    for scheme, extra in (("chaos", {}), ("hogwild", {}), ("delayed", {"update_every": 1}),
+                          ("averaged", {"batch": 1})):
+        c, _ = _train(small, mnist, scheme=scheme, threads=1, limit=3000, **extra)
+        assert np.array_equal(a, c), scheme
+
+
+def test_one_thread_training_follows_an_independent_sgd_trajectory(small, mnist):
+    """300 images of native training against plain float64 NumPy SGD in the same order."""
+    net, eta, n = small, 0.01, 300
+    net.init_weights(7)
+    w0 = net.get_weights()
+    order = np.random.default_rng(3).permutation(60000)[:n].astype(np.int32)
+    rt = Runtime(net)
+    images = rt.images(mnist.train_images[order])
+    rt.train(images, mnist.train_labels[order], np.arange(n, dtype=np.int32),
+             Config(scheme="sequential", threads=1), eta)
+    got = net.get_weights()
+
+    ref = {k: v.astype(np.float64) for k, v in w0.items()}
+    for i in order:
+        r = numpy_run(net.ir, ref, mnist.train_images[i], int(mnist.train_labels[i]))
+        for k in ref:
+            ref[k] -= eta * r.grads[k]
+    for k in ref:
+        moved = np.abs(ref[k] - w0[k]).max()
+        assert moved > 1e-3, f"{k} barely moved: not a meaningful trajectory"
+        err = np.abs(got[k] - ref[k]).max()
+        assert err <= 1e-4 * max(1.0, np.abs(ref[k]).max()), f"{k}: {err:.2e}"
+
+
+@pytest.mark.parametrize("scheme", ["chaos", "hogwild", "delayed", "averaged"])
+def test_one_epoch_with_two_threads_reaches_paper_accuracy(small, mnist, scheme):
+    """One epoch of the small net on all 60,000 images: test error rate <= 4.5%."""
+    _, rec = _train(small, mnist, scheme=scheme, threads=2, test_limit=None)
+    assert rec[0]["train_images"] == 60000 and rec[0]["test_images"] == 10000
+    assert rec[0]["test_error_rate"] <= 0.045, rec[0]
+
+
+def _cli_train(tmp_path, *extra: str) -> int:
+    return main(["train", SMALL, "--threads", "2", "--limit", "2000", "--val-limit", "1000",
+                 "--test-limit", "1000", "--quiet", "--checkpoint-dir", str(tmp_path / "ck"),
+                 "--log", str(tmp_path / "run.jsonl"), "--data", str(DATA), *extra])
+
+
+def test_log_and_checkpoint_then_resume_continues_at_the_right_epoch(tmp_path):
+    assert _cli_train(tmp_path, "--epochs", "1", "--eta", "0.005") == 0
+    ck = checkpoint.load(tmp_path / "ck" / "last.npz")
+    assert ck.epoch == 1 and ck.eta == pytest.approx(0.0045)
+    assert _cli_train(tmp_path, "--epochs", "3", "--resume") == 0
+    lines = [json.loads(s) for s in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert [r["eta"] for r in lines] == pytest.approx([0.005, 0.0045, 0.00405])
+    for key in ("train_loss", "val_error_rate", "test_error_rate", "train_images_per_s", "seconds"):
+        assert all(key in r for r in lines), key
+    assert all(0 <= r["test_error_rate"] <= 1 for r in lines)
+    assert lines[-1]["test_error_rate"] < 0.2  # 6,000 images of training: sane, far from chance (0.9)
+    assert lines[0]["machine"]["cpu"] and lines[0]["config"]["threads"] == 2
+    assert checkpoint.load(tmp_path / "ck" / "last.npz").epoch == 3
+
+
+def test_checkpoint_of_another_network_is_refused(tmp_path, capsys):
+    assert _cli_train(tmp_path, "--epochs", "1") == 0
+    rc = main(["eval", "specs/medium.net", "--weights", str(tmp_path / "ck" / "last.npz"),
+               "--data", str(DATA)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "written for network 'small'" in err and "Traceback" not in err
+    assert main(["eval", SMALL, "--weights", str(tmp_path / "ck" / "last.npz"), "--data", str(DATA)]) == 0
+
+
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    assert _cli_train(tmp_path, "--epochs", "1") == 0
+    good = (tmp_path / "ck" / "last.npz").read_bytes()
+    spec = tmp_path / "linear.net"
+    spec.write_text("input maps=1 size=29x29\ndense units=30 activation=linear\n"
+                    "output classes=10 activation=linear loss=mse\n")
+    rc = main(["train", str(spec), "--eta", "50", "--limit", "2000", "--quiet", "--data", str(DATA),
+               "--checkpoint-dir", str(tmp_path / "ck")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "diverged in epoch 1" in err and "Traceback" not in err
+    assert (tmp_path / "ck" / "last.npz").read_bytes() == good
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path):
+    """A real SIGINT to a real `chaosgen train` process in the middle of an epoch."""
+    cmd = [sys.executable, "-m", "chaosgen.cli", "train", SMALL, "--threads", "2", "--epochs", "2",
+           "--data", str(DATA), "--checkpoint-dir", str(tmp_path / "ck"), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)  # compile (cached), load MNIST, start the first epoch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "interrupted in epoch 1" in err and "Traceback" not in err
+    ck = checkpoint.load(tmp_path / "ck" / "last.npz")
+    assert ck.partial and ck.epoch == 0
+    resumed = subprocess.run(cmd[:-1] + ["--epochs", "1", "--resume", "--quiet", "--limit", "1000",
+                                         "--val-limit", "1000", "--test-limit", "1000"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert checkpoint.load(tmp_path / "ck" / "last.npz").epoch == 1
+
+
+def test_bad_options_are_usage_errors(capsys):
+    assert main(["train", SMALL, "--threads", "0"]) == 2
+    assert main(["train", SMALL, "--scheme", "sequential", "--threads", "2"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
