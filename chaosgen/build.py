@@ -1,4 +1,4 @@
-"""Stage 4: C++ -> shared library, in a content-addressed cache, published atomically under a lock."""
+"""Stage 4: C++ -> shared library, in a content-addressed cache, published atomically."""
 
 from __future__ import annotations
 
@@ -60,26 +60,46 @@ class Build:
 
 def command(compiler: Compiler, target: Target, out: str = LIB_NAME) -> tuple[str, ...]:
     """The exact compiler command line for a shared library, run inside the build directory."""
-    return (compiler.resolve() or compiler.cxx, *compiler.flags(target), "-shared", "-o", out, CPP_NAME)
+    return (
+        compiler.resolve() or compiler.cxx,
+        *compiler.flags(target),
+        "-shared",
+        "-o",
+        out,
+        CPP_NAME,
+    )
 
 
 def cache_key(source: Source, compiler: Compiler, target: Target) -> str:
-    """Digest of everything that changes the library: code, compiler identity and flags, version."""
+    """Digest of all that changes the library: code, compiler identity, flags, version."""
     h = hashlib.sha256()
-    for part in (source.cpp, source.header, compiler.resolve() or compiler.cxx, compiler.version(),
-                 " ".join(compiler.flags(target)), __version__):
+    for part in (
+        source.cpp,
+        source.header,
+        compiler.resolve() or compiler.cxx,
+        compiler.version(),
+        " ".join(compiler.flags(target)),
+        __version__,
+    ):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:20]
 
 
-def build(source: Source, name: str, target: Target, compiler: Compiler,
-          root: str | Path | None = None, force: bool | None = None) -> Build:
+def build(
+    source: Source,
+    name: str,
+    target: Target,
+    compiler: Compiler,
+    root: str | Path | None = None,
+    force: bool | None = None,
+) -> Build:
     """Build (or find in the cache) the shared library for `source`."""
     t0 = time.perf_counter()
     if compiler.resolve() is None:
         raise BuildError(
-            f"C++ compiler '{compiler.cxx}' ({compiler.name}) not found on PATH; install it or pick "
+            f"C++ compiler '{compiler.cxx}' ({compiler.name}) not found on PATH; install it or "
+            f"pick "
             f"another with --cc (gcc, clang) or $CXX"
         )
     force = force if force is not None else os.environ.get("CHAOSGEN_REBUILD", "") not in ("", "0")

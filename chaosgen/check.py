@@ -1,4 +1,4 @@
-"""Stage 2: AST -> IR. Checks names, attributes and shapes; reports every error of a file at once."""
+"""Stage 2: AST -> IR. Checks names, attributes and shapes; reports all errors of a file."""
 
 from __future__ import annotations
 
@@ -53,7 +53,12 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "seed": AttrSpec(("int",), default=ir.Training.seed),
     },
 }
-_KIND_WORDS = {"int": "an integer", "float": "a number", "dims": "sizes like 4x4", "word": "a name"}
+_KIND_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "dims": "sizes like 4x4",
+    "word": "a name",
+}
 
 
 class _Checker:
@@ -88,7 +93,9 @@ class _Checker:
                 continue
             if a.value.kind not in spec.kinds:
                 want = " or ".join(_KIND_WORDS[k] for k in spec.kinds)
-                self.error(a.value.loc, f"{what}: '{a.key}' must be {want}, found '{a.value.text}'")
+                self.error(
+                    a.value.loc, f"{what}: '{a.key}' must be {want}, found '{a.value.text}'"
+                )
                 ok = False
                 continue
             values[a.key] = self.convert(a.value)
@@ -131,13 +138,17 @@ class _Checker:
         """A `HxW` (or a single int for a square) attribute, each side within bounds."""
         dims = (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[arg-type]
         if len(dims) != 2:
-            self.error(self.loc_of(st, key), f"{what}: '{key}' must be HxW, found {len(dims)} sizes")
+            self.error(
+                self.loc_of(st, key), f"{what}: '{key}' must be HxW, found {len(dims)} sizes"
+            )
             return None
         if all(self.count(st, what, key, d) for d in dims):
             return dims  # type: ignore[return-value]
         return None
 
-    def word(self, st: Statement, what: str, key: str, value: str, allowed: tuple[str, ...]) -> bool:
+    def word(
+        self, st: Statement, what: str, key: str, value: str, allowed: tuple[str, ...]
+    ) -> bool:
         if value not in allowed:
             self.error(
                 self.loc_of(st, key),
@@ -222,24 +233,39 @@ class _Checker:
             return ir.Training()
         ok = True
         if not 1 <= a["epochs"] <= MAX_EPOCHS:  # type: ignore[operator]
-            self.error(self.loc_of(st, "epochs"), f"train: 'epochs' must be between 1 and {MAX_EPOCHS}, found {a['epochs']}")
+            self.error(
+                self.loc_of(st, "epochs"),
+                f"train: 'epochs' must be between 1 and {MAX_EPOCHS}, found {a['epochs']}",
+            )
             ok = False
         if not 0 < a["eta"] <= 10:  # type: ignore[operator]
-            self.error(self.loc_of(st, "eta"), f"train: 'eta' must be in (0, 10], found {a['eta']}")
+            self.error(
+                self.loc_of(st, "eta"), f"train: 'eta' must be in (0, 10], found {a['eta']}"
+            )
             ok = False
         if not 0 < a["decay"] <= 1:  # type: ignore[operator]
-            self.error(self.loc_of(st, "decay"), f"train: 'decay' must be in (0, 1], found {a['decay']}")
+            self.error(
+                self.loc_of(st, "decay"), f"train: 'decay' must be in (0, 1], found {a['decay']}"
+            )
             ok = False
         if not 0 <= a["seed"] < 2**63:  # type: ignore[operator]
-            self.error(self.loc_of(st, "seed"), f"train: 'seed' must be a non-negative integer, found {a['seed']}")
+            self.error(
+                self.loc_of(st, "seed"),
+                f"train: 'seed' must be a non-negative integer, found {a['seed']}",
+            )
             ok = False
         if not ok:
             return ir.Training()
         return ir.Training(
-            epochs=int(a["epochs"]), eta=float(a["eta"]), decay=float(a["decay"]), seed=int(a["seed"])  # type: ignore[arg-type]
+            epochs=int(a["epochs"]),
+            eta=float(a["eta"]),
+            decay=float(a["decay"]),
+            seed=int(a["seed"]),  # type: ignore[arg-type]
         )
 
-    def layers(self, sts: list[Statement], names: dict[int, str], training: ir.Training) -> ir.Net | None:
+    def layers(
+        self, sts: list[Statement], names: dict[int, str], training: ir.Training
+    ) -> ir.Net | None:
         in_st = sts[0] if sts[0].kind == "input" else None
         shape: ir.Shape | None = None
         if in_st is not None:
@@ -258,17 +284,23 @@ class _Checker:
             what = f"{st.kind} '{name}'"
             a = self.attrs(st, what)
             if a is None:
-                shape = None  # shapes below an error are unknown: only their own attributes are checked
+                shape = None  # shapes below an error are unknown: check only their attributes
                 continue
             make = _BUILDERS[st.kind]
-            lay = make(self, st, what, a, name=name, index=len(layers), in_shape=shape, offset=offset)
+            lay = make(
+                self, st, what, a, name=name, index=len(layers), in_shape=shape, offset=offset
+            )
             if lay is None:
                 shape = None
                 continue
             if isinstance(lay, ir.Trainable):
                 offset = ir.align(lay.b_offset + lay.n_bias)
                 if offset > MAX_FLOATS:
-                    self.error(st.loc, f"{what}: the parameters exceed the bound of {MAX_FLOATS} floats (1 GiB); found {offset}")
+                    self.error(
+                        st.loc,
+                        f"{what}: the parameters exceed the bound of {MAX_FLOATS} floats (1 GiB); "
+                        f"found {offset}",
+                    )
                     shape = None
                     continue
             layers.append(lay)
@@ -276,7 +308,11 @@ class _Checker:
         if shape is not None:
             work = sum(lay.out_shape.size for lay in layers)
             if work * 2 > MAX_FLOATS:
-                self.error(sts[-1].loc, f"the activations and deltas of one network instance ({2 * work} floats) exceed the bound of {MAX_FLOATS} floats (1 GiB)")
+                self.error(
+                    sts[-1].loc,
+                    f"the activations and deltas of one network instance ({2 * work} floats) "
+                    f"exceed the bound of {MAX_FLOATS} floats (1 GiB)",
+                )
         if self.errors or input_shape is None:
             return None
         return ir.Net(
@@ -295,7 +331,10 @@ class _Checker:
         ok = self.count(st, what, "maps", a["maps"]) & self.count(st, what, "stride", a["stride"])
         ok &= self.word(st, what, "activation", a["activation"], ir.ACTIVATIONS)
         if k and in_shape is not None and (k[0] > in_shape.h or k[1] > in_shape.w):
-            self.error(self.loc_of(st, "kernel"), f"{what}: kernel {k[0]}x{k[1]} is larger than its input {in_shape.h}x{in_shape.w}")
+            self.error(
+                self.loc_of(st, "kernel"),
+                f"{what}: kernel {k[0]}x{k[1]} is larger than its input {in_shape.h}x{in_shape.w}",
+            )
             return None
         if not (k and ok) or in_shape is None:
             return None
@@ -303,9 +342,19 @@ class _Checker:
         s = a["stride"]
         out = ir.Shape(maps=a["maps"], h=(in_shape.h - kh) // s + 1, w=(in_shape.w - kw) // s + 1)
         n_w = out.maps * in_shape.maps * kh * kw
-        return ir.Conv(name=name, index=index, in_shape=in_shape, out_shape=out, loc=st.loc,
-                       activation=a["activation"], w_offset=offset,
-                       b_offset=ir.align(offset + n_w), kh=kh, kw=kw, stride=s)
+        return ir.Conv(
+            name=name,
+            index=index,
+            in_shape=in_shape,
+            out_shape=out,
+            loc=st.loc,
+            activation=a["activation"],
+            w_offset=offset,
+            b_offset=ir.align(offset + n_w),
+            kh=kh,
+            kw=kw,
+            stride=s,
+        )
 
     def pool(self, st, what, a, *, name, index, in_shape, offset):
         win = self.pair(st, what, "window", a["window"])
@@ -313,7 +362,10 @@ class _Checker:
             return None
         wh, ww = win
         if wh > in_shape.h or ww > in_shape.w:
-            self.error(self.loc_of(st, "window"), f"{what}: window {wh}x{ww} is larger than its input {in_shape.h}x{in_shape.w}")
+            self.error(
+                self.loc_of(st, "window"),
+                f"{what}: window {wh}x{ww} is larger than its input {in_shape.h}x{in_shape.w}",
+            )
             return None
         if in_shape.h % wh or in_shape.w % ww:
             self.error(
@@ -323,8 +375,16 @@ class _Checker:
             )
             return None
         out = ir.Shape(maps=in_shape.maps, h=in_shape.h // wh, w=in_shape.w // ww)
-        return ir.Pool(name=name, index=index, in_shape=in_shape, out_shape=out, loc=st.loc,
-                       op=st.kind[:3], wh=wh, ww=ww)
+        return ir.Pool(
+            name=name,
+            index=index,
+            in_shape=in_shape,
+            out_shape=out,
+            loc=st.loc,
+            op=st.kind[:3],
+            wh=wh,
+            ww=ww,
+        )
 
     def dense(self, st, what, a, *, name, index, in_shape, offset):
         is_out = st.kind == "output"
@@ -335,17 +395,31 @@ class _Checker:
         if is_out:
             ok &= self.word(st, what, "loss", a["loss"], ir.LOSSES)
             if ok and a["loss"] == "cross_entropy" and a["activation"] != "softmax":
-                self.error(self.loc_of(st, "loss"), f"{what}: loss cross_entropy needs activation softmax, found {a['activation']}")
+                self.error(
+                    self.loc_of(st, "loss"),
+                    f"{what}: loss cross_entropy needs activation softmax, "
+                    f"found {a['activation']}",
+                )
                 ok = False
         if not ok or in_shape is None:
             return None
         out = ir.Shape(maps=a[key], h=1, w=1)
         n_w = out.maps * in_shape.size
         if n_w > MAX_FLOATS:
-            self.error(st.loc, f"{what}: {n_w} weights exceed the bound of {MAX_FLOATS} floats (1 GiB)")
+            self.error(
+                st.loc, f"{what}: {n_w} weights exceed the bound of {MAX_FLOATS} floats (1 GiB)"
+            )
             return None
-        common = dict(name=name, index=index, in_shape=in_shape, out_shape=out, loc=st.loc,
-                      activation=a["activation"], w_offset=offset, b_offset=ir.align(offset + n_w))
+        common = dict(
+            name=name,
+            index=index,
+            in_shape=in_shape,
+            out_shape=out,
+            loc=st.loc,
+            activation=a["activation"],
+            w_offset=offset,
+            b_offset=ir.align(offset + n_w),
+        )
         if is_out:
             return ir.Output(**common, loss=a["loss"])
         return ir.Dense(**common)

@@ -60,7 +60,9 @@ def load(path: str | Path, net: ir.Net | None = None) -> Checkpoint:
     except FileNotFoundError:
         raise ChaosgenError(f"checkpoint {path} not found") from None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ChaosgenError(f"{path} is not a chaosgen checkpoint ({type(e).__name__}: {e})") from None
+        raise ChaosgenError(
+            f"{path} is not a chaosgen checkpoint ({type(e).__name__}: {e})"
+        ) from None
     if net is not None:
         if ck.ir_hash != net.digest():
             raise ChaosgenError(
@@ -68,5 +70,7 @@ def load(path: str | Path, net: ir.Net | None = None) -> Checkpoint:
                 f"not for '{net.name}' (IR {net.digest()}); use the spec it was trained with"
             )
         if ck.params.shape != (net.n_params,):
-            raise ChaosgenError(f"checkpoint {path} has {ck.params.size} parameters, expected {net.n_params}")
+            raise ChaosgenError(
+                f"checkpoint {path} has {ck.params.size} parameters, expected {net.n_params}"
+            )
     return ck

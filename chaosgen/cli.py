@@ -13,8 +13,14 @@ from . import __version__
 from .errors import ChaosgenError, UsageError
 
 # Modules that register subcommands (each has add_parser(subparsers) setting `func`).
-COMMAND_MODULES = ("chaosgen.cli", "chaosgen.train", "chaosgen.data", "chaosgen.native",
-                   "chaosgen.predict", "chaosgen.plot")
+COMMAND_MODULES = (
+    "chaosgen.cli",
+    "chaosgen.train",
+    "chaosgen.data",
+    "chaosgen.native",
+    "chaosgen.predict",
+    "chaosgen.plot",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,18 +32,29 @@ class _Parser(argparse.ArgumentParser):
 def add_compile_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that compiles a spec."""
     p.add_argument("spec", help="network spec file (.net)")
-    p.add_argument("--target", default="native", help="native (default), avx512, avx2, generic, knl, knc")
-    p.add_argument("--cc", default=None, help="compiler: gcc (default), clang, icc, icx; or $CXX/$CC")
-    p.add_argument("--build-dir", default=None, help="build cache (default $CHAOSGEN_CACHE or ./build)")
+    p.add_argument(
+        "--target", default="native", help="native (default), avx512, avx2, generic, knl, knc"
+    )
+    p.add_argument(
+        "--cc", default=None, help="compiler: gcc (default), clang, icc, icx; or $CXX/$CC"
+    )
+    p.add_argument(
+        "--build-dir", default=None, help="build cache (default $CHAOSGEN_CACHE or ./build)"
+    )
 
 
 def add_parser(sub) -> None:
     """`chaosgen compile` and `chaosgen targets`."""
     p = sub.add_parser("compile", help="compile a spec to C++ and build it")
     add_compile_options(p)
-    p.add_argument("--emit", choices=("ast", "ir", "cpp", "header", "cmd"),
-                   help="print one stage of the pipeline instead of the summary")
-    p.add_argument("--rebuild", action="store_true", help="ignore the build cache (also CHAOSGEN_REBUILD=1)")
+    p.add_argument(
+        "--emit",
+        choices=("ast", "ir", "cpp", "header", "cmd"),
+        help="print one stage of the pipeline instead of the summary",
+    )
+    p.add_argument(
+        "--rebuild", action="store_true", help="ignore the build cache (also CHAOSGEN_REBUILD=1)"
+    )
     p.set_defaults(func=cmd_compile)
 
 
@@ -54,8 +71,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
             print(json.dumps(net.describe(), indent=2))
         return 0
     emit_only = args.emit in ("cpp", "header", "cmd")
-    c = compile_spec(args.spec, target=args.target, cc=args.cc, build_dir=args.build_dir,
-                     force=args.rebuild or None, build=not emit_only and _buildable(args))
+    c = compile_spec(
+        args.spec,
+        target=args.target,
+        cc=args.cc,
+        build_dir=args.build_dir,
+        force=args.rebuild or None,
+        build=not emit_only and _buildable(args),
+    )
     if args.emit == "cpp":
         print(c.source.cpp, end="")
         return 0
@@ -67,7 +90,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
         print(shlex.join(command(c.compiler, c.target)))
         return 0
-    print(f"{c.net.name}: {args.spec} -> target {c.target.name} ({c.target.isa}) with {c.compiler.name}")
+    print(
+        f"{c.net.name}: {args.spec} -> target {c.target.name} ({c.target.isa}) "
+        f"with {c.compiler.name}"
+    )
     for row in codegen.summary_rows(c.net):
         print("  " + row)
     print(f"  forward multiply-adds per image: {c.net.macs:,}")
@@ -85,7 +111,10 @@ def _buildable(args: argparse.Namespace) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser."""
-    parser = _Parser(prog="chaosgen", description="Compile network specs to native training kernels and train them with CHAOS.")
+    parser = _Parser(
+        prog="chaosgen",
+        description="Compile network specs to native training kernels and train them with CHAOS.",
+    )
     parser.add_argument("--version", action="version", version=f"chaosgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMAND_MODULES:
@@ -115,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug in chaosgen: one line, the traceback only on request
         if os.environ.get("CHAOSGEN_DEBUG"):
             raise
-        print(f"chaosgen: internal error: {type(e).__name__}: {e} (set CHAOSGEN_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(
+            f"chaosgen: internal error: {type(e).__name__}: {e} "
+            "(set CHAOSGEN_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 3
 
 

@@ -57,11 +57,15 @@ class Net:
         for lay in self.ir.trainable:
             fan_in = lay.n_weights // lay.out_shape.maps
             bound = 1.0 / np.sqrt(fan_in)
-            self.params[lay.w_offset : lay.w_offset + lay.n_weights] = rng.uniform(-bound, bound, lay.n_weights)
-            self.params[lay.b_offset : lay.b_offset + lay.n_bias] = rng.uniform(-bound, bound, lay.n_bias)
+            self.params[lay.w_offset : lay.w_offset + lay.n_weights] = rng.uniform(
+                -bound, bound, lay.n_weights
+            )
+            self.params[lay.b_offset : lay.b_offset + lay.n_bias] = rng.uniform(
+                -bound, bound, lay.n_bias
+            )
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        """'<layer>.weight' / '<layer>.bias' -> float32 copies in PyTorch layout, in layer order."""
+        """'<layer>.weight' / '<layer>.bias' -> float32 copies, PyTorch layouts, layer order."""
         return _unflatten(self.ir, self.params)
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
@@ -74,14 +78,16 @@ class Net:
                 f"set_weights: keys do not match network {self.ir.name}: "
                 f"missing {missing or 'none'}, unexpected {extra or 'none'}"
             )
-        for lay in self.ir.trainable:
-            for key, off, shape in _blocks(lay):
-                arr = np.asarray(weights[key])
-                if arr.shape != shape:
-                    raise ChaosgenError(f"set_weights: {key} has shape {arr.shape}, expected {shape}")
-                if not np.all(np.isfinite(arr)):
-                    raise ChaosgenError(f"set_weights: {key} contains NaN or inf")
-                self.params[off : off + arr.size] = arr.astype(np.float32).ravel()
+        blocks = [b for lay in self.ir.trainable for b in _blocks(lay)]
+        for key, _, shape in blocks:  # check everything first: a rejected call changes nothing
+            arr = np.asarray(weights[key])
+            if arr.shape != shape:
+                raise ChaosgenError(f"set_weights: {key} has shape {arr.shape}, expected {shape}")
+            if not np.all(np.isfinite(arr)):
+                raise ChaosgenError(f"set_weights: {key} contains NaN or inf")
+        for key, off, _ in blocks:
+            arr = np.asarray(weights[key])
+            self.params[off : off + arr.size] = arr.astype(np.float32).ravel()
 
     # --- one image ----------------------------------------------------------------------------
     def _load_image(self, x: np.ndarray) -> None:
@@ -95,7 +101,9 @@ class Net:
         """Output-layer activations for one image."""
         self._load_image(x)
         out = np.empty(self.ir.output.out_shape.size, np.float32)
-        self.lib.cg_forward(self.ptr(self.params), self.ptr(self._work), self.ptr(self._image), self.ptr(out))
+        self.lib.cg_forward(
+            self.ptr(self.params), self.ptr(self._work), self.ptr(self._image), self.ptr(out)
+        )
         return out
 
     def gradients(self, x: np.ndarray, label: int) -> dict[str, np.ndarray]:
@@ -106,7 +114,11 @@ class Net:
         self._load_image(x)
         g = aligned_zeros(self.ir.n_params)
         self.last_loss = self.lib.cg_gradients(
-            self.ptr(self.params), self.ptr(self._work), self.ptr(self._image), int(label), self.ptr(g)
+            self.ptr(self.params),
+            self.ptr(self._work),
+            self.ptr(self._image),
+            int(label),
+            self.ptr(g),
         )
         return _unflatten(self.ir, g)
 

@@ -94,10 +94,14 @@ _EXPECT_NAMES = {
 }
 
 
-def _syntax_error(path: str, lines: tuple[str, ...], err: lark.exceptions.UnexpectedInput) -> SpecError:
+def _syntax_error(
+    path: str, lines: tuple[str, ...], err: lark.exceptions.UnexpectedInput
+) -> SpecError:
     line, col = max(err.line, 1), max(err.column, 1)
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
-        bad = lines[line - 1][col - 1] if line <= len(lines) and col <= len(lines[line - 1]) else "?"
+        bad = (
+            lines[line - 1][col - 1] if line <= len(lines) and col <= len(lines[line - 1]) else "?"
+        )
         msg = f"unexpected character {bad!r}"
     elif isinstance(err, lark.exceptions.UnexpectedEOF):
         msg = "unexpected end of file"

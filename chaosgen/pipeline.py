@@ -32,9 +32,14 @@ def front_end(path: str | Path) -> tuple[Spec, Net]:
     return spec, check(spec)
 
 
-def compile_spec(path: str | Path, target: str = "native", cc: str | None = None,
-                 build_dir: str | Path | None = None, force: bool | None = None,
-                 build: bool = True) -> Compiled:
+def compile_spec(
+    path: str | Path,
+    target: str = "native",
+    cc: str | None = None,
+    build_dir: str | Path | None = None,
+    force: bool | None = None,
+    build: bool = True,
+) -> Compiled:
     """Spec file -> AST -> IR -> C++ -> (cached) shared library."""
     spec, net = front_end(path)
     tgt = get_target(target)
@@ -46,8 +51,12 @@ def compile_spec(path: str | Path, target: str = "native", cc: str | None = None
     return Compiled(spec, net, tgt, compiler, source, built)
 
 
-def compile(path: str | Path, target: str = "native", cc: str | None = None,
-            build_dir: str | Path | None = None) -> LoadedNet:
+def compile(
+    path: str | Path,
+    target: str = "native",
+    cc: str | None = None,
+    build_dir: str | Path | None = None,
+) -> LoadedNet:
     """Build (cached) for this machine and load with cffi: the Python API's entry point."""
     c = compile_spec(path, target=target, cc=cc, build_dir=build_dir)
     if not c.target.host:

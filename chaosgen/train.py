@@ -88,30 +88,57 @@ class Runtime:
             )
         return to_native_images(x, self.stride)
 
-    def train(self, images: np.ndarray, labels: np.ndarray, order: np.ndarray, cfg: Config,
-              eta: float, progress=None) -> PhaseStats:
+    def train(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        order: np.ndarray,
+        cfg: Config,
+        eta: float,
+        progress=None,
+    ) -> PhaseStats:
         """One training pass over images[order] (native, GIL released; Ctrl-C stops it early)."""
         lab = np.ascontiguousarray(labels, np.int32)
         order = np.ascontiguousarray(order, np.int32)
         stop = self.ffi.new("int *", 0)
         seen = self.ffi.new("long *", 0)
-        conf = self.ffi.new("cg_config *", dict(
-            threads=cfg.threads, scheme=SCHEMES[cfg.scheme], eta=eta,
-            update_every=cfg.update_every, batch=cfg.batch, stop=stop, progress=seen))
+        conf = self.ffi.new(
+            "cg_config *",
+            dict(
+                threads=cfg.threads,
+                scheme=SCHEMES[cfg.scheme],
+                eta=eta,
+                update_every=cfg.update_every,
+                batch=cfg.batch,
+                stop=stop,
+                progress=seen,
+            ),
+        )
         stats = self.ffi.new("cg_stats *")
         n_prof = self.lib.cg_n_layers() * len(PASSES)
         prof = np.zeros(n_prof, np.float64) if cfg.profile else None
-        prof_ptr = self.ffi.cast("double *", prof.ctypes.data) if prof is not None else self.ffi.NULL
+        prof_ptr = (
+            self.ffi.cast("double *", prof.ctypes.data) if prof is not None else self.ffi.NULL
+        )
         rc = [0]
 
         def call():
             rc[0] = self.lib.cg_train(
-                self.net.ptr(self.net.params), self.net.ptr(images), self.net.ptr(lab, "int *"),
-                self.net.ptr(order, "int *"), len(order), conf, stats, prof_ptr)
+                self.net.ptr(self.net.params),
+                self.net.ptr(images),
+                self.net.ptr(lab, "int *"),
+                self.net.ptr(order, "int *"),
+                len(order),
+                conf,
+                stats,
+                prof_ptr,
+            )
 
         interrupted = _run_watched(call, stop, seen, len(order), progress)
         if rc[0] != 0:
-            raise ChaosgenError("the native runtime could not allocate its buffers (out of memory)")
+            raise ChaosgenError(
+                "the native runtime could not allocate its buffers (out of memory)"
+            )
         out = PhaseStats(stats.loss, stats.errors, stats.images, stats.seconds, prof)
         if interrupted:
             raise _Interrupted(out)
@@ -121,10 +148,18 @@ class Runtime:
         """Forward only over all images: summed loss and errors."""
         lab = np.ascontiguousarray(labels, np.int32)
         stats = self.ffi.new("cg_stats *")
-        rc = self.lib.cg_evaluate(self.net.ptr(self.net.params), self.net.ptr(images),
-                                  self.net.ptr(lab, "int *"), len(lab), threads, stats)
+        rc = self.lib.cg_evaluate(
+            self.net.ptr(self.net.params),
+            self.net.ptr(images),
+            self.net.ptr(lab, "int *"),
+            len(lab),
+            threads,
+            stats,
+        )
         if rc != 0:
-            raise ChaosgenError("the native runtime could not allocate its buffers (out of memory)")
+            raise ChaosgenError(
+                "the native runtime could not allocate its buffers (out of memory)"
+            )
         return PhaseStats(stats.loss, stats.errors, stats.images, stats.seconds)
 
 
@@ -154,23 +189,35 @@ def machine() -> dict:
     """The machine, as logged with every run."""
     from .targets import cpu_model
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "hostname": platform.node(),
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+    }
 
 
 def _bar(desc: str, total: int, quiet: bool):
     from tqdm import tqdm
 
     # disable=None: tqdm stays quiet when stderr is not a terminal (logs, CI).
-    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True,
-                disable=True if quiet else None)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="img",
+        leave=False,
+        dynamic_ncols=True,
+        disable=True if quiet else None,
+    )
 
 
 def _profile_table(net: Net, prof: np.ndarray, images: int) -> dict[str, dict[str, float]]:
     """Microseconds per image for every layer and pass (summed over threads)."""
     per = prof.reshape(-1, len(PASSES)) / max(images, 1) * 1e6
-    return {lay.name: {p: round(float(per[i, j]), 3) for j, p in enumerate(PASSES)}
-            for i, lay in enumerate(net.ir.layers)}
+    return {
+        lay.name: {p: round(float(per[i, j]), 3) for j, p in enumerate(PASSES)}
+        for i, lay in enumerate(net.ir.layers)
+    }
 
 
 def print_profile(table: dict[str, dict[str, float]], out=print) -> None:
@@ -196,13 +243,25 @@ class Trainer:
 
     def __post_init__(self):
         d, rt = self.data, self.runtime
-        n_tr = len(d.train_labels) if self.cfg.limit is None else min(self.cfg.limit, len(d.train_labels))
+        n_tr = (
+            len(d.train_labels)
+            if self.cfg.limit is None
+            else min(self.cfg.limit, len(d.train_labels))
+        )
         self.n_train = n_tr
         self.train_x = rt.images(d.train_images)
         self.train_y = np.ascontiguousarray(d.train_labels, np.int32)
-        nv = len(self.train_y) if self.cfg.val_limit is None else min(self.cfg.val_limit, len(self.train_y))
+        nv = (
+            len(self.train_y)
+            if self.cfg.val_limit is None
+            else min(self.cfg.val_limit, len(self.train_y))
+        )
         self.val_x, self.val_y = self.train_x[:nv], self.train_y[:nv]
-        nt = len(d.test_labels) if self.cfg.test_limit is None else min(self.cfg.test_limit, len(d.test_labels))
+        nt = (
+            len(d.test_labels)
+            if self.cfg.test_limit is None
+            else min(self.cfg.test_limit, len(d.test_labels))
+        )
         self.test_x = rt.images(d.test_images[:nt])
         self.test_y = np.ascontiguousarray(d.test_labels[:nt], np.int32)
         self.rng = np.random.default_rng(self.cfg.seed)
@@ -225,20 +284,33 @@ class Trainer:
         self.start_epoch, self.eta = ck.epoch, ck.eta
         if ck.rng is not None:
             self.rng.bit_generator.state = ck.rng
-        self.say(f"resuming from {path}: {ck.epoch} epochs done, eta {ck.eta:g}"
-                 + (" (interrupted mid-epoch)" if ck.partial else ""))
+        self.say(
+            f"resuming from {path}: {ck.epoch} epochs done, eta {ck.eta:g}"
+            + (" (interrupted mid-epoch)" if ck.partial else "")
+        )
 
     def say(self, text: str) -> None:
         if not self.quiet:
             print(text, flush=True)
 
-    def save(self, epoch_done: int, eta_next: float, rng_state: dict, partial: bool = False) -> None:
+    def save(
+        self, epoch_done: int, eta_next: float, rng_state: dict, partial: bool = False
+    ) -> None:
         if self.last_checkpoint is None:
             return
         net = self.runtime.net
-        ckpt.save(self.last_checkpoint, ckpt.Checkpoint(
-            params=net.params.copy(), epoch=epoch_done, eta=eta_next, ir_hash=net.ir.digest(),
-            net=net.ir.name, rng=rng_state, partial=partial))
+        ckpt.save(
+            self.last_checkpoint,
+            ckpt.Checkpoint(
+                params=net.params.copy(),
+                epoch=epoch_done,
+                eta=eta_next,
+                ir_hash=net.ir.digest(),
+                net=net.ir.name,
+                rng=rng_state,
+                partial=partial,
+            ),
+        )
 
     def run(self) -> list[dict]:
         """Train the configured epochs; returns the per-epoch records (also logged)."""
@@ -250,28 +322,47 @@ class Trainer:
             t0 = time.perf_counter()
             bar = _bar(f"epoch {epoch + 1} train", len(order), self.quiet)
             try:
-                tr = rt.train(self.train_x, self.train_y, order, cfg, eta,
-                              progress=lambda k: bar.update(k - bar.n))
+                tr = rt.train(
+                    self.train_x,
+                    self.train_y,
+                    order,
+                    cfg,
+                    eta,
+                    progress=lambda k, bar=bar: bar.update(k - bar.n),
+                )
             except _Interrupted as stop:
                 bar.close()
                 self._check_finite(epoch, stop.stats)
                 self.save(epoch, eta, rng_before, partial=True)
                 where = f"; checkpoint {self.last_checkpoint}" if self.last_checkpoint else ""
-                raise ChaosgenError(f"interrupted in epoch {epoch + 1} after {stop.stats.images} images{where}") from None
+                raise ChaosgenError(
+                    f"interrupted in epoch {epoch + 1} after {stop.stats.images} images{where}"
+                ) from None
             bar.close()
             self._check_finite(epoch, tr)
             va = rt.evaluate(self.val_x, self.val_y, cfg.threads)
             te = rt.evaluate(self.test_x, self.test_y, cfg.threads)
             self.eta = eta * cfg.decay
             rec = {
-                "epoch": epoch + 1, "eta": eta,
-                "train_loss": tr.loss / max(tr.images, 1), "train_error_rate": tr.error_rate,
-                "val_error": va.loss, "val_errors": va.errors, "val_error_rate": va.error_rate,
-                "test_error": te.loss, "test_errors": te.errors, "test_error_rate": te.error_rate,
-                "train_images": tr.images, "val_images": va.images, "test_images": te.images,
-                "train_images_per_s": tr.images_per_s, "val_images_per_s": va.images_per_s,
+                "epoch": epoch + 1,
+                "eta": eta,
+                "train_loss": tr.loss / max(tr.images, 1),
+                "train_error_rate": tr.error_rate,
+                "val_error": va.loss,
+                "val_errors": va.errors,
+                "val_error_rate": va.error_rate,
+                "test_error": te.loss,
+                "test_errors": te.errors,
+                "test_error_rate": te.error_rate,
+                "train_images": tr.images,
+                "val_images": va.images,
+                "test_images": te.images,
+                "train_images_per_s": tr.images_per_s,
+                "val_images_per_s": va.images_per_s,
                 "test_images_per_s": te.images_per_s,
-                "seconds_train": tr.seconds, "seconds_val": va.seconds, "seconds_test": te.seconds,
+                "seconds_train": tr.seconds,
+                "seconds_val": va.seconds,
+                "seconds_test": te.seconds,
                 "seconds": time.perf_counter() - t0,
             }
             if tr.profile is not None:
@@ -296,8 +387,11 @@ class Trainer:
         params = self.runtime.net.params
         if np.isfinite(tr.loss) and np.isfinite(params).all():
             return
-        where = (f"the last good checkpoint {self.last_checkpoint} is kept"
-                 if self.last_checkpoint and self.last_checkpoint.exists() else "no checkpoint was written")
+        where = (
+            f"the last good checkpoint {self.last_checkpoint} is kept"
+            if self.last_checkpoint and self.last_checkpoint.exists()
+            else "no checkpoint was written"
+        )
         raise TrainingError(
             f"training diverged in epoch {epoch + 1}: the loss or the weights became NaN/inf "
             f"(eta {self.eta:g}); {where}; try a smaller eta"
@@ -315,11 +409,15 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
     p.add_argument("--epochs", type=int, default=None, help="default: the spec's train epochs")
     p.add_argument("--eta", type=float, default=None, help="initial learning rate (default: spec)")
-    p.add_argument("--decay", type=float, default=None, help="eta factor per epoch (default: spec)")
+    p.add_argument(
+        "--decay", type=float, default=None, help="eta factor per epoch (default: spec)"
+    )
     p.add_argument("--seed", type=int, default=None, help="shuffle and init seed (default: spec)")
     p.add_argument("--update-every", type=int, default=8, help="delayed: images between updates")
     p.add_argument("--batch", type=int, default=16, help="averaged: images per synchronous step")
-    p.add_argument("--limit", type=int, default=None, help="training images per epoch (default all)")
+    p.add_argument(
+        "--limit", type=int, default=None, help="training images per epoch (default all)"
+    )
     p.add_argument("--val-limit", type=int, default=None, help="validation images (default all)")
     p.add_argument("--test-limit", type=int, default=None, help="test images (default all)")
     p.add_argument("--data", default=None, help="MNIST directory (default $CHAOSGEN_DATA)")
@@ -335,7 +433,9 @@ def add_parser(sub) -> None:
     e.add_argument("--weights", required=True, help="checkpoint .npz")
     e.add_argument("--data", default=None)
     e.add_argument("--threads", type=int, default=None)
-    e.add_argument("--train-set", action="store_true", help="also evaluate on the 60,000 training images")
+    e.add_argument(
+        "--train-set", action="store_true", help="also evaluate on the 60,000 training images"
+    )
     e.set_defaults(func=cmd_eval)
 
 
@@ -359,25 +459,47 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads = 1
     net = compile_net(args.spec, target=args.target, cc=args.cc, build_dir=args.build_dir)
     t = net.ir.training
-    cfg = Config(scheme=args.scheme, threads=threads, epochs=args.epochs or t.epochs,
-                 eta=args.eta if args.eta is not None else t.eta,
-                 decay=args.decay if args.decay is not None else t.decay,
-                 seed=args.seed if args.seed is not None else t.seed,
-                 update_every=args.update_every, batch=args.batch, limit=args.limit,
-                 val_limit=args.val_limit, test_limit=args.test_limit, profile=args.profile)
+    cfg = Config(
+        scheme=args.scheme,
+        threads=threads,
+        epochs=args.epochs or t.epochs,
+        eta=args.eta if args.eta is not None else t.eta,
+        decay=args.decay if args.decay is not None else t.decay,
+        seed=args.seed if args.seed is not None else t.seed,
+        update_every=args.update_every,
+        batch=args.batch,
+        limit=args.limit,
+        val_limit=args.val_limit,
+        test_limit=args.test_limit,
+        profile=args.profile,
+    )
     if args.seed is not None:
         net.init_weights(cfg.seed)
     data = load_mnist(find_data_dir(args.data))
     if not args.quiet:
-        print(f"{net.ir.name} ({args.spec}): {cfg.scheme}, {cfg.threads} threads, {cfg.epochs} epochs, "
-              f"eta {cfg.eta:g} x{cfg.decay:g}/epoch, library {net.library}")
+        print(
+            f"{net.ir.name} ({args.spec}): {cfg.scheme}, {cfg.threads} threads, "
+            f"{cfg.epochs} epochs, "
+            f"eta {cfg.eta:g} x{cfg.decay:g}/epoch, library {net.library}"
+        )
         for row in summary_rows(net.ir):
             print("  " + row)
     ck_dir = Path(args.checkpoint_dir or Path("runs") / net.ir.name)
-    trainer = Trainer(Runtime(net), data, cfg, Path(args.log) if args.log else None, ck_dir,
-                      quiet=args.quiet,
-                      meta={"spec": args.spec, "network": net.ir.name, "ir_hash": net.ir.digest(),
-                            "target": args.target, "library": str(net.library)})
+    trainer = Trainer(
+        Runtime(net),
+        data,
+        cfg,
+        Path(args.log) if args.log else None,
+        ck_dir,
+        quiet=args.quiet,
+        meta={
+            "spec": args.spec,
+            "network": net.ir.name,
+            "ir_hash": net.ir.digest(),
+            "target": args.target,
+            "library": str(net.library),
+        },
+    )
     if args.resume:
         trainer.resume()
     elif args.log and Path(args.log).exists():
@@ -403,6 +525,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sets.append(("train", data.train_images, data.train_labels))
     for name, x, y in sets:
         st = rt.evaluate(rt.images(x), y, threads)
-        print(f"{name}: error {st.loss:.2f} (mean loss {st.loss / st.images:.4f}), "
-              f"{st.errors} wrong of {st.images} ({st.error_rate:.2%}), {st.images_per_s:,.0f} img/s")
+        print(
+            f"{name}: error {st.loss:.2f} (mean loss {st.loss / st.images:.4f}), "
+            f"{st.errors} wrong of {st.images} ({st.error_rate:.2%}), {st.images_per_s:,.0f} img/s"
+        )
     return 0

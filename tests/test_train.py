@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference import numpy_run
 
 import chaosgen
 from chaosgen import checkpoint
 from chaosgen.cli import main
 from chaosgen.data import load_mnist
 from chaosgen.train import Config, Runtime, Trainer
-
-from reference import numpy_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CHAOSGEN_DATA") or ROOT.parent / "shared" / "data" / "mnist")
@@ -60,8 +59,12 @@ def test_sequential_is_bitwise_reproducible_and_one_thread_schemes_coincide(smal
     assert np.array_equal(a, b)
     assert rec[0]["train_images"] == 3000
     # With one thread, the schemes whose maths coincide give identical weights.
-    for scheme, extra in (("chaos", {}), ("hogwild", {}), ("delayed", {"update_every": 1}),
-                          ("averaged", {"batch": 1})):
+    for scheme, extra in (
+        ("chaos", {}),
+        ("hogwild", {}),
+        ("delayed", {"update_every": 1}),
+        ("averaged", {"batch": 1}),
+    ):
         c, _ = _train(small, mnist, scheme=scheme, threads=1, limit=3000, **extra)
         assert np.array_equal(a, c), scheme
 
@@ -74,8 +77,13 @@ def test_one_thread_training_follows_an_independent_sgd_trajectory(small, mnist)
     order = np.random.default_rng(3).permutation(60000)[:n].astype(np.int32)
     rt = Runtime(net)
     images = rt.images(mnist.train_images[order])
-    rt.train(images, mnist.train_labels[order], np.arange(n, dtype=np.int32),
-             Config(scheme="sequential", threads=1), eta)
+    rt.train(
+        images,
+        mnist.train_labels[order],
+        np.arange(n, dtype=np.int32),
+        Config(scheme="sequential", threads=1),
+        eta,
+    )
     got = net.get_weights()
 
     ref = {k: v.astype(np.float64) for k, v in w0.items()}
@@ -99,9 +107,28 @@ def test_one_epoch_with_two_threads_reaches_paper_accuracy(small, mnist, scheme)
 
 
 def _cli_train(tmp_path, *extra: str) -> int:
-    return main(["train", SMALL, "--threads", "2", "--limit", "2000", "--val-limit", "1000",
-                 "--test-limit", "1000", "--quiet", "--checkpoint-dir", str(tmp_path / "ck"),
-                 "--log", str(tmp_path / "run.jsonl"), "--data", str(DATA), *extra])
+    return main(
+        [
+            "train",
+            SMALL,
+            "--threads",
+            "2",
+            "--limit",
+            "2000",
+            "--val-limit",
+            "1000",
+            "--test-limit",
+            "1000",
+            "--quiet",
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+            "--log",
+            str(tmp_path / "run.jsonl"),
+            "--data",
+            str(DATA),
+            *extra,
+        ]
+    )
 
 
 def test_log_and_checkpoint_then_resume_continues_at_the_right_epoch(tmp_path):
@@ -112,31 +139,65 @@ def test_log_and_checkpoint_then_resume_continues_at_the_right_epoch(tmp_path):
     lines = [json.loads(s) for s in (tmp_path / "run.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     assert [r["eta"] for r in lines] == pytest.approx([0.005, 0.0045, 0.00405])
-    for key in ("train_loss", "val_error_rate", "test_error_rate", "train_images_per_s", "seconds"):
+    for key in (
+        "train_loss",
+        "val_error_rate",
+        "test_error_rate",
+        "train_images_per_s",
+        "seconds",
+    ):
         assert all(key in r for r in lines), key
     assert all(0 <= r["test_error_rate"] <= 1 for r in lines)
-    assert lines[-1]["test_error_rate"] < 0.2  # 6,000 images of training: sane, far from chance (0.9)
+    assert (
+        lines[-1]["test_error_rate"] < 0.2
+    )  # 6,000 images of training: sane, far from chance (0.9)
     assert lines[0]["machine"]["cpu"] and lines[0]["config"]["threads"] == 2
     assert checkpoint.load(tmp_path / "ck" / "last.npz").epoch == 3
 
 
 def test_checkpoint_of_another_network_is_refused(tmp_path, capsys):
     assert _cli_train(tmp_path, "--epochs", "1") == 0
-    rc = main(["eval", "specs/medium.net", "--weights", str(tmp_path / "ck" / "last.npz"),
-               "--data", str(DATA)])
+    rc = main(
+        [
+            "eval",
+            "specs/medium.net",
+            "--weights",
+            str(tmp_path / "ck" / "last.npz"),
+            "--data",
+            str(DATA),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "written for network 'small'" in err and "Traceback" not in err
-    assert main(["eval", SMALL, "--weights", str(tmp_path / "ck" / "last.npz"), "--data", str(DATA)]) == 0
+    assert (
+        main(["eval", SMALL, "--weights", str(tmp_path / "ck" / "last.npz"), "--data", str(DATA)])
+        == 0
+    )
 
 
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     assert _cli_train(tmp_path, "--epochs", "1") == 0
     good = (tmp_path / "ck" / "last.npz").read_bytes()
     spec = tmp_path / "linear.net"
-    spec.write_text("input maps=1 size=29x29\ndense units=30 activation=linear\n"
-                    "output classes=10 activation=linear loss=mse\n")
-    rc = main(["train", str(spec), "--eta", "50", "--limit", "2000", "--quiet", "--data", str(DATA),
-               "--checkpoint-dir", str(tmp_path / "ck")])
+    spec.write_text(
+        "input maps=1 size=29x29\ndense units=30 activation=linear\n"
+        "output classes=10 activation=linear loss=mse\n"
+    )
+    rc = main(
+        [
+            "train",
+            str(spec),
+            "--eta",
+            "50",
+            "--limit",
+            "2000",
+            "--quiet",
+            "--data",
+            str(DATA),
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "diverged in epoch 1" in err and "Traceback" not in err
     assert (tmp_path / "ck" / "last.npz").read_bytes() == good
@@ -144,8 +205,22 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
 
 def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path):
     """A real SIGINT to a real `chaosgen train` process in the middle of an epoch."""
-    cmd = [sys.executable, "-m", "chaosgen.cli", "train", SMALL, "--threads", "2", "--epochs", "2",
-           "--data", str(DATA), "--checkpoint-dir", str(tmp_path / "ck"), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "chaosgen.cli",
+        "train",
+        SMALL,
+        "--threads",
+        "2",
+        "--epochs",
+        "2",
+        "--data",
+        str(DATA),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     time.sleep(4.0)  # compile (cached), load MNIST, start the first epoch
     proc.send_signal(signal.SIGINT)
@@ -154,9 +229,25 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path):
     assert "interrupted in epoch 1" in err and "Traceback" not in err
     ck = checkpoint.load(tmp_path / "ck" / "last.npz")
     assert ck.partial and ck.epoch == 0
-    resumed = subprocess.run(cmd[:-1] + ["--epochs", "1", "--resume", "--quiet", "--limit", "1000",
-                                         "--val-limit", "1000", "--test-limit", "1000"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        cmd[:-1]
+        + [
+            "--epochs",
+            "1",
+            "--resume",
+            "--quiet",
+            "--limit",
+            "1000",
+            "--val-limit",
+            "1000",
+            "--test-limit",
+            "1000",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert checkpoint.load(tmp_path / "ck" / "last.npz").epoch == 1
 
