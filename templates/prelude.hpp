@@ -5,6 +5,9 @@
 #include <cmath>
 #include <atomic>
 #include <omp.h>
+#if defined(__INTEL_COMPILER)
+#include <immintrin.h>  // _mm_malloc and _mm_free (runtime.hpp); with icc -mmic, the KNC header
+#endif
 
 #define CG_STR_(x) #x
 #define CG_STR(x) CG_STR_(x)
