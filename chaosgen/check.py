@@ -47,10 +47,11 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "loss": AttrSpec(("word",), default="cross_entropy"),
     },
     "train": {
-        "epochs": AttrSpec(("int",), default=ir.Training.epochs),
-        "eta": AttrSpec(("int", "float"), default=ir.Training.eta),
-        "decay": AttrSpec(("int", "float"), default=ir.Training.decay),
-        "seed": AttrSpec(("int",), default=ir.Training.seed),
+        # An instance: on a slots dataclass, ir.Training.epochs is a descriptor, not the default.
+        "epochs": AttrSpec(("int",), default=ir.Training().epochs),
+        "eta": AttrSpec(("int", "float"), default=ir.Training().eta),
+        "decay": AttrSpec(("int", "float"), default=ir.Training().decay),
+        "seed": AttrSpec(("int",), default=ir.Training().seed),
     },
 }
 _KIND_WORDS = {

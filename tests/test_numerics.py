@@ -1,0 +1,325 @@
+"""Compiled networks against independent oracles: NumPy float64 (itself checked by central finite
+differences) and PyTorch float64. Forward outputs, the loss and every gradient, float32 vs float64,
+to 1e-4 of the array's scale (see reference.assert_close)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from conftest import ROOT, SHIPPED
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import (
+    chaosgen_run,
+    compare,
+    finite_differences,
+    numpy_run,
+    random_weights,
+    torch_run,
+)
+from specgen import net_descs, plain_text, spec_texts
+
+import chaosgen
+from chaosgen.check import check
+from chaosgen.errors import ChaosgenError
+from chaosgen.parse import parse_text
+
+try:
+    import torch  # noqa: F401
+
+    HAVE_TORCH = True
+except ImportError:
+    HAVE_TORCH = False
+
+# Random networks compiled, built and checked per run (~0.5 s each); raise it for a soak test.
+RANDOM_NETS = int(os.environ.get("CHAOSGEN_TEST_RANDOM_NETS", "50"))
+
+# One net per construct the finite-difference check must see: every layer kind, activation,
+# stride > 1 with a floored remainder, non-square windows, every output activation and loss.
+FD_SPECS = {
+    "conv_max": """
+        input maps=2 size=9x8
+        conv maps=3 kernel=3x2 stride=2 activation=scaled_tanh
+        maxpool window=2x1
+        dense units=4 activation=tanh
+        output classes=3
+    """,
+    "relu_avg_mse": """
+        input maps=1 size=6x6
+        conv maps=2 kernel=3 activation=relu
+        avgpool window=2x4
+        conv maps=3 kernel=1 activation=sigmoid
+        output classes=4 activation=sigmoid loss=mse
+    """,
+    "softmax_mse": """
+        input maps=3 size=4x5
+        dense units=5 activation=linear
+        dense units=3 activation=relu
+        output classes=5 activation=softmax loss=mse
+    """,
+    "linear_out": """
+        input size=5x5
+        conv maps=2 kernel=2 stride=3 activation=linear
+        output classes=2 activation=linear loss=mse
+    """,
+    "tanh_out": """
+        input size=7x3
+        maxpool window=7x3
+        output classes=3 activation=tanh loss=mse
+    """,
+    "scaled_tanh_out": """
+        input maps=2 size=3x3
+        conv maps=2 kernel=3 activation=sigmoid
+        conv maps=3 kernel=1 activation=tanh
+        output classes=2 activation=scaled_tanh loss=mse
+    """,
+    "relu_out": """
+        input size=4x4
+        dense units=6 activation=scaled_tanh
+        output classes=3 activation=relu loss=mse
+    """,
+}
+
+
+def _ir(text: str, name: str = "t.net"):
+    return check(parse_text(text, name))
+
+
+def _image(net, rng: np.random.Generator) -> np.ndarray:
+    s = net.input
+    return rng.uniform(-1.0, 1.0, (s.maps, s.h, s.w)).astype(np.float32)
+
+
+# --- the NumPy oracle is right ----------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(FD_SPECS))
+def test_numpy_oracle_matches_finite_differences(name: str) -> None:
+    """Every parameter's gradient from the NumPy oracle equals a central difference (float64)."""
+    net = _ir(FD_SPECS[name])
+    rng = np.random.default_rng(7)
+    w = {k: v.astype(np.float64) for k, v in random_weights(net, rng).items()}
+    x = _image(net, rng).astype(np.float64)
+    label = int(rng.integers(net.output.out_shape.maps))
+    ref = numpy_run(net, w, x, label)
+    fd = finite_differences(net, w, x, label, {k: np.arange(v.size) for k, v in w.items()})
+    for key in w:
+        np.testing.assert_allclose(
+            ref.grads[key].reshape(-1), fd[key], rtol=1e-6, atol=1e-8, err_msg=key
+        )
+
+
+def test_numpy_oracle_matches_finite_differences_on_small_spec() -> None:
+    """The same on the small spec, at 12 random entries of each parameter array."""
+    net = _ir((ROOT / "specs/small.net").read_text(), "specs/small.net")
+    rng = np.random.default_rng(3)
+    w = {k: v.astype(np.float64) for k, v in random_weights(net, rng).items()}
+    x = _image(net, rng).astype(np.float64)
+    ref = numpy_run(net, w, x, 4)
+    idx = {k: rng.choice(v.size, min(12, v.size), replace=False) for k, v in w.items()}
+    fd = finite_differences(net, w, x, 4, idx)
+    for key in w:
+        np.testing.assert_allclose(
+            ref.grads[key].reshape(-1)[idx[key]], fd[key], rtol=1e-6, atol=1e-8, err_msg=key
+        )
+
+
+@settings(max_examples=30, deadline=None)
+@given(desc=net_descs(max_hidden=3, max_side=6), seed=st.integers(0, 2**32 - 1))
+def test_numpy_oracle_matches_finite_differences_on_random_nets(desc, seed: int) -> None:
+    """Random stacks (no C++ needed): oracle gradients at 6 entries per array vs central
+    differences."""
+    net = _ir(plain_text(desc))
+    rng = np.random.default_rng(seed)
+    w = {k: v.astype(np.float64) for k, v in random_weights(net, rng).items()}
+    x = _image(net, rng).astype(np.float64)
+    label = int(rng.integers(net.output.out_shape.maps))
+    ref = numpy_run(net, w, x, label)
+    idx = {k: rng.choice(v.size, min(6, v.size), replace=False) for k, v in w.items()}
+    fd = finite_differences(net, w, x, label, idx)
+    for key in w:
+        # Looser than above: a random relu or max-pool may sit within h of its kink.
+        np.testing.assert_allclose(
+            ref.grads[key].reshape(-1)[idx[key]], fd[key], rtol=1e-5, atol=1e-7, err_msg=key
+        )
+
+
+def test_numpy_oracle_matches_torch() -> None:
+    """Both oracles agree to float64 round-off on every finite-difference net and small."""
+    pytest.importorskip("torch")
+    texts = dict(FD_SPECS, small=(ROOT / "specs/small.net").read_text())
+    for name, text in texts.items():
+        net = _ir(text)
+        rng = np.random.default_rng(11)
+        w = random_weights(net, rng)
+        x = _image(net, rng)
+        a, b = numpy_run(net, w, x, 1), torch_run(net, w, x, 1)
+        np.testing.assert_allclose(a.output, b.output, rtol=1e-12, atol=1e-12, err_msg=name)
+        assert a.loss == pytest.approx(b.loss, rel=1e-12, abs=1e-12), name
+        for key in w:
+            np.testing.assert_allclose(
+                a.grads[key], b.grads[key], rtol=1e-10, atol=1e-12, err_msg=f"{name} {key}"
+            )
+
+
+# --- the shipped specs --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("oracle", ["numpy", "torch"])
+def test_shipped_spec_matches_oracle(name: str, oracle: str, shipped_nets: dict) -> None:
+    """Forward output, loss and every gradient of small/medium/large, for 3 images each."""
+    if oracle == "torch":
+        pytest.importorskip("torch")
+    run = numpy_run if oracle == "numpy" else torch_run
+    loaded = shipped_nets[name]
+    rng = np.random.default_rng(5)
+    loaded.set_weights(random_weights(loaded.ir, rng))
+    worst: dict[str, float] = {}
+    for label in (0, 3, 9):
+        x = rng.uniform(-1, 1, (29, 29)).astype(np.float32)  # (h, w) form for a 1-map input
+        errors = compare(
+            chaosgen_run(loaded, x, label), run(loaded.ir, loaded.get_weights(), x, label)
+        )
+        for k, v in errors.items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    grads = max(v for k, v in worst.items() if k not in ("output", "loss"))
+    print(
+        f"\n{name} vs {oracle}: largest scaled error: forward {worst['output']:.2e}, "
+        f"loss {worst['loss']:.2e}, gradients {grads:.2e} "
+        f"({max((k for k in worst if k not in ('output', 'loss')), key=worst.get)})"
+    )
+
+
+# --- random networks, compiled and built --------------------------------------------------------
+@pytest.fixture(scope="module")
+def random_build(tmp_path_factory: pytest.TempPathFactory):
+    """One build cache and spec folder for every random network of this module; at the end,
+    prints how many distinct networks were built and the largest errors seen (`pytest -s`)."""
+    folder = tmp_path_factory.mktemp("random-nets")
+    yield folder
+    if _WORST:
+        print(
+            f"\nrandom nets: {len(_WORST['specs'])} distinct specs, {_WORST['runs']} runs; "
+            f"largest scaled error: forward {_WORST['output']:.2e}, "
+            f"gradients {_WORST['grads']:.2e}"
+        )
+
+
+_WORST: dict = {}
+
+
+def _note(text: str, errors: dict[str, float]) -> None:
+    _WORST.setdefault("specs", set()).add(text)
+    _WORST["runs"] = _WORST.get("runs", 0) + 1
+    grads = max(v for k, v in errors.items() if k not in ("output", "loss"))
+    _WORST["output"] = max(_WORST.get("output", 0.0), errors["output"])
+    _WORST["grads"] = max(_WORST.get("grads", 0.0), grads)
+
+
+@settings(max_examples=RANDOM_NETS, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=spec_texts(), seed=st.integers(0, 2**32 - 1))
+def test_random_net_matches_oracles(spec, seed: int, random_build) -> None:
+    """A random spec, written as text, compiled to C++, built with gcc and loaded: its forward
+    output and gradients match the NumPy oracle, and PyTorch when installed."""
+    desc, text = spec
+    path = random_build / f"r{hashlib.sha256(text.encode()).hexdigest()[:12]}.net"
+    path.write_bytes(text.encode())
+    loaded = chaosgen.compile(path, build_dir=random_build / "build")
+    rng = np.random.default_rng(seed)
+    loaded.set_weights(random_weights(loaded.ir, rng))
+    x = _image(loaded.ir, rng)
+    label = int(rng.integers(loaded.ir.output.out_shape.maps))
+    got = chaosgen_run(loaded, x, label)
+    _note(text, compare(got, numpy_run(loaded.ir, loaded.get_weights(), x, label)))
+    if HAVE_TORCH:
+        compare(got, torch_run(loaded.ir, loaded.get_weights(), x, label))
+
+
+# --- the weights API ----------------------------------------------------------------------------
+def test_weights_layout_and_round_trip(shipped_nets: dict) -> None:
+    """get_weights gives PyTorch layouts in layer order; set_weights then get_weights is exact."""
+    loaded = shipped_nets["small"]
+    w = loaded.get_weights()
+    assert {k: v.shape for k, v in w.items()} == {
+        "c1.weight": (5, 1, 4, 4),
+        "c1.bias": (5,),
+        "c2.weight": (10, 5, 5, 5),
+        "c2.bias": (10,),
+        "f1.weight": (50, 90),
+        "f1.bias": (50,),
+        "out.weight": (10, 50),
+        "out.bias": (10,),
+    }
+    assert list(w) == [
+        "c1.weight",
+        "c1.bias",
+        "c2.weight",
+        "c2.bias",
+        "f1.weight",
+        "f1.bias",
+        "out.weight",
+        "out.bias",
+    ]
+    assert all(v.dtype == np.float32 for v in w.values())
+    new = random_weights(loaded.ir, np.random.default_rng(0))
+    loaded.set_weights(new)
+    for k, v in loaded.get_weights().items():
+        np.testing.assert_array_equal(v, new[k])
+
+
+def test_default_init_is_pytorch_style(shipped_nets: dict) -> None:
+    """Fresh weights lie in U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and are not all zero."""
+    import chaosgen.loader
+
+    net = chaosgen.loader.Net(
+        shipped_nets["small"].ir, shipped_nets["small"].library, _header(shipped_nets["small"])
+    )
+    for lay in net.ir.trainable:
+        bound = 1 / np.sqrt(lay.n_weights // lay.out_shape.maps)
+        for key in (f"{lay.name}.weight", f"{lay.name}.bias"):
+            v = net.get_weights()[key]
+            assert np.abs(v).max() <= bound and np.abs(v).max() > bound / 2, key
+
+
+def _header(loaded) -> str:
+    return (loaded.library.parent / "chaosgen_api.h").read_text()
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda w: w.pop("f1.bias"), r"missing \['f1.bias'\]"),
+        (lambda w: w.update(extra=np.zeros(3)), r"unexpected \['extra'\]"),
+        (
+            lambda w: w.update({"c2.weight": np.zeros((10, 5, 5))}),
+            r"c2.weight has shape \(10, 5, 5\), expected \(10, 5, 5, 5\)",
+        ),
+        (
+            lambda w: w.update({"out.weight": np.zeros((50, 10))}),
+            r"out.weight has shape \(50, 10\), expected \(10, 50\)",
+        ),
+        (lambda w: w["c1.bias"].__setitem__(0, np.nan), r"c1.bias contains NaN"),
+    ],
+)
+def test_set_weights_rejects_bad_input(mutate, message: str, shipped_nets: dict) -> None:
+    """Missing, extra, misshapen or non-finite weights raise a ChaosgenError naming the key, and
+    leave the weights as they were (no half-applied update)."""
+    loaded = shipped_nets["small"]
+    before = loaded.get_weights()
+    w = random_weights(loaded.ir, np.random.default_rng(1))
+    mutate(w)
+    with pytest.raises(ChaosgenError, match=message):
+        loaded.set_weights(w)
+    for k, v in loaded.get_weights().items():  # a rejected call changes nothing
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_bad_image_and_label_are_errors(shipped_nets: dict) -> None:
+    """A wrong image shape or an out-of-range label is a ChaosgenError, not a crash."""
+    loaded = shipped_nets["small"]
+    with pytest.raises(ChaosgenError, match=r"input has shape \(28, 28\)"):
+        loaded.forward(np.zeros((28, 28)))
+    with pytest.raises(ChaosgenError, match="label 10 is out of range 0..9"):
+        loaded.gradients(np.zeros((29, 29)), 10)
+    with pytest.raises(ChaosgenError, match="label -1"):
+        loaded.gradients(np.zeros((29, 29)), -1)
