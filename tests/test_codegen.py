@@ -1,0 +1,169 @@
+"""Stage 3, codegen: generated C++ pinned by golden files; the vectorizable tanh against libm.
+
+Golden files are tests/golden/<spec>.<target>.cpp for every shipped spec and every deterministic
+target (not `native`, which depends on the host), and tests/golden/<spec>.h for the API header.
+After an intended change to the templates or codegen, regenerate them with
+`python -m pytest tests/test_codegen.py --update-golden` and review `git diff tests/golden`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SHIPPED
+
+from chaosgen import codegen
+from chaosgen.pipeline import front_end
+from chaosgen.targets import TARGETS, get_compiler, native_target
+
+GOLDEN = ROOT / "tests" / "golden"
+DIFF_LINES = 120  # of a failing comparison's unified diff, shown in the message
+
+
+def _render(spec: str, target: str) -> codegen.Source:
+    """Render a shipped spec from its repository-relative path (cwd must be the repo root)."""
+    parsed, net = front_end(f"specs/{spec}.net")
+    return codegen.render(net, TARGETS[target], parsed.lines)
+
+
+def _compare(path: Path, text: str, update: bool) -> None:
+    if update:
+        path.write_text(text)
+        return
+    if not path.exists():
+        pytest.fail(f"{path.relative_to(ROOT)} is missing: run `pytest --update-golden`")
+    want = path.read_text()
+    if text != want:
+        diff = list(
+            difflib.unified_diff(
+                want.splitlines(keepends=True),
+                text.splitlines(keepends=True),
+                f"{path.relative_to(ROOT)} (golden)",
+                "generated now",
+            )
+        )
+        more = f"\n... {len(diff) - DIFF_LINES} more diff lines" if len(diff) > DIFF_LINES else ""
+        pytest.fail(
+            f"generated code differs from {path.relative_to(ROOT)}; if intended, run "
+            f"`pytest --update-golden` and review `git diff tests/golden`:\n"
+            + "".join(diff[:DIFF_LINES])
+            + more,
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("spec", SHIPPED)
+def test_cpp_matches_golden(spec: str, target: str, update_golden: bool, in_repo) -> None:
+    """The translation unit for (spec, target) is byte-identical to its golden file."""
+    _compare(GOLDEN / f"{spec}.{target}.cpp", _render(spec, target).cpp, update_golden)
+
+
+@pytest.mark.parametrize("spec", SHIPPED)
+def test_header_matches_golden(spec: str, update_golden: bool, in_repo) -> None:
+    """The C API header is the same for every target, and matches its golden file."""
+    headers = {_render(spec, t).header for t in TARGETS}
+    assert len(headers) == 1
+    _compare(GOLDEN / f"{spec}.h", headers.pop(), update_golden)
+
+
+def test_no_stale_golden_files() -> None:
+    """Every top-level golden file belongs to a (spec, target) pair still generated."""
+    expected = {f"{s}.{t}.cpp" for s in SHIPPED for t in TARGETS} | {f"{s}.h" for s in SHIPPED}
+    found = {p.name for p in GOLDEN.iterdir() if p.is_file() and p.suffix in (".cpp", ".h")}
+    assert found <= expected, f"stale golden files: {sorted(found - expected)}"
+
+
+def test_output_is_deterministic_and_has_no_absolute_paths(in_repo) -> None:
+    """Rendering twice gives the same text; an absolute spec path prints as its file name only,
+    so neither the checkout's location nor the time ends up in generated code."""
+    a, b = _render("small", "avx2"), _render("small", "avx2")
+    assert a == b
+    parsed, net = front_end(ROOT / "specs" / "small.net")
+    src = codegen.render(net, TARGETS["avx2"], parsed.lines)
+    assert str(ROOT) not in src.cpp and str(ROOT) not in src.header
+    assert "// spec:    small.net " in src.cpp
+    assert src.cpp == a.cpp.replace("specs/small.net", "small.net")
+    assert src.header == a.header.replace("specs/small.net", "small.net")
+
+
+def test_each_layer_points_back_to_its_spec_line(in_repo) -> None:
+    """Above each layer's code, a comment names the spec file, line and statement."""
+    cpp = _render("small", "generic").cpp
+    for line in (5, 6, 7, 8, 9, 10):
+        stmt = (ROOT / "specs/small.net").read_text().splitlines()[line - 1].split("#")[0].strip()
+        assert f"// specs/small.net:{line}: {stmt}\n" in cpp
+
+
+# --- the vectorizable tanh ----------------------------------------------------------------------
+TANH_PROGRAM = r"""
+#define CG_ALIGN 64
+#include "prelude.hpp"
+#include <cstdio>
+
+/* Max |f(x) - reference(x)| over a grid, the reference in double precision from libm. */
+template <class F, class R>
+static void scan(const char *name, F f, R ref, double lo, double hi, long n) {
+    double worst = 0.0, at = 0.0;
+    for (long i = 0; i <= n; ++i) {
+        const float x = static_cast<float>(lo + (hi - lo) * static_cast<double>(i) / n);
+        const double err = std::fabs(static_cast<double>(f(x)) - ref(static_cast<double>(x)));
+        if (!(err <= worst)) { worst = err; at = x; }
+    }
+    std::printf("%s %.9g %.9g\n", name, worst, at);
+}
+
+int main() {
+    auto tanh_ref = [](double x) { return std::tanh(x); };
+    scan("tanh", cg_tanh, tanh_ref, -10.0, 10.0, 4000000);        // step 5e-6
+    scan("tanh_small", cg_tanh, tanh_ref, -1e-3, 1e-3, 200000);  // near 0, relative matters
+    scan("tanh_wide", cg_tanh, tanh_ref, -1e4, 1e4, 2000000);     // saturation and the clamp
+    scan("scaled_tanh", cg_scaled_tanh,
+         [](double x) { return 1.7159 * std::tanh(2.0 * x / 3.0); }, -15.0, 15.0, 3000000);
+    scan("sigmoid", cg_sigmoid,
+         [](double x) { return 1.0 / (1.0 + std::exp(-x)); }, -20.0, 20.0, 4000000);
+    const float inf = INFINITY;
+    std::printf("special %.9g %.9g %.9g %.9g\n", cg_tanh(inf), cg_tanh(-inf), cg_tanh(0.0f),
+                cg_tanh(-0.0f));
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def tanh_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[float, ...]]:
+    """Build the program with the flags the generated code gets for this machine, and run it."""
+    compiler = get_compiler(None)
+    if compiler.resolve() is None:
+        pytest.skip(f"no C++ compiler ({compiler.cxx})")
+    tmp = tmp_path_factory.mktemp("tanh")
+    (tmp / "tanh.cpp").write_text(TANH_PROGRAM)
+    flags = compiler.flags(native_target())
+    cmd = [compiler.resolve(), *flags, "-I", str(codegen.template_dir()), "tanh.cpp", "-o", "tanh"]
+    subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, text=True)
+    out = subprocess.run([str(tmp / "tanh")], check=True, capture_output=True, text=True).stdout
+    return {row.split()[0]: tuple(float(v) for v in row.split()[1:]) for row in out.splitlines()}
+
+
+@pytest.mark.parametrize("name", ["tanh", "tanh_small", "tanh_wide", "sigmoid"])
+def test_vectorized_tanh_matches_libm(name: str, tanh_errors: dict) -> None:
+    """cg_tanh (and the sigmoid built on it) within 1e-6 of libm over a dense grid."""
+    worst, at = tanh_errors[name]
+    print(f"\n{name}: max abs error {worst:.3g} at x = {at:.6g}")
+    assert worst < 1e-6, f"{name}: max abs error {worst:.3g} at x = {at}"
+
+
+def test_scaled_tanh_matches_libm(tanh_errors: dict) -> None:
+    """1.7159 tanh(2x/3) scales the error by 1.7159 (and S = 0.66666667f is within 1 ulp)."""
+    worst, at = tanh_errors["scaled_tanh"]
+    assert worst < 1.7159e-6 + 1e-7, f"max abs error {worst:.3g} at x = {at}"
+
+
+def test_vectorized_tanh_special_values(tanh_errors: dict) -> None:
+    """Saturates to exactly +-1 at +-inf (the clamp), odd at zero."""
+    pos, neg, zero, negzero = tanh_errors["special"]
+    assert abs(pos - 1) < 1e-6 and abs(neg + 1) < 1e-6
+    assert zero == 0.0 and negzero == 0.0
