@@ -275,6 +275,13 @@ class _Checker:
                 hw = self.pair(in_st, "input", "size", a["size"])
                 if self.count(in_st, "input", "maps", a["maps"]) and hw:  # type: ignore[arg-type]
                     shape = ir.Shape(maps=a["maps"], h=hw[0], w=hw[1])  # type: ignore[arg-type]
+                if shape is not None and shape.size > MAX_FLOATS:  # the image buffer, too
+                    self.error(
+                        in_st.loc,
+                        f"input: {shape} = {shape.size} values exceed the bound of {MAX_FLOATS} "
+                        f"floats (1 GiB)",
+                    )
+                    shape = None
         input_shape = shape
         layers: list[ir.Layer] = []
         offset = 0

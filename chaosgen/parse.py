@@ -132,7 +132,12 @@ def parse_text(text: str, path: str = "<string>") -> Spec:
     network, network_loc, statements = None, None, []
     for node in tree.children:
         if node.data == "network":
-            network, network_loc = str(node.children[0]), _loc(path, node)
+            loc = _loc(path, node)
+            if network_loc is not None:  # the later name would silently win
+                where = f"already named '{network}' at line {network_loc.line}"
+                msg = f"a second 'network' statement; {where}"
+                raise SpecError([Diagnostic(loc, msg, lines[loc.line - 1])])
+            network, network_loc = str(node.children[0]), loc
             continue
         toks = [c for c in node.children if isinstance(c, lark.Token)]
         attrs = tuple(
