@@ -44,7 +44,7 @@ def add_compile_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> None:
-    """`chaosgen compile` and `chaosgen targets`."""
+    """`chaosgen compile` (`chaosgen targets` is registered by chaosgen.native)."""
     p = sub.add_parser("compile", help="compile a spec to C++ and build it")
     add_compile_options(p)
     p.add_argument(
@@ -55,6 +55,13 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--rebuild", action="store_true", help="ignore the build cache (also CHAOSGEN_REBUILD=1)"
     )
+    p.add_argument(
+        "--program",
+        action="store_true",
+        help="a standalone training program (built if the compiler is here) instead of a "
+        "library; always so for knc and knl (docs/xeon-phi.md)",
+    )
+    p.add_argument("--out", default=None, help="--program: its directory (default: in the cache)")
     p.set_defaults(func=cmd_compile)
 
 
@@ -70,6 +77,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(net.describe(), indent=2))
         return 0
+    if args.emit in (None, "cmd") and (args.program or not _buildable(args)):
+        from .native import cmd_compile_program
+
+        return cmd_compile_program(args)  # a knc/knl library could not be loaded here anyway
     emit_only = args.emit in ("cpp", "header", "cmd")
     c = compile_spec(
         args.spec,

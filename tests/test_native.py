@@ -1,0 +1,317 @@
+"""chaosgen.native: the standalone program (golden main.cpp and scripts for every shipped spec and
+target; built here with gcc and clang and trained on real MNIST), CGW1 weights and their import,
+and gcc/clang builds of the avx2 and generic targets against the PyTorch float64 oracle."""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, SHIPPED
+
+import chaosgen
+from chaosgen import checkpoint, cli, data, native
+from chaosgen.errors import ChaosgenError
+from chaosgen.pipeline import front_end
+from chaosgen.targets import COMPILERS, TARGETS, get_target
+from chaosgen.train import Runtime
+
+GOLDEN = ROOT / "tests" / "golden" / "program"
+MNIST = Path(os.environ.get("CHAOSGEN_DATA") or ROOT.parent / "shared" / "data" / "mnist")
+HAVE_CLANG = shutil.which("clang++") is not None
+needs_mnist = pytest.mark.skipif(
+    not (MNIST / "train-images-idx3-ubyte.gz").is_file(), reason=f"MNIST not found in {MNIST}"
+)
+GOLDEN_FILES = ("main.cpp", "build.sh", "run.sh")
+
+
+def _default_compiler(target: str) -> str:
+    return "icc" if target == "knc" else "gcc"  # fixed, not $CXX: golden files are portable
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("spec", SHIPPED)
+def test_program_files_match_golden(spec: str, target: str, update_golden: bool, in_repo) -> None:
+    """main.cpp, build.sh and run.sh of every shipped spec and target (net.cpp has its own)."""
+    parsed, net = front_end(f"specs/{spec}.net")
+    compiler = COMPILERS[_default_compiler(target)]
+    files = native.render_program(net, TARGETS[target], compiler, parsed.lines, version=None)
+    for name in GOLDEN_FILES:
+        path = GOLDEN / f"{spec}.{target}" / name
+        got = files[name]
+        assert isinstance(got, str)
+        if update_golden:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(got)
+            continue
+        assert path.exists(), f"{path} missing: run `pytest --update-golden` and review the diff"
+        want = path.read_text()
+        if got != want:
+            diff = difflib.unified_diff(
+                want.splitlines(), got.splitlines(), str(path), "generated", lineterm=""
+            )
+            pytest.fail("\n".join(list(diff)[:80]))
+
+
+def test_program_uses_the_library_sources_and_initial_weights(small_lib) -> None:
+    """net.cpp and the header are codegen's; init.cgw holds what Net.init_weights gives."""
+    spec, net = front_end(ROOT / "specs" / "small.net")
+    target = get_target("generic")
+    files = native.render_program(net, target, COMPILERS["gcc"], spec.lines, version=None)
+    source = chaosgen.codegen.render(net, target, spec.lines)
+    assert files["net.cpp"] == source.cpp and files["chaosgen_api.h"] == source.header
+    init = native.parse_cgw(files["init.cgw"])
+    assert (init.ir_hash, init.epochs, init.partial) == (net.digest(), 0, False)
+    small_lib.init_weights(net.training.seed)
+    np.testing.assert_array_equal(init.params, small_lib.params)
+
+
+def test_cgw_round_trip_and_refusals(tmp_path: Path) -> None:
+    _, net = front_end(ROOT / "specs" / "small.net")
+    params = np.random.default_rng(0).standard_normal(net.n_params).astype(np.float32)
+    w = native.Weights(params, net.digest(), epochs=3, eta=0.000729, partial=True)
+    path = tmp_path / "w.cgw"
+    native.write_cgw(path, w)
+    raw = path.read_bytes()
+    assert raw[:4] == b"CGW1" and len(raw) == 40 + 4 * net.n_params
+    assert raw[8:24] == net.digest().encode() and raw[40:44] == params[:1].tobytes()
+    back = native.read_cgw(path)
+    np.testing.assert_array_equal(back.params, params)
+    assert (back.ir_hash, back.epochs, back.eta, back.partial) == (net.digest(), 3, 0.000729, True)
+    assert native.checked_for(back, net, path) is back
+
+    path.write_bytes(raw[:-4])
+    with pytest.raises(ChaosgenError, match="truncated"):
+        native.read_cgw(path)
+    path.write_bytes(b"PK\x03\x04" + raw[4:])
+    with pytest.raises(ChaosgenError, match="not a CGW1 weights file"):
+        native.read_cgw(path)
+    _, medium = front_end(ROOT / "specs" / "medium.net")
+    with pytest.raises(ChaosgenError, match="another network"):
+        native.checked_for(back, medium, path)
+
+
+def test_import_and_export_weights_commands(tmp_path: Path, in_repo, capsys) -> None:
+    _, net = front_end("specs/small.net")
+    params = native.initial_params(net, 7)
+    native.write_cgw(tmp_path / "w.cgw", native.Weights(params, net.digest(), 2, 0.00081))
+    assert cli.main(["import-weights", "specs/small.net", str(tmp_path / "w.cgw")]) == 0
+    ck = checkpoint.load(tmp_path / "w.npz", net)
+    np.testing.assert_array_equal(ck.params, params)
+    assert (ck.epoch, ck.eta, ck.net, ck.partial) == (2, 0.00081, "small", False)
+
+    out = tmp_path / "again.cgw"
+    assert (
+        cli.main(["export-weights", "specs/small.net", str(tmp_path / "w.npz"), "-o", str(out)])
+        == 0
+    )
+    assert out.read_bytes() == (tmp_path / "w.cgw").read_bytes()
+
+    capsys.readouterr()
+    assert cli.main(["import-weights", "specs/medium.net", str(tmp_path / "w.cgw")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "another network" in err
+
+
+@pytest.mark.skipif(shutil.which("icpc") is not None, reason="icc is installed here")
+def test_knc_program_is_emitted_without_icc(tmp_path: Path, in_repo, capsys) -> None:
+    """No icc here: everything is written, with the build command and where to run it."""
+    out = tmp_path / "knc"
+    assert cli.main(["compile", "specs/small.net", "--target", "knc", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "not built: icpc (icc) is not installed here" in text and "-mmic" in text
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        ["build.sh", "chaosgen_api.h", "init.cgw", "main.cpp", "net.cpp", "run.sh"]
+    )
+    assert all(os.access(out / s, os.X_OK) for s in ("build.sh", "run.sh"))
+    # The build script stops with a clear message where icc is missing.
+    proc = subprocess.run(["sh", str(out / "build.sh")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "icpc not found" in proc.stderr
+    # What icc -std=c++11 would compile, checked with g++ taking icc's side of every #if
+    # (__assume_aligned stubbed): C++11 only, _mm_malloc declared, no AVX intrinsics needed.
+    icc_side = ["-D__INTEL_COMPILER=1700", "-D__assume_aligned(p,a)=((void)0)"]
+    for extra, files in (
+        (icc_side + ["-Wno-unknown-pragmas"], ["main.cpp", "net.cpp"]),
+        (["-Wall", "-Wextra", "-pedantic", "-Werror"], ["main.cpp"]),
+    ):
+        proc = subprocess.run(
+            ["g++", "-std=c++11", "-fopenmp", "-fsyntax-only", *extra, *files],
+            cwd=out,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_knl_routes_to_the_program(in_repo, capsys) -> None:
+    assert cli.main(["compile", "specs/small.net", "--target", "knl", "--emit", "cmd"]) == 0
+    _, net = front_end("specs/small.net")
+    want = native.program_command(net, COMPILERS["gcc"], TARGETS["knl"])
+    assert capsys.readouterr().out.split() == list(want)
+    assert want[-4:] == ("-o", "chaosgen-small", "main.cpp", "net.cpp")
+
+
+# --- built here and trained on MNIST -------------------------------------------------------
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("native-build")
+
+
+@pytest.fixture(scope="module")
+def small_lib(build_dir: Path):
+    """The small net as chaosgen's own library (gcc, this machine)."""
+    return chaosgen.compile(ROOT / "specs" / "small.net", cc="gcc", build_dir=build_dir)
+
+
+@pytest.fixture(scope="module")
+def raw_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four MNIST files gunzipped (as the program reads them)."""
+    out = tmp_path_factory.mktemp("mnist-raw")
+    for name, _, _ in data.FILES:
+        (out / name.removesuffix(".gz")).write_bytes(gzip.decompress((MNIST / name).read_bytes()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def train_log_keys(raw_mnist: Path, build_dir: Path, tmp_path_factory) -> dict:
+    """The keys of `chaosgen train --log` records (with --profile), from a tiny real run."""
+    tmp = tmp_path_factory.mktemp("train")
+    log = tmp / "log.jsonl"
+    spec = str(ROOT / "specs" / "small.net")
+    argv = ["train", spec, "--cc", "gcc", "--build-dir", str(build_dir), "--data", str(raw_mnist)]
+    argv += ["--epochs", "1", "--limit", "32", "--val-limit", "32", "--test-limit", "32"]
+    argv += ["--threads", "1", "--log", str(log), "--checkpoint-dir", str(tmp), "--quiet"]
+    argv += ["--profile"]
+    assert cli.main(argv) == 0
+    return _keys(json.loads(log.read_text().splitlines()[0]))
+
+
+def _keys(rec: dict) -> dict:
+    return {
+        "record": list(rec),
+        "config": list(rec["config"]),
+        "machine": list(rec["machine"]),
+        "profile": {k: list(v) for k, v in rec.get("profile_us_per_image", {}).items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory):
+    """program(cc): the small net's program directory, built here with `cc` (once per module)."""
+    built: dict[str, Path] = {}
+
+    def get(cc: str) -> Path:
+        if cc not in built:
+            out = tmp_path_factory.mktemp(f"program-{cc}")
+            argv = ["compile", str(ROOT / "specs" / "small.net"), "--program", "--cc", cc]
+            assert cli.main([*argv, "--out", str(out)]) == 0
+            assert (out / "chaosgen-small").exists()
+            built[cc] = out
+        return built[cc]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def mnist_test(raw_mnist: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The test images and labels as chaosgen.data gives them."""
+    images = data.pad_and_scale(data.read_images(raw_mnist / "t10k-images-idx3-ubyte"))
+    return images, data.read_labels(raw_mnist / "t10k-labels-idx1-ubyte").astype(np.int32)
+
+
+COMPILERS_HERE = [
+    "gcc",
+    pytest.param("clang", marks=pytest.mark.skipif(not HAVE_CLANG, reason="no clang++")),
+]
+
+
+@needs_mnist
+@pytest.mark.parametrize("cc", COMPILERS_HERE)
+def test_program_trains_on_mnist(
+    cc: str, program, small_lib, raw_mnist, mnist_test, train_log_keys
+) -> None:
+    """Built here, run through run.sh on real MNIST; its log has chaosgen train's keys, and its
+    weights, imported, give chaosgen's runtime the test error the program reported."""
+    out = program(cc)
+    n_test = 2000
+    args = ["--limit", "3000", "--val-limit", "1000", "--test-limit", str(n_test)]
+    args += ["--eta", "0.01", "--profile"]
+    # gcc: run.sh gunzips the original files; clang: it copies already raw ones.
+    env = {**os.environ, "DATA": str(MNIST if cc == "gcc" else raw_mnist), "THREADS": "2"}
+    run = [str(out / "run.sh"), *args]
+    proc = subprocess.run([*run, "--epochs", "1"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch   1" in proc.stdout
+    (rec,) = [json.loads(line) for line in (out / "run.jsonl").read_text().splitlines()]
+    assert _keys(rec) == train_log_keys
+    assert (rec["epoch"], rec["train_images"], rec["test_images"]) == (1, 3000, n_test)
+    assert rec["config"]["threads"] == 2 and rec["config"]["network"] == "small"
+    assert rec["test_error_rate"] < 0.2, rec  # 3000 images of the small net: about 10%
+
+    cgw = out / "weights.cgw"
+    assert cli.main(["import-weights", str(ROOT / "specs" / "small.net"), str(cgw)]) == 0
+    ck = checkpoint.load(out / "weights.npz", small_lib.ir)
+    assert (ck.epoch, ck.eta) == (1, 0.01 * 0.9)
+    small_lib.params[:] = ck.params
+    rt = Runtime(small_lib)
+    images, labels = mnist_test
+    st = rt.evaluate(rt.images(images[:n_test]), labels[:n_test], 2)
+    assert abs(st.errors - rec["test_errors"]) <= 2, (st.errors, rec["test_errors"])
+    assert st.loss == pytest.approx(rec["test_error"], rel=1e-3)
+
+    # --resume continues from the weights file: epoch 2, eta decayed, the log appended.
+    proc = subprocess.run(
+        [*run, "--epochs", "2", "--resume", "--quiet"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    recs = [json.loads(line) for line in (out / "run.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [1, 2] and recs[1]["eta"] == pytest.approx(0.009)
+    assert native.read_cgw(cgw).epochs == 2
+
+
+@needs_mnist
+def test_program_refuses_bad_input(program, raw_mnist: Path, tmp_path: Path) -> None:
+    out = program("gcc")
+    exe, init = str(out / "chaosgen-small"), str(out / "init.cgw")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path)
+
+    gz = run("--data", str(MNIST), "--init", init)
+    assert gz.returncode == 1 and "-ubyte.gz is there: gunzip it first" in gz.stderr
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(gzip.compress(b"\0\0\x08\x03"))
+    gz = run("--data", str(tmp_path), "--init", init)
+    assert gz.returncode == 1 and "is gzip-compressed: gunzip it first" in gz.stderr
+    bad = run("--threads", "0")
+    assert bad.returncode == 2 and "--threads must be an integer >= 1" in bad.stderr
+    _, medium = front_end(ROOT / "specs" / "medium.net")
+    native.write_cgw(
+        tmp_path / "m.cgw", native.Weights(np.zeros(medium.n_params), medium.digest())
+    )
+    other = run("--init", "m.cgw", "--data", str(raw_mnist))
+    assert other.returncode == 1 and "weights of another network" in other.stderr
+
+
+# --- gcc and clang, avx2 and generic, against PyTorch --------------------------------------
+@pytest.mark.parametrize("target", ["avx2", "generic"])
+@pytest.mark.parametrize("cc", COMPILERS_HERE)
+def test_builds_agree_with_torch(cc: str, target: str, build_dir: Path) -> None:
+    pytest.importorskip("torch")
+    from reference import chaosgen_run, compare, random_weights, torch_run
+
+    if not TARGETS[target].runs_here():
+        pytest.skip(f"this CPU cannot run {target} code")
+    net = chaosgen.compile(ROOT / "specs" / "small.net", target=target, cc=cc, build_dir=build_dir)
+    rng = np.random.default_rng(5)
+    net.set_weights(random_weights(net.ir, rng))
+    for label in (3, 8):
+        x = rng.uniform(0.0, 1.0, (29, 29)).astype(np.float32)
+        x[28, :] = x[:, 28] = 0.0
+        compare(chaosgen_run(net, x, label), torch_run(net.ir, net.get_weights(), x, label))
