@@ -6,11 +6,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Test this checkout's chaosgen from any working directory (installed or not; the wheel itself is
+# checked by tests/test_build.py).
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 SHIPPED = ("small", "medium", "large")
 
 

@@ -165,3 +165,20 @@ def test_digest_ignores_locations_and_training() -> None:
     )
     c = _check("input size=4\nconv maps=3 kernel=3\noutput classes=2\n")
     assert a.digest() == b.digest() != c.digest()
+
+
+def test_language_reference_covers_every_attribute() -> None:
+    """docs/language.md documents every statement kind, attribute, activation, loss and limit."""
+    from conftest import ROOT
+
+    from chaosgen.check import ATTRS, MAX_EPOCHS
+
+    doc = (ROOT / "docs" / "language.md").read_text()
+    for kind, attrs in ATTRS.items():
+        assert f"`{kind}`" in doc, kind
+        for key in attrs:
+            assert f"| `{key}` |" in doc, (kind, key)
+    for word in (*ir.OUTPUT_ACTIVATIONS, *ir.LOSSES):
+        assert f"`{word}`" in doc, word
+    for limit in (MAX_DIM, MAX_FLOATS, MAX_EPOCHS):
+        assert str(limit) in doc, limit
