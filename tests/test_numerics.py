@@ -268,21 +268,20 @@ def test_weights_layout_and_round_trip(shipped_nets: dict) -> None:
 
 
 def test_default_init_is_pytorch_style(shipped_nets: dict) -> None:
-    """Fresh weights lie in U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and are not all zero."""
-    import chaosgen.loader
+    """Fresh weights: seeded by the spec's train seed (two instances agree), within
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, spread over that range."""
+    from chaosgen.loader import Net
 
-    net = chaosgen.loader.Net(
-        shipped_nets["small"].ir, shipped_nets["small"].library, _header(shipped_nets["small"])
-    )
-    for lay in net.ir.trainable:
+    old = shipped_nets["small"]
+    header = (old.library.parent / "chaosgen_api.h").read_text()
+    a, b = (Net(old.ir, old.library, header).get_weights() for _ in range(2))
+    for lay in old.ir.trainable:
         bound = 1 / np.sqrt(lay.n_weights // lay.out_shape.maps)
         for key in (f"{lay.name}.weight", f"{lay.name}.bias"):
-            v = net.get_weights()[key]
-            assert np.abs(v).max() <= bound and np.abs(v).max() > bound / 2, key
-
-
-def _header(loaded) -> str:
-    return (loaded.library.parent / "chaosgen_api.h").read_text()
+            np.testing.assert_array_equal(a[key], b[key])
+            assert np.abs(a[key]).max() <= bound, key
+        assert np.abs(a[f"{lay.name}.weight"]).max() > 0.9 * bound  # not a narrower law
+    assert np.std(a["c2.weight"]) == pytest.approx(1 / np.sqrt(3 * 125), rel=0.05)
 
 
 @pytest.mark.parametrize(
