@@ -119,17 +119,25 @@ def build(
             atomic_write(cpp, source.cpp)
         atomic_write(directory / source.header_name, source.header)
         tmp = directory / f".{LIB_NAME}.{os.getpid()}.tmp"
-        run = command(compiler, target, tmp.name)
-        try:
-            proc = subprocess.run(run, capture_output=True, text=True, cwd=directory)
-        except OSError as e:
-            raise BuildError(f"cannot run {run[0]}: {e.strerror}") from None
-        if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            head = "\n".join(proc.stderr.strip().splitlines()[:20])
-            raise BuildError(
-                f"compiling {name} for {target.name} with {compiler.name} failed "
-                f"(exit {proc.returncode}):\n  {shlex.join(run)}\n{head}"
-            )
-        os.replace(tmp, lib)
+        run_and_publish(
+            command(compiler, target, tmp.name),
+            directory,
+            tmp,
+            lib,
+            f"compiling {name} for {target.name} with {compiler.name}",
+        )
     return Build(directory, lib, cmd, False, time.perf_counter() - t0)
+
+
+def run_and_publish(run: tuple[str, ...], cwd: Path, tmp: Path, final: Path, what: str) -> None:
+    """Run a compiler command that writes `tmp`, then rename it to `final` (atomic publish).
+    A failure raises BuildError with the command and the first lines of the compiler's stderr."""
+    try:
+        proc = subprocess.run(run, capture_output=True, text=True, cwd=cwd)
+    except OSError as e:
+        raise BuildError(f"cannot run {run[0]}: {e.strerror}") from None
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        head = "\n".join(proc.stderr.strip().splitlines()[:20])
+        raise BuildError(f"{what} failed (exit {proc.returncode}):\n  {shlex.join(run)}\n{head}")
+    os.replace(tmp, final)

@@ -51,18 +51,8 @@ class Net:
 
     # --- weights ------------------------------------------------------------------------------
     def init_weights(self, seed: int) -> None:
-        """PyTorch's default: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), seeded."""
-        rng = np.random.default_rng(seed)
-        self.params[:] = 0
-        for lay in self.ir.trainable:
-            fan_in = lay.n_weights // lay.out_shape.maps
-            bound = 1.0 / np.sqrt(fan_in)
-            self.params[lay.w_offset : lay.w_offset + lay.n_weights] = rng.uniform(
-                -bound, bound, lay.n_weights
-            )
-            self.params[lay.b_offset : lay.b_offset + lay.n_bias] = rng.uniform(
-                -bound, bound, lay.n_bias
-            )
+        """Start from `initial_params(ir, seed)`."""
+        self.params[:] = initial_params(self.ir, seed)
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """'<layer>.weight' / '<layer>.bias' -> float32 copies, PyTorch layouts, layer order."""
@@ -126,6 +116,20 @@ class Net:
         """The loss of one image (computed by the gradient pass)."""
         self.gradients(x, label)
         return float(self.last_loss)
+
+
+def initial_params(net: ir.Net, seed: int) -> np.ndarray:
+    """PyTorch's default init, seeded: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    as the flat parameter array (padding zero)."""
+    rng = np.random.default_rng(seed)
+    params = np.zeros(net.n_params, np.float32)
+    for lay in net.trainable:
+        bound = 1.0 / np.sqrt(lay.n_weights // lay.out_shape.maps)
+        params[lay.w_offset : lay.w_offset + lay.n_weights] = rng.uniform(
+            -bound, bound, lay.n_weights
+        )
+        params[lay.b_offset : lay.b_offset + lay.n_bias] = rng.uniform(-bound, bound, lay.n_bias)
+    return params
 
 
 def _blocks(lay: ir.Trainable):

@@ -17,19 +17,18 @@ import json
 import os
 import shlex
 import struct
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from filelock import FileLock
 
 from . import __version__, codegen, data, ir
 from . import checkpoint as ckpt
-from .build import CPP_NAME, atomic_write, cache_root
-from .errors import BuildError, ChaosgenError, UsageError
+from .build import CPP_NAME, atomic_write, cache_root, run_and_publish
+from .errors import ChaosgenError, UsageError
+from .loader import initial_params
 from .targets import (
     Compiler,
     Target,
@@ -113,16 +112,6 @@ def checked_for(w: Weights, net: ir.Net, path: str | Path) -> Weights:
     if not np.isfinite(w.params).all():
         raise ChaosgenError(f"{path}: the weights contain NaN or inf")
     return w
-
-
-def initial_params(net: ir.Net, seed: int) -> np.ndarray:
-    """The weights chaosgen.loader.Net starts from with `seed`: its own init_weights, run on a
-    stand-in that has the IR and the parameter array but no library (knc code cannot be loaded)."""
-    from .loader import Net as LoadedNet
-
-    holder = SimpleNamespace(ir=net, params=np.zeros(net.n_params, np.float32))
-    LoadedNet.init_weights(holder, seed)  # type: ignore[arg-type]
-    return holder.params
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -290,18 +279,13 @@ def _build(directory: Path, exe: Path, net: ir.Net, tgt: Target, compiler: Compi
     """Run the build command, publishing the executable atomically."""
     tmp = exe.with_name(f".{exe.name}.{os.getpid()}.tmp")
     run = program_command(net, compiler, tgt, cxx=compiler.resolve(), out=tmp.name)
-    try:
-        proc = subprocess.run(run, capture_output=True, text=True, cwd=directory)
-    except OSError as e:
-        raise BuildError(f"cannot run {run[0]}: {e.strerror}") from None
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        head = "\n".join(proc.stderr.strip().splitlines()[:20])
-        raise BuildError(
-            f"building the {net.name} program for {tgt.name} with {compiler.name} failed "
-            f"(exit {proc.returncode}):\n  {shlex.join(run)}\n{head}"
-        )
-    os.replace(tmp, exe)
+    run_and_publish(
+        run,
+        directory,
+        tmp,
+        exe,
+        f"building the {net.name} program for {tgt.name} with {compiler.name}",
+    )
 
 
 def cmd_compile_program(args: argparse.Namespace) -> int:
