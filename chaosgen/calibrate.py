@@ -1,0 +1,344 @@
+"""`chaosgen calibrate`: measure this machine for the performance model. Per network: train and
+validate a few hundred to a few thousand images on one thread (operation factors); run the
+contention microbenchmark (templates/contention.cpp.j2) at 1 and more threads; measure peak FMA
+throughput. Short runs repeated, medians kept: the machine may be shared."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import jinja2
+import numpy as np
+from filelock import FileLock
+
+from . import __version__
+from .build import atomic_write, cache_root
+from .errors import BuildError, ChaosgenError
+from .predict import work_of
+from .targets import cpu_model, default_compiler_for, native_target
+
+REPEATS = 3  # training measurements per network (median)
+CONTENTION_REPEATS = 5  # microbenchmark runs per thread count (median)
+SHIPPED = ("small", "medium", "large")
+# Assumed power of this machine: no sensor is readable in a VM. EPYC 9005 (Zen 5) parts list
+# 360-500 W TDP for 64-192 cores, about 2.6-5.6 W per core; we take the upper end per busy core.
+POWER = {
+    "idle_w": 0.0,
+    "per_core_w": 5.0,
+    "source": "assumed 5 W per busy core (EPYC 9005 TDP / cores, upper end); not measured",
+}
+
+
+def shipped_specs() -> list[str]:
+    """specs/{small,medium,large}.net of a source checkout (or of the working directory)."""
+    for root in (Path("specs"), Path(__file__).resolve().parent.parent / "specs"):
+        found = [str(root / f"{n}.net") for n in SHIPPED if (root / f"{n}.net").is_file()]
+        if found:
+            return found
+    return []
+
+
+def cpu_hz() -> float:
+    """The clock /proc/cpuinfo reports (nominal; turbo is absorbed by the operation factors)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":", 1)[1]) * 1e6
+    except (OSError, ValueError):
+        pass
+    return 2.0e9  # a stated default where the clock is unknown
+
+
+def threads_per_core() -> int:
+    """Hardware threads per core from sysfs (1 if unknown)."""
+    p = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list")
+    try:
+        text = p.read_text().strip()
+    except OSError:
+        return 1
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return max(n, 1)
+
+
+# --- the microbenchmark -------------------------------------------------------------------------
+def microbenchmark(build_dir: str | Path | None = None) -> Path:
+    """Render and build (cached by content) the contention/peak program."""
+    from .codegen import template_dir
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    target = native_target()
+    src = env.get_template("contention.cpp.j2").render(
+        version=__version__, align=target.align, unroll_limit=16
+    )
+    compiler = default_compiler_for(target)
+    if compiler.resolve() is None:
+        raise BuildError(f"C++ compiler '{compiler.cxx}' not found; calibration needs it")
+    # A program, not a library: no -fPIC. -fopenmp for threads; -O3 -march=native as the nets.
+    flags = [f for f in compiler.flags(target) if f != "-fPIC"]
+    key = hashlib.sha256("\0".join([src, compiler.version(), *flags]).encode()).hexdigest()[:16]
+    directory = cache_root(build_dir) / f"contention-{key}"
+    exe = directory / "contention"
+    if exe.exists():
+        return exe
+    directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory / ".lock")):
+        if exe.exists():
+            return exe
+        atomic_write(directory / "contention.cpp", src)
+        tmp = directory / f".contention.{os.getpid()}.tmp"
+        cmd = [compiler.resolve() or compiler.cxx, *flags, "-o", tmp.name, "contention.cpp"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=directory)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise BuildError(
+                f"building the contention microbenchmark failed:\n{proc.stderr[:2000]}"
+            )
+        os.replace(tmp, exe)
+    return exe
+
+
+def _run(exe: Path, *args) -> dict:
+    proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise ChaosgenError(f"{exe.name} {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+def measure_contention(
+    exe: Path, blocks: Sequence[int], gap_s: float, threads: Sequence[int], seconds: float
+) -> dict[int, float]:
+    """Seconds per image spent on shared weights, per thread count (medians; runs interleaved so
+    that a burst of load from elsewhere hits every thread count alike)."""
+    images = max(
+        20, min(5000, int(seconds / CONTENTION_REPEATS / len(threads) / max(gap_s, 1e-6)))
+    )
+    samples: dict[int, list[float]] = {p: [] for p in threads}
+    for _ in range(CONTENTION_REPEATS):
+        for p in threads:
+            samples[p].append(
+                _run(exe, "contention", p, images, f"{gap_s:.9g}", *blocks)["shared_s_per_image"]
+            )
+    return {p: statistics.median(v) for p, v in samples.items()}
+
+
+def measure_peak(exe: Path, threads: Sequence[int], seconds: float = 0.2) -> dict[int, float]:
+    """GFLOP/s of p threads running independent FMA chains (median of three)."""
+    return {
+        p: statistics.median(_run(exe, "peak", p, seconds)["gflops"] for _ in range(3))
+        for p in threads
+    }
+
+
+# --- training speed -----------------------------------------------------------------------------
+def _data(data_dir: str | None, n: int):
+    """MNIST if it can be found, else random images (timing does not depend on pixel values)."""
+    from .data import find_data_dir, load_mnist
+
+    try:
+        d = load_mnist(find_data_dir(data_dir))
+        return d, "mnist"
+    except ChaosgenError:
+        if data_dir is not None:
+            raise
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 29, 29), dtype=np.float32)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    return SimpleNamespace(
+        train_images=x, train_labels=y, test_images=x, test_labels=y
+    ), "synthetic"
+
+
+def _probe(rt, data) -> tuple[float, int]:
+    """Rough seconds per training image: double the batch until it takes 50 ms."""
+    from .train import Config
+
+    n = 32
+    while True:
+        x = rt.images(data.train_images[:n])
+        t0 = time.perf_counter()
+        rt.train(x, data.train_labels[:n], np.arange(n, dtype=np.int32), Config(), 1e-4)
+        t = time.perf_counter() - t0
+        if t >= 0.05 or n >= len(data.train_labels):
+            return t / n, n
+        n = min(2 * n, len(data.train_labels))
+
+
+def measure_net(
+    spec: str,
+    seconds: float,
+    data_dir: str | None,
+    build_dir: str | None,
+    log: Callable[[str], None],
+) -> dict:
+    """Time reduced epochs on one thread through the real Trainer: seconds per training image,
+    per forward image, and the sequential rest of an epoch (medians of REPEATS epochs)."""
+    from . import compile as compile_net
+    from .train import Config, Runtime, Trainer
+
+    net = compile_net(spec, build_dir=build_dir)
+    rt = Runtime(net)
+    full, kind = _data(data_dir, 20000)
+    per_image, _ = _probe(rt, full)
+    # One epoch = n training + n validation + n/4 test images, about seconds / REPEATS long.
+    n = int(min(len(full.train_labels), max(200, seconds / REPEATS / (per_image * 1.6))))
+    nt = min(len(full.test_labels), max(50, n // 4))
+    data = SimpleNamespace(
+        train_images=full.train_images[:n],
+        train_labels=full.train_labels[:n],
+        test_images=full.test_images[:nt],
+        test_labels=full.test_labels[:nt],
+    )
+    # One more epoch than measured: the first warms caches and the allocator, and is dropped.
+    cfg = Config(
+        threads=1, epochs=REPEATS + 1, eta=1e-4, decay=1.0, limit=n, val_limit=n, test_limit=nt
+    )
+    records = Trainer(rt, data, cfg, quiet=True).run()[1:]
+    w = work_of(net.ir)
+    train_s = statistics.median(r["seconds_train"] / r["train_images"] for r in records)
+    fwd_s = statistics.median(
+        (r["seconds_val"] + r["seconds_test"]) / (r["val_images"] + r["test_images"])
+        for r in records
+    )
+    prep_s = statistics.median(
+        max(0.0, r["seconds"] - r["seconds_train"] - r["seconds_val"] - r["seconds_test"])
+        for r in records
+    )
+    log(
+        f"  {net.ir.name}: {n} training + {n} validation + {nt} test images x {REPEATS} on "
+        f"1 thread ({kind} data): {1 / train_s:,.0f} training img/s, "
+        f"{1 / fwd_s:,.0f} forward img/s"
+    )
+    return {
+        "net": net.ir.name,
+        "spec": spec,
+        "ir_hash": net.ir.digest(),
+        "work": w,
+        "images": n,
+        "test_images": nt,
+        "data": kind,
+        "train_s_per_image": train_s,
+        "forward_s_per_image": fwd_s,
+        "prep_s": prep_s,
+    }
+
+
+# --- the whole calibration ----------------------------------------------------------------------
+def run(
+    specs: Sequence[str],
+    out: Path,
+    seconds: float = 2.0,
+    data_dir: str | None = None,
+    build_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Measure, then merge into the profile at `out` (networks measured before are kept)."""
+    t_start = time.perf_counter()
+    cores = os.cpu_count() or 1
+    clock = cpu_hz()
+    tpc = threads_per_core()
+    physical = max(1, cores // tpc)
+    exe = microbenchmark(build_dir)
+    load = os.getloadavg()[0]
+    log(
+        f"calibrating {cpu_model()}: {physical} cores x {tpc} threads, clock {clock / 1e9:.2f} GHz"
+    )
+    if load > 0.5:
+        log(
+            f"  note: load average {load:.1f} before starting: other work is running, so the "
+            f"numbers may be pessimistic; calibrate again when the machine is quiet"
+        )
+    old = {}
+    if out.exists():
+        try:
+            old = json.loads(out.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        if old.get("cpu") != cpu_model() or old.get("cores") != physical:
+            old = {}  # another machine's profile: start afresh
+    nets = dict(old.get("nets", {}))
+    extra = sorted({2, cores} - {1}) if cores > 1 else []
+    for spec in specs:
+        m = measure_net(spec, seconds * 0.6, data_dir, build_dir, log)
+        w = m.pop("work")
+        c = measure_contention(exe, w.blocks, m["train_s_per_image"], [1, *extra], seconds * 0.4)
+        # c(p) = slope * (p - 1): least squares through the origin over the measured counts
+        pts = [(p - 1, max(0.0, c[p] - c[1])) for p in extra]
+        slope = sum(x * y for x, y in pts) / sum(x * x for x, _ in pts) if pts else 0.0
+        net_name = m.pop("net")
+        nets[net_name] = {
+            **m,
+            "operation_factor": {
+                "train": m["train_s_per_image"] * clock / w.train,
+                "forward": m["forward_s_per_image"] * clock / w.forward,
+            },
+            "contention_s": slope,
+            "lines": w.lines,
+            "shared_s_per_image": {str(p): v for p, v in c.items()},
+        }
+        log(
+            f"  {net_name}: contention {slope * 1e6:.2f} us per image per extra thread "
+            f"({w.lines} lines written per image)"
+        )
+    peak = measure_peak(exe, sorted({1, cores}))
+    log(
+        "  peak: "
+        + ", ".join(f"{g:.0f} GFLOP/s on {p} thread{'s' * (p > 1)}" for p, g in peak.items())
+    )
+    med = {
+        k: statistics.median(v["operation_factor"][k] for v in nets.values())
+        for k in ("train", "forward")
+    }
+    per_line = statistics.median(v["contention_s"] / v["lines"] for v in nets.values())
+    profile = {
+        "name": "this",
+        "description": f"{cpu_model()}, {physical} cores (calibrated)",
+        "cpu": cpu_model(),
+        "cores": physical,
+        "threads_per_core": tpc,
+        "clock_hz": clock,
+        "clock_source": "/proc/cpuinfo (nominal; boost clocks are absorbed by the factors)",
+        # Measured CPI exists only for one thread per core; SMT parts get the paper's KNC ratio
+        # (2 with four threads) as a stated guess, interpolated linearly.
+        "cpi": {"1": 1.0} if tpc == 1 else {"1": 1.0, str(tpc): 1.0 + (tpc - 1) / 3},
+        "beyond_hardware": "time_slice",
+        "operation_factor": {
+            **med,
+            "prep_s": statistics.median(v["prep_s"] for v in nets.values()),
+            "source": f"median over {', '.join(sorted(nets))}",
+        },
+        "contention": {
+            "model": "c(p) = s_per_line * lines * (p - 1)",
+            "s_per_line": per_line,
+            "source": "median over calibrated networks of the microbenchmark's slope",
+        },
+        "nets": nets,
+        "peak_gflops": {str(p): g for p, g in peak.items()},
+        "power": POWER,
+        "calibration": {
+            "chaosgen": __version__,
+            "seconds": time.perf_counter() - t_start,
+            "load_before": load,
+            "load_after": os.getloadavg()[0],
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    }
+    atomic_write(out, json.dumps(profile, indent=2) + "\n")
+    return profile
