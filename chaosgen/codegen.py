@@ -75,23 +75,147 @@ def summary_rows(net: ir.Net) -> list[str]:
     return ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
 
 
-def _map_block(lay: ir.Conv, target: Target) -> int:
-    """Output maps per register block: the largest divisor of the map count whose accumulators
-    (maps x row vectors) fit in the accumulator budget of the target's vector registers."""
-    vectors_per_row = math.ceil(lay.out_shape.w / target.vector_width)
-    best = 1
-    for ob in range(1, min(lay.out_shape.maps, 8) + 1):
-        if lay.out_shape.maps % ob == 0 and ob * vectors_per_row <= target.accumulators:
-            best = ob
-    return best
+@dataclass(frozen=True, slots=True)
+class WideBlock:
+    """Register blocking of a wide-row correlation: `maps` output planes at a time, each computed
+    `rows` output rows at a time as one span of `vecs` vectors (rows `pitch` apart, the columns
+    between them thrown away). A row too long for the registers is cut into `cols` pieces."""
+
+    rows: int
+    cols: int  # pieces per row (then rows == 1), else 1
+    vecs: int
+    span: int  # vecs x vector width: the constant trip count of the vector loop
+    maps: int
+    chunks: int  # row chunks x cols; the last row chunk may run past the last row
+    full: int  # maps covered by whole blocks; the other maps % `maps` form one smaller block
+    rem: int
+
+    def last_start(self, pitch: int) -> int:
+        """Wide index where the last chunk starts."""
+        return (self.chunks // self.cols - 1) * self.rows * pitch + (self.cols - 1) * self.span
+
+
+def _block_cycles(maps: int, vecs: int) -> int:
+    """Estimated cycles per tap and input plane of one wide-row block (see _wide_block)."""
+    return max(maps * vecs, 2 * vecs + maps) if maps else 0
+
+
+def _wide_block(rows: int, width: int, pitch: int, maps: int, target: Target) -> WideBlock:
+    """The blocking with the fewest estimated cycles: per tap and input plane a block of m maps
+    and v vectors does m * v FMAs (one per cycle) and v unaligned input loads (which straddle
+    cache lines: about two cycles each) plus m weight broadcasts; the accumulators (m * v
+    vectors) must fit the target's budget."""
+    vw, budget = target.vector_width, target.accumulators
+    shapes = []  # (rows per chunk, pieces per row, vectors)
+    for r in range(1, rows + 1):
+        vecs = -(-((r - 1) * pitch + width) // vw)
+        if vecs > budget:
+            break
+        shapes.append((r, 1, vecs))
+    if width > vw:  # pieces of one row (the only way when a row is longer than the registers)
+        shapes += [(1, -(-width // (v * vw)), v) for v in range(1, budget + 1) if v * vw < width]
+    best: tuple | None = None
+    for r, cols, vecs in shapes:
+        chunks = -(-rows // r) * cols
+        for m in range(1, min(maps, budget // vecs) + 1):
+            cost = chunks * (maps // m * _block_cycles(m, vecs) + _block_cycles(maps % m, vecs))
+            key = (cost, -m, chunks)
+            if best is None or key < best[0]:
+                best = (key, WideBlock(rows=r, cols=cols, vecs=vecs, span=vecs * vw, maps=m,
+                                       chunks=chunks, full=maps - maps % m, rem=maps % m))
+    assert best is not None
+    return best[1]
+
+
+REDUCE_COST = 8  # cycles to add up the lanes of one accumulator vector (log2(16) shuffle+adds)
+
+
+def _dot_block(maps: int, cols: int, vecs: int, target: Target) -> tuple[int, int, int]:
+    """(maps, taps, cycles per kernel row and input map) of the weight gradient as dot products:
+    per vector a block of m maps x t taps of one kernel row loads m deltas and t unaligned
+    inputs and does m * t FMAs, then adds up the lanes of its m * t accumulators."""
+    budget = target.accumulators
+
+    def cycles(m: int, t: int) -> int:
+        return vecs * max(m * t, m + 2 * t) + m * t * REDUCE_COST if m and t else 0
+
+    best: tuple | None = None
+    for m in range(1, min(maps, budget) + 1):
+        for t in range(1, min(cols, budget // m) + 1):
+            total = sum(cycles(mm, tt) * nm * nt for mm, nm in ((m, maps // m), (maps % m, 1))
+                        for tt, nt in ((t, cols // t), (cols % t, 1)))
+            key = (total, -m * t, -t)
+            if best is None or key < best[0]:
+                best = (key, (m, t, total))
+    assert best is not None
+    return best[1]
+
+
+def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True) -> dict:
+    """Every number the conv kernels print: blockings, wide-row spans, scratch sizes, and how far
+    past its input each pass reads (the work layout leaves that much room)."""
+    vw = target.vector_width
+    i, o, s = lay.in_shape, lay.out_shape, lay.stride
+    taps = lay.kh * lay.kw
+    in_plane = i.h * i.w
+    # Forward: output rows pitch IN_W apart in the wide index p; input index s * p + tap offset.
+    f = _wide_block(o.h, o.w, i.w, o.maps, target)
+    f_read = ((i.maps - 1) * in_plane + f.last_start(i.w) * s + (lay.kh - 1) * i.w + lay.kw - 1
+              + (f.span - 1) * s + 1)
+    # The deltas in wide rows (pitch IN_W, zero between rows): scratch for backward data and
+    # for the dot-product form of the weight gradient.
+    w_vecs = -(-((o.h - 1) * i.w + o.w) // vw)
+    # Backward data, scattered tap by tap: for a tap, a block of input maps gets the sum over
+    # the output maps of weight x wide deltas (in registers), added to dx shifted by the tap.
+    b = _wide_block(o.h, o.w, i.w, i.maps, target)
+    b_read = (o.maps - 1) * w_vecs * vw + b.last_start(i.w) + b.span
+    # Weight gradient, in the cheaper of two forms. "wide": the gradient plane (KH rows at
+    # pitch IN_W) is a wide-row correlation of the input with the deltas as the kernel.
+    # "dot": dot products over the wide index of the deltas (zero between rows) and the input
+    # shifted by each tap; the lanes are added up at the end.
+    g = _wide_block(lay.kh, lay.kw, i.w, o.maps, target)
+    g_cost = (i.maps * o.h * o.w * g.chunks
+              * (o.maps // g.maps * _block_cycles(g.maps, g.vecs) + _block_cycles(g.rem, g.vecs)))
+    g_read = ((i.maps - 1) * in_plane + g.last_start(i.w) + (o.h - 1) * s * i.w + (o.w - 1) * s
+              + g.span)
+    d_vecs = w_vecs
+    d_maps, d_cols, d_cycles = _dot_block(o.maps, lay.kw, d_vecs, target)
+    d_cost = i.maps * lay.kh * d_cycles
+    d_read = (i.maps - 1) * in_plane + (lay.kh - 1) * i.w + lay.kw - 1 + (d_vecs * vw - 1) * s + 1
+    dot = d_cost < g_cost
+    wide_floats = ir.align(max(o.maps * w_vecs * vw, b_read if needs_dx else 0)) if dot or needs_dx else 0
+    return dict(
+        kh=lay.kh, kw=lay.kw, stride=s, taps=taps, in_plane=in_plane, out_plane=o.h * o.w,
+        f=f,
+        wide_pitch=w_vecs * vw, wide_floats=wide_floats, b=b,
+        grad_form="dot" if dot else "wide",
+        g=g, g_ky_step=s * i.w,
+        d_vecs=d_vecs, d_span=d_vecs * vw, d_maps=d_maps, d_maps_full=o.maps - o.maps % d_maps,
+        d_maps_rem=o.maps % d_maps, d_cols=d_cols, d_cols_full=lay.kw - lay.kw % d_cols,
+        d_cols_rem=lay.kw % d_cols,
+        # scratch after this layer's deltas: the wide deltas
+        wide_from_d=ir.align(o.size), scratch=wide_floats,
+        reads_past_x=max(f_read, d_read if dot else g_read) - i.size,
+    )
+
+
+def _reads_past(lay: ir.Layer | None, target: Target) -> int:
+    """How many floats past the end of its input `lay` may read (wide-row vector spans)."""
+    return max(_conv_view(lay, target)["reads_past_x"], 0) if isinstance(lay, ir.Conv) else 0
 
 
 def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...]) -> list[dict]:
     views: list[dict] = []
     off = 0
     first_trainable = min(lay.index for lay in net.trainable)
-    for lay in net.layers:
-        size = ir.align(lay.out_shape.size)
+    for k, lay in enumerate(net.layers):
+        nxt = net.layers[k + 1] if k + 1 < len(net.layers) else None
+        needs_dx = lay.index > first_trainable
+        conv = _conv_view(lay, target, needs_dx) if isinstance(lay, ir.Conv) else None
+        # Work layout: Y (with room for the next layer's reads past its end), then D, then the
+        # conv kernels' scratch.
+        y_size = ir.align(lay.out_shape.size + _reads_past(nxt, target))
+        d_size = ir.align(lay.out_shape.size) + (conv["scratch"] if conv else 0)
         prev = views[-1]["name"] if views else None
         src = lines[lay.loc.line - 1].split("#")[0].strip() if 0 < lay.loc.line <= len(lines) else ""
         v = dict(
@@ -104,14 +228,14 @@ def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...]) -> list[di
             in_maps=lay.in_shape.maps, in_h=lay.in_shape.h, in_w=lay.in_shape.w,
             in_size=lay.in_shape.size,
             out_maps=lay.out_shape.maps, out_h=lay.out_shape.h, out_w=lay.out_shape.w,
-            y_off=off, d_off=off + size,
+            y_off=off, d_off=off + y_size, end=off + y_size + d_size,
             x="image" if prev is None else f"work + Y_{prev}",
             dx=None if prev is None else f"work + D_{prev}",
-            needs_dx=lay.index > first_trainable,
+            needs_dx=needs_dx,
             is_output=isinstance(lay, ir.Output),
             activation=getattr(lay, "activation", "linear"),
         )
-        off += 2 * size
+        off += y_size + d_size
         if isinstance(lay, ir.Trainable):
             v.update(
                 w_offset=lay.w_offset,
@@ -119,8 +243,8 @@ def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...]) -> list[di
                 block_size=lay.b_offset + lay.n_bias - lay.w_offset,
                 block=[t.index for t in net.trainable].index(lay.index),
             )
-        if isinstance(lay, ir.Conv):
-            v.update(kh=lay.kh, kw=lay.kw, stride=lay.stride, map_block=_map_block(lay, target))
+        if conv:
+            v.update(conv)
         if isinstance(lay, ir.Pool):
             v.update(op=lay.op, wh=lay.wh, ww=lay.ww)
         views.append(v)
@@ -146,9 +270,10 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = ()) -> Source:
         else "half the squared error against the one-hot target",
         n_params=net.n_params,
         image_size=net.input.size,
-        image_stride=ir.align(net.input.size),
+        # room past each image for the first layer's wide-row reads
+        image_stride=ir.align(net.input.size + _reads_past(net.layers[0], target)),
         output_size=net.output.out_shape.size,
-        work_floats=max(layers[-1]["d_off"] + ir.align(last["out_maps"]), 16),
+        work_floats=max(last["end"], 16),
         unroll_limit=UNROLL_LIMIT,
     )
     env = _env()

@@ -52,3 +52,30 @@ static inline float cg_tanh(float x) {
 
 static inline float cg_scaled_tanh(float x) { return CG_STANH_A * cg_tanh(CG_STANH_S * x); }
 static inline float cg_sigmoid(float x) { return 0.5f + 0.5f * cg_tanh(0.5f * x); }
+
+/* The convolution kernels' inner loop, written once: a register block of MB output planes, each a
+   "wide row" span of K::SPAN values. Output position p of every block reads input
+   p * K::P_STEP + ky * K::KY_STEP + kx * K::KX_STEP of each input plane, so one span covers several
+   output rows (the columns between them are computed and thrown away) and the whole (row, column)
+   loop is one vector loop of constant trip count: with the tap and map loops fully unrolled, gcc
+   keeps acc in vector registers. K gives the shape (constants from codegen) and where weight
+   (m, c, ky, kx) sits relative to w: m * K::W_M + c * K::W_C + ky * K::W_KY + kx * K::W_KX. */
+template <class K, int MB>
+static inline void cg_correlate(const float *__restrict w, const float *__restrict in,
+                                float (&acc)[MB][K::SPAN]) {
+    for (int c = 0; c < K::PLANES; ++c) {
+        const float *__restrict plane = in + c * K::PLANE;
+        for (int ky = 0; ky < K::KH; ++ky) {
+            CG_UNROLL(16)
+            for (int kx = 0; kx < K::KW; ++kx) {
+                const float *__restrict src = plane + ky * K::KY_STEP + kx * K::KX_STEP;
+                CG_UNROLL(32)
+                for (int m = 0; m < MB; ++m) {
+                    const float wv = w[m * K::W_M + c * K::W_C + ky * K::W_KY + kx * K::W_KX];
+#pragma omp simd
+                    for (int p = 0; p < K::SPAN; ++p) acc[m][p] += wv * src[p * K::P_STEP];
+                }
+            }
+        }
+    }
+}

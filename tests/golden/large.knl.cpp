@@ -72,52 +72,80 @@ static inline float cg_tanh(float x) {
 static inline float cg_scaled_tanh(float x) { return CG_STANH_A * cg_tanh(CG_STANH_S * x); }
 static inline float cg_sigmoid(float x) { return 0.5f + 0.5f * cg_tanh(0.5f * x); }
 
+/* The convolution kernels' inner loop, written once: a register block of MB output planes, each a
+   "wide row" span of K::SPAN values. Output position p of every block reads input
+   p * K::P_STEP + ky * K::KY_STEP + kx * K::KX_STEP of each input plane, so one span covers several
+   output rows (the columns between them are computed and thrown away) and the whole (row, column)
+   loop is one vector loop of constant trip count: with the tap and map loops fully unrolled, gcc
+   keeps acc in vector registers. K gives the shape (constants from codegen) and where weight
+   (m, c, ky, kx) sits relative to w: m * K::W_M + c * K::W_C + ky * K::W_KY + kx * K::W_KX. */
+template <class K, int MB>
+static inline void cg_correlate(const float *__restrict w, const float *__restrict in,
+                                float (&acc)[MB][K::SPAN]) {
+    for (int c = 0; c < K::PLANES; ++c) {
+        const float *__restrict plane = in + c * K::PLANE;
+        for (int ky = 0; ky < K::KH; ++ky) {
+            CG_UNROLL(16)
+            for (int kx = 0; kx < K::KW; ++kx) {
+                const float *__restrict src = plane + ky * K::KY_STEP + kx * K::KX_STEP;
+                CG_UNROLL(32)
+                for (int m = 0; m < MB; ++m) {
+                    const float wv = w[m * K::W_M + c * K::W_C + ky * K::W_KY + kx * K::W_KX];
+#pragma omp simd
+                    for (int p = 0; p < K::SPAN; ++p) acc[m][p] += wv * src[p * K::P_STEP];
+                }
+            }
+        }
+    }
+}
+
 extern "C" {
 #include "chaosgen_api.h"
 }
 
 // specs/large.net:5: conv    c1: maps=20 kernel=4x4 activation=scaled_tanh
 namespace layer_c1 {
-constexpr int IN_MAPS = 1, IN_H = 29, IN_W = 29;
-constexpr int OUT_MAPS = 20, OUT_H = 26, OUT_W = 26;
-constexpr int KH = 4, KW = 4, STRIDE = 1;
-constexpr int MAP_BLOCK = 5;  // output maps computed together: each input row load serves all of them
+constexpr int IN_MAPS = 1, IN_H = 29, IN_W = 29, IN_PLANE = 841;
+constexpr int OUT_MAPS = 20, OUT_H = 26, OUT_W = 26, OUT_PLANE = 676;
+constexpr int KH = 4, KW = 4, TAPS = 16, STRIDE = 1;
 constexpr int W_OFFSET = 0, B_OFFSET = 320;  // weights (OUT_MAPS, IN_MAPS, KH, KW), then biases
 constexpr int BLOCK_SIZE = 340;  // floats from W_OFFSET to the end of the biases
+constexpr int WIDE_FROM_D = 13520;  // scratch after this layer's deltas in the work buffer
 
-/* y = scaled_tanh(W * x + b), valid correlation. */
+/* Forward: output row i, column j at wide index p = i * IN_W + j reads input STRIDE * p + tap. */
+struct Forward {
+    static constexpr int PLANES = IN_MAPS, PLANE = IN_PLANE, KH = 4, KW = 4;
+    static constexpr int P_STEP = STRIDE, KY_STEP = IN_W, KX_STEP = 1;
+    static constexpr int SPAN = 32;  // 2 vectors
+    static constexpr int W_M = 16, W_C = TAPS, W_KY = KW, W_KX = 1;
+};
+constexpr int F_MAPS = 12, F_ROWS = 1, F_COLS = 1, F_CHUNKS = 26, F_FULL = 12, F_SPAN = Forward::SPAN;
+
+/* y = scaled_tanh(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
+   accumulators in registers; only the real columns of each row are stored. */
+template <int MB>
+static inline void forward_block(const float *__restrict P, const float *__restrict x, float *__restrict y, int o0, int i0, int j0) {
+    float acc[MB][F_SPAN];
+    for (int ob = 0; ob < MB; ++ob) {
+        #pragma omp simd
+        for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = P[B_OFFSET + o0 + ob];
+    }
+    cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, x + (i0 * IN_W + j0) * STRIDE, acc);
+    const int j1 = OUT_W < j0 + F_SPAN ? OUT_W : j0 + F_SPAN;
+    for (int ob = 0; ob < MB; ++ob)
+        for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
+            float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W;
+            #pragma omp simd
+            for (int j = j0; j < j1; ++j) yr[j] = cg_scaled_tanh(acc[ob][i * IN_W + j - j0]);
+        }
+}
+
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
-    const float *__restrict W = P + W_OFFSET;
-    const float *__restrict B = P + B_OFFSET;
-    for (int o0 = 0; o0 < OUT_MAPS; o0 += MAP_BLOCK) {
-        for (int i = 0; i < OUT_H; ++i) {
-            float acc[MAP_BLOCK][OUT_W];
-            for (int ob = 0; ob < MAP_BLOCK; ++ob) {
-                #pragma omp simd
-                for (int j = 0; j < OUT_W; ++j) acc[ob][j] = B[o0 + ob];
-            }
-            for (int c = 0; c < IN_MAPS; ++c) {
-                const float *__restrict xr = x + (c * IN_H + i * STRIDE) * IN_W;
-                CG_UNROLL(4)
-                for (int ky = 0; ky < KH; ++ky) {
-                    CG_UNROLL(4)
-                    for (int kx = 0; kx < KW; ++kx) {
-                        for (int ob = 0; ob < MAP_BLOCK; ++ob) {
-                            const float w = W[(((o0 + ob) * IN_MAPS + c) * KH + ky) * KW + kx];
-                            #pragma omp simd
-                            for (int j = 0; j < OUT_W; ++j)
-                                acc[ob][j] += w * xr[ky * IN_W + j * STRIDE + kx];
-                        }
-                    }
-                }
-            }
-            for (int ob = 0; ob < MAP_BLOCK; ++ob) {
-                float *__restrict yr = y + ((o0 + ob) * OUT_H + i) * OUT_W;
-                #pragma omp simd
-                for (int j = 0; j < OUT_W; ++j) yr[j] = cg_scaled_tanh(acc[ob][j]);
-            }
-        }
+    for (int k = 0; k < F_CHUNKS; ++k) {  // chunk k: F_ROWS rows from i0, or a piece of row i0 from column j0
+        const int i0 = k / F_COLS * F_ROWS, j0 = k % F_COLS * F_SPAN;
+        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, x, y, m0, i0, j0);
+        forward_block<8>(P, x, y, F_FULL, i0, j0);
     }
 }
 
@@ -125,62 +153,73 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
 static void activation_gradient(const float *__restrict y, float *__restrict d) {
     CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(d);
     #pragma omp simd
-    for (int k = 0; k < OUT_MAPS * OUT_H * OUT_W; ++k) d[k] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[k] * y[k]);
+    for (int k = 0; k < OUT_MAPS * OUT_PLANE; ++k) d[k] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[k] * y[k]);
 }
 
-/* dx = W^T * dz: the input deltas (full correlation, scattered row by row). */
-static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
-    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
-    const float *__restrict W = P + W_OFFSET;
-    std::memset(dx, 0, sizeof(float) * IN_MAPS * IN_H * IN_W);
+/* The deltas in wide rows: map o, row i, column j at o * WIDE_PITCH + i * IN_W + j, zero in the
+   columns between rows, so that a span of them lines up with the input's wide rows. */
+constexpr int WIDE_PITCH = 752, WIDE_FLOATS = 15040;
+static void widen(const float *__restrict dz, float *__restrict wide) {
+    std::memset(wide, 0, sizeof(float) * WIDE_FLOATS);
     for (int o = 0; o < OUT_MAPS; ++o)
-        for (int c = 0; c < IN_MAPS; ++c)
-            for (int i = 0; i < OUT_H; ++i) {
-                const float *__restrict dr = dz + (o * OUT_H + i) * OUT_W;
-                float *__restrict xr = dx + (c * IN_H + i * STRIDE) * IN_W;
-                CG_UNROLL(4)
-                for (int ky = 0; ky < KH; ++ky) {
-                    CG_UNROLL(4)
-                    for (int kx = 0; kx < KW; ++kx) {
-                        const float w = W[((o * IN_MAPS + c) * KH + ky) * KW + kx];
-                        #pragma omp simd
-                        for (int j = 0; j < OUT_W; ++j) xr[ky * IN_W + j * STRIDE + kx] += w * dr[j];
-                    }
-                }
-            }
+        for (int i = 0; i < OUT_H; ++i) {
+            #pragma omp simd
+            for (int j = 0; j < OUT_W; ++j) wide[o * WIDE_PITCH + i * IN_W + j] = dz[o * OUT_PLANE + i * OUT_W + j];
+        }
 }
 
-/* G += dL/dW, dL/db for this image (G has the parameters' layout). */
-static void backward_weights(const float *__restrict x, const float *__restrict dz, float *__restrict G) {
-    CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(G);
-    float *__restrict GW = G + W_OFFSET;
-    float *__restrict GB = G + B_OFFSET;
-    for (int o = 0; o < OUT_MAPS; ++o) {
-        const float *__restrict dm = dz + o * OUT_H * OUT_W;
-        float db = 0.0f;
-        #pragma omp simd reduction(+:db)
-        for (int k = 0; k < OUT_H * OUT_W; ++k) db += dm[k];
-        GB[o] += db;
-        for (int c = 0; c < IN_MAPS; ++c) {
-            float acc[KH][KW] = {};
-            for (int i = 0; i < OUT_H; ++i) {
-                const float *__restrict xr = x + (c * IN_H + i * STRIDE) * IN_W;
-                const float *__restrict dr = dm + i * OUT_W;
-                CG_UNROLL(4)
-                for (int ky = 0; ky < KH; ++ky) {
-                    CG_UNROLL(4)
-                    for (int kx = 0; kx < KW; ++kx) {
-                        float s = 0.0f;
-                        #pragma omp simd reduction(+:s)
-                        for (int j = 0; j < OUT_W; ++j) s += dr[j] * xr[ky * IN_W + j * STRIDE + kx];
-                        acc[ky][kx] += s;
-                    }
-                }
+/* Weight gradient, "dot" form: dot products over the wide index of the deltas (zero between
+   rows) and the input shifted by each tap; MB maps x TB taps of one kernel row at a time,
+   accumulated lane by lane, the lanes added up at the end. */
+constexpr int D_SPAN = 752, D_MAPS = 12, D_MAPS_FULL = 12;
+constexpr int D_COLS = 2, D_COLS_FULL = 4, V = 16;
+
+template <int MB, int TB>
+static inline void dot_block(const float *__restrict wide, const float *__restrict xs, float *__restrict g) {
+    float acc[MB][TB][V] = {};
+    for (int k = 0; k < D_SPAN; k += V) {
+        CG_UNROLL(32)
+        for (int ob = 0; ob < MB; ++ob) {
+            CG_UNROLL(32)
+            for (int tb = 0; tb < TB; ++tb) {
+                #pragma omp simd
+                for (int l = 0; l < V; ++l) acc[ob][tb][l] += wide[ob * WIDE_PITCH + k + l] * xs[tb + (k + l) * STRIDE];
             }
-            float *__restrict g = GW + (o * IN_MAPS + c) * KH * KW;
-            for (int k = 0; k < KH * KW; ++k) g[k] += acc[k / KW][k % KW];
         }
     }
+    for (int ob = 0; ob < MB; ++ob)
+        for (int tb = 0; tb < TB; ++tb) {
+            float s = 0.0f;
+            #pragma omp simd reduction(+:s)
+            for (int l = 0; l < V; ++l) s += acc[ob][tb][l];
+            g[ob * IN_MAPS * TAPS + tb] += s;
+        }
+}
+
+template <int MB>
+static inline void dot_maps(const float *__restrict wide, const float *__restrict x, float *__restrict GW, int o0) {
+    for (int c = 0; c < IN_MAPS; ++c)
+        for (int ky = 0; ky < KH; ++ky) {
+            const float *__restrict xs = x + c * IN_PLANE + ky * IN_W;
+            float *__restrict g = GW + (o0 * IN_MAPS + c) * TAPS + ky * KW;
+            for (int kx = 0; kx < D_COLS_FULL; kx += D_COLS) dot_block<MB, D_COLS>(wide + o0 * WIDE_PITCH, xs + kx, g + kx);
+        }
+}
+
+/* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
+   followed by the scratch. */
+static void backward_weights(const float *__restrict x, float *__restrict dz, float *__restrict G) {
+    CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(G);
+    for (int o = 0; o < OUT_MAPS; ++o) {
+        float db = 0.0f;
+        #pragma omp simd reduction(+:db)
+        for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
+        G[B_OFFSET + o] += db;
+    }
+    float *__restrict wide = dz + WIDE_FROM_D;
+    widen(dz, wide);  // (backward_data did it too: the passes do not rely on each other's order)
+    for (int o0 = 0; o0 < D_MAPS_FULL; o0 += D_MAPS) dot_maps<D_MAPS>(wide, x, G + W_OFFSET, o0);
+    dot_maps<8>(wide, x, G + W_OFFSET, D_MAPS_FULL);
 }
 
 /* P -= scale * G over this layer's parameters, then G := 0 for the next accumulation. */
@@ -225,23 +264,29 @@ static void forward(const float *__restrict x, float *__restrict y) {
         }
 }
 
-/* dx: each window's delta goes to its first maximal input (the one forward picked), 0 elsewhere. */
+/* dx: each window's delta goes to its first maximal input (the one forward picked), 0 elsewhere.
+   Vectorized over the windows of a row: `left` is the delta not yet placed (0 once placed). */
 static void backward_data(const float *__restrict x, const float *__restrict y,
                           const float *__restrict dy, float *__restrict dx) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(dy); CG_ASSUME_ALIGNED(dx);
     for (int c = 0; c < MAPS; ++c)
         for (int i = 0; i < OUT_H; ++i) {
             const int o = (c * OUT_H + i) * OUT_W;
-            const int r = (c * IN_H + i * WH) * IN_W;
+            const float *__restrict xr = x + (c * IN_H + i * WH) * IN_W;
+            float *__restrict dxr = dx + (c * IN_H + i * WH) * IN_W;
+            #pragma omp simd
             for (int j = 0; j < OUT_W; ++j) {
-                bool taken = false;
-                for (int wy = 0; wy < WH; ++wy)
+                const float top = y[o + j];
+                float left = dy[o + j];
+                CG_UNROLL(2)
+                for (int wy = 0; wy < WH; ++wy) {
+                    CG_UNROLL(2)
                     for (int wx = 0; wx < WW; ++wx) {
-                        const int k = r + wy * IN_W + j * WW + wx;
-                        const bool here = !taken && x[k] == y[o + j];
-                        dx[k] = here ? dy[o + j] : 0.0f;
-                        taken = taken || here;
+                        const bool here = xr[wy * IN_W + j * WW + wx] == top;
+                        dxr[wy * IN_W + j * WW + wx] = here ? left : 0.0f;
+                        left = here ? 0.0f : left;
                     }
+                }
             }
         }
 }
@@ -249,46 +294,46 @@ static void backward_data(const float *__restrict x, const float *__restrict y,
 
 // specs/large.net:7: conv    c2: maps=60 kernel=2x2 activation=scaled_tanh
 namespace layer_c2 {
-constexpr int IN_MAPS = 20, IN_H = 13, IN_W = 13;
-constexpr int OUT_MAPS = 60, OUT_H = 12, OUT_W = 12;
-constexpr int KH = 2, KW = 2, STRIDE = 1;
-constexpr int MAP_BLOCK = 6;  // output maps computed together: each input row load serves all of them
+constexpr int IN_MAPS = 20, IN_H = 13, IN_W = 13, IN_PLANE = 169;
+constexpr int OUT_MAPS = 60, OUT_H = 12, OUT_W = 12, OUT_PLANE = 144;
+constexpr int KH = 2, KW = 2, TAPS = 4, STRIDE = 1;
 constexpr int W_OFFSET = 352, B_OFFSET = 5152;  // weights (OUT_MAPS, IN_MAPS, KH, KW), then biases
 constexpr int BLOCK_SIZE = 4860;  // floats from W_OFFSET to the end of the biases
+constexpr int WIDE_FROM_D = 8640;  // scratch after this layer's deltas in the work buffer
 
-/* y = scaled_tanh(W * x + b), valid correlation. */
+/* Forward: output row i, column j at wide index p = i * IN_W + j reads input STRIDE * p + tap. */
+struct Forward {
+    static constexpr int PLANES = IN_MAPS, PLANE = IN_PLANE, KH = 2, KW = 2;
+    static constexpr int P_STEP = STRIDE, KY_STEP = IN_W, KX_STEP = 1;
+    static constexpr int SPAN = 80;  // 5 vectors
+    static constexpr int W_M = 80, W_C = TAPS, W_KY = KW, W_KX = 1;
+};
+constexpr int F_MAPS = 4, F_ROWS = 6, F_COLS = 1, F_CHUNKS = 2, F_FULL = 60, F_SPAN = Forward::SPAN;
+
+/* y = scaled_tanh(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
+   accumulators in registers; only the real columns of each row are stored. */
+template <int MB>
+static inline void forward_block(const float *__restrict P, const float *__restrict x, float *__restrict y, int o0, int i0, int j0) {
+    float acc[MB][F_SPAN];
+    for (int ob = 0; ob < MB; ++ob) {
+        #pragma omp simd
+        for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = P[B_OFFSET + o0 + ob];
+    }
+    cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, x + (i0 * IN_W + j0) * STRIDE, acc);
+    const int j1 = OUT_W < j0 + F_SPAN ? OUT_W : j0 + F_SPAN;
+    for (int ob = 0; ob < MB; ++ob)
+        for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
+            float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W;
+            #pragma omp simd
+            for (int j = j0; j < j1; ++j) yr[j] = cg_scaled_tanh(acc[ob][i * IN_W + j - j0]);
+        }
+}
+
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
-    const float *__restrict W = P + W_OFFSET;
-    const float *__restrict B = P + B_OFFSET;
-    for (int o0 = 0; o0 < OUT_MAPS; o0 += MAP_BLOCK) {
-        for (int i = 0; i < OUT_H; ++i) {
-            float acc[MAP_BLOCK][OUT_W];
-            for (int ob = 0; ob < MAP_BLOCK; ++ob) {
-                #pragma omp simd
-                for (int j = 0; j < OUT_W; ++j) acc[ob][j] = B[o0 + ob];
-            }
-            for (int c = 0; c < IN_MAPS; ++c) {
-                const float *__restrict xr = x + (c * IN_H + i * STRIDE) * IN_W;
-                CG_UNROLL(2)
-                for (int ky = 0; ky < KH; ++ky) {
-                    CG_UNROLL(2)
-                    for (int kx = 0; kx < KW; ++kx) {
-                        for (int ob = 0; ob < MAP_BLOCK; ++ob) {
-                            const float w = W[(((o0 + ob) * IN_MAPS + c) * KH + ky) * KW + kx];
-                            #pragma omp simd
-                            for (int j = 0; j < OUT_W; ++j)
-                                acc[ob][j] += w * xr[ky * IN_W + j * STRIDE + kx];
-                        }
-                    }
-                }
-            }
-            for (int ob = 0; ob < MAP_BLOCK; ++ob) {
-                float *__restrict yr = y + ((o0 + ob) * OUT_H + i) * OUT_W;
-                #pragma omp simd
-                for (int j = 0; j < OUT_W; ++j) yr[j] = cg_scaled_tanh(acc[ob][j]);
-            }
-        }
+    for (int k = 0; k < F_CHUNKS; ++k) {  // chunk k: F_ROWS rows from i0, or a piece of row i0 from column j0
+        const int i0 = k / F_COLS * F_ROWS, j0 = k % F_COLS * F_SPAN;
+        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, x, y, m0, i0, j0);
     }
 }
 
@@ -296,62 +341,110 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
 static void activation_gradient(const float *__restrict y, float *__restrict d) {
     CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(d);
     #pragma omp simd
-    for (int k = 0; k < OUT_MAPS * OUT_H * OUT_W; ++k) d[k] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[k] * y[k]);
+    for (int k = 0; k < OUT_MAPS * OUT_PLANE; ++k) d[k] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[k] * y[k]);
 }
 
-/* dx = W^T * dz: the input deltas (full correlation, scattered row by row). */
-static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
-    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
-    const float *__restrict W = P + W_OFFSET;
-    std::memset(dx, 0, sizeof(float) * IN_MAPS * IN_H * IN_W);
+/* The deltas in wide rows: map o, row i, column j at o * WIDE_PITCH + i * IN_W + j, zero in the
+   columns between rows, so that a span of them lines up with the input's wide rows. */
+constexpr int WIDE_PITCH = 160, WIDE_FLOATS = 9600;
+static void widen(const float *__restrict dz, float *__restrict wide) {
+    std::memset(wide, 0, sizeof(float) * WIDE_FLOATS);
     for (int o = 0; o < OUT_MAPS; ++o)
-        for (int c = 0; c < IN_MAPS; ++c)
-            for (int i = 0; i < OUT_H; ++i) {
-                const float *__restrict dr = dz + (o * OUT_H + i) * OUT_W;
-                float *__restrict xr = dx + (c * IN_H + i * STRIDE) * IN_W;
-                CG_UNROLL(2)
-                for (int ky = 0; ky < KH; ++ky) {
-                    CG_UNROLL(2)
-                    for (int kx = 0; kx < KW; ++kx) {
-                        const float w = W[((o * IN_MAPS + c) * KH + ky) * KW + kx];
-                        #pragma omp simd
-                        for (int j = 0; j < OUT_W; ++j) xr[ky * IN_W + j * STRIDE + kx] += w * dr[j];
-                    }
-                }
-            }
+        for (int i = 0; i < OUT_H; ++i) {
+            #pragma omp simd
+            for (int j = 0; j < OUT_W; ++j) wide[o * WIDE_PITCH + i * IN_W + j] = dz[o * OUT_PLANE + i * OUT_W + j];
+        }
 }
 
-/* G += dL/dW, dL/db for this image (G has the parameters' layout). */
-static void backward_weights(const float *__restrict x, const float *__restrict dz, float *__restrict G) {
-    CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(G);
-    float *__restrict GW = G + W_OFFSET;
-    float *__restrict GB = G + B_OFFSET;
-    for (int o = 0; o < OUT_MAPS; ++o) {
-        const float *__restrict dm = dz + o * OUT_H * OUT_W;
-        float db = 0.0f;
-        #pragma omp simd reduction(+:db)
-        for (int k = 0; k < OUT_H * OUT_W; ++k) db += dm[k];
-        GB[o] += db;
-        for (int c = 0; c < IN_MAPS; ++c) {
-            float acc[KH][KW] = {};
-            for (int i = 0; i < OUT_H; ++i) {
-                const float *__restrict xr = x + (c * IN_H + i * STRIDE) * IN_W;
-                const float *__restrict dr = dm + i * OUT_W;
-                CG_UNROLL(2)
-                for (int ky = 0; ky < KH; ++ky) {
-                    CG_UNROLL(2)
-                    for (int kx = 0; kx < KW; ++kx) {
-                        float s = 0.0f;
-                        #pragma omp simd reduction(+:s)
-                        for (int j = 0; j < OUT_W; ++j) s += dr[j] * xr[ky * IN_W + j * STRIDE + kx];
-                        acc[ky][kx] += s;
-                    }
-                }
-            }
-            float *__restrict g = GW + (o * IN_MAPS + c) * KH * KW;
-            for (int k = 0; k < KH * KW; ++k) g[k] += acc[k / KW][k % KW];
+/* Backward data tap by tap: for tap t, input maps c0.. get sum_o W[o][c][t] * wide deltas of o
+   (a chunk in registers), added to dx shifted by the tap. Only true products are computed: no
+   zero padding, unlike the full correlation. */
+struct Scatter {
+    static constexpr int PLANES = OUT_MAPS, PLANE = WIDE_PITCH, KH = 1, KW = 1;
+    static constexpr int P_STEP = 1, KY_STEP = 0, KX_STEP = 0;
+    static constexpr int SPAN = 80;  // 5 vectors
+    static constexpr int W_M = TAPS, W_C = 80, W_KY = 0, W_KX = 0;
+};
+constexpr int S_MAPS = 4, S_ROWS = 6, S_COLS = 1, S_CHUNKS = 2, S_FULL = 20, S_SPAN = Scatter::SPAN;
+
+template <int MB>
+static inline void backward_block(const float *__restrict P, const float *__restrict wide, float *__restrict dx, int c0, int i0, int j0) {
+    const int rows = OUT_H - i0 < S_ROWS ? OUT_H - i0 : S_ROWS;
+    const int valid = (rows - 1) * IN_W + (OUT_W - j0 < S_SPAN ? OUT_W - j0 : S_SPAN);  // span positions in the chunk
+    for (int t = 0; t < TAPS; ++t) {
+        float acc[MB][S_SPAN] = {};
+        cg_correlate<Scatter, MB>(P + W_OFFSET + c0 * TAPS + t, wide + i0 * IN_W + j0, acc);
+        for (int cb = 0; cb < MB; ++cb) {
+            float *__restrict d = dx + (c0 + cb) * IN_PLANE + (i0 * IN_W + j0) * STRIDE + t / KW * IN_W + t % KW;
+            #pragma omp simd
+            for (int p = 0; p < valid; ++p) d[p * STRIDE] += acc[cb][p];
         }
     }
+}
+
+/* dx = W^T * dz. dz: this layer's deltas, followed by the scratch. */
+static void backward_data(const float *__restrict P, float *__restrict dz, float *__restrict dx) {
+    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
+    float *__restrict wide = dz + WIDE_FROM_D;
+    widen(dz, wide);
+    std::memset(dx, 0, sizeof(float) * IN_MAPS * IN_PLANE);
+    for (int k = 0; k < S_CHUNKS; ++k) {  // chunk k: S_ROWS rows from i0, or a piece of row i0 from column j0
+        const int i0 = k / S_COLS * S_ROWS, j0 = k % S_COLS * S_SPAN;
+        for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block<S_MAPS>(P, wide, dx, m0, i0, j0);
+    }
+}
+
+/* Weight gradient, "dot" form: dot products over the wide index of the deltas (zero between
+   rows) and the input shifted by each tap; MB maps x TB taps of one kernel row at a time,
+   accumulated lane by lane, the lanes added up at the end. */
+constexpr int D_SPAN = 160, D_MAPS = 12, D_MAPS_FULL = 60;
+constexpr int D_COLS = 2, D_COLS_FULL = 2, V = 16;
+
+template <int MB, int TB>
+static inline void dot_block(const float *__restrict wide, const float *__restrict xs, float *__restrict g) {
+    float acc[MB][TB][V] = {};
+    for (int k = 0; k < D_SPAN; k += V) {
+        CG_UNROLL(32)
+        for (int ob = 0; ob < MB; ++ob) {
+            CG_UNROLL(32)
+            for (int tb = 0; tb < TB; ++tb) {
+                #pragma omp simd
+                for (int l = 0; l < V; ++l) acc[ob][tb][l] += wide[ob * WIDE_PITCH + k + l] * xs[tb + (k + l) * STRIDE];
+            }
+        }
+    }
+    for (int ob = 0; ob < MB; ++ob)
+        for (int tb = 0; tb < TB; ++tb) {
+            float s = 0.0f;
+            #pragma omp simd reduction(+:s)
+            for (int l = 0; l < V; ++l) s += acc[ob][tb][l];
+            g[ob * IN_MAPS * TAPS + tb] += s;
+        }
+}
+
+template <int MB>
+static inline void dot_maps(const float *__restrict wide, const float *__restrict x, float *__restrict GW, int o0) {
+    for (int c = 0; c < IN_MAPS; ++c)
+        for (int ky = 0; ky < KH; ++ky) {
+            const float *__restrict xs = x + c * IN_PLANE + ky * IN_W;
+            float *__restrict g = GW + (o0 * IN_MAPS + c) * TAPS + ky * KW;
+            for (int kx = 0; kx < D_COLS_FULL; kx += D_COLS) dot_block<MB, D_COLS>(wide + o0 * WIDE_PITCH, xs + kx, g + kx);
+        }
+}
+
+/* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
+   followed by the scratch. */
+static void backward_weights(const float *__restrict x, float *__restrict dz, float *__restrict G) {
+    CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(G);
+    for (int o = 0; o < OUT_MAPS; ++o) {
+        float db = 0.0f;
+        #pragma omp simd reduction(+:db)
+        for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
+        G[B_OFFSET + o] += db;
+    }
+    float *__restrict wide = dz + WIDE_FROM_D;
+    widen(dz, wide);  // (backward_data did it too: the passes do not rely on each other's order)
+    for (int o0 = 0; o0 < D_MAPS_FULL; o0 += D_MAPS) dot_maps<D_MAPS>(wide, x, G + W_OFFSET, o0);
 }
 
 /* P -= scale * G over this layer's parameters, then G := 0 for the next accumulation. */
@@ -396,23 +489,29 @@ static void forward(const float *__restrict x, float *__restrict y) {
         }
 }
 
-/* dx: each window's delta goes to its first maximal input (the one forward picked), 0 elsewhere. */
+/* dx: each window's delta goes to its first maximal input (the one forward picked), 0 elsewhere.
+   Vectorized over the windows of a row: `left` is the delta not yet placed (0 once placed). */
 static void backward_data(const float *__restrict x, const float *__restrict y,
                           const float *__restrict dy, float *__restrict dx) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(dy); CG_ASSUME_ALIGNED(dx);
     for (int c = 0; c < MAPS; ++c)
         for (int i = 0; i < OUT_H; ++i) {
             const int o = (c * OUT_H + i) * OUT_W;
-            const int r = (c * IN_H + i * WH) * IN_W;
+            const float *__restrict xr = x + (c * IN_H + i * WH) * IN_W;
+            float *__restrict dxr = dx + (c * IN_H + i * WH) * IN_W;
+            #pragma omp simd
             for (int j = 0; j < OUT_W; ++j) {
-                bool taken = false;
-                for (int wy = 0; wy < WH; ++wy)
+                const float top = y[o + j];
+                float left = dy[o + j];
+                CG_UNROLL(2)
+                for (int wy = 0; wy < WH; ++wy) {
+                    CG_UNROLL(2)
                     for (int wx = 0; wx < WW; ++wx) {
-                        const int k = r + wy * IN_W + j * WW + wx;
-                        const bool here = !taken && x[k] == y[o + j];
-                        dx[k] = here ? dy[o + j] : 0.0f;
-                        taken = taken || here;
+                        const bool here = xr[wy * IN_W + j * WW + wx] == top;
+                        dxr[wy * IN_W + j * WW + wx] = here ? left : 0.0f;
+                        left = here ? 0.0f : left;
                     }
+                }
             }
         }
 }
@@ -420,46 +519,47 @@ static void backward_data(const float *__restrict x, const float *__restrict y,
 
 // specs/large.net:9: conv    c3: maps=100 kernel=3x3 activation=scaled_tanh
 namespace layer_c3 {
-constexpr int IN_MAPS = 60, IN_H = 6, IN_W = 6;
-constexpr int OUT_MAPS = 100, OUT_H = 4, OUT_W = 4;
-constexpr int KH = 3, KW = 3, STRIDE = 1;
-constexpr int MAP_BLOCK = 5;  // output maps computed together: each input row load serves all of them
+constexpr int IN_MAPS = 60, IN_H = 6, IN_W = 6, IN_PLANE = 36;
+constexpr int OUT_MAPS = 100, OUT_H = 4, OUT_W = 4, OUT_PLANE = 16;
+constexpr int KH = 3, KW = 3, TAPS = 9, STRIDE = 1;
 constexpr int W_OFFSET = 5216, B_OFFSET = 59216;  // weights (OUT_MAPS, IN_MAPS, KH, KW), then biases
 constexpr int BLOCK_SIZE = 54100;  // floats from W_OFFSET to the end of the biases
+constexpr int WIDE_FROM_D = 1600;  // scratch after this layer's deltas in the work buffer
 
-/* y = scaled_tanh(W * x + b), valid correlation. */
+/* Forward: output row i, column j at wide index p = i * IN_W + j reads input STRIDE * p + tap. */
+struct Forward {
+    static constexpr int PLANES = IN_MAPS, PLANE = IN_PLANE, KH = 3, KW = 3;
+    static constexpr int P_STEP = STRIDE, KY_STEP = IN_W, KX_STEP = 1;
+    static constexpr int SPAN = 32;  // 2 vectors
+    static constexpr int W_M = 540, W_C = TAPS, W_KY = KW, W_KX = 1;
+};
+constexpr int F_MAPS = 12, F_ROWS = 4, F_COLS = 1, F_CHUNKS = 1, F_FULL = 96, F_SPAN = Forward::SPAN;
+
+/* y = scaled_tanh(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
+   accumulators in registers; only the real columns of each row are stored. */
+template <int MB>
+static inline void forward_block(const float *__restrict P, const float *__restrict x, float *__restrict y, int o0, int i0, int j0) {
+    float acc[MB][F_SPAN];
+    for (int ob = 0; ob < MB; ++ob) {
+        #pragma omp simd
+        for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = P[B_OFFSET + o0 + ob];
+    }
+    cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, x + (i0 * IN_W + j0) * STRIDE, acc);
+    const int j1 = OUT_W < j0 + F_SPAN ? OUT_W : j0 + F_SPAN;
+    for (int ob = 0; ob < MB; ++ob)
+        for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
+            float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W;
+            #pragma omp simd
+            for (int j = j0; j < j1; ++j) yr[j] = cg_scaled_tanh(acc[ob][i * IN_W + j - j0]);
+        }
+}
+
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
-    const float *__restrict W = P + W_OFFSET;
-    const float *__restrict B = P + B_OFFSET;
-    for (int o0 = 0; o0 < OUT_MAPS; o0 += MAP_BLOCK) {
-        for (int i = 0; i < OUT_H; ++i) {
-            float acc[MAP_BLOCK][OUT_W];
-            for (int ob = 0; ob < MAP_BLOCK; ++ob) {
-                #pragma omp simd
-                for (int j = 0; j < OUT_W; ++j) acc[ob][j] = B[o0 + ob];
-            }
-            for (int c = 0; c < IN_MAPS; ++c) {
-                const float *__restrict xr = x + (c * IN_H + i * STRIDE) * IN_W;
-                CG_UNROLL(3)
-                for (int ky = 0; ky < KH; ++ky) {
-                    CG_UNROLL(3)
-                    for (int kx = 0; kx < KW; ++kx) {
-                        for (int ob = 0; ob < MAP_BLOCK; ++ob) {
-                            const float w = W[(((o0 + ob) * IN_MAPS + c) * KH + ky) * KW + kx];
-                            #pragma omp simd
-                            for (int j = 0; j < OUT_W; ++j)
-                                acc[ob][j] += w * xr[ky * IN_W + j * STRIDE + kx];
-                        }
-                    }
-                }
-            }
-            for (int ob = 0; ob < MAP_BLOCK; ++ob) {
-                float *__restrict yr = y + ((o0 + ob) * OUT_H + i) * OUT_W;
-                #pragma omp simd
-                for (int j = 0; j < OUT_W; ++j) yr[j] = cg_scaled_tanh(acc[ob][j]);
-            }
-        }
+    for (int k = 0; k < F_CHUNKS; ++k) {  // chunk k: F_ROWS rows from i0, or a piece of row i0 from column j0
+        const int i0 = k / F_COLS * F_ROWS, j0 = k % F_COLS * F_SPAN;
+        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, x, y, m0, i0, j0);
+        forward_block<4>(P, x, y, F_FULL, i0, j0);
     }
 }
 
@@ -467,61 +567,99 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
 static void activation_gradient(const float *__restrict y, float *__restrict d) {
     CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(d);
     #pragma omp simd
-    for (int k = 0; k < OUT_MAPS * OUT_H * OUT_W; ++k) d[k] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[k] * y[k]);
+    for (int k = 0; k < OUT_MAPS * OUT_PLANE; ++k) d[k] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[k] * y[k]);
 }
 
-/* dx = W^T * dz: the input deltas (full correlation, scattered row by row). */
-static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
-    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
-    const float *__restrict W = P + W_OFFSET;
-    std::memset(dx, 0, sizeof(float) * IN_MAPS * IN_H * IN_W);
+/* The deltas in wide rows: map o, row i, column j at o * WIDE_PITCH + i * IN_W + j, zero in the
+   columns between rows, so that a span of them lines up with the input's wide rows. */
+constexpr int WIDE_PITCH = 32, WIDE_FLOATS = 3200;
+static void widen(const float *__restrict dz, float *__restrict wide) {
+    std::memset(wide, 0, sizeof(float) * WIDE_FLOATS);
     for (int o = 0; o < OUT_MAPS; ++o)
-        for (int c = 0; c < IN_MAPS; ++c)
-            for (int i = 0; i < OUT_H; ++i) {
-                const float *__restrict dr = dz + (o * OUT_H + i) * OUT_W;
-                float *__restrict xr = dx + (c * IN_H + i * STRIDE) * IN_W;
-                CG_UNROLL(3)
-                for (int ky = 0; ky < KH; ++ky) {
-                    CG_UNROLL(3)
-                    for (int kx = 0; kx < KW; ++kx) {
-                        const float w = W[((o * IN_MAPS + c) * KH + ky) * KW + kx];
-                        #pragma omp simd
-                        for (int j = 0; j < OUT_W; ++j) xr[ky * IN_W + j * STRIDE + kx] += w * dr[j];
-                    }
-                }
-            }
+        for (int i = 0; i < OUT_H; ++i) {
+            #pragma omp simd
+            for (int j = 0; j < OUT_W; ++j) wide[o * WIDE_PITCH + i * IN_W + j] = dz[o * OUT_PLANE + i * OUT_W + j];
+        }
 }
 
-/* G += dL/dW, dL/db for this image (G has the parameters' layout). */
-static void backward_weights(const float *__restrict x, const float *__restrict dz, float *__restrict G) {
+/* Backward data tap by tap: for tap t, input maps c0.. get sum_o W[o][c][t] * wide deltas of o
+   (a chunk in registers), added to dx shifted by the tap. Only true products are computed: no
+   zero padding, unlike the full correlation. */
+struct Scatter {
+    static constexpr int PLANES = OUT_MAPS, PLANE = WIDE_PITCH, KH = 1, KW = 1;
+    static constexpr int P_STEP = 1, KY_STEP = 0, KX_STEP = 0;
+    static constexpr int SPAN = 32;  // 2 vectors
+    static constexpr int W_M = TAPS, W_C = 540, W_KY = 0, W_KX = 0;
+};
+constexpr int S_MAPS = 12, S_ROWS = 4, S_COLS = 1, S_CHUNKS = 1, S_FULL = 60, S_SPAN = Scatter::SPAN;
+
+template <int MB>
+static inline void backward_block(const float *__restrict P, const float *__restrict wide, float *__restrict dx, int c0, int i0, int j0) {
+    const int rows = OUT_H - i0 < S_ROWS ? OUT_H - i0 : S_ROWS;
+    const int valid = (rows - 1) * IN_W + (OUT_W - j0 < S_SPAN ? OUT_W - j0 : S_SPAN);  // span positions in the chunk
+    for (int t = 0; t < TAPS; ++t) {
+        float acc[MB][S_SPAN] = {};
+        cg_correlate<Scatter, MB>(P + W_OFFSET + c0 * TAPS + t, wide + i0 * IN_W + j0, acc);
+        for (int cb = 0; cb < MB; ++cb) {
+            float *__restrict d = dx + (c0 + cb) * IN_PLANE + (i0 * IN_W + j0) * STRIDE + t / KW * IN_W + t % KW;
+            #pragma omp simd
+            for (int p = 0; p < valid; ++p) d[p * STRIDE] += acc[cb][p];
+        }
+    }
+}
+
+/* dx = W^T * dz. dz: this layer's deltas, followed by the scratch. */
+static void backward_data(const float *__restrict P, float *__restrict dz, float *__restrict dx) {
+    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
+    float *__restrict wide = dz + WIDE_FROM_D;
+    widen(dz, wide);
+    std::memset(dx, 0, sizeof(float) * IN_MAPS * IN_PLANE);
+    for (int k = 0; k < S_CHUNKS; ++k) {  // chunk k: S_ROWS rows from i0, or a piece of row i0 from column j0
+        const int i0 = k / S_COLS * S_ROWS, j0 = k % S_COLS * S_SPAN;
+        for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block<S_MAPS>(P, wide, dx, m0, i0, j0);
+    }
+}
+
+/* Weight gradient, "wide" form: the gradient plane of maps o0.. and input map c is a wide-row
+   correlation: gradient row ky, column kx at wide index ky * IN_W + kx; the deltas of map o are
+   the kernel, tap (i, j) reads the input i * STRIDE rows and j * STRIDE columns further. */
+struct Weights {
+    static constexpr int PLANES = 1, PLANE = 0, KH = OUT_H, KW = OUT_W;
+    static constexpr int P_STEP = 1, KY_STEP = 6, KX_STEP = STRIDE;
+    static constexpr int SPAN = 16;  // 1 vectors
+    static constexpr int W_M = OUT_PLANE, W_C = 0, W_KY = OUT_W, W_KX = 1;
+};
+constexpr int G_MAPS = 24, G_ROWS = 3, G_COLS = 1, G_CHUNKS = 1, G_FULL = 96, G_SPAN = Weights::SPAN;
+
+template <int MB>
+static inline void weights_block(const float *__restrict x, const float *__restrict dz, float *__restrict GW, int o0, int ky0, int kx0) {
+    const int kx1 = KW < kx0 + G_SPAN ? KW : kx0 + G_SPAN;
+    for (int c = 0; c < IN_MAPS; ++c) {
+        float acc[MB][G_SPAN] = {};
+        cg_correlate<Weights, MB>(dz + o0 * OUT_PLANE, x + c * IN_PLANE + ky0 * IN_W + kx0, acc);
+        for (int ob = 0; ob < MB; ++ob)
+            for (int r = 0; r < G_ROWS && ky0 + r < KH; ++r) {
+                float *__restrict g = GW + ((o0 + ob) * IN_MAPS + c) * TAPS + (ky0 + r) * KW;
+                #pragma omp simd
+                for (int kx = kx0; kx < kx1; ++kx) g[kx] += acc[ob][r * IN_W + kx - kx0];
+            }
+    }
+}
+
+/* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
+   followed by the scratch. */
+static void backward_weights(const float *__restrict x, float *__restrict dz, float *__restrict G) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(G);
-    float *__restrict GW = G + W_OFFSET;
-    float *__restrict GB = G + B_OFFSET;
     for (int o = 0; o < OUT_MAPS; ++o) {
-        const float *__restrict dm = dz + o * OUT_H * OUT_W;
         float db = 0.0f;
         #pragma omp simd reduction(+:db)
-        for (int k = 0; k < OUT_H * OUT_W; ++k) db += dm[k];
-        GB[o] += db;
-        for (int c = 0; c < IN_MAPS; ++c) {
-            float acc[KH][KW] = {};
-            for (int i = 0; i < OUT_H; ++i) {
-                const float *__restrict xr = x + (c * IN_H + i * STRIDE) * IN_W;
-                const float *__restrict dr = dm + i * OUT_W;
-                CG_UNROLL(3)
-                for (int ky = 0; ky < KH; ++ky) {
-                    CG_UNROLL(3)
-                    for (int kx = 0; kx < KW; ++kx) {
-                        float s = 0.0f;
-                        #pragma omp simd reduction(+:s)
-                        for (int j = 0; j < OUT_W; ++j) s += dr[j] * xr[ky * IN_W + j * STRIDE + kx];
-                        acc[ky][kx] += s;
-                    }
-                }
-            }
-            float *__restrict g = GW + (o * IN_MAPS + c) * KH * KW;
-            for (int k = 0; k < KH * KW; ++k) g[k] += acc[k / KW][k % KW];
-        }
+        for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
+        G[B_OFFSET + o] += db;
+    }
+    for (int k = 0; k < G_CHUNKS; ++k) {  // chunk k: G_ROWS rows from i0, or a piece of row i0 from column j0
+        const int i0 = k / G_COLS * G_ROWS, j0 = k % G_COLS * G_SPAN;
+        for (int m0 = 0; m0 < G_FULL; m0 += G_MAPS) weights_block<G_MAPS>(x, dz, G + W_OFFSET, m0, i0, j0);
+        weights_block<4>(x, dz, G + W_OFFSET, G_FULL, i0, j0);
     }
 }
 
@@ -567,23 +705,29 @@ static void forward(const float *__restrict x, float *__restrict y) {
         }
 }
 
-/* dx: each window's delta goes to its first maximal input (the one forward picked), 0 elsewhere. */
+/* dx: each window's delta goes to its first maximal input (the one forward picked), 0 elsewhere.
+   Vectorized over the windows of a row: `left` is the delta not yet placed (0 once placed). */
 static void backward_data(const float *__restrict x, const float *__restrict y,
                           const float *__restrict dy, float *__restrict dx) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(dy); CG_ASSUME_ALIGNED(dx);
     for (int c = 0; c < MAPS; ++c)
         for (int i = 0; i < OUT_H; ++i) {
             const int o = (c * OUT_H + i) * OUT_W;
-            const int r = (c * IN_H + i * WH) * IN_W;
+            const float *__restrict xr = x + (c * IN_H + i * WH) * IN_W;
+            float *__restrict dxr = dx + (c * IN_H + i * WH) * IN_W;
+            #pragma omp simd
             for (int j = 0; j < OUT_W; ++j) {
-                bool taken = false;
-                for (int wy = 0; wy < WH; ++wy)
+                const float top = y[o + j];
+                float left = dy[o + j];
+                CG_UNROLL(2)
+                for (int wy = 0; wy < WH; ++wy) {
+                    CG_UNROLL(2)
                     for (int wx = 0; wx < WW; ++wx) {
-                        const int k = r + wy * IN_W + j * WW + wx;
-                        const bool here = !taken && x[k] == y[o + j];
-                        dx[k] = here ? dy[o + j] : 0.0f;
-                        taken = taken || here;
+                        const bool here = xr[wy * IN_W + j * WW + wx] == top;
+                        dxr[wy * IN_W + j * WW + wx] = here ? left : 0.0f;
+                        left = here ? 0.0f : left;
                     }
+                }
             }
         }
 }
@@ -735,14 +879,14 @@ constexpr int N_LAYERS = 8;
 constexpr int N_BLOCKS = 5;       // layers with parameters
 // One network instance's private buffer: each layer's activations Y_ and deltas D_.
 constexpr int Y_c1 = 0, D_c1 = 13520;
-constexpr int Y_p1 = 27040, D_p1 = 30432;
-constexpr int Y_c2 = 33824, D_c2 = 42464;
-constexpr int Y_p2 = 51104, D_p2 = 53264;
-constexpr int Y_c3 = 55424, D_c3 = 57024;
-constexpr int Y_p3 = 58624, D_p3 = 59024;
-constexpr int Y_f1 = 59424, D_f1 = 59584;
-constexpr int Y_out = 59744, D_out = 59760;
-constexpr int WORK_FLOATS = 59776;
+constexpr int Y_p1 = 42080, D_p1 = 45472;
+constexpr int Y_c2 = 48864, D_c2 = 57504;
+constexpr int Y_p2 = 75744, D_p2 = 77920;
+constexpr int Y_c3 = 80080, D_c3 = 81680;
+constexpr int Y_p3 = 86480, D_p3 = 86880;
+constexpr int Y_f1 = 87280, D_f1 = 87440;
+constexpr int Y_out = 87600, D_out = 87616;
+constexpr int WORK_FLOATS = 87632;
 // Passes timed by the profiler.
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, N_PASSES = 4 };
 static const char *const LAYER_NAMES[N_LAYERS] = { "c1", "p1", "c2", "p2", "c3", "p3", "f1", "out" };
