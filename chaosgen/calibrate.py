@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import resource
 import statistics
 import subprocess
 import time
@@ -20,13 +22,16 @@ import numpy as np
 from filelock import FileLock
 
 from . import __version__
-from .build import atomic_write, cache_root
+from .build import atomic_write, cache_root, run_and_publish
 from .errors import BuildError, ChaosgenError
-from .predict import work_of
+from .predict import Work, work_of
 from .targets import cpu_model, default_compiler_for, native_target
 
 REPEATS = 3  # training measurements per network (median)
 CONTENTION_REPEATS = 5  # microbenchmark runs per thread count (median)
+# A run counts as undisturbed if the process got this share of its threads' cores in CPU time;
+# below it, other work shared the cores (a shared machine) and the run measured that instead.
+MIN_SHARE = 0.9
 SHIPPED = ("small", "medium", "large")
 # Assumed power of this machine: no sensor is readable in a VM. EPYC 9005 (Zen 5) parts list
 # 360-500 W TDP for 64-192 cores, about 2.6-5.6 W per core; we take the upper end per busy core.
@@ -104,15 +109,30 @@ def microbenchmark(build_dir: str | Path | None = None) -> Path:
             return exe
         atomic_write(directory / "contention.cpp", src)
         tmp = directory / f".contention.{os.getpid()}.tmp"
-        cmd = [compiler.resolve() or compiler.cxx, *flags, "-o", tmp.name, "contention.cpp"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=directory)
-        if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise BuildError(
-                f"building the contention microbenchmark failed:\n{proc.stderr[:2000]}"
-            )
-        os.replace(tmp, exe)
+        cmd = (compiler.resolve() or compiler.cxx, *flags, "-o", tmp.name, "contention.cpp")
+        run_and_publish(cmd, directory, tmp, exe, "building the contention microbenchmark")
     return exe
+
+
+def code_key(spec: str | Path) -> str:
+    """A digest of the network's generated code without its comments, the compiler and its
+    flags: it changes when the code generator or the toolchain does (a calibration of other code
+    is stale), not with the spelling of the spec's path (which only comments mention)."""
+    from .pipeline import compile_spec
+
+    c = compile_spec(spec, build=False)
+    code, header = (
+        re.sub(r"//[^\n]*|/\*.*?\*/", "", t, flags=re.S) for t in (c.source.cpp, c.source.header)
+    )
+    parts = (
+        code,
+        header,
+        c.compiler.resolve() or c.compiler.cxx,
+        c.compiler.version(),
+        " ".join(c.compiler.flags(c.target)),
+        __version__,
+    )
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
 def _run(exe: Path, *args) -> dict:
@@ -122,21 +142,38 @@ def _run(exe: Path, *args) -> dict:
     return json.loads(proc.stdout)
 
 
+def undisturbed(samples: Sequence[tuple[float, float]]) -> tuple[list[float], bool]:
+    """Values of (value, cpu share) samples that had their cores to themselves (share >=
+    MIN_SHARE); all of them, flagged False, if none did."""
+    clean = [v for v, share in samples if share >= MIN_SHARE]
+    return (clean, True) if clean else ([v for v, _ in samples], False)
+
+
 def measure_contention(
-    exe: Path, blocks: Sequence[int], gap_s: float, threads: Sequence[int], seconds: float
-) -> dict[int, float]:
-    """Seconds per image spent on shared weights, per thread count (medians; runs interleaved so
-    that a burst of load from elsewhere hits every thread count alike)."""
-    images = max(
-        20, min(5000, int(seconds / CONTENTION_REPEATS / len(threads) / max(gap_s, 1e-6)))
-    )
-    samples: dict[int, list[float]] = {p: [] for p in threads}
-    for _ in range(CONTENTION_REPEATS):
+    exe: Path, work: Work, train_s: float, threads: Sequence[int], seconds: float
+) -> tuple[dict[int, float], bool]:
+    """Seconds per image in the locked updates, per thread count: medians of undisturbed runs
+    (runs interleaved so that a burst of load from elsewhere hits every thread count alike; up
+    to twice as many runs while fewer than three are undisturbed). Also: were they undisturbed?
+    Each layer's private compute is its share (by operation counts) of `train_s` per image."""
+    blocks = [
+        f"{size}:{train_s * f / work.train:.9g}:{train_s * b / work.train:.9g}"
+        for size, (f, b) in zip(work.blocks, work.block_ops, strict=True)
+    ]
+    images = max(20, min(5000, int(seconds / CONTENTION_REPEATS / len(threads) / train_s)))
+    samples: dict[int, list[tuple[float, float]]] = {p: [] for p in threads}
+    for k in range(2 * CONTENTION_REPEATS):
         for p in threads:
-            samples[p].append(
-                _run(exe, "contention", p, images, f"{gap_s:.9g}", *blocks)["shared_s_per_image"]
-            )
-    return {p: statistics.median(v) for p, v in samples.items()}
+            r = _run(exe, "contention", p, images, *blocks)
+            samples[p].append((r["update_s_per_image"], r["cpu_share"]))
+        if k + 1 >= CONTENTION_REPEATS and all(
+            len(undisturbed(v)[0]) >= 3 and undisturbed(v)[1] for v in samples.values()
+        ):
+            break
+    out = {p: undisturbed(v) for p, v in samples.items()}
+    return {p: statistics.median(v) for p, (v, _) in out.items()}, all(
+        ok for _, ok in out.values()
+    )
 
 
 def measure_peak(exe: Path, threads: Sequence[int], seconds: float = 0.2) -> dict[int, float]:
@@ -166,6 +203,20 @@ def _data(data_dir: str | None, n: int):
     ), "synthetic"
 
 
+def timed_epochs(trainer, count: int, threads: int) -> list[tuple[dict, float]]:
+    """Run `count` epochs one at a time: each record with the share of `threads` cores the
+    process had in CPU time meanwhile (near 1: undisturbed by other work)."""
+    out = []
+    for k in range(count):
+        trainer.start_epoch, trainer.cfg.epochs = k, k + 1
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        (rec,) = trainer.run()
+        r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+        cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+        out.append((rec, cpu / (wall * threads)))
+    return out
+
+
 def _probe(rt, data) -> tuple[float, int]:
     """Rough seconds per training image: double the batch until it takes 50 ms."""
     from .train import Config
@@ -184,7 +235,8 @@ def _probe(rt, data) -> tuple[float, int]:
 def measure_net(
     spec: str,
     seconds: float,
-    data_dir: str | None,
+    full,
+    kind: str,
     build_dir: str | None,
     log: Callable[[str], None],
 ) -> dict:
@@ -195,7 +247,6 @@ def measure_net(
 
     net = compile_net(spec, build_dir=build_dir)
     rt = Runtime(net)
-    full, kind = _data(data_dir, 20000)
     per_image, _ = _probe(rt, full)
     # One epoch = n training + n validation + n/4 test images, about seconds / REPEATS long.
     n = int(min(len(full.train_labels), max(200, seconds / REPEATS / (per_image * 1.6))))
@@ -207,10 +258,13 @@ def measure_net(
         test_labels=full.test_labels[:nt],
     )
     # One more epoch than measured: the first warms caches and the allocator, and is dropped.
-    cfg = Config(
-        threads=1, epochs=REPEATS + 1, eta=1e-4, decay=1.0, limit=n, val_limit=n, test_limit=nt
-    )
-    records = Trainer(rt, data, cfg, quiet=True).run()[1:]
+    # Up to twice as many while fewer than REPEATS were undisturbed by other work.
+    cfg = Config(threads=1, eta=1e-4, decay=1.0, limit=n, val_limit=n, test_limit=nt)
+    trainer = Trainer(rt, data, cfg, quiet=True)
+    timed = timed_epochs(trainer, REPEATS + 1, 1)[1:]
+    while len(undisturbed(timed)[0]) < REPEATS and len(timed) < 2 * REPEATS:
+        timed += timed_epochs(trainer, 1, 1)
+    records, clean = undisturbed(timed)
     w = work_of(net.ir)
     train_s = statistics.median(r["seconds_train"] / r["train_images"] for r in records)
     fwd_s = statistics.median(
@@ -230,6 +284,7 @@ def measure_net(
         "net": net.ir.name,
         "spec": spec,
         "ir_hash": net.ir.digest(),
+        "code_key": code_key(spec),
         "work": w,
         "images": n,
         "test_images": nt,
@@ -237,6 +292,7 @@ def measure_net(
         "train_s_per_image": train_s,
         "forward_s_per_image": fwd_s,
         "prep_s": prep_s,
+        "undisturbed": clean,
     }
 
 
@@ -275,10 +331,11 @@ def run(
             old = {}  # another machine's profile: start afresh
     nets = dict(old.get("nets", {}))
     extra = sorted({2, cores} - {1}) if cores > 1 else []
+    full, kind = _data(data_dir, 20000)
     for spec in specs:
-        m = measure_net(spec, seconds * 0.6, data_dir, build_dir, log)
+        m = measure_net(spec, seconds * 0.6, full, kind, build_dir, log)
         w = m.pop("work")
-        c = measure_contention(exe, w.blocks, m["train_s_per_image"], [1, *extra], seconds * 0.4)
+        c, c_clean = measure_contention(exe, w, m["train_s_per_image"], [1, *extra], seconds * 0.4)
         # c(p) = slope * (p - 1): least squares through the origin over the measured counts
         pts = [(p - 1, max(0.0, c[p] - c[1])) for p in extra]
         slope = sum(x * y for x, y in pts) / sum(x * x for x, _ in pts) if pts else 0.0
@@ -291,8 +348,14 @@ def run(
             },
             "contention_s": slope,
             "lines": w.lines,
-            "shared_s_per_image": {str(p): v for p, v in c.items()},
+            "update_s_per_image": {str(p): v for p, v in c.items()},
+            "contention_undisturbed": c_clean,
         }
+        if not (m["undisturbed"] and c_clean):
+            log(
+                f"  note: other work shared the cores during every {net_name} measurement "
+                "(calibrate again when the machine is quiet)"
+            )
         log(
             f"  {net_name}: contention {slope * 1e6:.2f} us per image per extra thread "
             f"({w.lines} lines written per image)"

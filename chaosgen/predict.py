@@ -40,6 +40,8 @@ class Work:
     update: int  # parameters written into the shared weights
     lines: int  # 64-byte lines of shared weights written per image
     blocks: tuple[int, ...]  # floats per locked block (weights + biases of one layer)
+    # (forward, backward) operations per block: its layer and the pooling layers after it
+    block_ops: tuple[tuple[int, int], ...] = ()
 
     @property
     def train(self) -> int:
@@ -50,18 +52,31 @@ class Work:
 def work_of(net: ir.Net) -> Work:
     """Count the operations per image of every layer and pass."""
     fwd = bwd = upd = 0
-    blocks = []
+    blocks: list[int] = []
+    ops: list[list[int]] = []
     for lay in net.layers:
-        fwd += lay.macs
+        f, b = lay.macs, 0
         if isinstance(lay, ir.Trainable):
             # weight gradients, plus input deltas except below the first layer (nobody needs them)
-            bwd += lay.macs * (2 if lay.index > 0 else 1)
+            b = lay.macs * (2 if lay.index > 0 else 1)
             upd += lay.n_weights + lay.n_bias
             blocks.append(lay.b_offset + lay.n_bias - lay.w_offset)
+            ops.append([0, 0])
         elif lay.index > 0:
-            bwd += lay.in_shape.size  # pooling routes each delta back to its winner
+            b = lay.in_shape.size  # pooling routes each delta back to its winner
+        fwd, bwd = fwd + f, bwd + b
+        if ops:  # a layer before the first trainable one has nothing to attach to
+            ops[-1][0] += f
+            ops[-1][1] += b
     lines = sum(math.ceil(b / LINE_FLOATS) for b in blocks)
-    return Work(forward=fwd, backward=bwd, update=upd, lines=lines, blocks=tuple(blocks))
+    return Work(
+        forward=fwd,
+        backward=bwd,
+        update=upd,
+        lines=lines,
+        blocks=tuple(blocks),
+        block_ops=tuple((f, b) for f, b in ops),
+    )
 
 
 # --- machine profiles ---------------------------------------------------------------------------
@@ -380,6 +395,7 @@ def compare_paper(net: ir.Net, machine: Machine) -> list[dict]:
                     "paper": kind,
                     "paper_h": hours,
                     "predicted_h": pr.total / 3600,
+                    "t_mem_share": pr.t_mem / pr.total,
                     "deviation": pr.total / 3600 / hours - 1,
                     "fitted": f"{kind}:{p}" in figs.get("fitted", []),
                 }
@@ -404,12 +420,13 @@ def compare_paper(net: ir.Net, machine: Machine) -> list[dict]:
 
 # --- command line -------------------------------------------------------------------------------
 def human_time(s: float) -> str:
-    """Seconds as s, min or h, three significant figures."""
+    """Seconds as s, min or h, three significant figures (never in exponent notation)."""
     if s < 120:
         return f"{s:.3g} s"
     if s < 7200:
         return f"{s / 60:.3g} min"
-    return f"{s / 3600:.3g} h"
+    h = s / 3600
+    return f"{h:,.0f} h" if h >= 100 else f"{h:.3g} h"
 
 
 def parse_threads(text: str) -> list[int]:
@@ -469,23 +486,29 @@ def add_parser(sub) -> None:
 
 
 def _machine_for(name: str, spec_path: str, net: ir.Net) -> Machine:
-    """Load the profile; for `this`, calibrate a missing profile or network quickly first."""
+    """Load the profile; for `this`, first calibrate (briefly) a network that is missing or whose
+    generated code changed since it was calibrated."""
     if name != "this":
         return load_machine(name)
     from . import calibrate
 
     path = default_profile_path()
     m = load_machine(name) if path.exists() else None
-    if m is None or net.name not in m.nets:
-        what = "no profile of this machine" if m is None else f"network {net.name} not calibrated"
-        print(
-            f"chaosgen: {what} in {path}; calibrating {spec_path} briefly (run `chaosgen "
-            f"calibrate` for a fuller profile)",
-            file=sys.stderr,
-        )
-        calibrate.run([spec_path], out=path, seconds=1.0, log=lambda s: print(s, file=sys.stderr))
-        m = load_machine(name)
-    return m
+    if m is None:
+        why = "no profile of this machine"
+    elif net.name not in m.nets:
+        why = f"network {net.name} not calibrated"
+    elif m.data["nets"][net.name].get("code_key") != calibrate.code_key(spec_path):
+        why = f"the generated code of {net.name} changed since it was calibrated"
+    else:
+        return m
+    print(
+        f"chaosgen: {why} ({path}); calibrating {spec_path} briefly (run `chaosgen calibrate` "
+        "for a fuller profile)",
+        file=sys.stderr,
+    )
+    calibrate.run([spec_path], out=path, seconds=1.0, log=lambda s: print(s, file=sys.stderr))
+    return load_machine(name)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -605,18 +628,26 @@ def print_paper_table(rows: list[dict], machine: Machine) -> None:
     )
     print(
         f"  {'net':7} {'threads':>7} {'epochs':>6}  {'paper':12} {'paper':>9} {'model':>9} "
-        f"{'deviation':>9}"
+        f"{'deviation':>9} {'T_mem':>6}"
     )
     for r in rows:
         if "paper_h" in r:
-            a, b = human_time(r["paper_h"] * 3600), human_time(r["predicted_h"] * 3600)
+            a, b = (
+                f"{h:.4g} h" if h >= 2 else human_time(h * 3600)
+                for h in (r["paper_h"], r["predicted_h"])
+            )
         else:
             a, b = f"{r['paper_speedup']:.1f}x", f"{r['predicted_speedup']:.1f}x"
         fit = "  (fitted: not a check)" if r["fitted"] else ""
+        share = f"{r['t_mem_share']:6.0%}" if "t_mem_share" in r else " " * 6
         print(
             f"  {r['net']:7} {r['threads']:>7} {r['epochs']:>6}  {r['paper']:12} {a:>9} "
-            f"{b:>9} {r['deviation']:>+8.1%}{fit}"
+            f"{b:>9} {r['deviation']:>+8.1%}  {share}{fit}"
         )
+    print(
+        "  T_mem: share of the modelled time spent in contention; the contention constant is "
+        "fitted to the large net at 244 threads, so rows it dominates check little"
+    )
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
