@@ -23,10 +23,12 @@ import chaosgen  # noqa: E402
 from chaosgen import ir  # noqa: E402
 
 ACTS = ("scaled_tanh", "tanh", "sigmoid", "relu", "linear")
+TOL = 2e-5  # relative to the largest reference value of each array
 
 
-def torch_reference(net: ir.Net, weights: dict, x: np.ndarray, label: int):
-    """Output and parameter gradients in float64, written independently of the templates."""
+def torch_reference(net: ir.Net, weights: dict, x: np.ndarray, label: int, dtype: str = "float64"):
+    """Output and parameter gradients (float64 by default), written independently of the
+    templates."""
     import torch
     import torch.nn.functional as F
 
@@ -43,9 +45,10 @@ def torch_reference(net: ir.Net, weights: dict, x: np.ndarray, label: int):
             return torch.softmax(z, dim=-1)
         return z
 
-    w = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in weights.items()}
+    dt = getattr(torch, dtype)
+    w = {k: torch.tensor(v, dtype=dt, requires_grad=True) for k, v in weights.items()}
     s = net.input
-    h = torch.tensor(x, dtype=torch.float64).reshape(1, s.maps, s.h, s.w)
+    h = torch.tensor(x, dtype=dt).reshape(1, s.maps, s.h, s.w)
     for lay in net.layers:
         if isinstance(lay, ir.Conv):
             h = act(lay.activation, F.conv2d(h, w[f"{lay.name}.weight"], w[f"{lay.name}.bias"],
@@ -73,22 +76,29 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b).max()) / scale
 
 
-def check_net(path: str, images: int = 3, seed: int = 0, target: str = "native") -> float:
-    """Worst relative error of the forward output and every gradient over a few random images."""
+def check_net(path: str, images: int = 3, seed: int = 0, target: str = "native",
+              tol: float = TOL) -> tuple[float, float]:
+    """(worst relative error, worst error / allowed error) of the forward output and of every
+    gradient over a few random images. The allowed error is `tol`, or 10x PyTorch's own error
+    in float32 where that is larger (a sum that cancels loses digits in any float32 code)."""
     net = chaosgen.compile(path, target=target)
     rng = np.random.default_rng(seed)
     s = net.ir.input
-    worst = 0.0
+    worst = ratio = 0.0
     for _ in range(images):
         x = rng.uniform(0, 1, (s.maps, s.h, s.w)).astype(np.float32)
         label = int(rng.integers(net.ir.output.out_shape.size))
         weights = net.get_weights()
-        y_ref, g_ref = torch_reference(net.ir, weights, x, label)
-        worst = max(worst, rel_err(net.forward(x), y_ref))
+        y64, g64 = torch_reference(net.ir, weights, x, label)
+        y32, g32 = torch_reference(net.ir, weights, x, label, "float32")
+        pairs = [(net.forward(x), y64, y32)]
         g = net.gradients(x, label)
-        for k in g_ref:
-            worst = max(worst, rel_err(g[k], g_ref[k]))
-    return worst
+        pairs += [(g[k], g64[k], g32[k]) for k in g64]
+        for mine, ref, ref32 in pairs:
+            err = rel_err(mine, ref)
+            worst = max(worst, err)
+            ratio = max(ratio, err / max(tol, 10 * rel_err(ref32, ref)))
+    return worst, ratio
 
 
 def random_spec(rnd: random.Random, i: int) -> str:
@@ -132,7 +142,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--random", type=int, default=20, help="random networks to check")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--tol", type=float, default=2e-5)
+    ap.add_argument("--tol", type=float, default=TOL)
     ap.add_argument("--no-shipped", action="store_true")
     ap.add_argument("--target", default="native", help="a target this host runs: native, avx2, ...")
     args = ap.parse_args()
@@ -145,11 +155,12 @@ def main() -> int:
         p.write_text(random_spec(rnd, i))
         paths.append(str(p))
     for p in paths:
-        err = check_net(p, target=args.target)
-        flag = "ok" if err <= args.tol else "FAIL"
-        bad += err > args.tol
-        print(f"{flag:4} {err:9.2e}  {p}" + ("" if err <= args.tol else "\n" + Path(p).read_text()))
-    print(f"{len(paths) - bad}/{len(paths)} within {args.tol:g}")
+        err, ratio = check_net(p, target=args.target, tol=args.tol)
+        flag = "ok" if ratio <= 1 else "FAIL"
+        bad += ratio > 1
+        print(f"{flag:4} {err:9.2e} ({ratio:4.2f} of allowed)  {p}"
+              + ("" if ratio <= 1 else "\n" + Path(p).read_text()))
+    print(f"{len(paths) - bad}/{len(paths)} within {args.tol:g} (or 10x PyTorch float32's error)")
     return 1 if bad else 0
 
 

@@ -151,6 +151,33 @@ def _dot_block(maps: int, cols: int, vecs: int, target: Target) -> tuple[int, in
     return best[1]
 
 
+SCATTER_COST = 1  # cycles per gradient value added into G from a transposed tile
+EXTRACT_COST = 3  # cycles per gradient row added into G from a wide-row accumulator
+DOT_SLOWDOWN = 1.75  # measured / estimated cycles of the dot form (Zen 4: unaligned loads)
+TRANSPOSE_COST = 1  # cycles per delta copied into the transposed (position-major) layout
+
+
+def _lanes_block(maps: int, kh: int, kw: int, positions: int, target: Target) -> dict | None:
+    """The weight gradient vectorized over output maps: per output position a block of kr whole
+    kernel rows x ov map vectors loads ov deltas and kr * kw input values (broadcast) and does
+    kr * kw * ov FMAs. None if one kernel row does not fit the accumulator budget."""
+    vw, budget = target.vector_width, target.accumulators
+    vecs = -(-maps // vw)
+    ov = min(vecs, budget // kw)
+    if ov < 1:
+        return None
+    kr = min(kh, budget // (kw * ov))
+
+    def cycles(rows: int, v: int) -> int:
+        return max(rows * kw * v, v + rows * kw) if rows and v else 0
+
+    per_position = sum(cycles(r, v) * nr * nv for r, nr in ((kr, kh // kr), (kh % kr, 1))
+                       for v, nv in ((ov, vecs // ov), (vecs % ov, 1)))
+    return dict(l_pitch=vecs * vw, l_ov=ov, l_ov_full=vecs - vecs % ov, l_ov_rem=vecs % ov,
+                l_kr=kr, l_kr_full=kh - kh % kr, l_kr_rem=kh % kr,
+                l_cycles=positions * per_position)
+
+
 def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True) -> dict:
     """Every number the conv kernels print: blockings, wide-row spans, scratch sizes, and how far
     past its input each pass reads (the work layout leaves that much room)."""
@@ -169,33 +196,42 @@ def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True) -> dict:
     # the output maps of weight x wide deltas (in registers), added to dx shifted by the tap.
     b = _wide_block(o.h, o.w, i.w, i.maps, target)
     b_read = (o.maps - 1) * w_vecs * vw + b.last_start(i.w) + b.span
-    # Weight gradient, in the cheaper of two forms. "wide": the gradient plane (KH rows at
+    # Weight gradient, in the cheapest of three forms. "wide": the gradient plane (KH rows at
     # pitch IN_W) is a wide-row correlation of the input with the deltas as the kernel.
     # "dot": dot products over the wide index of the deltas (zero between rows) and the input
-    # shifted by each tap; the lanes are added up at the end.
+    # shifted by each tap; the lanes are added up at the end. "lanes": vectorized over output
+    # maps, from the deltas transposed to position-major order.
     g = _wide_block(lay.kh, lay.kw, i.w, o.maps, target)
-    g_cost = (i.maps * o.h * o.w * g.chunks
-              * (o.maps // g.maps * _block_cycles(g.maps, g.vecs) + _block_cycles(g.rem, g.vecs)))
+    costs = {"wide": i.maps * o.h * o.w * g.chunks
+             * (o.maps // g.maps * _block_cycles(g.maps, g.vecs) + _block_cycles(g.rem, g.vecs))
+             + i.maps * o.maps * lay.kh * -(-lay.kw // vw) * EXTRACT_COST}
     g_read = ((i.maps - 1) * in_plane + g.last_start(i.w) + (o.h - 1) * s * i.w + (o.w - 1) * s
               + g.span)
     d_vecs = w_vecs
     d_maps, d_cols, d_cycles = _dot_block(o.maps, lay.kw, d_vecs, target)
-    d_cost = i.maps * lay.kh * d_cycles
+    costs["dot"] = i.maps * lay.kh * d_cycles * DOT_SLOWDOWN
     d_read = (i.maps - 1) * in_plane + (lay.kh - 1) * i.w + lay.kw - 1 + (d_vecs * vw - 1) * s + 1
-    dot = d_cost < g_cost
+    lanes = _lanes_block(o.maps, lay.kh, lay.kw, o.h * o.w, target)
+    if lanes:
+        costs["lanes"] = (i.maps * lanes["l_cycles"] + i.maps * taps * o.maps * SCATTER_COST
+                          + o.size * TRANSPOSE_COST)
+    form = min(costs, key=costs.__getitem__)
+    dot = form == "dot"
     wide_floats = ir.align(max(o.maps * w_vecs * vw, b_read if needs_dx else 0)) if dot or needs_dx else 0
+    trans_floats = o.h * o.w * lanes["l_pitch"] if form == "lanes" else 0
     return dict(
         kh=lay.kh, kw=lay.kw, stride=s, taps=taps, in_plane=in_plane, out_plane=o.h * o.w,
         f=f,
         wide_pitch=w_vecs * vw, wide_floats=wide_floats, b=b,
-        grad_form="dot" if dot else "wide",
+        grad_form=form, grad_costs=costs, **(lanes or {}),
         g=g, g_ky_step=s * i.w,
         d_vecs=d_vecs, d_span=d_vecs * vw, d_maps=d_maps, d_maps_full=o.maps - o.maps % d_maps,
         d_maps_rem=o.maps % d_maps, d_cols=d_cols, d_cols_full=lay.kw - lay.kw % d_cols,
         d_cols_rem=lay.kw % d_cols,
-        # scratch after this layer's deltas: the wide deltas
-        wide_from_d=ir.align(o.size), scratch=wide_floats,
-        reads_past_x=max(f_read, d_read if dot else g_read) - i.size,
+        # scratch after this layer's deltas: the wide deltas, the transposed deltas
+        wide_from_d=ir.align(o.size), trans_from_d=ir.align(o.size) + wide_floats,
+        scratch=wide_floats + ir.align(trans_floats),
+        reads_past_x=max(f_read, {"dot": d_read, "wide": g_read, "lanes": 0}[form]) - i.size,
     )
 
 

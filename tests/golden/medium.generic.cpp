@@ -153,54 +153,30 @@ static void activation_gradient(const float *__restrict y, float *__restrict d) 
     for (int k = 0; k < OUT_MAPS * OUT_PLANE; ++k) d[k] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[k] * y[k]);
 }
 
-/* The deltas in wide rows: map o, row i, column j at o * WIDE_PITCH + i * IN_W + j, zero in the
-   columns between rows, so that a span of them lines up with the input's wide rows. */
-constexpr int WIDE_PITCH = 752, WIDE_FLOATS = 15040;
-static void widen(const float *__restrict dz, float *__restrict wide) {
-    std::memset(wide, 0, sizeof(float) * WIDE_FLOATS);
-    for (int o = 0; o < OUT_MAPS; ++o)
-        for (int i = 0; i < OUT_H; ++i) {
-            #pragma omp simd
-            for (int j = 0; j < OUT_W; ++j) wide[o * WIDE_PITCH + i * IN_W + j] = dz[o * OUT_PLANE + i * OUT_W + j];
-        }
-}
-
-/* Weight gradient, "dot" form: dot products over the wide index of the deltas (zero between
-   rows) and the input shifted by each tap; MB maps x TB taps of one kernel row at a time,
-   accumulated lane by lane, the lanes added up at the end. */
-constexpr int D_SPAN = 752, D_MAPS = 5, D_MAPS_FULL = 20;
-constexpr int D_COLS = 2, D_COLS_FULL = 4, V = 4;
-
-template <int MB, int TB>
-static inline void dot_block(const float *__restrict wide, const float *__restrict xs, float *__restrict g) {
-    float acc[MB][TB][V] = {};
-    for (int k = 0; k < D_SPAN; k += V) {
-        CG_UNROLL(32)
-        for (int ob = 0; ob < MB; ++ob) {
-            CG_UNROLL(32)
-            for (int tb = 0; tb < TB; ++tb) {
-                #pragma omp simd
-                for (int l = 0; l < V; ++l) acc[ob][tb][l] += wide[ob * WIDE_PITCH + k + l] * xs[tb + (k + l) * STRIDE];
-            }
-        }
-    }
-    for (int ob = 0; ob < MB; ++ob)
-        for (int tb = 0; tb < TB; ++tb) {
-            float s = 0.0f;
-            #pragma omp simd reduction(+:s)
-            for (int l = 0; l < V; ++l) s += acc[ob][tb][l];
-            g[ob * IN_MAPS * TAPS + tb] += s;
-        }
-}
+/* Weight gradient, "wide" form: the gradient plane of maps o0.. and input map c is a wide-row
+   correlation: gradient row ky, column kx at wide index ky * IN_W + kx; the deltas of map o are
+   the kernel, tap (i, j) reads the input i * STRIDE rows and j * STRIDE columns further. */
+struct Weights {
+    static constexpr int PLANES = 1, PLANE = 0, KH = OUT_H, KW = OUT_W;
+    static constexpr int P_STEP = 1, KY_STEP = 29, KX_STEP = STRIDE;
+    static constexpr int SPAN = 4;  // 1 vectors
+    static constexpr int W_M = OUT_PLANE, W_C = 0, W_KY = OUT_W, W_KX = 1;
+};
+constexpr int G_MAPS = 12, G_ROWS = 1, G_COLS = 1, G_CHUNKS = 4, G_FULL = 12, G_SPAN = Weights::SPAN;
 
 template <int MB>
-static inline void dot_maps(const float *__restrict wide, const float *__restrict x, float *__restrict GW, int o0) {
-    for (int c = 0; c < IN_MAPS; ++c)
-        for (int ky = 0; ky < KH; ++ky) {
-            const float *__restrict xs = x + c * IN_PLANE + ky * IN_W;
-            float *__restrict g = GW + (o0 * IN_MAPS + c) * TAPS + ky * KW;
-            for (int kx = 0; kx < D_COLS_FULL; kx += D_COLS) dot_block<MB, D_COLS>(wide + o0 * WIDE_PITCH, xs + kx, g + kx);
-        }
+static inline void weights_block(const float *__restrict x, const float *__restrict dz, float *__restrict GW, int o0, int ky0, int kx0) {
+    const int kx1 = KW < kx0 + G_SPAN ? KW : kx0 + G_SPAN;
+    for (int c = 0; c < IN_MAPS; ++c) {
+        float acc[MB][G_SPAN] = {};
+        cg_correlate<Weights, MB>(dz + o0 * OUT_PLANE, x + c * IN_PLANE + ky0 * IN_W + kx0, acc);
+        for (int ob = 0; ob < MB; ++ob)
+            for (int r = 0; r < G_ROWS && ky0 + r < KH; ++r) {
+                float *__restrict g = GW + ((o0 + ob) * IN_MAPS + c) * TAPS + (ky0 + r) * KW;
+                #pragma omp simd
+                for (int kx = kx0; kx < kx1; ++kx) g[kx] += acc[ob][r * IN_W + kx - kx0];
+            }
+    }
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -213,9 +189,11 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += db;
     }
-    float *__restrict wide = dz + WIDE_FROM_D;
-    widen(dz, wide);  // (backward_data did it too: the passes do not rely on each other's order)
-    for (int o0 = 0; o0 < D_MAPS_FULL; o0 += D_MAPS) dot_maps<D_MAPS>(wide, x, G + W_OFFSET, o0);
+    for (int k = 0; k < G_CHUNKS; ++k) {  // chunk k: G_ROWS rows from i0, or a piece of row i0 from column j0
+        const int i0 = k / G_COLS * G_ROWS, j0 = k % G_COLS * G_SPAN;
+        for (int m0 = 0; m0 < G_FULL; m0 += G_MAPS) weights_block<G_MAPS>(x, dz, G + W_OFFSET, m0, i0, j0);
+        weights_block<8>(x, dz, G + W_OFFSET, G_FULL, i0, j0);
+    }
 }
 
 /* P -= scale * G over this layer's parameters, then G := 0 for the next accumulation. */
@@ -390,29 +368,47 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
     }
 }
 
-/* Weight gradient, "wide" form: the gradient plane of maps o0.. and input map c is a wide-row
-   correlation: gradient row ky, column kx at wide index ky * IN_W + kx; the deltas of map o are
-   the kernel, tap (i, j) reads the input i * STRIDE rows and j * STRIDE columns further. */
-struct Weights {
-    static constexpr int PLANES = 1, PLANE = 0, KH = OUT_H, KW = OUT_W;
-    static constexpr int P_STEP = 1, KY_STEP = 13, KX_STEP = STRIDE;
-    static constexpr int SPAN = 8;  // 2 vectors
-    static constexpr int W_M = OUT_PLANE, W_C = 0, W_KY = OUT_W, W_KX = 1;
-};
-constexpr int G_MAPS = 6, G_ROWS = 1, G_COLS = 1, G_CHUNKS = 5, G_FULL = 36, G_SPAN = Weights::SPAN;
+/* Weight gradient, "lanes" form: vectorized over output maps. The deltas transposed: position
+   q = i * OUT_W + j, map o at q * L_PITCH + o (zero past OUT_MAPS). A block is KR whole kernel
+   rows x OVB vectors of maps: per position, each tap's input value times the deltas of the
+   block's maps; then each map's KR * KW taps, contiguous in G, get the block's column. */
+constexpr int V = 4, L_PITCH = 40, TRANS_FROM_D = 7888;
+constexpr int L_OV = 2, L_OV_FULL = 10, L_KR = 1, L_KR_FULL = 5;
 
-template <int MB>
-static inline void weights_block(const float *__restrict x, const float *__restrict dz, float *__restrict GW, int o0, int ky0, int kx0) {
-    const int kx1 = KW < kx0 + G_SPAN ? KW : kx0 + G_SPAN;
-    for (int c = 0; c < IN_MAPS; ++c) {
-        float acc[MB][G_SPAN] = {};
-        cg_correlate<Weights, MB>(dz + o0 * OUT_PLANE, x + c * IN_PLANE + ky0 * IN_W + kx0, acc);
-        for (int ob = 0; ob < MB; ++ob)
-            for (int r = 0; r < G_ROWS && ky0 + r < KH; ++r) {
-                float *__restrict g = GW + ((o0 + ob) * IN_MAPS + c) * TAPS + (ky0 + r) * KW;
+static void transpose(const float *__restrict dz, float *__restrict dzt) {
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        #pragma omp simd
+        for (int o = 0; o < L_PITCH; ++o) dzt[q * L_PITCH + o] = o < OUT_MAPS ? dz[o * OUT_PLANE + q] : 0.0f;
+    }
+}
+
+template <int KR, int OVB>
+static inline void lanes_block(const float *__restrict dzt, const float *__restrict xc, float *__restrict g, int v0, int ky0) {
+    float acc[KR * KW][OVB * V] = {};
+    for (int i = 0; i < OUT_H; ++i)
+        for (int j = 0; j < OUT_W; ++j) {
+            const float *__restrict xs = xc + (i * STRIDE + ky0) * IN_W + j * STRIDE;
+            const float *__restrict dq = dzt + (i * OUT_W + j) * L_PITCH + v0 * V;
+            CG_UNROLL(32)
+            for (int t = 0; t < KR * KW; ++t) {
+                const float xv = xs[t / KW * IN_W + t % KW];
                 #pragma omp simd
-                for (int kx = kx0; kx < kx1; ++kx) g[kx] += acc[ob][r * IN_W + kx - kx0];
+                for (int l = 0; l < OVB * V; ++l) acc[t][l] += xv * dq[l];
             }
+        }
+    const int maps = OUT_MAPS - v0 * V < OVB * V ? OUT_MAPS - v0 * V : OVB * V;
+    for (int l = 0; l < maps; ++l) {
+        float *__restrict go = g + (v0 * V + l) * IN_MAPS * TAPS;
+        #pragma omp simd
+        for (int t = 0; t < KR * KW; ++t) go[t] += acc[t][l];
+    }
+}
+
+template <int OVB>
+static inline void lanes_maps(const float *__restrict dzt, const float *__restrict x, float *__restrict GW, int v0) {
+    for (int c = 0; c < IN_MAPS; ++c) {
+        for (int ky0 = 0; ky0 < L_KR_FULL; ky0 += L_KR)
+            lanes_block<L_KR, OVB>(dzt, x + c * IN_PLANE, GW + c * TAPS + ky0 * KW, v0, ky0);
     }
 }
 
@@ -426,11 +422,9 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += db;
     }
-    for (int k = 0; k < G_CHUNKS; ++k) {  // chunk k: G_ROWS rows from i0, or a piece of row i0 from column j0
-        const int i0 = k / G_COLS * G_ROWS, j0 = k % G_COLS * G_SPAN;
-        for (int m0 = 0; m0 < G_FULL; m0 += G_MAPS) weights_block<G_MAPS>(x, dz, G + W_OFFSET, m0, i0, j0);
-        weights_block<4>(x, dz, G + W_OFFSET, G_FULL, i0, j0);
-    }
+    float *__restrict dzt = dz + TRANS_FROM_D;
+    transpose(dz, dzt);
+    for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
 }
 
 /* P -= scale * G over this layer's parameters, then G := 0 for the next accumulation. */
@@ -649,12 +643,12 @@ constexpr int N_LAYERS = 6;
 constexpr int N_BLOCKS = 4;       // layers with parameters
 // One network instance's private buffer: each layer's activations Y_ and deltas D_.
 constexpr int Y_c1 = 0, D_c1 = 13520;
-constexpr int Y_p1 = 42080, D_p1 = 45472;
-constexpr int Y_c2 = 48864, D_c2 = 52112;
-constexpr int Y_p2 = 60000, D_p2 = 60368;
-constexpr int Y_f1 = 60736, D_f1 = 60896;
-constexpr int Y_out = 61056, D_out = 61072;
-constexpr int WORK_FLOATS = 61088;
+constexpr int Y_p1 = 27040, D_p1 = 30432;
+constexpr int Y_c2 = 33824, D_c2 = 37072;
+constexpr int Y_p2 = 48208, D_p2 = 48576;
+constexpr int Y_f1 = 48944, D_f1 = 49104;
+constexpr int Y_out = 49264, D_out = 49280;
+constexpr int WORK_FLOATS = 49296;
 // Passes timed by the profiler.
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, N_PASSES = 4 };
 static const char *const LAYER_NAMES[N_LAYERS] = { "c1", "p1", "c2", "p2", "f1", "out" };

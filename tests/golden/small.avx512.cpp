@@ -391,29 +391,48 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
     }
 }
 
-/* Weight gradient, "wide" form: the gradient plane of maps o0.. and input map c is a wide-row
-   correlation: gradient row ky, column kx at wide index ky * IN_W + kx; the deltas of map o are
-   the kernel, tap (i, j) reads the input i * STRIDE rows and j * STRIDE columns further. */
-struct Weights {
-    static constexpr int PLANES = 1, PLANE = 0, KH = OUT_H, KW = OUT_W;
-    static constexpr int P_STEP = 1, KY_STEP = 13, KX_STEP = STRIDE;
-    static constexpr int SPAN = 32;  // 2 vectors
-    static constexpr int W_M = OUT_PLANE, W_C = 0, W_KY = OUT_W, W_KX = 1;
-};
-constexpr int G_MAPS = 10, G_ROWS = 3, G_COLS = 1, G_CHUNKS = 2, G_FULL = 10, G_SPAN = Weights::SPAN;
+/* Weight gradient, "lanes" form: vectorized over output maps. The deltas transposed: position
+   q = i * OUT_W + j, map o at q * L_PITCH + o (zero past OUT_MAPS). A block is KR whole kernel
+   rows x OVB vectors of maps: per position, each tap's input value times the deltas of the
+   block's maps; then each map's KR * KW taps, contiguous in G, get the block's column. */
+constexpr int V = 16, L_PITCH = 16, TRANS_FROM_D = 2112;
+constexpr int L_OV = 1, L_OV_FULL = 1, L_KR = 4, L_KR_FULL = 4;
 
-template <int MB>
-static inline void weights_block(const float *__restrict x, const float *__restrict dz, float *__restrict GW, int o0, int ky0, int kx0) {
-    const int kx1 = KW < kx0 + G_SPAN ? KW : kx0 + G_SPAN;
-    for (int c = 0; c < IN_MAPS; ++c) {
-        float acc[MB][G_SPAN] = {};
-        cg_correlate<Weights, MB>(dz + o0 * OUT_PLANE, x + c * IN_PLANE + ky0 * IN_W + kx0, acc);
-        for (int ob = 0; ob < MB; ++ob)
-            for (int r = 0; r < G_ROWS && ky0 + r < KH; ++r) {
-                float *__restrict g = GW + ((o0 + ob) * IN_MAPS + c) * TAPS + (ky0 + r) * KW;
+static void transpose(const float *__restrict dz, float *__restrict dzt) {
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        #pragma omp simd
+        for (int o = 0; o < L_PITCH; ++o) dzt[q * L_PITCH + o] = o < OUT_MAPS ? dz[o * OUT_PLANE + q] : 0.0f;
+    }
+}
+
+template <int KR, int OVB>
+static inline void lanes_block(const float *__restrict dzt, const float *__restrict xc, float *__restrict g, int v0, int ky0) {
+    float acc[KR * KW][OVB * V] = {};
+    for (int i = 0; i < OUT_H; ++i)
+        for (int j = 0; j < OUT_W; ++j) {
+            const float *__restrict xs = xc + (i * STRIDE + ky0) * IN_W + j * STRIDE;
+            const float *__restrict dq = dzt + (i * OUT_W + j) * L_PITCH + v0 * V;
+            CG_UNROLL(32)
+            for (int t = 0; t < KR * KW; ++t) {
+                const float xv = xs[t / KW * IN_W + t % KW];
                 #pragma omp simd
-                for (int kx = kx0; kx < kx1; ++kx) g[kx] += acc[ob][r * IN_W + kx - kx0];
+                for (int l = 0; l < OVB * V; ++l) acc[t][l] += xv * dq[l];
             }
+        }
+    const int maps = OUT_MAPS - v0 * V < OVB * V ? OUT_MAPS - v0 * V : OVB * V;
+    for (int l = 0; l < maps; ++l) {
+        float *__restrict go = g + (v0 * V + l) * IN_MAPS * TAPS;
+        #pragma omp simd
+        for (int t = 0; t < KR * KW; ++t) go[t] += acc[t][l];
+    }
+}
+
+template <int OVB>
+static inline void lanes_maps(const float *__restrict dzt, const float *__restrict x, float *__restrict GW, int v0) {
+    for (int c = 0; c < IN_MAPS; ++c) {
+        for (int ky0 = 0; ky0 < L_KR_FULL; ky0 += L_KR)
+            lanes_block<L_KR, OVB>(dzt, x + c * IN_PLANE, GW + c * TAPS + ky0 * KW, v0, ky0);
+        lanes_block<1, OVB>(dzt, x + c * IN_PLANE, GW + c * TAPS + L_KR_FULL * KW, v0, L_KR_FULL);
     }
 }
 
@@ -427,10 +446,9 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += db;
     }
-    for (int k = 0; k < G_CHUNKS; ++k) {  // chunk k: G_ROWS rows from i0, or a piece of row i0 from column j0
-        const int i0 = k / G_COLS * G_ROWS, j0 = k % G_COLS * G_SPAN;
-        for (int m0 = 0; m0 < G_FULL; m0 += G_MAPS) weights_block<G_MAPS>(x, dz, G + W_OFFSET, m0, i0, j0);
-    }
+    float *__restrict dzt = dz + TRANS_FROM_D;
+    transpose(dz, dzt);
+    for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
 }
 
 /* P -= scale * G over this layer's parameters, then G := 0 for the next accumulation. */
@@ -651,10 +669,10 @@ constexpr int N_BLOCKS = 4;       // layers with parameters
 constexpr int Y_c1 = 0, D_c1 = 3392;
 constexpr int Y_p1 = 10544, D_p1 = 11408;
 constexpr int Y_c2 = 12256, D_c2 = 13072;
-constexpr int Y_p2 = 15184, D_p2 = 15280;
-constexpr int Y_f1 = 15376, D_f1 = 15440;
-constexpr int Y_out = 15504, D_out = 15520;
-constexpr int WORK_FLOATS = 15536;
+constexpr int Y_p2 = 16480, D_p2 = 16576;
+constexpr int Y_f1 = 16672, D_f1 = 16736;
+constexpr int Y_out = 16800, D_out = 16816;
+constexpr int WORK_FLOATS = 16832;
 // Passes timed by the profiler.
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, N_PASSES = 4 };
 static const char *const LAYER_NAMES[N_LAYERS] = { "c1", "p1", "c2", "p2", "f1", "out" };
