@@ -178,66 +178,139 @@ def _lanes_block(maps: int, kh: int, kw: int, positions: int, target: Target) ->
                 l_cycles=positions * per_position)
 
 
-def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True) -> dict:
-    """Every number the conv kernels print: blockings, wide-row spans, scratch sizes, and how far
-    past its input each pass reads (the work layout leaves that much room)."""
-    vw = target.vector_width
-    i, o, s = lay.in_shape, lay.out_shape, lay.stride
-    taps = lay.kh * lay.kw
-    in_plane = i.h * i.w
-    # Forward: output rows pitch IN_W apart in the wide index p; input index s * p + tap offset.
+COMPACT_COST = 2  # cycles per row piece copied into (or added back from) a compact plane
+RMW_COST = 3  # cycles per vector added into memory (load, add, store)
+
+
+def _pass_cost(block: WideBlock, taps_x_planes: int) -> int:
+    """Estimated cycles of a wide-row pass: every chunk and map block, per tap and input plane."""
+    per_chunk = (block.full // block.maps * _block_cycles(block.maps, block.vecs)
+                 + _block_cycles(block.rem, block.vecs))
+    return block.chunks * per_chunk * taps_x_planes
+
+
+def _forward_plan(lay: ir.Conv, target: Target) -> dict:
+    """Forward, in the cheaper layout. "wide": output row i, column j at wide index
+    p = i * IN_W + j reads input STRIDE * p + ky * IN_W + kx (the spare columns between rows are
+    computed and thrown away). "compact" (stride 1): the input copied once per kernel column kx
+    into planes XC[c][kx] of IN_H rows x OUT_W columns; position q = i * OUT_W + j reads
+    XC[c][kx][q + ky * OUT_W]: no lane is wasted."""
+    i, o, s, vw = lay.in_shape, lay.out_shape, lay.stride, target.vector_width
+    taps_x_planes = lay.kh * lay.kw * i.maps
     f = _wide_block(o.h, o.w, i.w, o.maps, target)
-    f_read = ((i.maps - 1) * in_plane + f.last_start(i.w) * s + (lay.kh - 1) * i.w + lay.kw - 1
-              + (f.span - 1) * s + 1)
-    # The deltas in wide rows (pitch IN_W, zero between rows): scratch for backward data and
-    # for the dot-product form of the weight gradient.
-    w_vecs = -(-((o.h - 1) * i.w + o.w) // vw)
-    # Backward data, scattered tap by tap: for a tap, a block of input maps gets the sum over
-    # the output maps of weight x wide deltas (in registers), added to dx shifted by the tap.
+    read = ((i.maps - 1) * i.h * i.w + f.last_start(i.w) * s + (lay.kh - 1) * i.w + lay.kw - 1
+            + (f.span - 1) * s + 1)
+    wide = dict(f=f, f_form="wide", f_row_len=o.w, f_in_row=i.w * s, f_in_col=s, f_acc_pitch=i.w,
+                f_plane=i.h * i.w, f_p_step=s, f_ky_step=i.w, f_kx_step=1, xc_plane=0,
+                xc_floats=0, f_reads_past_x=read - i.size,
+                f_cost=_pass_cost(f, taps_x_planes))
+    if s != 1:
+        return wide
+    xc_plane = i.h * o.w
+    c = _wide_block(1, o.h * o.w, 0, o.maps, target)
+    xc_read = ((i.maps * lay.kw - 1) * xc_plane + c.last_start(0) + (lay.kh - 1) * o.w + c.span)
+    compact = dict(f=c, f_form="compact", f_row_len=o.h * o.w, f_in_row=0, f_in_col=1,
+                   f_acc_pitch=0, f_plane=lay.kw * xc_plane, f_p_step=1, f_ky_step=o.w,
+                   f_kx_step=xc_plane, xc_plane=xc_plane,
+                   xc_floats=ir.align(max(i.maps * lay.kw * xc_plane, xc_read)), f_reads_past_x=0,
+                   f_cost=_pass_cost(c, taps_x_planes)
+                   + i.maps * lay.kw * i.h * -(-o.w // vw) * COMPACT_COST)
+    return min(wide, compact, key=lambda p: p["f_cost"])
+
+
+def _backward_plan(lay: ir.Conv, target: Target, wide_pitch: int) -> dict:
+    """Backward data tap by tap, in the cheaper layout: for tap t, a block of input maps gets the
+    sum over output maps of weight x deltas (in registers), added into memory shifted by the
+    tap. "wide": deltas in wide rows (zero between rows), added to dx itself. "compact" (stride
+    1): compact deltas, added to planes DXC[c][kx] of IN_H rows x OUT_W columns, which are then
+    added to dx shifted by kx. Only true products are computed, unlike a full correlation."""
+    i, o, s, vw = lay.in_shape, lay.out_shape, lay.stride, target.vector_width
+    taps = lay.kh * lay.kw
     b = _wide_block(o.h, o.w, i.w, i.maps, target)
-    b_read = (o.maps - 1) * w_vecs * vw + b.last_start(i.w) + b.span
-    # Weight gradient, in the cheapest of three forms. "wide": the gradient plane (KH rows at
-    # pitch IN_W) is a wide-row correlation of the input with the deltas as the kernel.
-    # "dot": dot products over the wide index of the deltas (zero between rows) and the input
-    # shifted by each tap; the lanes are added up at the end. "lanes": vectorized over output
-    # maps, from the deltas transposed to position-major order.
+    rmw = b.chunks * i.maps * taps * b.vecs * RMW_COST
+    wide = dict(b=b, b_form="wide", b_row_len=o.w, b_src_plane=wide_pitch, b_src_row=i.w,
+                b_acc_pitch=i.w, t_map=i.h * i.w, t_ky=i.w, t_kx=1, t_row=i.w * s, t_col=s,
+                dxc_floats=0, b_src_read=(o.maps - 1) * wide_pitch + b.last_start(i.w) + b.span,
+                b_cost=_pass_cost(b, taps * o.maps) + rmw)
+    if s != 1:
+        return wide
+    xc_plane = i.h * o.w
+    c = _wide_block(1, o.h * o.w, 0, i.maps, target)
+    rmw = c.chunks * i.maps * taps * c.vecs * RMW_COST
+    compact = dict(b=c, b_form="compact", b_row_len=o.h * o.w, b_src_plane=o.h * o.w, b_src_row=0,
+                   b_acc_pitch=0, t_map=lay.kw * xc_plane, t_ky=o.w, t_kx=xc_plane, t_row=0,
+                   t_col=1, dxc_floats=ir.align(i.maps * lay.kw * xc_plane),
+                   b_src_read=(o.maps - 1) * o.h * o.w + c.last_start(0) + c.span,
+                   b_cost=_pass_cost(c, taps * o.maps) + rmw
+                   + i.maps * lay.kw * i.h * -(-o.w // vw) * (COMPACT_COST + RMW_COST))
+    return min(wide, compact, key=lambda p: p["b_cost"])
+
+
+def _weights_plan(lay: ir.Conv, target: Target, w_vecs: int) -> dict:
+    """The weight gradient in the cheapest of three forms. "wide": the gradient plane (KH rows
+    at pitch IN_W) is a wide-row correlation of the input with the deltas as the kernel. "dot":
+    dot products over the wide index of the deltas (zero between rows) and the input shifted by
+    each tap; the lanes are added up at the end. "lanes": vectorized over output maps, from the
+    deltas transposed to position-major order."""
+    i, o, s, vw = lay.in_shape, lay.out_shape, lay.stride, target.vector_width
+    taps, in_plane = lay.kh * lay.kw, i.h * i.w
     g = _wide_block(lay.kh, lay.kw, i.w, o.maps, target)
-    costs = {"wide": i.maps * o.h * o.w * g.chunks
-             * (o.maps // g.maps * _block_cycles(g.maps, g.vecs) + _block_cycles(g.rem, g.vecs))
+    costs = {"wide": _pass_cost(g, i.maps * o.h * o.w)
              + i.maps * o.maps * lay.kh * -(-lay.kw // vw) * EXTRACT_COST}
     g_read = ((i.maps - 1) * in_plane + g.last_start(i.w) + (o.h - 1) * s * i.w + (o.w - 1) * s
               + g.span)
-    d_vecs = w_vecs
-    d_maps, d_cols, d_cycles = _dot_block(o.maps, lay.kw, d_vecs, target)
+    d_maps, d_cols, d_cycles = _dot_block(o.maps, lay.kw, w_vecs, target)
     costs["dot"] = i.maps * lay.kh * d_cycles * DOT_SLOWDOWN
-    d_read = (i.maps - 1) * in_plane + (lay.kh - 1) * i.w + lay.kw - 1 + (d_vecs * vw - 1) * s + 1
+    d_read = (i.maps - 1) * in_plane + (lay.kh - 1) * i.w + lay.kw - 1 + (w_vecs * vw - 1) * s + 1
     lanes = _lanes_block(o.maps, lay.kh, lay.kw, o.h * o.w, target)
     if lanes:
         costs["lanes"] = (i.maps * lanes["l_cycles"] + i.maps * taps * o.maps * SCATTER_COST
                           + o.size * TRANSPOSE_COST)
     form = min(costs, key=costs.__getitem__)
-    dot = form == "dot"
-    wide_floats = ir.align(max(o.maps * w_vecs * vw, b_read if needs_dx else 0)) if dot or needs_dx else 0
-    trans_floats = o.h * o.w * lanes["l_pitch"] if form == "lanes" else 0
     return dict(
-        kh=lay.kh, kw=lay.kw, stride=s, taps=taps, in_plane=in_plane, out_plane=o.h * o.w,
-        f=f,
-        wide_pitch=w_vecs * vw, wide_floats=wide_floats, b=b,
         grad_form=form, grad_costs=costs, **(lanes or {}),
         g=g, g_ky_step=s * i.w,
-        d_vecs=d_vecs, d_span=d_vecs * vw, d_maps=d_maps, d_maps_full=o.maps - o.maps % d_maps,
+        d_span=w_vecs * vw, d_maps=d_maps, d_maps_full=o.maps - o.maps % d_maps,
         d_maps_rem=o.maps % d_maps, d_cols=d_cols, d_cols_full=lay.kw - lay.kw % d_cols,
         d_cols_rem=lay.kw % d_cols,
-        # scratch after this layer's deltas: the wide deltas, the transposed deltas
-        wide_from_d=ir.align(o.size), trans_from_d=ir.align(o.size) + wide_floats,
-        scratch=wide_floats + ir.align(trans_floats),
-        reads_past_x=max(f_read, {"dot": d_read, "wide": g_read, "lanes": 0}[form]) - i.size,
+        trans_floats=ir.align(o.h * o.w * lanes["l_pitch"]) if form == "lanes" else 0,
+        g_reads_past_x={"dot": d_read, "wide": g_read, "lanes": 0}[form] - i.size,
     )
+
+
+def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True) -> dict:
+    """Every number the conv kernels print: each pass's plan, the scratch they need (after this
+    layer's activations: the compact input; after its deltas: the wide deltas, the transposed
+    deltas, the compact input deltas) and how far past its input the layer reads."""
+    vw = target.vector_width
+    i, o = lay.in_shape, lay.out_shape
+    # The deltas in wide rows (pitch IN_W, zero between rows), for the wide backward data and
+    # the dot form of the weight gradient.
+    w_vecs = -(-((o.h - 1) * i.w + o.w) // vw)
+    v = dict(kh=lay.kh, kw=lay.kw, stride=lay.stride, taps=lay.kh * lay.kw, in_plane=i.h * i.w,
+             out_plane=o.h * o.w, wide_pitch=w_vecs * vw)
+    v.update(_forward_plan(lay, target))
+    v.update(_backward_plan(lay, target, w_vecs * vw) if needs_dx else dict(b_form=None))
+    v.update(_weights_plan(lay, target, w_vecs))
+    wide = needs_dx and v["b_form"] == "wide" or v["grad_form"] == "dot"
+    b_wide = needs_dx and v["b_form"] == "wide"
+    wide_floats = ir.align(max(o.maps * w_vecs * vw, v["b_src_read"] if b_wide else 0)) if wide else 0
+    d_slack = max(v["b_src_read"] - o.size, 0) if needs_dx and v["b_form"] == "compact" else 0
+    d_data = ir.align(o.size + d_slack)
+    dxc_floats = v["dxc_floats"] if needs_dx else 0
+    v.update(
+        xc_from_y=None,  # set by the work layout
+        wide_floats=wide_floats, wide_from_d=d_data, trans_from_d=d_data + wide_floats,
+        dxc_from_d=d_data + wide_floats + v["trans_floats"],
+        d_floats=d_data + wide_floats + v["trans_floats"] + dxc_floats,
+        reads_past_x=max(v["f_reads_past_x"], v["g_reads_past_x"], 0),
+    )
+    return v
 
 
 def _reads_past(lay: ir.Layer | None, target: Target) -> int:
     """How many floats past the end of its input `lay` may read (wide-row vector spans)."""
-    return max(_conv_view(lay, target)["reads_past_x"], 0) if isinstance(lay, ir.Conv) else 0
+    return _conv_view(lay, target)["reads_past_x"] if isinstance(lay, ir.Conv) else 0
 
 
 def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...]) -> list[dict]:
@@ -250,8 +323,9 @@ def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...]) -> list[di
         conv = _conv_view(lay, target, needs_dx) if isinstance(lay, ir.Conv) else None
         # Work layout: Y (with room for the next layer's reads past its end), then D, then the
         # conv kernels' scratch.
-        y_size = ir.align(lay.out_shape.size + _reads_past(nxt, target))
-        d_size = ir.align(lay.out_shape.size) + (conv["scratch"] if conv else 0)
+        y_data = ir.align(lay.out_shape.size + _reads_past(nxt, target))
+        y_size = y_data + (conv["xc_floats"] if conv else 0)
+        d_size = conv["d_floats"] if conv else ir.align(lay.out_shape.size)
         prev = views[-1]["name"] if views else None
         src = lines[lay.loc.line - 1].split("#")[0].strip() if 0 < lay.loc.line <= len(lines) else ""
         v = dict(
@@ -280,7 +354,7 @@ def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...]) -> list[di
                 block=[t.index for t in net.trainable].index(lay.index),
             )
         if conv:
-            v.update(conv)
+            v.update(conv, xc_from_y=y_data)
         if isinstance(lay, ir.Pool):
             v.update(op=lay.op, wh=lay.wh, ww=lay.ww)
         views.append(v)

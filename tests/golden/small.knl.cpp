@@ -106,43 +106,60 @@ namespace layer_c1 {
 constexpr int IN_MAPS = 1, IN_H = 29, IN_W = 29, IN_PLANE = 841;
 constexpr int OUT_MAPS = 5, OUT_H = 26, OUT_W = 26, OUT_PLANE = 676;
 constexpr int KH = 4, KW = 4, TAPS = 16, STRIDE = 1;
+constexpr int XC_PLANE = 754;  // a compact plane: IN_H rows x OUT_W columns
 constexpr int W_OFFSET = 0, B_OFFSET = 80;  // weights (OUT_MAPS, IN_MAPS, KH, KW), then biases
 constexpr int BLOCK_SIZE = 85;  // floats from W_OFFSET to the end of the biases
 constexpr int WIDE_FROM_D = 3392;  // scratch after this layer's deltas in the work buffer
 
-/* Forward: output row i, column j at wide index p = i * IN_W + j reads input STRIDE * p + tap. */
+/* Forward, compact: the input copied once per kernel column, XC[c][kx][r][j] = x[c][r][j + kx]
+   (planes of IN_H rows x OUT_W columns); position q = i * OUT_W + j reads XC[c][kx] at
+   q + ky * OUT_W, so a span covers whole output maps with no lane wasted. */
+constexpr int XC_FROM_Y = 3392;  // XC: after this layer's activations
+
+static void compact(const float *__restrict x, float *__restrict xc) {
+    for (int c = 0; c < IN_MAPS; ++c)
+        for (int kx = 0; kx < KW; ++kx)
+            for (int r = 0; r < IN_H; ++r) {
+                #pragma omp simd
+                for (int j = 0; j < OUT_W; ++j) xc[((c * KW + kx) * IN_H + r) * OUT_W + j] = x[c * IN_PLANE + r * IN_W + j + kx];
+            }
+}
 struct Forward {
-    static constexpr int PLANES = IN_MAPS, PLANE = IN_PLANE, KH = 4, KW = 4;
-    static constexpr int P_STEP = STRIDE, KY_STEP = IN_W, KX_STEP = 1;
+    static constexpr int PLANES = IN_MAPS, PLANE = 3016, KH = 4, KW = 4;
+    static constexpr int P_STEP = 1, KY_STEP = 26, KX_STEP = 754;
     static constexpr int SPAN = 64;  // 4 vectors
     static constexpr int W_M = 16, W_C = TAPS, W_KY = KW, W_KX = 1;
 };
-constexpr int F_MAPS = 5, F_ROWS = 2, F_COLS = 1, F_CHUNKS = 13, F_FULL = 5, F_SPAN = Forward::SPAN;
+constexpr int F_MAPS = 5, F_ROWS = 1, F_COLS = 11, F_CHUNKS = 11, F_FULL = 5, F_SPAN = Forward::SPAN;
+// chunk (i0, j0) starts at input i0 * F_IN_ROW + j0 * F_IN_COL; its rows are F_ROW_LEN outputs long, F_ACC_PITCH apart in acc
+constexpr int F_IN_ROW = 0, F_IN_COL = 1, F_ROW_LEN = 676, F_ACC_PITCH = 0;
 
 /* y = scaled_tanh(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
-   accumulators in registers; only the real columns of each row are stored. */
+   accumulators in registers; only real outputs are stored. */
 template <int MB>
-static inline void forward_block(const float *__restrict P, const float *__restrict x, float *__restrict y, int o0, int i0, int j0) {
+static inline void forward_block(const float *__restrict P, const float *__restrict in, float *__restrict y, int o0, int i0, int j0) {
     float acc[MB][F_SPAN];
     for (int ob = 0; ob < MB; ++ob) {
         #pragma omp simd
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = P[B_OFFSET + o0 + ob];
     }
-    cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, x + (i0 * IN_W + j0) * STRIDE, acc);
-    const int j1 = OUT_W < j0 + F_SPAN ? OUT_W : j0 + F_SPAN;
+    cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, in + i0 * F_IN_ROW + j0 * F_IN_COL, acc);
+    const int j1 = F_ROW_LEN < j0 + F_SPAN ? F_ROW_LEN : j0 + F_SPAN;
     for (int ob = 0; ob < MB; ++ob)
         for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
             float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W;
             #pragma omp simd
-            for (int j = j0; j < j1; ++j) yr[j] = cg_scaled_tanh(acc[ob][i * IN_W + j - j0]);
+            for (int j = j0; j < j1; ++j) yr[j] = cg_scaled_tanh(acc[ob][i * F_ACC_PITCH + j - j0]);
         }
 }
 
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
+    float *__restrict xc = y + XC_FROM_Y;
+    compact(x, xc);
     for (int k = 0; k < F_CHUNKS; ++k) {  // chunk k: F_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / F_COLS * F_ROWS, j0 = k % F_COLS * F_SPAN;
-        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, x, y, m0, i0, j0);
+        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, xc, y, m0, i0, j0);
     }
 }
 
@@ -208,10 +225,10 @@ static inline void dot_maps(const float *__restrict wide, const float *__restric
 static void backward_weights(const float *__restrict x, float *__restrict dz, float *__restrict G) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(G);
     for (int o = 0; o < OUT_MAPS; ++o) {
-        float db = 0.0f;
+        double db = 0.0;  // double: the deltas of a map often nearly cancel
         #pragma omp simd reduction(+:db)
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
-        G[B_OFFSET + o] += db;
+        G[B_OFFSET + o] += static_cast<float>(db);
     }
     float *__restrict wide = dz + WIDE_FROM_D;
     widen(dz, wide);  // (backward_data did it too: the passes do not rely on each other's order)
@@ -293,44 +310,60 @@ namespace layer_c2 {
 constexpr int IN_MAPS = 5, IN_H = 13, IN_W = 13, IN_PLANE = 169;
 constexpr int OUT_MAPS = 10, OUT_H = 9, OUT_W = 9, OUT_PLANE = 81;
 constexpr int KH = 5, KW = 5, TAPS = 25, STRIDE = 1;
+constexpr int XC_PLANE = 117;  // a compact plane: IN_H rows x OUT_W columns
 constexpr int W_OFFSET = 96, B_OFFSET = 1360;  // weights (OUT_MAPS, IN_MAPS, KH, KW), then biases
 constexpr int BLOCK_SIZE = 1274;  // floats from W_OFFSET to the end of the biases
-constexpr int WIDE_FROM_D = 816;  // scratch after this layer's deltas in the work buffer
+constexpr int WIDE_FROM_D = 832;  // scratch after this layer's deltas in the work buffer
 
-/* Forward: output row i, column j at wide index p = i * IN_W + j reads input STRIDE * p + tap. */
+/* Forward, compact: the input copied once per kernel column, XC[c][kx][r][j] = x[c][r][j + kx]
+   (planes of IN_H rows x OUT_W columns); position q = i * OUT_W + j reads XC[c][kx] at
+   q + ky * OUT_W, so a span covers whole output maps with no lane wasted. */
+constexpr int XC_FROM_Y = 816;  // XC: after this layer's activations
+
+static void compact(const float *__restrict x, float *__restrict xc) {
+    for (int c = 0; c < IN_MAPS; ++c)
+        for (int kx = 0; kx < KW; ++kx)
+            for (int r = 0; r < IN_H; ++r) {
+                #pragma omp simd
+                for (int j = 0; j < OUT_W; ++j) xc[((c * KW + kx) * IN_H + r) * OUT_W + j] = x[c * IN_PLANE + r * IN_W + j + kx];
+            }
+}
 struct Forward {
-    static constexpr int PLANES = IN_MAPS, PLANE = IN_PLANE, KH = 5, KW = 5;
-    static constexpr int P_STEP = STRIDE, KY_STEP = IN_W, KX_STEP = 1;
-    static constexpr int SPAN = 64;  // 4 vectors
+    static constexpr int PLANES = IN_MAPS, PLANE = 585, KH = 5, KW = 5;
+    static constexpr int P_STEP = 1, KY_STEP = 9, KX_STEP = 117;
+    static constexpr int SPAN = 32;  // 2 vectors
     static constexpr int W_M = 125, W_C = TAPS, W_KY = KW, W_KX = 1;
 };
-constexpr int F_MAPS = 6, F_ROWS = 5, F_COLS = 1, F_CHUNKS = 2, F_FULL = 6, F_SPAN = Forward::SPAN;
+constexpr int F_MAPS = 10, F_ROWS = 1, F_COLS = 3, F_CHUNKS = 3, F_FULL = 10, F_SPAN = Forward::SPAN;
+// chunk (i0, j0) starts at input i0 * F_IN_ROW + j0 * F_IN_COL; its rows are F_ROW_LEN outputs long, F_ACC_PITCH apart in acc
+constexpr int F_IN_ROW = 0, F_IN_COL = 1, F_ROW_LEN = 81, F_ACC_PITCH = 0;
 
 /* y = scaled_tanh(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
-   accumulators in registers; only the real columns of each row are stored. */
+   accumulators in registers; only real outputs are stored. */
 template <int MB>
-static inline void forward_block(const float *__restrict P, const float *__restrict x, float *__restrict y, int o0, int i0, int j0) {
+static inline void forward_block(const float *__restrict P, const float *__restrict in, float *__restrict y, int o0, int i0, int j0) {
     float acc[MB][F_SPAN];
     for (int ob = 0; ob < MB; ++ob) {
         #pragma omp simd
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = P[B_OFFSET + o0 + ob];
     }
-    cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, x + (i0 * IN_W + j0) * STRIDE, acc);
-    const int j1 = OUT_W < j0 + F_SPAN ? OUT_W : j0 + F_SPAN;
+    cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, in + i0 * F_IN_ROW + j0 * F_IN_COL, acc);
+    const int j1 = F_ROW_LEN < j0 + F_SPAN ? F_ROW_LEN : j0 + F_SPAN;
     for (int ob = 0; ob < MB; ++ob)
         for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
             float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W;
             #pragma omp simd
-            for (int j = j0; j < j1; ++j) yr[j] = cg_scaled_tanh(acc[ob][i * IN_W + j - j0]);
+            for (int j = j0; j < j1; ++j) yr[j] = cg_scaled_tanh(acc[ob][i * F_ACC_PITCH + j - j0]);
         }
 }
 
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
+    float *__restrict xc = y + XC_FROM_Y;
+    compact(x, xc);
     for (int k = 0; k < F_CHUNKS; ++k) {  // chunk k: F_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / F_COLS * F_ROWS, j0 = k % F_COLS * F_SPAN;
-        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, x, y, m0, i0, j0);
-        forward_block<4>(P, x, y, F_FULL, i0, j0);
+        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, xc, y, m0, i0, j0);
     }
 }
 
@@ -341,40 +374,34 @@ static void activation_gradient(const float *__restrict y, float *__restrict d) 
     for (int k = 0; k < OUT_MAPS * OUT_PLANE; ++k) d[k] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[k] * y[k]);
 }
 
-/* The deltas in wide rows: map o, row i, column j at o * WIDE_PITCH + i * IN_W + j, zero in the
-   columns between rows, so that a span of them lines up with the input's wide rows. */
-constexpr int WIDE_PITCH = 128, WIDE_FLOATS = 1296;
-static void widen(const float *__restrict dz, float *__restrict wide) {
-    std::memset(wide, 0, sizeof(float) * WIDE_FLOATS);
-    for (int o = 0; o < OUT_MAPS; ++o)
-        for (int i = 0; i < OUT_H; ++i) {
-            #pragma omp simd
-            for (int j = 0; j < OUT_W; ++j) wide[o * WIDE_PITCH + i * IN_W + j] = dz[o * OUT_PLANE + i * OUT_W + j];
-        }
-}
-
-/* Backward data tap by tap: for tap t, input maps c0.. get sum_o W[o][c][t] * wide deltas of o
-   (a chunk in registers), added to dx shifted by the tap. Only true products are computed: no
-   zero padding, unlike the full correlation. */
+/* Backward data tap by tap, compact: for tap t, input maps c0.. get sum_o W[o][c][t] * dz[o] (a
+   span of compact positions, in registers), added at q + ky * OUT_W to planes DXC[c][kx] of
+   IN_H rows x OUT_W columns; at the end, dx[c][r][j + kx] = sum over kx of DXC[c][kx][r][j].
+   Only true products are computed, unlike a full correlation with zero padding. */
+constexpr int DXC_FROM_D = 2128, DXC_FLOATS = 2928;
 struct Scatter {
-    static constexpr int PLANES = OUT_MAPS, PLANE = WIDE_PITCH, KH = 1, KW = 1;
+    static constexpr int PLANES = OUT_MAPS, PLANE = 81, KH = 1, KW = 1;
     static constexpr int P_STEP = 1, KY_STEP = 0, KX_STEP = 0;
-    static constexpr int SPAN = 64;  // 4 vectors
+    static constexpr int SPAN = 48;  // 3 vectors
     static constexpr int W_M = TAPS, W_C = 125, W_KY = 0, W_KX = 0;
 };
-constexpr int S_MAPS = 5, S_ROWS = 5, S_COLS = 1, S_CHUNKS = 2, S_FULL = 5, S_SPAN = Scatter::SPAN;
+constexpr int S_MAPS = 5, S_ROWS = 1, S_COLS = 2, S_CHUNKS = 2, S_FULL = 5, S_SPAN = Scatter::SPAN;
+// chunk (i0, j0) reads from i0 * S_SRC_ROW + j0; its rows are S_ROW_LEN positions long, S_ACC_PITCH apart in acc
+constexpr int S_SRC_ROW = 0, S_ROW_LEN = 81, S_ACC_PITCH = 0;
+// where acc goes: map c, tap (ky, kx), chunk (i0, j0) at c * T_MAP + ky * T_KY + kx * T_KX + i0 * T_ROW + j0 * T_COL, positions T_COL apart
+constexpr int T_MAP = 585, T_KY = 9, T_KX = 117, T_ROW = 0, T_COL = 1;
 
 template <int MB>
-static inline void backward_block(const float *__restrict P, const float *__restrict wide, float *__restrict dx, int c0, int i0, int j0) {
+static inline void backward_block(const float *__restrict P, const float *__restrict src, float *__restrict dst, int c0, int i0, int j0) {
     const int rows = OUT_H - i0 < S_ROWS ? OUT_H - i0 : S_ROWS;
-    const int valid = (rows - 1) * IN_W + (OUT_W - j0 < S_SPAN ? OUT_W - j0 : S_SPAN);  // span positions in the chunk
+    const int valid = (rows - 1) * S_ACC_PITCH + (S_ROW_LEN - j0 < S_SPAN ? S_ROW_LEN - j0 : S_SPAN);  // positions in the chunk
     for (int t = 0; t < TAPS; ++t) {
         float acc[MB][S_SPAN] = {};
-        cg_correlate<Scatter, MB>(P + W_OFFSET + c0 * TAPS + t, wide + i0 * IN_W + j0, acc);
+        cg_correlate<Scatter, MB>(P + W_OFFSET + c0 * TAPS + t, src + i0 * S_SRC_ROW + j0, acc);
         for (int cb = 0; cb < MB; ++cb) {
-            float *__restrict d = dx + (c0 + cb) * IN_PLANE + (i0 * IN_W + j0) * STRIDE + t / KW * IN_W + t % KW;
+            float *__restrict d = dst + (c0 + cb) * T_MAP + t / KW * T_KY + t % KW * T_KX + i0 * T_ROW + j0 * T_COL;
             #pragma omp simd
-            for (int p = 0; p < valid; ++p) d[p * STRIDE] += acc[cb][p];
+            for (int p = 0; p < valid; ++p) d[p * T_COL] += acc[cb][p];
         }
     }
 }
@@ -382,20 +409,26 @@ static inline void backward_block(const float *__restrict P, const float *__rest
 /* dx = W^T * dz. dz: this layer's deltas, followed by the scratch. */
 static void backward_data(const float *__restrict P, float *__restrict dz, float *__restrict dx) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
-    float *__restrict wide = dz + WIDE_FROM_D;
-    widen(dz, wide);
+    float *__restrict dxc = dz + DXC_FROM_D;
+    std::memset(dxc, 0, sizeof(float) * DXC_FLOATS);
     std::memset(dx, 0, sizeof(float) * IN_MAPS * IN_PLANE);
     for (int k = 0; k < S_CHUNKS; ++k) {  // chunk k: S_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / S_COLS * S_ROWS, j0 = k % S_COLS * S_SPAN;
-        for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block<S_MAPS>(P, wide, dx, m0, i0, j0);
+        for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block<S_MAPS>(P, dz, dxc, m0, i0, j0);
     }
+    for (int c = 0; c < IN_MAPS; ++c)
+        for (int kx = 0; kx < KW; ++kx)
+            for (int r = 0; r < IN_H; ++r) {
+                #pragma omp simd
+                for (int j = 0; j < OUT_W; ++j) dx[c * IN_PLANE + r * IN_W + j + kx] += dxc[((c * KW + kx) * IN_H + r) * OUT_W + j];
+            }
 }
 
 /* Weight gradient, "lanes" form: vectorized over output maps. The deltas transposed: position
    q = i * OUT_W + j, map o at q * L_PITCH + o (zero past OUT_MAPS). A block is KR whole kernel
    rows x OVB vectors of maps: per position, each tap's input value times the deltas of the
    block's maps; then each map's KR * KW taps, contiguous in G, get the block's column. */
-constexpr int V = 16, L_PITCH = 16, TRANS_FROM_D = 2112;
+constexpr int V = 16, L_PITCH = 16, TRANS_FROM_D = 832;
 constexpr int L_OV = 1, L_OV_FULL = 1, L_KR = 4, L_KR_FULL = 4;
 
 static void transpose(const float *__restrict dz, float *__restrict dzt) {
@@ -441,10 +474,10 @@ static inline void lanes_maps(const float *__restrict dzt, const float *__restri
 static void backward_weights(const float *__restrict x, float *__restrict dz, float *__restrict G) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(G);
     for (int o = 0; o < OUT_MAPS; ++o) {
-        float db = 0.0f;
+        double db = 0.0;  // double: the deltas of a map often nearly cancel
         #pragma omp simd reduction(+:db)
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
-        G[B_OFFSET + o] += db;
+        G[B_OFFSET + o] += static_cast<float>(db);
     }
     float *__restrict dzt = dz + TRANS_FROM_D;
     transpose(dz, dzt);
@@ -661,18 +694,18 @@ static void update(float *__restrict P, float *__restrict G, float scale) {
 namespace net {
 constexpr int N_PARAMS = 6480;        // floats in the flat parameter array (blocks 64-byte aligned)
 constexpr int IMAGE_SIZE = 841;      // 1x29x29 input values
-constexpr int IMAGE_STRIDE = 864;    // floats between two images (aligned)
+constexpr int IMAGE_STRIDE = 848;    // floats between two images (aligned)
 constexpr int OUTPUT_SIZE = 10;
 constexpr int N_LAYERS = 6;
 constexpr int N_BLOCKS = 4;       // layers with parameters
 // One network instance's private buffer: each layer's activations Y_ and deltas D_.
-constexpr int Y_c1 = 0, D_c1 = 3392;
-constexpr int Y_p1 = 10544, D_p1 = 11408;
-constexpr int Y_c2 = 12256, D_c2 = 13072;
-constexpr int Y_p2 = 16480, D_p2 = 16576;
-constexpr int Y_f1 = 16672, D_f1 = 16736;
-constexpr int Y_out = 16800, D_out = 16816;
-constexpr int WORK_FLOATS = 16832;
+constexpr int Y_c1 = 0, D_c1 = 6448;
+constexpr int Y_p1 = 13600, D_p1 = 14448;
+constexpr int Y_c2 = 15296, D_c2 = 19056;
+constexpr int Y_p2 = 24112, D_p2 = 24208;
+constexpr int Y_f1 = 24304, D_f1 = 24368;
+constexpr int Y_out = 24432, D_out = 24448;
+constexpr int WORK_FLOATS = 24464;
 // Passes timed by the profiler.
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, N_PASSES = 4 };
 static const char *const LAYER_NAMES[N_LAYERS] = { "c1", "p1", "c2", "p2", "f1", "out" };
