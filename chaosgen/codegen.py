@@ -308,6 +308,21 @@ def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True) -> dict:
     return v
 
 
+DENSE_ROWS = 8  # units per dense forward block: independent dot products hide the FMA latency
+
+
+def _dense_view(lay: ir.Dense, target: Target) -> dict:
+    """Dense blocking: forward DENSE_ROWS units at a time; backward data in column blocks of up
+    to the accumulator budget of vectors, the last block only as wide as the input needs (its
+    reads past a row of W stay within the next row, or the biases after the last one)."""
+    vw, n, out = target.vector_width, lay.in_shape.size, lay.out_shape.maps
+    rows = min(out, DENSE_ROWS)
+    vecs = -(-n // vw)
+    per = min(vecs, target.accumulators)
+    return dict(in_full=n - n % vw, rows=rows, rows_full=out - out % rows, rows_rem=out % rows,
+                cols=per * vw, cols_full=vecs // per * per * vw, cols_rem=vecs % per * vw)
+
+
 def _reads_past(lay: ir.Layer | None, target: Target) -> int:
     """How many floats past the end of its input `lay` may read (wide-row vector spans)."""
     return _conv_view(lay, target)["reads_past_x"] if isinstance(lay, ir.Conv) else 0
@@ -357,6 +372,8 @@ def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...]) -> list[di
             v.update(conv, xc_from_y=y_data)
         if isinstance(lay, ir.Pool):
             v.update(op=lay.op, wh=lay.wh, ww=lay.ww)
+        if isinstance(lay, ir.Dense):
+            v.update(_dense_view(lay, target))
         views.append(v)
     return views
 

@@ -144,12 +144,16 @@ static inline void forward_block(const float *__restrict P, const float *__restr
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = P[B_OFFSET + o0 + ob];
     }
     cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, in + i0 * F_IN_ROW + j0 * F_IN_COL, acc);
-    const int j1 = F_ROW_LEN < j0 + F_SPAN ? F_ROW_LEN : j0 + F_SPAN;
+    for (int ob = 0; ob < MB; ++ob) {  // on whole vectors: a loop with a ragged end would run its tail scalar
+        #pragma omp simd
+        for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = cg_scaled_tanh(acc[ob][p]);
+    }
+    const int n = F_ROW_LEN - j0 < F_SPAN ? F_ROW_LEN - j0 : F_SPAN;  // outputs per row in this chunk
     for (int ob = 0; ob < MB; ++ob)
         for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
-            float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W;
+            float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W + j0;
             #pragma omp simd
-            for (int j = j0; j < j1; ++j) yr[j] = cg_scaled_tanh(acc[ob][i * F_ACC_PITCH + j - j0]);
+            for (int j = 0; j < n; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
         }
 }
 
@@ -325,12 +329,16 @@ static inline void forward_block(const float *__restrict P, const float *__restr
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = P[B_OFFSET + o0 + ob];
     }
     cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, in + i0 * F_IN_ROW + j0 * F_IN_COL, acc);
-    const int j1 = F_ROW_LEN < j0 + F_SPAN ? F_ROW_LEN : j0 + F_SPAN;
+    for (int ob = 0; ob < MB; ++ob) {  // on whole vectors: a loop with a ragged end would run its tail scalar
+        #pragma omp simd
+        for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = cg_scaled_tanh(acc[ob][p]);
+    }
+    const int n = F_ROW_LEN - j0 < F_SPAN ? F_ROW_LEN - j0 : F_SPAN;  // outputs per row in this chunk
     for (int ob = 0; ob < MB; ++ob)
         for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
-            float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W;
+            float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W + j0;
             #pragma omp simd
-            for (int j = j0; j < j1; ++j) yr[j] = cg_scaled_tanh(acc[ob][i * F_ACC_PITCH + j - j0]);
+            for (int j = 0; j < n; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
         }
 }
 
@@ -540,17 +548,40 @@ constexpr int W_OFFSET = 1376, B_OFFSET = 5888;  // weights (OUT, IN), then bias
 constexpr int BLOCK_SIZE = 4562;
 
 /* y = scaled_tanh(W x + b). */
+constexpr int V = 4, IN_FULL = 88;  // IN_FULL: the input in whole vectors
+constexpr int ROWS = 8, ROWS_FULL = 48;  // units computed together
+
+/* R units from u0, before the activation: R independent dot products accumulated lane by lane
+   (the input's last, partial vector masked: no scalar tail), then each one's lanes added up. */
+template <int R>
+static inline void forward_rows(const float *__restrict W, const float *__restrict B, const float *__restrict x, float *__restrict y, int u0) {
+    float acc[R][V] = {};
+    for (int k0 = 0; k0 < IN_FULL; k0 += V) {
+        CG_UNROLL(32)
+        for (int r = 0; r < R; ++r) {
+            #pragma omp simd
+            for (int l = 0; l < V; ++l) acc[r][l] += W[(u0 + r) * IN + k0 + l] * x[k0 + l];
+        }
+    }
+    CG_UNROLL(32)
+    for (int r = 0; r < R; ++r) {  // reads past the row stay inside P and the input's buffer
+        #pragma omp simd
+        for (int l = 0; l < V; ++l) acc[r][l] += IN_FULL + l < IN ? W[(u0 + r) * IN + IN_FULL + l] * x[IN_FULL + l] : 0.0f;
+    }
+    for (int r = 0; r < R; ++r) {
+        float s = B[u0 + r];
+        #pragma omp simd reduction(+:s)
+        for (int l = 0; l < V; ++l) s += acc[r][l];
+        y[u0 + r] = s;
+    }
+}
+
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
-    const float *__restrict W = P + W_OFFSET;
-    const float *__restrict B = P + B_OFFSET;
-    for (int u = 0; u < OUT; ++u) {
-        const float *__restrict w = W + u * IN;
-        float s = B[u];
-        #pragma omp simd reduction(+:s)
-        for (int k = 0; k < IN; ++k) s += w[k] * x[k];
-        y[u] = cg_scaled_tanh(s);
-    }
+    for (int u0 = 0; u0 < ROWS_FULL; u0 += ROWS) forward_rows<ROWS>(P + W_OFFSET, P + B_OFFSET, x, y, u0);
+    forward_rows<2>(P + W_OFFSET, P + B_OFFSET, x, y, ROWS_FULL);
+    #pragma omp simd
+    for (int u = 0; u < OUT; ++u) y[u] = cg_scaled_tanh(y[u]);
 }
 
 /* d := dL/dz = dL/dy * f'(z), with f' written in terms of y. */
@@ -560,17 +591,27 @@ static void activation_gradient(const float *__restrict y, float *__restrict d) 
     for (int u = 0; u < OUT; ++u) d[u] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[u] * y[u]);
 }
 
-/* dx = W^T dz. */
-static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
-    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
-    const float *__restrict W = P + W_OFFSET;
-    std::memset(dx, 0, sizeof(float) * IN);
+/* dx = W^T dz, COLS inputs at a time: their sums over all units stay in registers. Lanes past
+   IN read the next row of W and are never stored. */
+constexpr int COLS = 48, COLS_FULL = 48;
+
+template <int N>
+static inline void backward_cols(const float *__restrict W, const float *__restrict dz, float *__restrict dx, int k0) {
+    float acc[N] = {};
     for (int u = 0; u < OUT; ++u) {
-        const float *__restrict w = W + u * IN;
         const float d = dz[u];
         #pragma omp simd
-        for (int k = 0; k < IN; ++k) dx[k] += w[k] * d;
+        for (int l = 0; l < N; ++l) acc[l] += d * W[u * IN + k0 + l];
     }
+    const int n = IN - k0 < N ? IN - k0 : N;
+    #pragma omp simd
+    for (int l = 0; l < n; ++l) dx[k0 + l] = acc[l];
+}
+
+static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
+    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
+    for (int k0 = 0; k0 < COLS_FULL; k0 += COLS) backward_cols<COLS>(P + W_OFFSET, dz, dx, k0);
+    backward_cols<44>(P + W_OFFSET, dz, dx, COLS_FULL);
 }
 
 /* G += dz x^T, db += dz. */
@@ -608,17 +649,38 @@ constexpr int W_OFFSET = 5952, B_OFFSET = 6464;  // weights (OUT, IN), then bias
 constexpr int BLOCK_SIZE = 522;
 
 /* y = softmax(W x + b), shifted by the largest logit so exp never overflows. */
+constexpr int V = 4, IN_FULL = 48;  // IN_FULL: the input in whole vectors
+constexpr int ROWS = 8, ROWS_FULL = 8;  // units computed together
+
+/* R units from u0, before the activation: R independent dot products accumulated lane by lane
+   (the input's last, partial vector masked: no scalar tail), then each one's lanes added up. */
+template <int R>
+static inline void forward_rows(const float *__restrict W, const float *__restrict B, const float *__restrict x, float *__restrict y, int u0) {
+    float acc[R][V] = {};
+    for (int k0 = 0; k0 < IN_FULL; k0 += V) {
+        CG_UNROLL(32)
+        for (int r = 0; r < R; ++r) {
+            #pragma omp simd
+            for (int l = 0; l < V; ++l) acc[r][l] += W[(u0 + r) * IN + k0 + l] * x[k0 + l];
+        }
+    }
+    CG_UNROLL(32)
+    for (int r = 0; r < R; ++r) {  // reads past the row stay inside P and the input's buffer
+        #pragma omp simd
+        for (int l = 0; l < V; ++l) acc[r][l] += IN_FULL + l < IN ? W[(u0 + r) * IN + IN_FULL + l] * x[IN_FULL + l] : 0.0f;
+    }
+    for (int r = 0; r < R; ++r) {
+        float s = B[u0 + r];
+        #pragma omp simd reduction(+:s)
+        for (int l = 0; l < V; ++l) s += acc[r][l];
+        y[u0 + r] = s;
+    }
+}
+
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
-    const float *__restrict W = P + W_OFFSET;
-    const float *__restrict B = P + B_OFFSET;
-    for (int u = 0; u < OUT; ++u) {
-        const float *__restrict w = W + u * IN;
-        float s = B[u];
-        #pragma omp simd reduction(+:s)
-        for (int k = 0; k < IN; ++k) s += w[k] * x[k];
-        y[u] = s;
-    }
+    for (int u0 = 0; u0 < ROWS_FULL; u0 += ROWS) forward_rows<ROWS>(P + W_OFFSET, P + B_OFFSET, x, y, u0);
+    forward_rows<2>(P + W_OFFSET, P + B_OFFSET, x, y, ROWS_FULL);
     float top = y[0];
     for (int u = 1; u < OUT; ++u) top = y[u] > top ? y[u] : top;
     float sum = 0.0f;
@@ -629,17 +691,27 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
     for (int u = 0; u < OUT; ++u) y[u] /= sum;
 }
 
-/* dx = W^T dz. */
-static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
-    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
-    const float *__restrict W = P + W_OFFSET;
-    std::memset(dx, 0, sizeof(float) * IN);
+/* dx = W^T dz, COLS inputs at a time: their sums over all units stay in registers. Lanes past
+   IN read the next row of W and are never stored. */
+constexpr int COLS = 48, COLS_FULL = 48;
+
+template <int N>
+static inline void backward_cols(const float *__restrict W, const float *__restrict dz, float *__restrict dx, int k0) {
+    float acc[N] = {};
     for (int u = 0; u < OUT; ++u) {
-        const float *__restrict w = W + u * IN;
         const float d = dz[u];
         #pragma omp simd
-        for (int k = 0; k < IN; ++k) dx[k] += w[k] * d;
+        for (int l = 0; l < N; ++l) acc[l] += d * W[u * IN + k0 + l];
     }
+    const int n = IN - k0 < N ? IN - k0 : N;
+    #pragma omp simd
+    for (int l = 0; l < n; ++l) dx[k0 + l] = acc[l];
+}
+
+static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
+    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
+    for (int k0 = 0; k0 < COLS_FULL; k0 += COLS) backward_cols<COLS>(P + W_OFFSET, dz, dx, k0);
+    backward_cols<4>(P + W_OFFSET, dz, dx, COLS_FULL);
 }
 
 /* G += dz x^T, db += dz. */
