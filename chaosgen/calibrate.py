@@ -262,7 +262,7 @@ def measure_net(
     cfg = Config(threads=1, eta=1e-4, decay=1.0, limit=n, val_limit=n, test_limit=nt)
     trainer = Trainer(rt, data, cfg, quiet=True)
     timed = timed_epochs(trainer, REPEATS + 1, 1)[1:]
-    while len(undisturbed(timed)[0]) < REPEATS and len(timed) < 2 * REPEATS:
+    while sum(share >= MIN_SHARE for _, share in timed) < REPEATS and len(timed) < 2 * REPEATS:
         timed += timed_epochs(trainer, 1, 1)
     records, clean = undisturbed(timed)
     w = work_of(net.ir)

@@ -521,6 +521,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if v is not None and v < (1 if opt == "epochs" else 0):
             raise UsageError(f"--{opt.replace('_', '-')} must be positive, found {v}")
     _, net = front_end(args.spec)
+    if args.compare_paper and args.machine == "this":
+        raise UsageError("--compare-paper compares with the paper's machine: add --machine knc")
     machine = _machine_for(args.machine, args.spec, net)
     if args.compare_paper:
         rows = compare_paper(net, machine)

@@ -228,7 +228,7 @@ def _measured_epoch(threads: int, n: int, nt: int) -> float | None:
     cfg = Config(threads=threads, limit=n, val_limit=n, test_limit=nt)
     trainer = Trainer(rt, d, cfg, quiet=True)
     timed = calibrate.timed_epochs(trainer, 4, threads)[1:]  # the first epoch warms up
-    while len(calibrate.undisturbed(timed)[0]) < 2 and len(timed) < 8:
+    while sum(share >= calibrate.MIN_SHARE for _, share in timed) < 2 and len(timed) < 8:
         timed += calibrate.timed_epochs(trainer, 1, threads)
     records, clean = calibrate.undisturbed(timed)
     return statistics.median(r["seconds"] for r in records) if clean else None
