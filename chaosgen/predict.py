@@ -429,6 +429,15 @@ def human_time(s: float) -> str:
     return f"{h:,.0f} h" if h >= 100 else f"{h:.3g} h"
 
 
+def human_energy(j: float) -> str:
+    """Joules as J, Wh or kWh, three significant figures."""
+    if j < 360:
+        return f"{j:.3g} J"
+    if j < 3.6e6:
+        return f"{j / 3600:.3g} Wh"
+    return f"{j / 3.6e6:,.3g} kWh" if j < 3.6e9 else f"{j / 3.6e6:,.0f} kWh"
+
+
 def parse_threads(text: str) -> list[int]:
     """'1,2,15' -> [1, 2, 15]."""
     try:
@@ -608,7 +617,7 @@ def print_table(
         print(
             f"  {p.threads:>7}{mark}{human_time(p.t_comp):>10} {human_time(p.t_mem):>10} "
             f"{human_time(p.total):>10} {human_time(p.per_epoch):>10} {t1 / p.total:>7.1f}x "
-            f"{p.energy_j / 3.6e6:>7.3g} kWh"
+            f"{human_energy(p.energy_j):>11}"
         )
     if any(p.beyond_hardware for p in preds):
         how = (
