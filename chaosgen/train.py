@@ -340,9 +340,16 @@ class Trainer:
                 ) from None
             bar.close()
             self._check_finite(epoch, tr)
-            va = rt.evaluate(self.val_x, self.val_y, cfg.threads)
-            te = rt.evaluate(self.test_x, self.test_y, cfg.threads)
             self.eta = eta * cfg.decay
+            try:
+                va = rt.evaluate(self.val_x, self.val_y, cfg.threads)
+                te = rt.evaluate(self.test_x, self.test_y, cfg.threads)
+            except KeyboardInterrupt:  # training of this epoch is done: keep it
+                self.save(epoch + 1, self.eta, self.rng.bit_generator.state)
+                where = f"; checkpoint {self.last_checkpoint}" if self.last_checkpoint else ""
+                raise ChaosgenError(
+                    f"interrupted while evaluating epoch {epoch + 1}{where}"
+                ) from None
             rec = {
                 "epoch": epoch + 1,
                 "eta": eta,
