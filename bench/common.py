@@ -1,0 +1,158 @@
+"""What bench/speed.py and bench/schemes.py share: data, networks, timing, the JSON record."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import chaosgen  # noqa: E402
+from chaosgen.train import Config, Runtime, _profile_table  # noqa: E402
+
+NETS = ("small", "medium", "large")
+SCHEMES = ("chaos", "sequential", "hogwild", "delayed", "averaged")
+
+
+@dataclass
+class Data:
+    """Training and test images (N, 29, 29) float32 in [0, 1], labels int32; where they came from."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+
+
+def load_data(arg: str | None, allow_random: bool = True) -> Data:
+    """MNIST from --data / $CHAOSGEN_DATA / the usual places; else (for speed only) random images."""
+    from chaosgen.data import find_data_dir, load_mnist
+    from chaosgen.errors import ChaosgenError
+
+    try:
+        d = find_data_dir(arg)
+        m = load_mnist(d)
+        return Data(m.train_images, m.train_labels, m.test_images, m.test_labels, f"MNIST {d}")
+    except ChaosgenError as e:
+        if not allow_random:
+            raise
+        print(f"bench: {e}; timing on random images instead", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (70000, 29, 29)).astype(np.float32)
+    y = rng.integers(0, 10, 70000).astype(np.int32)
+    return Data(x[:60000], y[:60000], x[60000:], y[60000:], "random")
+
+
+def spec_path(net: str) -> str:
+    """specs/<net>.net of the checkout (or a path as given)."""
+    p = Path(net)
+    return str(p) if p.suffix == ".net" else str(ROOT / "specs" / f"{net}.net")
+
+
+def compile_net(net: str):
+    """Build (cached) and load; the loaded network starts from the spec's seeded weights."""
+    return chaosgen.compile(spec_path(net))
+
+
+def train_flops(ir) -> float:
+    """FLOPs per training image: 3 x the forward multiply-adds of the layers with weights x 2."""
+    return 6.0 * sum(lay.macs for lay in ir.trainable)
+
+
+def _with_share(call, threads: int):
+    """call() -> PhaseStats, with cpu_share: process CPU time / (wall time x threads)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    st = call()
+    wall = time.perf_counter() - t0
+    st.cpu_share = (time.process_time() - c0) / (wall * threads) if wall > 0 else 1.0
+    return st
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max (the JSON's measurement triple)."""
+    return {"median": float(statistics.median(values)), "min": float(min(values)),
+            "max": float(max(values))}
+
+
+def fmt_spread(s: dict[str, float]) -> str:
+    """'12,345 [12,001-12,777]'."""
+    return f"{s['median']:>9,.0f} [{s['min']:,.0f}-{s['max']:,.0f}]"
+
+
+def machine() -> dict:
+    """CPU model and processor count, as recorded with every result."""
+    from chaosgen.targets import cpu_model
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count()}
+
+
+class Bench:
+    """One compiled network with its data in native layout, timed through the runtime."""
+
+    def __init__(self, net: str, data: Data):
+        self.name = net
+        self.net = compile_net(net)
+        self.rt = Runtime(self.net)
+        self.x = self.rt.images(data.train_images)
+        self.y = np.ascontiguousarray(data.train_labels, np.int32)
+        self.test_x = self.rt.images(data.test_images)
+        self.test_y = np.ascontiguousarray(data.test_labels, np.int32)
+        self.flops = train_flops(self.net.ir)
+        self.rng = np.random.default_rng(1)
+
+    def reset(self) -> None:
+        """The spec's seeded initial weights."""
+        self.net.init_weights(self.net.ir.training.seed)
+
+    def order(self, images: int) -> np.ndarray:
+        """`images` training indices: a fresh shuffle, repeated if more than the training set."""
+        n = len(self.y)
+        reps = -(-images // n)
+        return np.concatenate([self.rng.permutation(n) for _ in range(reps)])[:images].astype(np.int32)
+
+    def train(self, scheme: str, threads: int, images: int, eta: float = 0.001,
+              profile: bool = False):
+        """One timed training pass (PhaseStats, with .cpu_share set)."""
+        cfg = Config(scheme=scheme, threads=threads, profile=profile)
+        order = self.order(images)
+        return _with_share(lambda: self.rt.train(self.x, self.y, order, cfg, eta), threads)
+
+    def infer(self, threads: int, images: int):
+        """One timed forward-only pass over `images` test (then training) images."""
+        x, y = self.test_x, self.test_y
+        if images > len(y):
+            x, y = self.x, self.y
+        return _with_share(lambda: self.rt.evaluate(x[:images], y[:images], threads), threads)
+
+    def timed(self, run, threads: int, repeats: int, min_share: float, retries: int = 3):
+        """`repeats` rates of run() (images/s) and the lowest CPU share among them. A run whose
+        process got less than `min_share` of `threads` cores (other work on the machine) is run
+        again, up to `retries` times per repeat: on 2 cores, one busy neighbour halves a thread
+        and a preempted lock holder stalls the other."""
+        rates, shares = [], []
+        for _ in range(repeats):
+            for attempt in range(retries + 1):
+                st = run()
+                if st.cpu_share >= min_share or attempt == retries:
+                    break
+                print(f"  (disturbed run: {st.cpu_share:.0%} of {threads} cores; again)",
+                      file=sys.stderr)
+            rates.append(st.images_per_s)
+            shares.append(st.cpu_share)
+        return rates, min(shares)
+
+    def test_error_rate(self, threads: int) -> float:
+        """Error rate on the whole test set."""
+        return self.rt.evaluate(self.test_x, self.test_y, threads).error_rate
+
+    def profile_table(self, stats) -> dict:
+        """µs per image for every layer and pass (summed over threads)."""
+        return _profile_table(self.net, stats.profile, stats.images)
