@@ -50,7 +50,26 @@ static inline float cg_tanh(float x) {
     return x * p / q;
 }
 
-static inline float cg_scaled_tanh(float x) { return CG_STANH_A * cg_tanh(CG_STANH_S * x); }
+/* A tanh(S x) as cg_tanh's rational with A and S folded into its coefficients (computed in
+   double: p'_k = A S^(2k+1) p_k, q'_k = S^(2k) q_k; the clamp is cg_tanh's over S): two vector
+   multiplications fewer per activation, which is most of a first layer's forward cost. */
+static inline float cg_scaled_tanh(float x) {
+    const float clamp = 11.8579663080583f;
+    x = x > clamp ? clamp : (x < -clamp ? -clamp : x);
+    const float x2 = x * x;
+    float p = -2.434085124745557e-18f;
+    p = p * x2 + 3.967884882330531e-15f;
+    p = p * x2 + -3.840652863093362e-12f;
+    p = p * x2 + 5.144202014650476e-09f;
+    p = p * x2 + 3.357170531776428e-06f;
+    p = p * x2 + 3.239934345250051e-04f;
+    p = p * x2 + 5.597866027260839e-03f;
+    float q = 1.051969149131267e-07f;
+    q = q * x2 + 2.341426564288250e-05f;
+    q = q * x2 + 1.008193230065886e-03f;
+    q = q * x2 + 4.893525185543850e-03f;
+    return x * p / q;
+}
 static inline float cg_sigmoid(float x) { return 0.5f + 0.5f * cg_tanh(0.5f * x); }
 
 /* The convolution kernels' inner loop, written once: a register block of MB output planes, each a
