@@ -263,27 +263,35 @@ def plot_speedup(
         ylabel="speed-up (× one thread's images/s)",
     )
     _finish(ax)
+    handles, labels = ax.get_legend_handles_labels()  # each network's measured and model together
+    order = sorted(
+        range(len(labels)), key=lambda i: (not labels[i].startswith("ideal"), labels[i])
+    )
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize="small")
     paths = [_save(fig, out / f"{stem}-speedup.png")]
 
-    fig = _pyplot_free_figure(figsize=(7, 5), layout="constrained")
+    # one colour per network; line style and marker tell what was measured
+    fig = _pyplot_free_figure(figsize=(9, 5), layout="constrained")
     ax = fig.add_subplot()
-    k = 0
-    for source, key, style in (
-        ("chaosgen", "train_images_per_s", "-"),
-        ("chaosgen", "infer_images_per_s", "--"),
-        ("torch", "train_images_per_s", "-."),
-    ):
+    kinds = (
+        ("chaosgen", "train_images_per_s", "-", "o"),
+        ("chaosgen", "infer_images_per_s", "--", "s"),
+        ("torch", "train_images_per_s", "-.", "^"),
+    )
+    nets = sorted(
+        {str(r.get("net")) for src in ("chaosgen", "torch") for r in bench.get(src) or []}
+    )
+    for source, key, style, marker in kinds:
         for (net, mode), pts in sorted(_series(bench.get(source) or [], key).items()):
             what = "inference" if key.startswith("infer") else "training"
             ax.plot(
                 [p for p, *_ in pts],
                 [m for _, m, *_ in pts],
                 style,
-                marker="o",
-                color=f"C{k % 10}",
-                label=f"{source} {net} {mode} {what}",
+                marker=marker,
+                color=f"C{nets.index(net) % 10}",
+                label=f"{net}: {source} {mode} {what}",
             )
-            k += 1
     ax.set(
         title="Throughput against threads" + (f"\n{cpu}" if cpu else ""),
         xlabel="threads",
@@ -292,6 +300,15 @@ def plot_speedup(
     )
     _finish(ax)
     _plain_log_ticks(ax)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i])
+    ax.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        fontsize="small",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+    )
     paths.append(_save(fig, out / f"{stem}-throughput.png"))
     return paths
 
