@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ACC = 12  # independent accumulator vectors per thread (>= 8: FMA latency 4 x 2 pipes on Zen/Intel)

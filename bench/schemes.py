@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from common import NETS, SCHEMES, Bench, fmt_spread, load_data, machine, spread
 from peak import peak_gflops
+
+from chaosgen.build import atomic_write  # common put the checkout on sys.path
 
 DEFAULT_IMAGES = {"small": 60000, "medium": 10000, "large": 10000}
 
@@ -85,8 +88,7 @@ def main() -> int:
               f"{fmt_spread(r['train_images_per_s']):>27} {up} {r['test_error_rate']:10.2%} "
               f"{r['cpu_share']:4.0%}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_write(Path(args.json), json.dumps(result, indent=1))
     return 0
 
 

@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from common import NETS, SCHEMES, Bench, fmt_spread, load_data, machine, spread
 from peak import peak_gflops
+
+from chaosgen.build import atomic_write  # common put the checkout on sys.path
 
 TORCH_MODES = (("batch1", 1), ("batch64", 64), ("hogwild", 1))
 
@@ -144,8 +147,7 @@ def main() -> int:
                       file=sys.stderr)
     print_table(result)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_write(Path(args.json), json.dumps(result, indent=1))
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -26,7 +25,8 @@ def template_dir() -> Path:
 
 
 @functools.cache
-def _env() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
+    """The one strict Jinja2 environment of all templates (StrictUndefined, trimmed blocks)."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir())),
         undefined=jinja2.StrictUndefined,
@@ -403,7 +403,7 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = ()) -> Source:
         work_floats=max(last["end"], 16),
         unroll_limit=UNROLL_LIMIT,
     )
-    env = _env()
+    env = environment()
     cpp = env.get_template("net.cpp.j2").render(ctx)
     header = env.get_template("api.h.j2").render(ctx)
     return Source(cpp=cpp, header=header)

@@ -191,7 +191,7 @@ def render_program(
         flags=shlex.join(compiler.program_flags(target, version)),
         mic=target.name == "knc",
     )
-    env = codegen._env()  # the one strict environment of all templates
+    env = codegen.environment()
     return {
         CPP_NAME: source.cpp,
         source.header_name: source.header,
