@@ -23,6 +23,7 @@ from filelock import FileLock
 
 from . import __version__
 from .build import atomic_write, cache_root, run_and_publish
+from .codegen import lock_segment
 from .errors import BuildError, ChaosgenError
 from .predict import Work, work_of
 from .targets import cpu_model, default_compiler_for, native_target
@@ -157,7 +158,7 @@ def measure_contention(
     to twice as many runs while fewer than three are undisturbed). Also: were they undisturbed?
     Each layer's private compute is its share (by operation counts) of `train_s` per image."""
     blocks = [
-        f"{size}:{train_s * f / work.train:.9g}:{train_s * b / work.train:.9g}"
+        f"{size}:{lock_segment(size)}:{train_s * f / work.train:.9g}:{train_s * b / work.train:.9g}"
         for size, (f, b) in zip(work.blocks, work.block_ops, strict=True)
     ]
     images = max(20, min(5000, int(seconds / CONTENTION_REPEATS / len(threads) / train_s)))

@@ -308,6 +308,20 @@ def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True) -> dict:
     return v
 
 
+LOCK_SEGMENT_FLOATS = 2048  # floats per update lock (8 KB): see lock_segment
+MAX_SEGMENTS = 64  # per block: the runtime keeps a block's pending segments in one 64-bit mask
+
+
+def lock_segment(block_size: int) -> int:
+    """Floats per lock segment of a parameter block. CHAOS serializes the writers of a layer; one
+    lock per segment of the layer instead lets a second writer start on the segments the first
+    is not touching, so the threads do not queue behind each other's whole update (measured in
+    bench/speed.py --profile, pass lock_wait). A multiple of 16 floats, so every segment starts
+    on a cache line; at most MAX_SEGMENTS per block."""
+    per = max(LOCK_SEGMENT_FLOATS, -(-block_size // MAX_SEGMENTS))
+    return ir.align(per)
+
+
 DENSE_ROWS = 8  # units per dense forward block: independent dot products hide the FMA latency
 
 
@@ -367,6 +381,7 @@ def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...]) -> list[di
                 b_offset=lay.b_offset,
                 block_size=lay.b_offset + lay.n_bias - lay.w_offset,
                 block=[t.index for t in net.trainable].index(lay.index),
+                segment=lock_segment(lay.b_offset + lay.n_bias - lay.w_offset),
             )
         if conv:
             v.update(conv, xc_from_y=y_data)

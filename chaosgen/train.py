@@ -19,7 +19,7 @@ from .errors import ChaosgenError, TrainingError, UsageError
 from .loader import Net, aligned_zeros
 
 SCHEMES = {"chaos": 0, "sequential": 0, "hogwild": 1, "delayed": 2, "averaged": 3}
-PASSES = ("forward", "backward_data", "backward_weights", "update")
+PASSES = ("forward", "backward_data", "backward_weights", "update", "lock_wait")
 
 
 @dataclass

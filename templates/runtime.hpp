@@ -4,9 +4,12 @@
    One network instance per OpenMP thread: private activations, deltas and gradients, allocated
    once by the thread that uses them (first touch); the weights P are shared. Workers pick the
    next image from a shared atomic counter; during back-propagation each layer's update goes into
-   P as soon as that layer is done, under that layer's lock (first come, first served); readers of
-   P never wait. No barrier per image.
+   P as soon as that layer is done, under the locks of that layer's segments (one writer per
+   segment at a time, segments taken in whatever order they are free: locks.hpp); readers of P
+   never wait. No barrier per image.
    --------------------------------------------------------------------------------------------- */
+{% include "locks.hpp" %}
+
 namespace chaos {
 
 enum Scheme { CHAOS = 0, HOGWILD = 1, DELAYED = 2, AVERAGED = 3 };
@@ -29,17 +32,6 @@ static void free_floats(float *p) {
     std::free(p);
 #endif
 }
-
-/* A spin lock on its own cache line: writers of one layer queue here; nobody else touches it. */
-struct alignas(64) LayerLock {
-    std::atomic<int> held{0};
-    void lock() {
-        while (held.exchange(1, std::memory_order_acquire))
-            while (held.load(std::memory_order_relaxed)) {
-            }
-    }
-    void unlock() { held.store(0, std::memory_order_release); }
-};
 
 struct NoProfile {
     void start() {}
@@ -88,11 +80,21 @@ static bool train_worker(float *P, const float *images, const int *labels, const
     const float eta = cfg.eta;
     auto image_of = [&](long i) { return images + static_cast<size_t>(order[i]) * net::IMAGE_STRIDE; };
     auto stopped = [&]() { return failed || (cfg.stop && *cfg.stop); };
+    const int me = omp_get_thread_num(), team = omp_get_num_threads();
+    /* Apply this worker's gradient of block b (locked: segment by segment, see locks.hpp,
+       starting at a segment of its own so that workers begin apart). */
     auto apply = [&](int b, float scale, bool locked) {
-        if (locked) locks[b].lock();
-        net::update_block(b, P, G, scale);
-        if (locked) locks[b].unlock();
-        prof.tick(net::BLOCK_LAYER[b], net::UPDATE);
+        const int layer = net::BLOCK_LAYER[b], seg = net::SEGMENT_FLOATS[b], size = net::BLOCK_FLOATS[b];
+        const int first = net::BLOCK_SEGMENT0[b], n = net::BLOCK_SEGMENT0[b + 1] - first;
+        if (!locked) {
+            net::update_block(b, P, G, scale, 0, size);
+        } else {
+            update_segments(
+                locks + first, n, me * n / team,
+                [&](int s) { net::update_block(b, P, G, scale, s * seg, (s + 1) * seg < size ? (s + 1) * seg : size); },
+                [&] { prof.tick(layer, net::UPDATE); }, [&] { prof.tick(layer, net::LOCK_WAIT); });
+        }
+        prof.tick(layer, net::UPDATE);
     };
 
     if (cfg.scheme == AVERAGED) {  // (`next` is free here: it carries the decision to halt)
@@ -177,7 +179,7 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
              const cg_config *config, cg_stats *stats, double *profile) {
     const double t0 = omp_get_wtime();
     std::atomic<long> next{0};
-    chaos::LayerLock locks[net::N_BLOCKS];
+    chaos::LayerLock locks[net::N_SEGMENTS];
     volatile int failed = 0;
     double loss = 0.0;
     long errors = 0, done = 0;

@@ -167,3 +167,12 @@ def test_vectorized_tanh_special_values(tanh_errors: dict) -> None:
     pos, neg, zero, negzero = tanh_errors["special"]
     assert abs(pos - 1) < 1e-6 and abs(neg + 1) < 1e-6
     assert zero == 0.0 and negzero == 0.0
+
+
+@pytest.mark.parametrize("size", [1, 85, 2047, 2048, 2049, 60150, 2048 * 64, 2048 * 64 + 1, 2**28])
+def test_lock_segments_cover_a_block_in_whole_cache_lines(size: int) -> None:
+    seg = codegen.lock_segment(size)
+    n = -(-size // seg)
+    assert seg % 16 == 0 and seg >= codegen.LOCK_SEGMENT_FLOATS
+    assert 1 <= n <= codegen.MAX_SEGMENTS  # the runtime keeps a block's segments in one 64-bit mask
+    assert (n - 1) * seg < size <= n * seg

@@ -260,13 +260,14 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
     dot_maps<8>(wide, x, G + W_OFFSET, D_MAPS_FULL);
 }
 
-/* P -= scale * G over this layer's parameters, then G := 0 for the next accumulation. */
-static void update(float *__restrict P, float *__restrict G, float scale) {
+/* P -= scale * G over parameters [k0, k1) of this layer's block, then G := 0 there for the next
+   accumulation. The runtime calls it once per lock segment. */
+static void update(float *__restrict P, float *__restrict G, float scale, int k0, int k1) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(G);
     float *__restrict p = P + W_OFFSET;
     float *__restrict g = G + W_OFFSET;
     #pragma omp simd
-    for (int k = 0; k < BLOCK_SIZE; ++k) {
+    for (int k = k0; k < k1; ++k) {
         p[k] -= scale * g[k];
         g[k] = 0.0f;
     }
@@ -514,13 +515,14 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
     for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
 }
 
-/* P -= scale * G over this layer's parameters, then G := 0 for the next accumulation. */
-static void update(float *__restrict P, float *__restrict G, float scale) {
+/* P -= scale * G over parameters [k0, k1) of this layer's block, then G := 0 there for the next
+   accumulation. The runtime calls it once per lock segment. */
+static void update(float *__restrict P, float *__restrict G, float scale, int k0, int k1) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(G);
     float *__restrict p = P + W_OFFSET;
     float *__restrict g = G + W_OFFSET;
     #pragma omp simd
-    for (int k = 0; k < BLOCK_SIZE; ++k) {
+    for (int k = k0; k < k1; ++k) {
         p[k] -= scale * g[k];
         g[k] = 0.0f;
     }
@@ -671,13 +673,14 @@ static void backward_weights(const float *__restrict x, const float *__restrict 
     }
 }
 
-/* P -= scale * G over this layer's parameters, then G := 0 for the next accumulation. */
-static void update(float *__restrict P, float *__restrict G, float scale) {
+/* P -= scale * G over parameters [k0, k1) of this layer's block, then G := 0 there for the next
+   accumulation. The runtime calls it once per lock segment. */
+static void update(float *__restrict P, float *__restrict G, float scale, int k0, int k1) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(G);
     float *__restrict p = P + W_OFFSET;
     float *__restrict g = G + W_OFFSET;
     #pragma omp simd
-    for (int k = 0; k < BLOCK_SIZE; ++k) {
+    for (int k = k0; k < k1; ++k) {
         p[k] -= scale * g[k];
         g[k] = 0.0f;
     }
@@ -770,13 +773,14 @@ static void backward_weights(const float *__restrict x, const float *__restrict 
     }
 }
 
-/* P -= scale * G over this layer's parameters, then G := 0 for the next accumulation. */
-static void update(float *__restrict P, float *__restrict G, float scale) {
+/* P -= scale * G over parameters [k0, k1) of this layer's block, then G := 0 there for the next
+   accumulation. The runtime calls it once per lock segment. */
+static void update(float *__restrict P, float *__restrict G, float scale, int k0, int k1) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(G);
     float *__restrict p = P + W_OFFSET;
     float *__restrict g = G + W_OFFSET;
     #pragma omp simd
-    for (int k = 0; k < BLOCK_SIZE; ++k) {
+    for (int k = k0; k < k1; ++k) {
         p[k] -= scale * g[k];
         g[k] = 0.0f;
     }
@@ -799,7 +803,8 @@ constexpr int Y_f1 = 86496, D_f1 = 86656;
 constexpr int Y_out = 86816, D_out = 86832;
 constexpr int WORK_FLOATS = 86848;
 // Passes timed by the profiler.
-enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, N_PASSES = 4 };
+// LOCK_WAIT: time spent waiting for a layer's lock before its update (CHAOS contention).
+enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };
 static const char *const LAYER_NAMES[N_LAYERS] = { "c1", "p1", "c2", "p2", "f1", "out" };
 static const int BLOCK_LAYER[N_BLOCKS] = { 0, 2, 4, 5 };
 
@@ -868,13 +873,20 @@ static float train_image(const float *P, float *work, float *G, const float *ima
     return l;
 }
 
-/* P -= scale * G for one block of parameters, and G := 0 there. */
-static void update_block(int block, float *P, float *G, float scale) {
+/* Lock segments: block b's parameters are updated in segments of SEGMENT_FLOATS[b] floats, each
+   under its own lock (segments BLOCK_SEGMENT0[b] .. BLOCK_SEGMENT0[b + 1] - 1). */
+static const int BLOCK_FLOATS[N_BLOCKS] = { 340, 20040, 54150, 1514 };
+static const int SEGMENT_FLOATS[N_BLOCKS] = { 2048, 2048, 2048, 2048 };
+static const int BLOCK_SEGMENT0[N_BLOCKS + 1] = { 0, 1, 11, 38, 39 };
+constexpr int N_SEGMENTS = 39;
+
+/* P -= scale * G over floats [k0, k1) of one block of parameters, and G := 0 there. */
+static void update_block(int block, float *P, float *G, float scale, int k0, int k1) {
     switch (block) {
-    case 0: layer_c1::update(P, G, scale); break;
-    case 1: layer_c2::update(P, G, scale); break;
-    case 2: layer_f1::update(P, G, scale); break;
-    case 3: layer_out::update(P, G, scale); break;
+    case 0: layer_c1::update(P, G, scale, k0, k1); break;
+    case 1: layer_c2::update(P, G, scale, k0, k1); break;
+    case 2: layer_f1::update(P, G, scale, k0, k1); break;
+    case 3: layer_out::update(P, G, scale, k0, k1); break;
     }
 }
 }  // namespace net
@@ -885,9 +897,66 @@ static void update_block(int block, float *P, float *G, float scale) {
    One network instance per OpenMP thread: private activations, deltas and gradients, allocated
    once by the thread that uses them (first touch); the weights P are shared. Workers pick the
    next image from a shared atomic counter; during back-propagation each layer's update goes into
-   P as soon as that layer is done, under that layer's lock (first come, first served); readers of
-   P never wait. No barrier per image.
+   P as soon as that layer is done, under the locks of that layer's segments (one writer per
+   segment at a time, segments taken in whatever order they are free: locks.hpp); readers of P
+   never wait. No barrier per image.
    --------------------------------------------------------------------------------------------- */
+/* ---------------------------------------------------------------------------------------------
+   CHAOS's synchronization, shared by the runtime (runtime.hpp) and the contention microbenchmark
+   (contention.cpp.j2): spin locks on their own cache lines, and the segmented update. A block of
+   shared parameters (one layer's) is split into lock segments; a writer applies its gradient to
+   every segment once, each under that segment's lock, in whatever order the segments are free.
+   --------------------------------------------------------------------------------------------- */
+namespace chaos {
+
+/* A test-and-test-and-set spin lock on its own cache line; nobody else touches that line. */
+struct alignas(64) LayerLock {
+    std::atomic<int> held{0};
+    void lock() {
+        while (held.exchange(1, std::memory_order_acquire))
+            while (held.load(std::memory_order_relaxed)) {
+            }
+    }
+    bool try_lock() {
+        return !held.load(std::memory_order_relaxed) && !held.exchange(1, std::memory_order_acquire);
+    }
+    void unlock() { held.store(0, std::memory_order_release); }
+};
+
+/* update(s) for s = 0 .. n-1 (n <= 64), each under locks[s]: passes over the segments from
+   `start` take every free one; only when all segments left are held by other writers does it
+   wait (calling before_wait() and after_wait() around the wait) for the first of them. */
+template <class Update, class Wait, class Waited>
+static void update_segments(LayerLock *locks, int n, int start, Update &&update, Wait &&before_wait,
+                            Waited &&after_wait) {
+    uint64_t left = n >= 64 ? ~uint64_t(0) : (uint64_t(1) << n) - 1;  // segments still to do
+    auto run = [&](int s) {
+        update(s);
+        locks[s].unlock();
+        left &= ~(uint64_t(1) << s);
+    };
+    while (left) {
+        bool progressed = false;
+        for (int k = 0; k < n; ++k) {
+            const int s = (start + k) % n;
+            if ((left >> s & 1) && locks[s].try_lock()) {
+                run(s);
+                progressed = true;
+            }
+        }
+        if (!progressed) {
+            int s = start;
+            while (!(left >> s & 1)) s = (s + 1) % n;
+            before_wait();
+            locks[s].lock();
+            after_wait();
+            run(s);
+        }
+    }
+}
+
+}  // namespace chaos
+
 namespace chaos {
 
 enum Scheme { CHAOS = 0, HOGWILD = 1, DELAYED = 2, AVERAGED = 3 };
@@ -910,17 +979,6 @@ static void free_floats(float *p) {
     std::free(p);
 #endif
 }
-
-/* A spin lock on its own cache line: writers of one layer queue here; nobody else touches it. */
-struct alignas(64) LayerLock {
-    std::atomic<int> held{0};
-    void lock() {
-        while (held.exchange(1, std::memory_order_acquire))
-            while (held.load(std::memory_order_relaxed)) {
-            }
-    }
-    void unlock() { held.store(0, std::memory_order_release); }
-};
 
 struct NoProfile {
     void start() {}
@@ -969,11 +1027,21 @@ static bool train_worker(float *P, const float *images, const int *labels, const
     const float eta = cfg.eta;
     auto image_of = [&](long i) { return images + static_cast<size_t>(order[i]) * net::IMAGE_STRIDE; };
     auto stopped = [&]() { return failed || (cfg.stop && *cfg.stop); };
+    const int me = omp_get_thread_num(), team = omp_get_num_threads();
+    /* Apply this worker's gradient of block b (locked: segment by segment, see locks.hpp,
+       starting at a segment of its own so that workers begin apart). */
     auto apply = [&](int b, float scale, bool locked) {
-        if (locked) locks[b].lock();
-        net::update_block(b, P, G, scale);
-        if (locked) locks[b].unlock();
-        prof.tick(net::BLOCK_LAYER[b], net::UPDATE);
+        const int layer = net::BLOCK_LAYER[b], seg = net::SEGMENT_FLOATS[b], size = net::BLOCK_FLOATS[b];
+        const int first = net::BLOCK_SEGMENT0[b], n = net::BLOCK_SEGMENT0[b + 1] - first;
+        if (!locked) {
+            net::update_block(b, P, G, scale, 0, size);
+        } else {
+            update_segments(
+                locks + first, n, me * n / team,
+                [&](int s) { net::update_block(b, P, G, scale, s * seg, (s + 1) * seg < size ? (s + 1) * seg : size); },
+                [&] { prof.tick(layer, net::UPDATE); }, [&] { prof.tick(layer, net::LOCK_WAIT); });
+        }
+        prof.tick(layer, net::UPDATE);
     };
 
     if (cfg.scheme == AVERAGED) {  // (`next` is free here: it carries the decision to halt)
@@ -1058,7 +1126,7 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
              const cg_config *config, cg_stats *stats, double *profile) {
     const double t0 = omp_get_wtime();
     std::atomic<long> next{0};
-    chaos::LayerLock locks[net::N_BLOCKS];
+    chaos::LayerLock locks[net::N_SEGMENTS];
     volatile int failed = 0;
     double loss = 0.0;
     long errors = 0, done = 0;

@@ -38,7 +38,7 @@ const char *const TARGET = "generic";
 const char *const IR_HASH = "4b3d222ef56435b0";
 const int IN_W = 29, IN_SIZE = 841;  // the network's input, one map
 const int ROWS = 28, COLS = 28;  // a digit; zeros pad it below and to the right
-const int N_LAYERS = 6, N_PASSES = 4;
+const int N_LAYERS = 6, N_PASSES = 5;
 const char *const LAYERS[N_LAYERS] = {
     "c1",
     "p1",
@@ -52,6 +52,7 @@ const char *const PASSES[N_PASSES] = {
     "backward_data",
     "backward_weights",
     "update",
+    "lock_wait",
 };
 struct Scheme {
     const char *name;
