@@ -389,8 +389,21 @@ def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...]) -> list[di
             v.update(op=lay.op, wh=lay.wh, ww=lay.ww)
         if isinstance(lay, ir.Dense):
             v.update(_dense_view(lay, target))
+        v["activation_in_pool"] = False
         views.append(v)
+    _activation_into_max_pool(views)
     return views
+
+
+def _activation_into_max_pool(views: list[dict]) -> None:
+    """A conv layer followed by a max-pool stores z and leaves its activation f to the pool:
+    max f(z) = f(max z) for a non-decreasing f, so f runs on the pooled outputs only (a quarter of
+    them or fewer). Back-propagation is unchanged: a window's delta times f'(its output) goes to
+    the window's first maximal z (where f is flat, f' is 0 at ties and the choice does not matter)."""
+    for conv, pool in zip(views, views[1:]):
+        if conv["kind"] == "conv" and pool.get("op") == "max" and conv["activation"] != "linear":
+            conv["activation_in_pool"] = True
+            pool["activation"] = conv["activation"]
 
 
 def render(net: ir.Net, target: Target, lines: tuple[str, ...] = ()) -> Source:

@@ -94,6 +94,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
                 [&](int s) { net::update_block(b, P, G, scale, s * seg, (s + 1) * seg < size ? (s + 1) * seg : size); },
                 [&] { prof.tick(layer, net::UPDATE); }, [&] { prof.tick(layer, net::LOCK_WAIT); });
         }
+        std::memset(G + net::BLOCK_OFFSET[b], 0, sizeof(float) * size);  // for the next accumulation
         prof.tick(layer, net::UPDATE);
     };
 

@@ -155,8 +155,8 @@ constexpr int F_MAPS = 12, F_ROWS = 1, F_COLS = 22, F_CHUNKS = 22, F_FULL = 12, 
 // chunk (i0, j0) starts at input i0 * F_IN_ROW + j0 * F_IN_COL; its rows are F_ROW_LEN outputs long, F_ACC_PITCH apart in acc
 constexpr int F_IN_ROW = 0, F_IN_COL = 1, F_ROW_LEN = 676, F_ACC_PITCH = 0;
 
-/* y = scaled_tanh(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
-   accumulators in registers; only real outputs are stored. */
+/* z = W * x + b for MB maps from o0, chunk (i0, j0): bias and taps on accumulators in registers;
+   only real outputs are stored (the activation runs in the max-pool after this layer). */
 template <int MB>
 static inline void forward_block(const float *__restrict P, const float *__restrict in, float *__restrict y, int o0, int i0, int j0) {
     float acc[MB][F_SPAN];
@@ -165,10 +165,6 @@ static inline void forward_block(const float *__restrict P, const float *__restr
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = P[B_OFFSET + o0 + ob];
     }
     cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, in + i0 * F_IN_ROW + j0 * F_IN_COL, acc);
-    for (int ob = 0; ob < MB; ++ob) {  // on whole vectors: a loop with a ragged end would run its tail scalar
-        #pragma omp simd
-        for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = cg_scaled_tanh(acc[ob][p]);
-    }
     const int n = F_ROW_LEN - j0 < F_SPAN ? F_ROW_LEN - j0 : F_SPAN;  // outputs per row in this chunk
     for (int ob = 0; ob < MB; ++ob)
         for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
@@ -189,12 +185,8 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
     }
 }
 
-/* d := dL/dz = dL/dy * f'(z), with f' written in terms of y. */
-static void activation_gradient(const float *__restrict y, float *__restrict d) {
-    CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(d);
-    #pragma omp simd
-    for (int k = 0; k < OUT_MAPS * OUT_PLANE; ++k) d[k] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[k] * y[k]);
-}
+/* (Stored: z = W * x + b. The scaled_tanh activation runs in the max-pool that follows, on
+   the pooled values only; the pool's backward multiplies by its derivative.) */
 
 /* The deltas in wide rows: map o, row i, column j at o * WIDE_PITCH + i * IN_W + j, zero in the
    columns between rows, so that a span of them lines up with the input's wide rows. */
@@ -262,17 +254,15 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
     dot_maps<8>(wide, x, G + W_OFFSET, D_MAPS_FULL);
 }
 
-/* P -= scale * G over parameters [k0, k1) of this layer's block, then G := 0 there for the next
-   accumulation. The runtime calls it once per lock segment. */
-static void update(float *__restrict P, float *__restrict G, float scale, int k0, int k1) {
+/* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
+   lock segment, and clears G afterwards, outside the locks: a store to G here would take a slot
+   of the store queue that the stores to P, waiting for their cache lines, need. */
+static void update(float *__restrict P, const float *__restrict G, float scale, int k0, int k1) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(G);
     float *__restrict p = P + W_OFFSET;
-    float *__restrict g = G + W_OFFSET;
+    const float *__restrict g = G + W_OFFSET;
     #pragma omp simd
-    for (int k = k0; k < k1; ++k) {
-        p[k] -= scale * g[k];
-        g[k] = 0.0f;
-    }
+    for (int k = k0; k < k1; ++k) p[k] -= scale * g[k];
 }
 }  // namespace layer_c1
 
@@ -282,7 +272,8 @@ constexpr int MAPS = 20, IN_H = 26, IN_W = 26;
 constexpr int OUT_H = 13, OUT_W = 13;
 constexpr int WH = 2, WW = 2;  // window = stride: windows tile the input
 
-/* y = max over each WH x WW window. */
+/* y = scaled_tanh(max over each WH x WW window): the layer before stored z and left
+   its activation to this layer, where it runs on the pooled values only. */
 static void forward(const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
     for (int c = 0; c < MAPS; ++c)
@@ -303,10 +294,13 @@ static void forward(const float *__restrict x, float *__restrict y) {
                 yr[j] = best;
             }
         }
+    #pragma omp simd  // on the whole output at once: full vectors, unlike the rows of OUT_W
+    for (int k = 0; k < MAPS * OUT_H * OUT_W; ++k) y[k] = cg_scaled_tanh(y[k]);
 }
 
-/* dx: each window's delta goes to its first maximal input (the one forward picked), 0 elsewhere.
-   Vectorized over the windows of a row: `left` is the delta not yet placed (0 once placed). */
+/* dx: each window's delta times f'(y) goes to its first maximal input (the one forward
+   picked), 0 elsewhere. Vectorized over the windows of a row: `left` is the delta not yet placed
+   (0 once placed). */
 static void backward_data(const float *__restrict x, const float *__restrict y,
                           const float *__restrict dy, float *__restrict dx) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(dy); CG_ASSUME_ALIGNED(dx);
@@ -317,8 +311,16 @@ static void backward_data(const float *__restrict x, const float *__restrict y,
             float *__restrict dxr = dx + (c * IN_H + i * WH) * IN_W;
             #pragma omp simd
             for (int j = 0; j < OUT_W; ++j) {
-                const float top = y[o + j];
-                float left = dy[o + j];
+                float top = xr[j * WW];  // the window's max z (y is f of it)
+                CG_UNROLL(2)
+                for (int wy = 0; wy < WH; ++wy) {
+                    CG_UNROLL(2)
+                    for (int wx = 0; wx < WW; ++wx) {
+                        const float v = xr[wy * IN_W + j * WW + wx];
+                        top = v > top ? v : top;
+                    }
+                }
+                float left = dy[o + j] * CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[o + j] * y[o + j]);
                 CG_UNROLL(2)
                 for (int wy = 0; wy < WH; ++wy) {
                     CG_UNROLL(2)
@@ -366,8 +368,8 @@ constexpr int F_MAPS = 8, F_ROWS = 1, F_COLS = 3, F_CHUNKS = 3, F_FULL = 56, F_S
 // chunk (i0, j0) starts at input i0 * F_IN_ROW + j0 * F_IN_COL; its rows are F_ROW_LEN outputs long, F_ACC_PITCH apart in acc
 constexpr int F_IN_ROW = 0, F_IN_COL = 1, F_ROW_LEN = 144, F_ACC_PITCH = 0;
 
-/* y = scaled_tanh(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
-   accumulators in registers; only real outputs are stored. */
+/* z = W * x + b for MB maps from o0, chunk (i0, j0): bias and taps on accumulators in registers;
+   only real outputs are stored (the activation runs in the max-pool after this layer). */
 template <int MB>
 static inline void forward_block(const float *__restrict P, const float *__restrict in, float *__restrict y, int o0, int i0, int j0) {
     float acc[MB][F_SPAN];
@@ -376,10 +378,6 @@ static inline void forward_block(const float *__restrict P, const float *__restr
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = P[B_OFFSET + o0 + ob];
     }
     cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, in + i0 * F_IN_ROW + j0 * F_IN_COL, acc);
-    for (int ob = 0; ob < MB; ++ob) {  // on whole vectors: a loop with a ragged end would run its tail scalar
-        #pragma omp simd
-        for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = cg_scaled_tanh(acc[ob][p]);
-    }
     const int n = F_ROW_LEN - j0 < F_SPAN ? F_ROW_LEN - j0 : F_SPAN;  // outputs per row in this chunk
     for (int ob = 0; ob < MB; ++ob)
         for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
@@ -400,12 +398,8 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
     }
 }
 
-/* d := dL/dz = dL/dy * f'(z), with f' written in terms of y. */
-static void activation_gradient(const float *__restrict y, float *__restrict d) {
-    CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(d);
-    #pragma omp simd
-    for (int k = 0; k < OUT_MAPS * OUT_PLANE; ++k) d[k] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[k] * y[k]);
-}
+/* (Stored: z = W * x + b. The scaled_tanh activation runs in the max-pool that follows, on
+   the pooled values only; the pool's backward multiplies by its derivative.) */
 
 /* Backward data tap by tap, compact: for tap t, input maps c0.. get sum_o W[o][c][t] * dz[o] (a
    span of compact positions, in registers), added at q + ky * OUT_W to planes DXC[c][kx] of
@@ -517,17 +511,15 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
     for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
 }
 
-/* P -= scale * G over parameters [k0, k1) of this layer's block, then G := 0 there for the next
-   accumulation. The runtime calls it once per lock segment. */
-static void update(float *__restrict P, float *__restrict G, float scale, int k0, int k1) {
+/* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
+   lock segment, and clears G afterwards, outside the locks: a store to G here would take a slot
+   of the store queue that the stores to P, waiting for their cache lines, need. */
+static void update(float *__restrict P, const float *__restrict G, float scale, int k0, int k1) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(G);
     float *__restrict p = P + W_OFFSET;
-    float *__restrict g = G + W_OFFSET;
+    const float *__restrict g = G + W_OFFSET;
     #pragma omp simd
-    for (int k = k0; k < k1; ++k) {
-        p[k] -= scale * g[k];
-        g[k] = 0.0f;
-    }
+    for (int k = k0; k < k1; ++k) p[k] -= scale * g[k];
 }
 }  // namespace layer_c2
 
@@ -537,7 +529,8 @@ constexpr int MAPS = 60, IN_H = 12, IN_W = 12;
 constexpr int OUT_H = 6, OUT_W = 6;
 constexpr int WH = 2, WW = 2;  // window = stride: windows tile the input
 
-/* y = max over each WH x WW window. */
+/* y = scaled_tanh(max over each WH x WW window): the layer before stored z and left
+   its activation to this layer, where it runs on the pooled values only. */
 static void forward(const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
     for (int c = 0; c < MAPS; ++c)
@@ -558,10 +551,13 @@ static void forward(const float *__restrict x, float *__restrict y) {
                 yr[j] = best;
             }
         }
+    #pragma omp simd  // on the whole output at once: full vectors, unlike the rows of OUT_W
+    for (int k = 0; k < MAPS * OUT_H * OUT_W; ++k) y[k] = cg_scaled_tanh(y[k]);
 }
 
-/* dx: each window's delta goes to its first maximal input (the one forward picked), 0 elsewhere.
-   Vectorized over the windows of a row: `left` is the delta not yet placed (0 once placed). */
+/* dx: each window's delta times f'(y) goes to its first maximal input (the one forward
+   picked), 0 elsewhere. Vectorized over the windows of a row: `left` is the delta not yet placed
+   (0 once placed). */
 static void backward_data(const float *__restrict x, const float *__restrict y,
                           const float *__restrict dy, float *__restrict dx) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(dy); CG_ASSUME_ALIGNED(dx);
@@ -572,8 +568,16 @@ static void backward_data(const float *__restrict x, const float *__restrict y,
             float *__restrict dxr = dx + (c * IN_H + i * WH) * IN_W;
             #pragma omp simd
             for (int j = 0; j < OUT_W; ++j) {
-                const float top = y[o + j];
-                float left = dy[o + j];
+                float top = xr[j * WW];  // the window's max z (y is f of it)
+                CG_UNROLL(2)
+                for (int wy = 0; wy < WH; ++wy) {
+                    CG_UNROLL(2)
+                    for (int wx = 0; wx < WW; ++wx) {
+                        const float v = xr[wy * IN_W + j * WW + wx];
+                        top = v > top ? v : top;
+                    }
+                }
+                float left = dy[o + j] * CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[o + j] * y[o + j]);
                 CG_UNROLL(2)
                 for (int wy = 0; wy < WH; ++wy) {
                     CG_UNROLL(2)
@@ -621,8 +625,8 @@ constexpr int F_MAPS = 24, F_ROWS = 1, F_COLS = 1, F_CHUNKS = 1, F_FULL = 96, F_
 // chunk (i0, j0) starts at input i0 * F_IN_ROW + j0 * F_IN_COL; its rows are F_ROW_LEN outputs long, F_ACC_PITCH apart in acc
 constexpr int F_IN_ROW = 0, F_IN_COL = 1, F_ROW_LEN = 16, F_ACC_PITCH = 0;
 
-/* y = scaled_tanh(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
-   accumulators in registers; only real outputs are stored. */
+/* z = W * x + b for MB maps from o0, chunk (i0, j0): bias and taps on accumulators in registers;
+   only real outputs are stored (the activation runs in the max-pool after this layer). */
 template <int MB>
 static inline void forward_block(const float *__restrict P, const float *__restrict in, float *__restrict y, int o0, int i0, int j0) {
     float acc[MB][F_SPAN];
@@ -631,10 +635,6 @@ static inline void forward_block(const float *__restrict P, const float *__restr
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = P[B_OFFSET + o0 + ob];
     }
     cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, in + i0 * F_IN_ROW + j0 * F_IN_COL, acc);
-    for (int ob = 0; ob < MB; ++ob) {  // on whole vectors: a loop with a ragged end would run its tail scalar
-        #pragma omp simd
-        for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = cg_scaled_tanh(acc[ob][p]);
-    }
     const int n = F_ROW_LEN - j0 < F_SPAN ? F_ROW_LEN - j0 : F_SPAN;  // outputs per row in this chunk
     for (int ob = 0; ob < MB; ++ob)
         for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
@@ -655,12 +655,8 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
     }
 }
 
-/* d := dL/dz = dL/dy * f'(z), with f' written in terms of y. */
-static void activation_gradient(const float *__restrict y, float *__restrict d) {
-    CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(d);
-    #pragma omp simd
-    for (int k = 0; k < OUT_MAPS * OUT_PLANE; ++k) d[k] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[k] * y[k]);
-}
+/* (Stored: z = W * x + b. The scaled_tanh activation runs in the max-pool that follows, on
+   the pooled values only; the pool's backward multiplies by its derivative.) */
 
 /* Backward data tap by tap, compact: for tap t, input maps c0.. get sum_o W[o][c][t] * dz[o] (a
    span of compact positions, in registers), added at q + ky * OUT_W to planes DXC[c][kx] of
@@ -772,17 +768,15 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
     for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
 }
 
-/* P -= scale * G over parameters [k0, k1) of this layer's block, then G := 0 there for the next
-   accumulation. The runtime calls it once per lock segment. */
-static void update(float *__restrict P, float *__restrict G, float scale, int k0, int k1) {
+/* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
+   lock segment, and clears G afterwards, outside the locks: a store to G here would take a slot
+   of the store queue that the stores to P, waiting for their cache lines, need. */
+static void update(float *__restrict P, const float *__restrict G, float scale, int k0, int k1) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(G);
     float *__restrict p = P + W_OFFSET;
-    float *__restrict g = G + W_OFFSET;
+    const float *__restrict g = G + W_OFFSET;
     #pragma omp simd
-    for (int k = k0; k < k1; ++k) {
-        p[k] -= scale * g[k];
-        g[k] = 0.0f;
-    }
+    for (int k = k0; k < k1; ++k) p[k] -= scale * g[k];
 }
 }  // namespace layer_c3
 
@@ -792,7 +786,8 @@ constexpr int MAPS = 100, IN_H = 4, IN_W = 4;
 constexpr int OUT_H = 2, OUT_W = 2;
 constexpr int WH = 2, WW = 2;  // window = stride: windows tile the input
 
-/* y = max over each WH x WW window. */
+/* y = scaled_tanh(max over each WH x WW window): the layer before stored z and left
+   its activation to this layer, where it runs on the pooled values only. */
 static void forward(const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
     for (int c = 0; c < MAPS; ++c)
@@ -813,10 +808,13 @@ static void forward(const float *__restrict x, float *__restrict y) {
                 yr[j] = best;
             }
         }
+    #pragma omp simd  // on the whole output at once: full vectors, unlike the rows of OUT_W
+    for (int k = 0; k < MAPS * OUT_H * OUT_W; ++k) y[k] = cg_scaled_tanh(y[k]);
 }
 
-/* dx: each window's delta goes to its first maximal input (the one forward picked), 0 elsewhere.
-   Vectorized over the windows of a row: `left` is the delta not yet placed (0 once placed). */
+/* dx: each window's delta times f'(y) goes to its first maximal input (the one forward
+   picked), 0 elsewhere. Vectorized over the windows of a row: `left` is the delta not yet placed
+   (0 once placed). */
 static void backward_data(const float *__restrict x, const float *__restrict y,
                           const float *__restrict dy, float *__restrict dx) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(dy); CG_ASSUME_ALIGNED(dx);
@@ -827,8 +825,16 @@ static void backward_data(const float *__restrict x, const float *__restrict y,
             float *__restrict dxr = dx + (c * IN_H + i * WH) * IN_W;
             #pragma omp simd
             for (int j = 0; j < OUT_W; ++j) {
-                const float top = y[o + j];
-                float left = dy[o + j];
+                float top = xr[j * WW];  // the window's max z (y is f of it)
+                CG_UNROLL(2)
+                for (int wy = 0; wy < WH; ++wy) {
+                    CG_UNROLL(2)
+                    for (int wx = 0; wx < WW; ++wx) {
+                        const float v = xr[wy * IN_W + j * WW + wx];
+                        top = v > top ? v : top;
+                    }
+                }
+                float left = dy[o + j] * CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[o + j] * y[o + j]);
                 CG_UNROLL(2)
                 for (int wy = 0; wy < WH; ++wy) {
                     CG_UNROLL(2)
@@ -926,17 +932,15 @@ static void backward_weights(const float *__restrict x, const float *__restrict 
     }
 }
 
-/* P -= scale * G over parameters [k0, k1) of this layer's block, then G := 0 there for the next
-   accumulation. The runtime calls it once per lock segment. */
-static void update(float *__restrict P, float *__restrict G, float scale, int k0, int k1) {
+/* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
+   lock segment, and clears G afterwards, outside the locks: a store to G here would take a slot
+   of the store queue that the stores to P, waiting for their cache lines, need. */
+static void update(float *__restrict P, const float *__restrict G, float scale, int k0, int k1) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(G);
     float *__restrict p = P + W_OFFSET;
-    float *__restrict g = G + W_OFFSET;
+    const float *__restrict g = G + W_OFFSET;
     #pragma omp simd
-    for (int k = k0; k < k1; ++k) {
-        p[k] -= scale * g[k];
-        g[k] = 0.0f;
-    }
+    for (int k = k0; k < k1; ++k) p[k] -= scale * g[k];
 }
 }  // namespace layer_f1
 
@@ -1026,17 +1030,15 @@ static void backward_weights(const float *__restrict x, const float *__restrict 
     }
 }
 
-/* P -= scale * G over parameters [k0, k1) of this layer's block, then G := 0 there for the next
-   accumulation. The runtime calls it once per lock segment. */
-static void update(float *__restrict P, float *__restrict G, float scale, int k0, int k1) {
+/* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
+   lock segment, and clears G afterwards, outside the locks: a store to G here would take a slot
+   of the store queue that the stores to P, waiting for their cache lines, need. */
+static void update(float *__restrict P, const float *__restrict G, float scale, int k0, int k1) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(G);
     float *__restrict p = P + W_OFFSET;
-    float *__restrict g = G + W_OFFSET;
+    const float *__restrict g = G + W_OFFSET;
     #pragma omp simd
-    for (int k = k0; k < k1; ++k) {
-        p[k] -= scale * g[k];
-        g[k] = 0.0f;
-    }
+    for (int k = k0; k < k1; ++k) p[k] -= scale * g[k];
 }
 }  // namespace layer_out
 
@@ -1117,7 +1119,6 @@ static float train_image(const float *P, float *work, float *G, const float *ima
     after(3);
     layer_p3::backward_data(work + Y_c3, work + Y_p3, work + D_p3, work + D_c3);
     prof.tick(5, BACKWARD_DATA);
-    layer_c3::activation_gradient(work + Y_c3, work + D_c3);
     layer_c3::backward_data(P, work + D_c3, work + D_p2);
     prof.tick(4, BACKWARD_DATA);
     layer_c3::backward_weights(work + Y_p2, work + D_c3, G);
@@ -1125,7 +1126,6 @@ static float train_image(const float *P, float *work, float *G, const float *ima
     after(2);
     layer_p2::backward_data(work + Y_c2, work + Y_p2, work + D_p2, work + D_c2);
     prof.tick(3, BACKWARD_DATA);
-    layer_c2::activation_gradient(work + Y_c2, work + D_c2);
     layer_c2::backward_data(P, work + D_c2, work + D_p1);
     prof.tick(2, BACKWARD_DATA);
     layer_c2::backward_weights(work + Y_p1, work + D_c2, G);
@@ -1133,7 +1133,6 @@ static float train_image(const float *P, float *work, float *G, const float *ima
     after(1);
     layer_p1::backward_data(work + Y_c1, work + Y_p1, work + D_p1, work + D_c1);
     prof.tick(1, BACKWARD_DATA);
-    layer_c1::activation_gradient(work + Y_c1, work + D_c1);
     layer_c1::backward_weights(image, work + D_c1, G);
     prof.tick(0, BACKWARD_WEIGHTS);
     after(0);
@@ -1142,13 +1141,14 @@ static float train_image(const float *P, float *work, float *G, const float *ima
 
 /* Lock segments: block b's parameters are updated in segments of SEGMENT_FLOATS[b] floats, each
    under its own lock (segments BLOCK_SEGMENT0[b] .. BLOCK_SEGMENT0[b + 1] - 1). */
+static const int BLOCK_OFFSET[N_BLOCKS] = { 0, 352, 5216, 59328, 119488 };
 static const int BLOCK_FLOATS[N_BLOCKS] = { 340, 4860, 54100, 60150, 1514 };
 static const int SEGMENT_FLOATS[N_BLOCKS] = { 2048, 2048, 2048, 2048, 2048 };
 static const int BLOCK_SEGMENT0[N_BLOCKS + 1] = { 0, 1, 4, 31, 61, 62 };
 constexpr int N_SEGMENTS = 62;
 
-/* P -= scale * G over floats [k0, k1) of one block of parameters, and G := 0 there. */
-static void update_block(int block, float *P, float *G, float scale, int k0, int k1) {
+/* P -= scale * G over floats [k0, k1) of one block of parameters. */
+static void update_block(int block, float *P, const float *G, float scale, int k0, int k1) {
     switch (block) {
     case 0: layer_c1::update(P, G, scale, k0, k1); break;
     case 1: layer_c2::update(P, G, scale, k0, k1); break;
@@ -1309,6 +1309,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
                 [&](int s) { net::update_block(b, P, G, scale, s * seg, (s + 1) * seg < size ? (s + 1) * seg : size); },
                 [&] { prof.tick(layer, net::UPDATE); }, [&] { prof.tick(layer, net::LOCK_WAIT); });
         }
+        std::memset(G + net::BLOCK_OFFSET[b], 0, sizeof(float) * size);  // for the next accumulation
         prof.tick(layer, net::UPDATE);
     };
 
