@@ -153,8 +153,10 @@ def _dot_block(maps: int, cols: int, vecs: int, target: Target) -> tuple[int, in
 
 SCATTER_COST = 1  # cycles per gradient value added into G from a transposed tile
 EXTRACT_COST = 3  # cycles per gradient row added into G from a wide-row accumulator
-DOT_SLOWDOWN = 1.75  # measured / estimated cycles of the dot form (Zen 4: unaligned loads)
+DOT_SLOWDOWN = 2.2  # measured / estimated cycles of the dot form (Zen 4: unaligned loads)
 TRANSPOSE_COST = 1  # cycles per delta copied into the transposed (position-major) layout
+UNROLL_COST = 2  # cycles per copy instruction into the unrolled input of the taps form
+TAPS_SLOWDOWN = 1.1  # measured / estimated cycles of the taps form's GEMM (Zen 4)
 
 
 def _lanes_block(maps: int, kh: int, kw: int, positions: int, target: Target) -> dict | None:
@@ -176,6 +178,32 @@ def _lanes_block(maps: int, kh: int, kw: int, positions: int, target: Target) ->
     return dict(l_pitch=vecs * vw, l_ov=ov, l_ov_full=vecs - vecs % ov, l_ov_rem=vecs % ov,
                 l_kr=kr, l_kr_full=kh - kh % kr, l_kr_rem=kh % kr,
                 l_cycles=positions * per_position)
+
+
+def _taps_block(maps: int, n_taps: int, positions: int, target: Target) -> dict:
+    """The weight gradient as a small GEMM vectorized over the taps of all input maps
+    (n = c * TAPS + ky * KW + kx), from the input unrolled position-major (XT[q][n]): per output
+    position a block of m maps x v tap vectors broadcasts m deltas, loads v vectors of XT and
+    does m * v FMAs; then it adds its accumulators into G, where each map's taps are contiguous."""
+    vw, budget = target.vector_width, target.accumulators
+    vecs = -(-n_taps // vw)
+
+    def cycles(m: int, v: int) -> int:
+        return max(m * v, m + v) if m and v else 0
+
+    best: tuple | None = None
+    for m in range(1, min(maps, budget) + 1):
+        for v in range(1, min(vecs, budget // m) + 1):
+            per_position = sum(cycles(mm, vv) * nm * nv for mm, nm in ((m, maps // m), (maps % m, 1))
+                               for vv, nv in ((v, vecs // v), (vecs % v, 1)))
+            key = (per_position, -m * v)
+            if best is None or key < best[0]:
+                best = (key, m, v, per_position)
+    assert best is not None
+    _, m, v, per_position = best
+    return dict(t_maps=m, t_maps_full=maps - maps % m, t_maps_rem=maps % m,
+                t_vecs=v, t_vecs_full=vecs - vecs % v, t_vecs_rem=vecs % v,
+                xt_pitch=vecs * vw, t_cycles=positions * per_position + maps * vecs * RMW_COST)
 
 
 COMPACT_COST = 2  # cycles per row piece copied into (or added back from) a compact plane
@@ -247,11 +275,12 @@ def _backward_plan(lay: ir.Conv, target: Target, wide_pitch: int) -> dict:
 
 
 def _weights_plan(lay: ir.Conv, target: Target, w_vecs: int) -> dict:
-    """The weight gradient in the cheapest of three forms. "wide": the gradient plane (KH rows
+    """The weight gradient in the cheapest of four forms. "wide": the gradient plane (KH rows
     at pitch IN_W) is a wide-row correlation of the input with the deltas as the kernel. "dot":
     dot products over the wide index of the deltas (zero between rows) and the input shifted by
     each tap; the lanes are added up at the end. "lanes": vectorized over output maps, from the
-    deltas transposed to position-major order."""
+    deltas transposed to position-major order. "taps": vectorized over the taps of all input
+    maps, from the input unrolled to position-major order (see _taps_block)."""
     i, o, s, vw = lay.in_shape, lay.out_shape, lay.stride, target.vector_width
     taps, in_plane = lay.kh * lay.kw, i.h * i.w
     g = _wide_block(lay.kh, lay.kw, i.w, o.maps, target)
@@ -266,15 +295,22 @@ def _weights_plan(lay: ir.Conv, target: Target, w_vecs: int) -> dict:
     if lanes:
         costs["lanes"] = (i.maps * lanes["l_cycles"] + i.maps * taps * o.maps * SCATTER_COST
                           + o.size * TRANSPOSE_COST)
+    taps_plan = _taps_block(o.maps, i.maps * taps, o.h * o.w, target)
+    # a kernel row of kw floats is copied in power-of-two pieces of up to a vector (kw = 5: 4 + 1)
+    pieces = lay.kw // vw + bin(lay.kw % vw).count("1")
+    costs["taps"] = (taps_plan["t_cycles"] * TAPS_SLOWDOWN
+                     + o.h * o.w * i.maps * lay.kh * pieces * UNROLL_COST)
     form = min(costs, key=costs.__getitem__)
+    trans_floats = {"lanes": ir.align(o.h * o.w * lanes["l_pitch"]) if lanes else 0,
+                    "taps": o.h * o.w * taps_plan["xt_pitch"]}.get(form, 0)
     return dict(
-        grad_form=form, grad_costs=costs, **(lanes or {}),
+        grad_form=form, grad_costs=costs, **(lanes or {}), **taps_plan,
         g=g, g_ky_step=s * i.w,
         d_span=w_vecs * vw, d_maps=d_maps, d_maps_full=o.maps - o.maps % d_maps,
         d_maps_rem=o.maps % d_maps, d_cols=d_cols, d_cols_full=lay.kw - lay.kw % d_cols,
         d_cols_rem=lay.kw % d_cols,
-        trans_floats=ir.align(o.h * o.w * lanes["l_pitch"]) if form == "lanes" else 0,
-        g_reads_past_x={"dot": d_read, "wide": g_read, "lanes": 0}[form] - i.size,
+        trans_floats=ir.align(trans_floats),
+        g_reads_past_x={"dot": d_read, "wide": g_read, "lanes": 0, "taps": 0}[form] - i.size,
     )
 
 

@@ -187,48 +187,51 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
 /* (Stored: z = W * x + b. The scaled_tanh activation runs in the max-pool that follows, on
    the pooled values only; the pool's backward multiplies by its derivative.) */
 
-/* Weight gradient, "lanes" form: vectorized over output maps. The deltas transposed: position
-   q = i * OUT_W + j, map o at q * L_PITCH + o (zero past OUT_MAPS). A block is KR whole kernel
-   rows x OVB vectors of maps: per position, each tap's input value times the deltas of the
-   block's maps; then each map's KR * KW taps, contiguous in G, get the block's column. */
-constexpr int V = 8, L_PITCH = 24, TRANS_FROM_D = 13520;
-constexpr int L_OV = 3, L_OV_FULL = 3, L_KR = 1, L_KR_FULL = 4;
+/* Weight gradient, "taps" form: a small GEMM vectorized over the taps of all input maps. The
+   input unrolled position-major: XT[q][n] is the input under tap n = c * TAPS + ky * KW + kx of
+   output position q = i * OUT_W + j (zero from N_TAPS to XT_PITCH). A block of MB maps x VB tap
+   vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
+   is added to G, where each map's N_TAPS gradients are contiguous. */
+constexpr int V = 8, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 16, XT_FROM_D = 13520;
+constexpr int XT_MAPS = 6, XT_MAPS_FULL = 18, XT_VECS = 2, XT_VECS_FULL = 2;
 
-static void transpose(const float *__restrict dz, float *__restrict dzt) {
-    for (int q = 0; q < OUT_PLANE; ++q) {
-        #pragma omp simd
-        for (int o = 0; o < L_PITCH; ++o) dzt[q * L_PITCH + o] = o < OUT_MAPS ? dz[o * OUT_PLANE + q] : 0.0f;
-    }
-}
-
-template <int KR, int OVB>
-static inline void lanes_block(const float *__restrict dzt, const float *__restrict xc, float *__restrict g, int v0, int ky0) {
-    float acc[KR * KW][OVB * V] = {};
+static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
         for (int j = 0; j < OUT_W; ++j) {
-            const float *__restrict xs = xc + (i * STRIDE + ky0) * IN_W + j * STRIDE;
-            const float *__restrict dq = dzt + (i * OUT_W + j) * L_PITCH + v0 * V;
-            CG_UNROLL(32)
-            for (int t = 0; t < KR * KW; ++t) {
-                const float xv = xs[t / KW * IN_W + t % KW];
-                #pragma omp simd
-                for (int l = 0; l < OVB * V; ++l) acc[t][l] += xv * dq[l];
-            }
+            float *__restrict row = xt + (i * OUT_W + j) * XT_PITCH;
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int ky = 0; ky < KH; ++ky) {
+                    const float *__restrict src = x + c * IN_PLANE + (i * STRIDE + ky) * IN_W + j * STRIDE;
+                    CG_UNROLL(4)
+                    for (int kx = 0; kx < KW; ++kx) row[c * TAPS + ky * KW + kx] = src[kx];
+                }
+            for (int n = N_TAPS; n < XT_PITCH; ++n) row[n] = 0.0f;
         }
-    const int maps = OUT_MAPS - v0 * V < OVB * V ? OUT_MAPS - v0 * V : OVB * V;
-    for (int l = 0; l < maps; ++l) {
-        float *__restrict go = g + (v0 * V + l) * IN_MAPS * TAPS;
+}
+
+template <int MB, int VB>
+static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
+    float acc[MB][VB * V] = {};
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        const float *__restrict xq = xt + q * XT_PITCH + v0 * V;
+        CG_UNROLL(32)
+        for (int ob = 0; ob < MB; ++ob) {
+            const float d = dz[(o0 + ob) * OUT_PLANE + q];
+            #pragma omp simd
+            for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
+        }
+    }
+    const int n = N_TAPS - v0 * V < VB * V ? N_TAPS - v0 * V : VB * V;  // real taps in the block
+    for (int ob = 0; ob < MB; ++ob) {
+        float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int t = 0; t < KR * KW; ++t) go[t] += acc[t][l];
+        for (int l = 0; l < n; ++l) g[l] += acc[ob][l];
     }
 }
 
-template <int OVB>
-static inline void lanes_maps(const float *__restrict dzt, const float *__restrict x, float *__restrict GW, int v0) {
-    for (int c = 0; c < IN_MAPS; ++c) {
-        for (int ky0 = 0; ky0 < L_KR_FULL; ky0 += L_KR)
-            lanes_block<L_KR, OVB>(dzt, x + c * IN_PLANE, GW + c * TAPS + ky0 * KW, v0, ky0);
-    }
+template <int MB>
+static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
+    for (int v0 = 0; v0 < XT_VECS_FULL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -241,9 +244,10 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    float *__restrict dzt = dz + TRANS_FROM_D;
-    transpose(dz, dzt);
-    for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
+    float *__restrict xt = dz + XT_FROM_D;
+    unroll_input(x, xt);
+    for (int o0 = 0; o0 < XT_MAPS_FULL; o0 += XT_MAPS) taps_maps<XT_MAPS>(dz, xt, G + W_OFFSET, o0);
+    taps_maps<2>(dz, xt, G + W_OFFSET, XT_MAPS_FULL);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -653,7 +657,7 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
    span of compact positions, in registers), added at q + ky * OUT_W to planes DXC[c][kx] of
    IN_H rows x OUT_W columns; at the end, dx[c][r][j + kx] = sum over kx of DXC[c][kx][r][j].
    Only true products are computed, unlike a full correlation with zero padding. */
-constexpr int DXC_FROM_D = 3264, DXC_FLOATS = 4320;
+constexpr int DXC_FROM_D = 10304, DXC_FLOATS = 4320;
 struct Scatter {
     static constexpr int PLANES = OUT_MAPS, PLANE = 16, KH = 1, KW = 1;
     static constexpr int P_STEP = 1, KY_STEP = 0, KX_STEP = 0;
@@ -699,48 +703,52 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
             }
 }
 
-/* Weight gradient, "lanes" form: vectorized over output maps. The deltas transposed: position
-   q = i * OUT_W + j, map o at q * L_PITCH + o (zero past OUT_MAPS). A block is KR whole kernel
-   rows x OVB vectors of maps: per position, each tap's input value times the deltas of the
-   block's maps; then each map's KR * KW taps, contiguous in G, get the block's column. */
-constexpr int V = 8, L_PITCH = 104, TRANS_FROM_D = 1600;
-constexpr int L_OV = 4, L_OV_FULL = 12, L_KR = 1, L_KR_FULL = 3;
+/* Weight gradient, "taps" form: a small GEMM vectorized over the taps of all input maps. The
+   input unrolled position-major: XT[q][n] is the input under tap n = c * TAPS + ky * KW + kx of
+   output position q = i * OUT_W + j (zero from N_TAPS to XT_PITCH). A block of MB maps x VB tap
+   vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
+   is added to G, where each map's N_TAPS gradients are contiguous. */
+constexpr int V = 8, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 544, XT_FROM_D = 1600;
+constexpr int XT_MAPS = 2, XT_MAPS_FULL = 100, XT_VECS = 6, XT_VECS_FULL = 66;
 
-static void transpose(const float *__restrict dz, float *__restrict dzt) {
-    for (int q = 0; q < OUT_PLANE; ++q) {
-        #pragma omp simd
-        for (int o = 0; o < L_PITCH; ++o) dzt[q * L_PITCH + o] = o < OUT_MAPS ? dz[o * OUT_PLANE + q] : 0.0f;
-    }
-}
-
-template <int KR, int OVB>
-static inline void lanes_block(const float *__restrict dzt, const float *__restrict xc, float *__restrict g, int v0, int ky0) {
-    float acc[KR * KW][OVB * V] = {};
+static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
         for (int j = 0; j < OUT_W; ++j) {
-            const float *__restrict xs = xc + (i * STRIDE + ky0) * IN_W + j * STRIDE;
-            const float *__restrict dq = dzt + (i * OUT_W + j) * L_PITCH + v0 * V;
-            CG_UNROLL(32)
-            for (int t = 0; t < KR * KW; ++t) {
-                const float xv = xs[t / KW * IN_W + t % KW];
-                #pragma omp simd
-                for (int l = 0; l < OVB * V; ++l) acc[t][l] += xv * dq[l];
-            }
+            float *__restrict row = xt + (i * OUT_W + j) * XT_PITCH;
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int ky = 0; ky < KH; ++ky) {
+                    const float *__restrict src = x + c * IN_PLANE + (i * STRIDE + ky) * IN_W + j * STRIDE;
+                    CG_UNROLL(3)
+                    for (int kx = 0; kx < KW; ++kx) row[c * TAPS + ky * KW + kx] = src[kx];
+                }
+            for (int n = N_TAPS; n < XT_PITCH; ++n) row[n] = 0.0f;
         }
-    const int maps = OUT_MAPS - v0 * V < OVB * V ? OUT_MAPS - v0 * V : OVB * V;
-    for (int l = 0; l < maps; ++l) {
-        float *__restrict go = g + (v0 * V + l) * IN_MAPS * TAPS;
+}
+
+template <int MB, int VB>
+static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
+    float acc[MB][VB * V] = {};
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        const float *__restrict xq = xt + q * XT_PITCH + v0 * V;
+        CG_UNROLL(32)
+        for (int ob = 0; ob < MB; ++ob) {
+            const float d = dz[(o0 + ob) * OUT_PLANE + q];
+            #pragma omp simd
+            for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
+        }
+    }
+    const int n = N_TAPS - v0 * V < VB * V ? N_TAPS - v0 * V : VB * V;  // real taps in the block
+    for (int ob = 0; ob < MB; ++ob) {
+        float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int t = 0; t < KR * KW; ++t) go[t] += acc[t][l];
+        for (int l = 0; l < n; ++l) g[l] += acc[ob][l];
     }
 }
 
-template <int OVB>
-static inline void lanes_maps(const float *__restrict dzt, const float *__restrict x, float *__restrict GW, int v0) {
-    for (int c = 0; c < IN_MAPS; ++c) {
-        for (int ky0 = 0; ky0 < L_KR_FULL; ky0 += L_KR)
-            lanes_block<L_KR, OVB>(dzt, x + c * IN_PLANE, GW + c * TAPS + ky0 * KW, v0, ky0);
-    }
+template <int MB>
+static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
+    for (int v0 = 0; v0 < XT_VECS_FULL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
+    taps_block<MB, 2>(dz, xt, GW, o0, XT_VECS_FULL);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -753,10 +761,9 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    float *__restrict dzt = dz + TRANS_FROM_D;
-    transpose(dz, dzt);
-    for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
-    lanes_maps<1>(dzt, x, G + W_OFFSET, L_OV_FULL);
+    float *__restrict xt = dz + XT_FROM_D;
+    unroll_input(x, xt);
+    for (int o0 = 0; o0 < XT_MAPS_FULL; o0 += XT_MAPS) taps_maps<XT_MAPS>(dz, xt, G + W_OFFSET, o0);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -1043,14 +1050,14 @@ constexpr int N_LAYERS = 8;
 constexpr int N_BLOCKS = 5;       // layers with parameters
 // One network instance's private buffer: each layer's activations Y_ and deltas D_.
 constexpr int Y_c1 = 0, D_c1 = 16560;
-constexpr int Y_p1 = 46304, D_p1 = 49696;
-constexpr int Y_c2 = 53088, D_c2 = 67968;
-constexpr int Y_p2 = 92064, D_p2 = 94224;
-constexpr int Y_c3 = 96384, D_c3 = 102304;
-constexpr int Y_p3 = 109888, D_p3 = 110288;
-constexpr int Y_f1 = 110688, D_f1 = 110848;
-constexpr int Y_out = 111008, D_out = 111024;
-constexpr int WORK_FLOATS = 111040;
+constexpr int Y_p1 = 40896, D_p1 = 44288;
+constexpr int Y_c2 = 47680, D_c2 = 62560;
+constexpr int Y_p2 = 86656, D_p2 = 88816;
+constexpr int Y_c3 = 90976, D_c3 = 96896;
+constexpr int Y_p3 = 111520, D_p3 = 111920;
+constexpr int Y_f1 = 112320, D_f1 = 112480;
+constexpr int Y_out = 112640, D_out = 112656;
+constexpr int WORK_FLOATS = 112672;
 // Passes timed by the profiler.
 // LOCK_WAIT: time spent waiting for a layer's lock before its update (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };

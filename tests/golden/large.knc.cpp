@@ -188,54 +188,51 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
 /* (Stored: z = W * x + b. The scaled_tanh activation runs in the max-pool that follows, on
    the pooled values only; the pool's backward multiplies by its derivative.) */
 
-/* The deltas in wide rows: map o, row i, column j at o * WIDE_PITCH + i * IN_W + j, zero in the
-   columns between rows, so that a span of them lines up with the input's wide rows. */
-constexpr int WIDE_PITCH = 752, WIDE_FLOATS = 15040;
-static void widen(const float *__restrict dz, float *__restrict wide) {
-    std::memset(wide, 0, sizeof(float) * WIDE_FLOATS);
-    for (int o = 0; o < OUT_MAPS; ++o)
-        for (int i = 0; i < OUT_H; ++i) {
-            #pragma omp simd
-            for (int j = 0; j < OUT_W; ++j) wide[o * WIDE_PITCH + i * IN_W + j] = dz[o * OUT_PLANE + i * OUT_W + j];
+/* Weight gradient, "taps" form: a small GEMM vectorized over the taps of all input maps. The
+   input unrolled position-major: XT[q][n] is the input under tap n = c * TAPS + ky * KW + kx of
+   output position q = i * OUT_W + j (zero from N_TAPS to XT_PITCH). A block of MB maps x VB tap
+   vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
+   is added to G, where each map's N_TAPS gradients are contiguous. */
+constexpr int V = 16, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 16, XT_FROM_D = 13520;
+constexpr int XT_MAPS = 20, XT_MAPS_FULL = 20, XT_VECS = 1, XT_VECS_FULL = 1;
+
+static void unroll_input(const float *__restrict x, float *__restrict xt) {
+    for (int i = 0; i < OUT_H; ++i)
+        for (int j = 0; j < OUT_W; ++j) {
+            float *__restrict row = xt + (i * OUT_W + j) * XT_PITCH;
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int ky = 0; ky < KH; ++ky) {
+                    const float *__restrict src = x + c * IN_PLANE + (i * STRIDE + ky) * IN_W + j * STRIDE;
+                    CG_UNROLL(4)
+                    for (int kx = 0; kx < KW; ++kx) row[c * TAPS + ky * KW + kx] = src[kx];
+                }
+            for (int n = N_TAPS; n < XT_PITCH; ++n) row[n] = 0.0f;
         }
 }
 
-/* Weight gradient, "dot" form: dot products over the wide index of the deltas (zero between
-   rows) and the input shifted by each tap; MB maps x TB taps of one kernel row at a time,
-   accumulated lane by lane, the lanes added up at the end. */
-constexpr int D_SPAN = 752, D_MAPS = 12, D_MAPS_FULL = 12;
-constexpr int D_COLS = 2, D_COLS_FULL = 4, V = 16;
-
-template <int MB, int TB>
-static inline void dot_block(const float *__restrict wide, const float *__restrict xs, float *__restrict g) {
-    float acc[MB][TB][V] = {};
-    for (int k = 0; k < D_SPAN; k += V) {
+template <int MB, int VB>
+static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
+    float acc[MB][VB * V] = {};
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        const float *__restrict xq = xt + q * XT_PITCH + v0 * V;
         CG_UNROLL(32)
         for (int ob = 0; ob < MB; ++ob) {
-            CG_UNROLL(32)
-            for (int tb = 0; tb < TB; ++tb) {
-                #pragma omp simd
-                for (int l = 0; l < V; ++l) acc[ob][tb][l] += wide[ob * WIDE_PITCH + k + l] * xs[tb + (k + l) * STRIDE];
-            }
+            const float d = dz[(o0 + ob) * OUT_PLANE + q];
+            #pragma omp simd
+            for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
         }
     }
-    for (int ob = 0; ob < MB; ++ob)
-        for (int tb = 0; tb < TB; ++tb) {
-            float s = 0.0f;
-            #pragma omp simd reduction(+:s)
-            for (int l = 0; l < V; ++l) s += acc[ob][tb][l];
-            g[ob * IN_MAPS * TAPS + tb] += s;
-        }
+    const int n = N_TAPS - v0 * V < VB * V ? N_TAPS - v0 * V : VB * V;  // real taps in the block
+    for (int ob = 0; ob < MB; ++ob) {
+        float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
+        #pragma omp simd
+        for (int l = 0; l < n; ++l) g[l] += acc[ob][l];
+    }
 }
 
 template <int MB>
-static inline void dot_maps(const float *__restrict wide, const float *__restrict x, float *__restrict GW, int o0) {
-    for (int c = 0; c < IN_MAPS; ++c)
-        for (int ky = 0; ky < KH; ++ky) {
-            const float *__restrict xs = x + c * IN_PLANE + ky * IN_W;
-            float *__restrict g = GW + (o0 * IN_MAPS + c) * TAPS + ky * KW;
-            for (int kx = 0; kx < D_COLS_FULL; kx += D_COLS) dot_block<MB, D_COLS>(wide + o0 * WIDE_PITCH, xs + kx, g + kx);
-        }
+static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
+    for (int v0 = 0; v0 < XT_VECS_FULL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -248,10 +245,9 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    float *__restrict wide = dz + WIDE_FROM_D;
-    widen(dz, wide);  // (backward_data did it too: the passes do not rely on each other's order)
-    for (int o0 = 0; o0 < D_MAPS_FULL; o0 += D_MAPS) dot_maps<D_MAPS>(wide, x, G + W_OFFSET, o0);
-    dot_maps<8>(wide, x, G + W_OFFSET, D_MAPS_FULL);
+    float *__restrict xt = dz + XT_FROM_D;
+    unroll_input(x, xt);
+    for (int o0 = 0; o0 < XT_MAPS_FULL; o0 += XT_MAPS) taps_maps<XT_MAPS>(dz, xt, G + W_OFFSET, o0);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -662,7 +658,7 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
    span of compact positions, in registers), added at q + ky * OUT_W to planes DXC[c][kx] of
    IN_H rows x OUT_W columns; at the end, dx[c][r][j + kx] = sum over kx of DXC[c][kx][r][j].
    Only true products are computed, unlike a full correlation with zero padding. */
-constexpr int DXC_FROM_D = 3392, DXC_FLOATS = 4320;
+constexpr int DXC_FROM_D = 10304, DXC_FLOATS = 4320;
 struct Scatter {
     static constexpr int PLANES = OUT_MAPS, PLANE = 16, KH = 1, KW = 1;
     static constexpr int P_STEP = 1, KY_STEP = 0, KX_STEP = 0;
@@ -709,48 +705,52 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
             }
 }
 
-/* Weight gradient, "lanes" form: vectorized over output maps. The deltas transposed: position
-   q = i * OUT_W + j, map o at q * L_PITCH + o (zero past OUT_MAPS). A block is KR whole kernel
-   rows x OVB vectors of maps: per position, each tap's input value times the deltas of the
-   block's maps; then each map's KR * KW taps, contiguous in G, get the block's column. */
-constexpr int V = 16, L_PITCH = 112, TRANS_FROM_D = 1600;
-constexpr int L_OV = 7, L_OV_FULL = 7, L_KR = 1, L_KR_FULL = 3;
+/* Weight gradient, "taps" form: a small GEMM vectorized over the taps of all input maps. The
+   input unrolled position-major: XT[q][n] is the input under tap n = c * TAPS + ky * KW + kx of
+   output position q = i * OUT_W + j (zero from N_TAPS to XT_PITCH). A block of MB maps x VB tap
+   vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
+   is added to G, where each map's N_TAPS gradients are contiguous. */
+constexpr int V = 16, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 544, XT_FROM_D = 1600;
+constexpr int XT_MAPS = 2, XT_MAPS_FULL = 100, XT_VECS = 12, XT_VECS_FULL = 24;
 
-static void transpose(const float *__restrict dz, float *__restrict dzt) {
-    for (int q = 0; q < OUT_PLANE; ++q) {
-        #pragma omp simd
-        for (int o = 0; o < L_PITCH; ++o) dzt[q * L_PITCH + o] = o < OUT_MAPS ? dz[o * OUT_PLANE + q] : 0.0f;
-    }
-}
-
-template <int KR, int OVB>
-static inline void lanes_block(const float *__restrict dzt, const float *__restrict xc, float *__restrict g, int v0, int ky0) {
-    float acc[KR * KW][OVB * V] = {};
+static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
         for (int j = 0; j < OUT_W; ++j) {
-            const float *__restrict xs = xc + (i * STRIDE + ky0) * IN_W + j * STRIDE;
-            const float *__restrict dq = dzt + (i * OUT_W + j) * L_PITCH + v0 * V;
-            CG_UNROLL(32)
-            for (int t = 0; t < KR * KW; ++t) {
-                const float xv = xs[t / KW * IN_W + t % KW];
-                #pragma omp simd
-                for (int l = 0; l < OVB * V; ++l) acc[t][l] += xv * dq[l];
-            }
+            float *__restrict row = xt + (i * OUT_W + j) * XT_PITCH;
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int ky = 0; ky < KH; ++ky) {
+                    const float *__restrict src = x + c * IN_PLANE + (i * STRIDE + ky) * IN_W + j * STRIDE;
+                    CG_UNROLL(3)
+                    for (int kx = 0; kx < KW; ++kx) row[c * TAPS + ky * KW + kx] = src[kx];
+                }
+            for (int n = N_TAPS; n < XT_PITCH; ++n) row[n] = 0.0f;
         }
-    const int maps = OUT_MAPS - v0 * V < OVB * V ? OUT_MAPS - v0 * V : OVB * V;
-    for (int l = 0; l < maps; ++l) {
-        float *__restrict go = g + (v0 * V + l) * IN_MAPS * TAPS;
+}
+
+template <int MB, int VB>
+static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
+    float acc[MB][VB * V] = {};
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        const float *__restrict xq = xt + q * XT_PITCH + v0 * V;
+        CG_UNROLL(32)
+        for (int ob = 0; ob < MB; ++ob) {
+            const float d = dz[(o0 + ob) * OUT_PLANE + q];
+            #pragma omp simd
+            for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
+        }
+    }
+    const int n = N_TAPS - v0 * V < VB * V ? N_TAPS - v0 * V : VB * V;  // real taps in the block
+    for (int ob = 0; ob < MB; ++ob) {
+        float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int t = 0; t < KR * KW; ++t) go[t] += acc[t][l];
+        for (int l = 0; l < n; ++l) g[l] += acc[ob][l];
     }
 }
 
-template <int OVB>
-static inline void lanes_maps(const float *__restrict dzt, const float *__restrict x, float *__restrict GW, int v0) {
-    for (int c = 0; c < IN_MAPS; ++c) {
-        for (int ky0 = 0; ky0 < L_KR_FULL; ky0 += L_KR)
-            lanes_block<L_KR, OVB>(dzt, x + c * IN_PLANE, GW + c * TAPS + ky0 * KW, v0, ky0);
-    }
+template <int MB>
+static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
+    for (int v0 = 0; v0 < XT_VECS_FULL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
+    taps_block<MB, 10>(dz, xt, GW, o0, XT_VECS_FULL);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -763,9 +763,9 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    float *__restrict dzt = dz + TRANS_FROM_D;
-    transpose(dz, dzt);
-    for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
+    float *__restrict xt = dz + XT_FROM_D;
+    unroll_input(x, xt);
+    for (int o0 = 0; o0 < XT_MAPS_FULL; o0 += XT_MAPS) taps_maps<XT_MAPS>(dz, xt, G + W_OFFSET, o0);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -1051,14 +1051,14 @@ constexpr int N_LAYERS = 8;
 constexpr int N_BLOCKS = 5;       // layers with parameters
 // One network instance's private buffer: each layer's activations Y_ and deltas D_.
 constexpr int Y_c1 = 0, D_c1 = 16576;
-constexpr int Y_p1 = 45136, D_p1 = 48528;
-constexpr int Y_c2 = 51920, D_c2 = 66800;
-constexpr int Y_p2 = 90896, D_p2 = 93056;
-constexpr int Y_c3 = 95216, D_c3 = 101136;
-constexpr int Y_p3 = 108848, D_p3 = 109248;
-constexpr int Y_f1 = 109648, D_f1 = 109808;
-constexpr int Y_out = 109968, D_out = 109984;
-constexpr int WORK_FLOATS = 110000;
+constexpr int Y_p1 = 40912, D_p1 = 44304;
+constexpr int Y_c2 = 47696, D_c2 = 62576;
+constexpr int Y_p2 = 86672, D_p2 = 88832;
+constexpr int Y_c3 = 90992, D_c3 = 96912;
+constexpr int Y_p3 = 111536, D_p3 = 111936;
+constexpr int Y_f1 = 112336, D_f1 = 112496;
+constexpr int Y_out = 112656, D_out = 112672;
+constexpr int WORK_FLOATS = 112688;
 // Passes timed by the profiler.
 // LOCK_WAIT: time spent waiting for a layer's lock before its update (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };
