@@ -69,6 +69,8 @@ def print_table(result: dict) -> None:
     head = (f"{'net':7} {'scheme':10} {'thr':>3} {'train img/s [min-max]':>27} "
             f"{'infer img/s [min-max]':>29} {'GFLOP/s':>8} {'%peak':>6} {'cpu':>4}"
             + "".join(f" {'x torch ' + m:>14}" for m in modes))
+    for net, kernels in result.get("kernels", {}).items():
+        print(f"{net}: {kernels}")
     print(head)
     print("-" * len(head))
     for r in result["chaosgen"]:
@@ -118,8 +120,10 @@ def main() -> int:
     peak = {str(t): round(peak_gflops(t), 1) for t in sorted(set(threads) | {1})}
     result = {"machine": machine(), "peak_gflops": peak, "data": data.source,
               "chaosgen": [], "torch": []}
+    result["kernels"] = {}
     for net in nets:
         b = Bench(net, data)
+        result["kernels"][net] = b.kernels
         for scheme in schemes:
             for t in threads:
                 if scheme == "sequential" and t != 1:

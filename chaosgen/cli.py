@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "chaosgen.native",
     "chaosgen.predict",
     "chaosgen.plot",
+    "chaosgen.tune",
 )
 
 

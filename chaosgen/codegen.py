@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path, PurePath
 
 import jinja2
@@ -274,13 +275,17 @@ def _backward_plan(lay: ir.Conv, target: Target, wide_pitch: int) -> dict:
     return min(wide, compact, key=lambda p: p["b_cost"])
 
 
-def _weights_plan(lay: ir.Conv, target: Target, w_vecs: int) -> dict:
+WEIGHT_FORMS = ("wide", "dot", "lanes", "taps")
+
+
+def _weights_plan(lay: ir.Conv, target: Target, w_vecs: int, forced: str | None = None) -> dict:
     """The weight gradient in the cheapest of four forms. "wide": the gradient plane (KH rows
     at pitch IN_W) is a wide-row correlation of the input with the deltas as the kernel. "dot":
     dot products over the wide index of the deltas (zero between rows) and the input shifted by
     each tap; the lanes are added up at the end. "lanes": vectorized over output maps, from the
     deltas transposed to position-major order. "taps": vectorized over the taps of all input
-    maps, from the input unrolled to position-major order (see _taps_block)."""
+    maps, from the input unrolled to position-major order (see _taps_block). `forced` (a form
+    `chaosgen tune` measured fastest) wins over the estimates where the layer allows it."""
     i, o, s, vw = lay.in_shape, lay.out_shape, lay.stride, target.vector_width
     taps, in_plane = lay.kh * lay.kw, i.h * i.w
     g = _wide_block(lay.kh, lay.kw, i.w, o.maps, target)
@@ -300,7 +305,7 @@ def _weights_plan(lay: ir.Conv, target: Target, w_vecs: int) -> dict:
     pieces = lay.kw // vw + bin(lay.kw % vw).count("1")
     costs["taps"] = (taps_plan["t_cycles"] * TAPS_SLOWDOWN
                      + o.h * o.w * i.maps * lay.kh * pieces * UNROLL_COST)
-    form = min(costs, key=costs.__getitem__)
+    form = forced if forced in costs else min(costs, key=costs.__getitem__)
     trans_floats = {"lanes": ir.align(o.h * o.w * lanes["l_pitch"]) if lanes else 0,
                     "taps": o.h * o.w * taps_plan["xt_pitch"]}.get(form, 0)
     return dict(
@@ -314,7 +319,8 @@ def _weights_plan(lay: ir.Conv, target: Target, w_vecs: int) -> dict:
     )
 
 
-def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True) -> dict:
+def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True,
+               grad_form: str | None = None) -> dict:
     """Every number the conv kernels print: each pass's plan, the scratch they need (after this
     layer's activations: the compact input; after its deltas: the wide deltas, the transposed
     deltas, the compact input deltas) and how far past its input the layer reads."""
@@ -327,7 +333,7 @@ def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True) -> dict:
              out_plane=o.h * o.w, wide_pitch=w_vecs * vw)
     v.update(_forward_plan(lay, target))
     v.update(_backward_plan(lay, target, w_vecs * vw) if needs_dx else dict(b_form=None))
-    v.update(_weights_plan(lay, target, w_vecs))
+    v.update(_weights_plan(lay, target, w_vecs, grad_form))
     wide = needs_dx and v["b_form"] == "wide" or v["grad_form"] == "dot"
     b_wide = needs_dx and v["b_form"] == "wide"
     wide_floats = ir.align(max(o.maps * w_vecs * vw, v["b_src_read"] if b_wide else 0)) if wide else 0
@@ -373,22 +379,27 @@ def _dense_view(lay: ir.Dense, target: Target) -> dict:
                 cols=per * vw, cols_full=vecs // per * per * vw, cols_rem=vecs % per * vw)
 
 
-def _reads_past(lay: ir.Layer | None, target: Target) -> int:
+def _reads_past(lay: ir.Layer | None, target: Target,
+                forms: Mapping[str, str] | None = None) -> int:
     """How many floats past the end of its input `lay` may read (wide-row vector spans)."""
-    return _conv_view(lay, target)["reads_past_x"] if isinstance(lay, ir.Conv) else 0
+    if not isinstance(lay, ir.Conv):
+        return 0
+    return _conv_view(lay, target, grad_form=(forms or {}).get(lay.name))["reads_past_x"]
 
 
-def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...]) -> list[dict]:
+def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
+                 forms: Mapping[str, str] | None = None) -> list[dict]:
     views: list[dict] = []
     off = 0
     first_trainable = min(lay.index for lay in net.trainable)
     for k, lay in enumerate(net.layers):
         nxt = net.layers[k + 1] if k + 1 < len(net.layers) else None
         needs_dx = lay.index > first_trainable
-        conv = _conv_view(lay, target, needs_dx) if isinstance(lay, ir.Conv) else None
+        conv = (_conv_view(lay, target, needs_dx, (forms or {}).get(lay.name))
+                if isinstance(lay, ir.Conv) else None)
         # Work layout: Y (with room for the next layer's reads past its end), then D, then the
         # conv kernels' scratch.
-        y_data = ir.align(lay.out_shape.size + _reads_past(nxt, target))
+        y_data = ir.align(lay.out_shape.size + _reads_past(nxt, target, forms))
         y_size = y_data + (conv["xc_floats"] if conv else 0)
         d_size = conv["d_floats"] if conv else ir.align(lay.out_shape.size)
         prev = views[-1]["name"] if views else None
@@ -442,9 +453,12 @@ def _activation_into_max_pool(views: list[dict]) -> None:
             pool["activation"] = conv["activation"]
 
 
-def render(net: ir.Net, target: Target, lines: tuple[str, ...] = ()) -> Source:
-    """Render the C++ translation unit and its API header for one (network, target)."""
-    layers = _layer_views(net, target, lines)
+def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
+           forms: Mapping[str, str] | None = None, tuned_on: str | None = None) -> Source:
+    """Render the C++ translation unit and its API header for one (network, target). `forms`:
+    the weight-gradient form per conv layer (from `chaosgen tune`, measured on `tuned_on`);
+    other layers get the cost model's choice."""
+    layers = _layer_views(net, target, lines, forms)
     last = layers[-1]
     ctx = dict(
         version=__version__,
@@ -454,6 +468,8 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = ()) -> Source:
         summary=summary_rows(net),
         header_name=HEADER_NAME,
         layers=layers,
+        grad_forms=", ".join(f"{v['name']} {v['grad_form']}" for v in layers if v["kind"] == "conv"),
+        tuned_on=tuned_on,
         backward=[v for v in reversed(layers) if v["index"] >= min(t.index for t in net.trainable)],
         blocks=[v for v in layers if "block" in v],
         out=dict(name=last["name"], activation=net.output.activation, loss=net.output.loss),
@@ -462,7 +478,7 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = ()) -> Source:
         n_params=net.n_params,
         image_size=net.input.size,
         # room past each image for the first layer's wide-row reads
-        image_stride=ir.align(net.input.size + _reads_past(net.layers[0], target)),
+        image_stride=ir.align(net.input.size + _reads_past(net.layers[0], target, forms)),
         output_size=net.output.out_shape.size,
         work_floats=max(last["end"], 16),
         unroll_limit=UNROLL_LIMIT,

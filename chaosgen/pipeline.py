@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import build as build_mod
-from . import codegen
+from . import codegen, tune
 from .check import check
 from .ir import Net
 from .loader import Net as LoadedNet
@@ -44,7 +44,9 @@ def compile_spec(
     spec, net = front_end(path)
     tgt = get_target(target)
     compiler = get_compiler(cc) if cc else default_compiler_for(tgt)
-    source = codegen.render(net, tgt, spec.lines)
+    tuned = tune.load(net, tgt, compiler, build_dir)
+    source = codegen.render(net, tgt, spec.lines, forms=tuned.forms if tuned else None,
+                            tuned_on=tuned.cpu if tuned else None)
     built = None
     if build:
         built = build_mod.build(source, net.name, tgt, compiler, root=build_dir, force=force)

@@ -2,6 +2,7 @@
 // spec:    specs/medium.net (network "medium")
 // target:  generic (SSE2, 4 floats per vector, 64-byte alignment)
 // IR hash: 4b3d222ef56435b0
+// conv weight gradients: c1 wide, c2 lanes (the cost model's choice)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

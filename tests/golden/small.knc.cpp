@@ -2,6 +2,7 @@
 // spec:    specs/small.net (network "small")
 // target:  knc (IMCI (KNC 512-bit), 16 floats per vector, 64-byte alignment)
 // IR hash: 1213bae9ff0cb8a3
+// conv weight gradients: c1 dot, c2 lanes (the cost model's choice)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

@@ -1,0 +1,166 @@
+"""`chaosgen tune`: time every weight-gradient form of each conv layer on this machine and record
+the fastest in the build cache, where every later compile of the same network, target and
+compiler on this CPU finds it (the generated code's header says which forms it uses and why).
+
+The cost model in codegen picks a form without running anything; its estimates are off by up to
+~1.4x on some layer shapes, and several forms are often within that of each other. Tuning builds
+the network once per form (a small timing program around the same generated C++), times each
+conv layer's weight gradient on real activations and deltas, and keeps the fastest per layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from . import __version__, codegen
+from .build import atomic_write, cache_root, run_and_publish
+from .errors import BuildError, UsageError
+from .ir import Net
+from .targets import Compiler, Target, cpu_model
+
+REPEATS = 5  # timed means per form and layer; the best is kept
+WINDOW_S = 0.004  # seconds of calls per mean
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """The forms measured fastest, with every time measured (microseconds per image)."""
+
+    forms: dict[str, str]
+    times_us: dict[str, dict[str, float]]
+    cpu: str
+
+
+def _templates_digest() -> str:
+    """The templates' content: a record made with other kernels is stale."""
+    h = hashlib.sha256()
+    for p in sorted(codegen.template_dir().iterdir()):
+        if p.is_file():
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def record_path(net: Net, target: Target, compiler: Compiler, root: str | Path | None) -> Path:
+    return cache_root(root) / "tune" / f"{net.name}-{net.digest()}-{target.name}-{compiler.name}.json"
+
+
+def _stamp(compiler: Compiler) -> dict:
+    return {"cpu": cpu_model(), "compiler_version": compiler.version(),
+            "templates": _templates_digest(), "chaosgen": __version__}
+
+
+def load(net: Net, target: Target, compiler: Compiler, root: str | Path | None) -> Tuning | None:
+    """The recorded tuning of this network for this target, compiler, CPU and templates."""
+    if not target.host:
+        return None
+    try:
+        rec = json.loads(record_path(net, target, compiler, root).read_text())
+    except (OSError, ValueError):
+        return None
+    stamp = _stamp(compiler)
+    if any(rec.get(k) != v for k, v in stamp.items()):
+        return None
+    return Tuning(dict(rec["forms"]), rec.get("times_us", {}), rec["cpu"])
+
+
+def conv_forms(net: Net, target: Target) -> dict[str, tuple[str, ...]]:
+    """Every conv layer's feasible weight-gradient forms."""
+    views = codegen._layer_views(net, target, ())
+    return {v["name"]: tuple(v["grad_costs"]) for v in views if v["kind"] == "conv"}
+
+
+def _time_form(net: Net, target: Target, compiler: Compiler, forms: dict[str, str],
+               root: str | Path | None) -> dict[str, float]:
+    """Build (cached by content) and run the timing program for one assignment of forms."""
+    source = codegen.render(net, target, (), forms=forms)
+    views = [v for v in codegen._layer_views(net, target, (), forms) if v["kind"] == "conv"]
+    program = codegen.environment().get_template("tune.cpp.j2").render(
+        version=__version__, convs=views, repeats=REPEATS, window_s=WINDOW_S)
+    flags = compiler.program_flags(target)
+    key = hashlib.sha256("\0".join([source.cpp, source.header, program, compiler.version(),
+                                    *flags]).encode()).hexdigest()[:16]
+    directory = cache_root(root) / f"tune-{net.name}-{key}"
+    exe = directory / "tune"
+    if not exe.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory / ".lock")):
+            if not exe.exists():
+                atomic_write(directory / "net.cpp", source.cpp)
+                atomic_write(directory / codegen.HEADER_NAME, source.header)
+                atomic_write(directory / "tune.cpp", program)
+                tmp = directory / f".tune.{os.getpid()}.tmp"
+                cmd = (compiler.resolve() or compiler.cxx, *flags, "-o", tmp.name, "tune.cpp")
+                run_and_publish(cmd, directory, tmp, exe, f"building the tuning program of {net.name}")
+    proc = subprocess.run([str(exe)], capture_output=True, text=True,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise BuildError(f"{exe} failed (exit {proc.returncode}): {proc.stderr.strip()[:200]}")
+    return json.loads(proc.stdout)
+
+
+def tune(net: Net, target: Target, compiler: Compiler, root: str | Path | None = None,
+         say=print) -> Tuning:
+    """Time every feasible form of every conv layer; record and return the fastest."""
+    if not target.host:
+        raise UsageError(f"target {target.name} does not run on this host: tune it on the machine itself")
+    if compiler.resolve() is None:
+        raise BuildError(f"C++ compiler '{compiler.cxx}' not found; tuning needs it ({compiler.install})")
+    feasible = conv_forms(net, target)
+    times: dict[str, dict[str, float]] = {name: {} for name in feasible}
+    for form in codegen.WEIGHT_FORMS:
+        layers = {name: form for name, fs in feasible.items() if form in fs}
+        if not layers:
+            continue
+        say(f"  timing form {form} on {', '.join(layers)} ...")
+        for name, us in _time_form(net, target, compiler, layers, root).items():
+            if name in layers:
+                times[name][form] = float(us)
+    forms = {name: min(t, key=t.__getitem__) for name, t in times.items() if t}
+    save(net, target, compiler, root, forms, times)
+    return Tuning(forms, times, cpu_model())
+
+
+def save(net: Net, target: Target, compiler: Compiler, root: str | Path | None,
+         forms: dict[str, str], times: dict[str, dict[str, float]]) -> Path:
+    """Record forms (and the times that chose them) for `load` to find."""
+    rec = {"net": net.name, "ir_hash": net.digest(), "target": target.name,
+           "compiler": compiler.name, **_stamp(compiler), "forms": forms, "times_us": times}
+    path = record_path(net, target, compiler, root)
+    atomic_write(path, json.dumps(rec, indent=1) + "\n")
+    return path
+
+
+def add_parser(sub) -> None:
+    """`chaosgen tune`."""
+    from .cli import add_compile_options
+
+    p = sub.add_parser("tune", help="time the kernel forms of each conv layer here; keep the fastest")
+    add_compile_options(p)
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .pipeline import front_end
+    from .targets import default_compiler_for, get_compiler, get_target
+
+    _, net = front_end(args.spec)
+    target = get_target(args.target)
+    compiler = get_compiler(args.cc) if args.cc else default_compiler_for(target)
+    model = {name: v["grad_form"] for name, v in
+             ((v["name"], v) for v in codegen._layer_views(net, target, ()) if v["kind"] == "conv")}
+    t = tune(net, target, compiler, args.build_dir)
+    print(f"{net.name} on {t.cpu} ({target.name}, {compiler.name}): weight gradient, us per image")
+    for name, row in t.times_us.items():
+        cells = "  ".join(f"{f} {us:8.2f}" for f, us in row.items())
+        print(f"  {name:8} {cells}   -> {t.forms[name]} (model: {model[name]})")
+    print(f"recorded in {record_path(net, target, compiler, args.build_dir)}; "
+          "compile and train use it from now on")
+    return 0
