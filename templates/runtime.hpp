@@ -82,19 +82,29 @@ static bool train_worker(float *P, const float *images, const int *labels, const
     auto stopped = [&]() { return failed || (cfg.stop && *cfg.stop); };
     const int me = omp_get_thread_num(), team = omp_get_num_threads();
     /* Apply this worker's gradient of block b (locked: segment by segment, see locks.hpp,
-       starting at a segment of its own so that workers begin apart). */
-    auto apply = [&](int b, float scale, bool locked) {
+       starting at a segment of its own so that workers begin apart). fused: the image's
+       gradient of a BLOCK_FUSED block is computed on the fly from work (train_image<true>);
+       any other gradient is read from G, which is cleared after, outside the locks. */
+    const float *image = nullptr;  // the image being trained on (fused updates read it)
+    auto apply = [&](int b, float scale, bool locked, bool fused) {
         const int layer = net::BLOCK_LAYER[b], seg = net::SEGMENT_FLOATS[b], size = net::BLOCK_FLOATS[b];
         const int first = net::BLOCK_SEGMENT0[b], n = net::BLOCK_SEGMENT0[b + 1] - first;
+        fused = fused && net::BLOCK_FUSED[b];
+        auto update = [&](int k0, int k1) {
+            if (fused)
+                net::update_block_fused(b, P, work, image, scale, k0, k1);
+            else
+                net::update_block(b, P, G, scale, k0, k1);
+        };
         if (!locked) {
-            net::update_block(b, P, G, scale, 0, size);
+            update(0, size);
         } else {
             update_segments(
                 locks + first, n, me * n / team,
-                [&](int s) { net::update_block(b, P, G, scale, s * seg, (s + 1) * seg < size ? (s + 1) * seg : size); },
+                [&](int s) { update(s * seg, (s + 1) * seg < size ? (s + 1) * seg : size); },
                 [&] { prof.tick(layer, net::UPDATE); }, [&] { prof.tick(layer, net::LOCK_WAIT); });
         }
-        std::memset(G + net::BLOCK_OFFSET[b], 0, sizeof(float) * size);  // for the next accumulation
+        if (!fused) std::memset(G + net::BLOCK_OFFSET[b], 0, sizeof(float) * size);  // for the next accumulation
         prof.tick(layer, net::UPDATE);
     };
 
@@ -117,7 +127,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
                (the linear scaling rule), so an epoch of B-image steps makes about the progress
                of an epoch of per-image steps at the same eta. */
             if (ok)
-                for (int b = 0; b < net::N_BLOCKS; ++b) apply(b, eta, true);
+                for (int b = 0; b < net::N_BLOCKS; ++b) apply(b, eta, true, false);
 #pragma omp barrier
 #pragma omp single
             {
@@ -135,17 +145,17 @@ static bool train_worker(float *P, const float *images, const int *labels, const
             prof.start();
             float l;
             if (every == 1)
-                l = net::train_image(P, work, G, image_of(i), label,
-                                     [&](int b) { apply(b, eta, locked); }, prof);
+                l = net::train_image<true>(P, work, G, image = image_of(i), label,
+                                           [&](int b) { apply(b, eta, locked, true); }, prof);
             else
                 l = net::train_image(P, work, G, image_of(i), label, [](int) {}, prof);
             tally.add(work, l, label);
             if (cfg.progress && (i & 63) == 0) *cfg.progress = i;  // a hint for progress bars
             if (every > 1 && ++mine % every == 0)
-                for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true);
+                for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
         }
         if (every > 1 && mine % every != 0)
-            for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true);
+            for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
     }
     free_floats(work);
     free_floats(G);

@@ -20,6 +20,7 @@ import chaosgen
 from chaosgen import checkpoint
 from chaosgen.cli import main
 from chaosgen.data import load_mnist
+from chaosgen.loader import initial_params
 from chaosgen.train import Config, Runtime, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,19 @@ def test_sequential_is_bitwise_reproducible_and_one_thread_schemes_coincide(smal
     ):
         c, _ = _train(small, mnist, scheme=scheme, threads=1, limit=3000, **extra)
         assert np.array_equal(a, c), scheme
+
+
+def test_fused_dense_updates_equal_gradient_then_update_for_a_dense_first_net(mnist, tmp_path):
+    """A net whose first layer is dense (its fused update reads the image itself) and whose
+    dense blocks span several lock segments: chaos (fused) == averaged, B=1 (through G), bitwise."""
+    spec = tmp_path / "mlp.net"
+    spec.write_text("network mlp\ninput size=29x29\ndense h: units=40 activation=relu\n"
+                    "output out: classes=10\ntrain epochs=1 eta=0.01 seed=3\n")
+    net = chaosgen.compile(spec, build_dir=tmp_path / "build")
+    a, _ = _train(net, mnist, scheme="chaos", threads=1, limit=2000)
+    b, _ = _train(net, mnist, scheme="averaged", threads=1, batch=1, limit=2000)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, initial_params(net.ir, 3))  # it trained
 
 
 def test_one_thread_training_follows_an_independent_sgd_trajectory(small, mnist):

@@ -684,6 +684,29 @@ static void update(float *__restrict P, const float *__restrict G, float scale, 
     #pragma omp simd
     for (int k = k0; k < k1; ++k) p[k] -= scale * g[k];
 }
+
+/* The gradient and the update in one pass, for schemes that apply each image's gradient at once
+   (no G): W -= scale * (dz x^T), b -= scale * dz, over floats [k0, k1) of the block. The product
+   is rounded before it is scaled, as in backward_weights then update: the same result, bit for
+   bit, without writing, reading and clearing G. */
+static void update_fused(float *__restrict P, const float *__restrict x, const float *__restrict dz,
+                         float scale, int k0, int k1) {
+    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz);
+    float *__restrict W = P + W_OFFSET;
+    const int w1 = k1 < OUT * IN ? k1 : OUT * IN;  // the weights' part of [k0, k1)
+    for (int u = k0 / IN; u * IN < w1; ++u) {
+        const int i0 = k0 > u * IN ? k0 - u * IN : 0, i1 = w1 < (u + 1) * IN ? w1 - u * IN : IN;
+        const float d = dz[u];
+        float *__restrict w = W + u * IN;
+        #pragma omp simd
+        for (int i = i0; i < i1; ++i) {
+            const float g = d * x[i];
+            w[i] -= scale * g;
+        }
+    }
+    constexpr int B0 = B_OFFSET - W_OFFSET;  // the biases' part
+    for (int k = k0 > B0 ? k0 : B0; k < k1; ++k) W[k] -= scale * dz[k - B0];
+}
 }  // namespace layer_f1
 
 // specs/medium.net:10: output  out: classes=10 activation=softmax loss=cross_entropy
@@ -782,6 +805,29 @@ static void update(float *__restrict P, const float *__restrict G, float scale, 
     #pragma omp simd
     for (int k = k0; k < k1; ++k) p[k] -= scale * g[k];
 }
+
+/* The gradient and the update in one pass, for schemes that apply each image's gradient at once
+   (no G): W -= scale * (dz x^T), b -= scale * dz, over floats [k0, k1) of the block. The product
+   is rounded before it is scaled, as in backward_weights then update: the same result, bit for
+   bit, without writing, reading and clearing G. */
+static void update_fused(float *__restrict P, const float *__restrict x, const float *__restrict dz,
+                         float scale, int k0, int k1) {
+    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz);
+    float *__restrict W = P + W_OFFSET;
+    const int w1 = k1 < OUT * IN ? k1 : OUT * IN;  // the weights' part of [k0, k1)
+    for (int u = k0 / IN; u * IN < w1; ++u) {
+        const int i0 = k0 > u * IN ? k0 - u * IN : 0, i1 = w1 < (u + 1) * IN ? w1 - u * IN : IN;
+        const float d = dz[u];
+        float *__restrict w = W + u * IN;
+        #pragma omp simd
+        for (int i = i0; i < i1; ++i) {
+            const float g = d * x[i];
+            w[i] -= scale * g;
+        }
+    }
+    constexpr int B0 = B_OFFSET - W_OFFSET;  // the biases' part
+    for (int k = k0 > B0 ? k0 : B0; k < k1; ++k) W[k] -= scale * dz[k - B0];
+}
 }  // namespace layer_out
 
 namespace net {
@@ -837,20 +883,20 @@ static float loss_gradient(const float *y, int label, float *dz) {
 /* One image: forward, loss, then back-propagation from the output down. After each layer with
    parameters has its input deltas (computed with the shared weights) and its gradient in G,
    after(block) runs: the runtime applies the update there, layer by layer, as CHAOS does. */
-template <class After, class Prof>
+template <bool FUSED = false, class After, class Prof>
 static float train_image(const float *P, float *work, float *G, const float *image, int label,
                          After &&after, Prof &prof) {
     forward(P, work, image, prof);
     const float l = loss_gradient(work + Y_out, label, work + D_out);
     layer_out::backward_data(P, work + D_out, work + D_f1);
     prof.tick(5, BACKWARD_DATA);
-    layer_out::backward_weights(work + Y_f1, work + D_out, G);
+    if (!FUSED) layer_out::backward_weights(work + Y_f1, work + D_out, G);  // (FUSED: after() does it)
     prof.tick(5, BACKWARD_WEIGHTS);
     after(3);
     layer_f1::activation_gradient(work + Y_f1, work + D_f1);
     layer_f1::backward_data(P, work + D_f1, work + D_p2);
     prof.tick(4, BACKWARD_DATA);
-    layer_f1::backward_weights(work + Y_p2, work + D_f1, G);
+    if (!FUSED) layer_f1::backward_weights(work + Y_p2, work + D_f1, G);  // (FUSED: after() does it)
     prof.tick(4, BACKWARD_WEIGHTS);
     after(2);
     layer_p2::backward_data(work + Y_c2, work + Y_p2, work + D_p2, work + D_c2);
@@ -875,6 +921,20 @@ static const int BLOCK_FLOATS[N_BLOCKS] = { 340, 20040, 54150, 1514 };
 static const int SEGMENT_FLOATS[N_BLOCKS] = { 2048, 2048, 2048, 2048 };
 static const int BLOCK_SEGMENT0[N_BLOCKS + 1] = { 0, 1, 11, 38, 39 };
 constexpr int N_SEGMENTS = 39;
+
+/* Blocks whose gradient update_fused computes on the fly (dense layers: a rank-1 product). */
+static const bool BLOCK_FUSED[N_BLOCKS] = { false, false, true, true };
+
+/* P -= scale * (this image's gradient) over floats [k0, k1) of a BLOCK_FUSED block, from the
+   activations and deltas in work: train_image<true> leaves those blocks' G alone. */
+static void update_block_fused(int block, float *P, const float *work, const float *image, float scale,
+                               int k0, int k1) {
+    (void)image;
+    switch (block) {
+    case 2: layer_f1::update_fused(P, work + Y_p2, work + D_f1, scale, k0, k1); break;
+    case 3: layer_out::update_fused(P, work + Y_f1, work + D_out, scale, k0, k1); break;
+    }
+}
 
 /* P -= scale * G over floats [k0, k1) of one block of parameters. */
 static void update_block(int block, float *P, const float *G, float scale, int k0, int k1) {
@@ -1025,19 +1085,29 @@ static bool train_worker(float *P, const float *images, const int *labels, const
     auto stopped = [&]() { return failed || (cfg.stop && *cfg.stop); };
     const int me = omp_get_thread_num(), team = omp_get_num_threads();
     /* Apply this worker's gradient of block b (locked: segment by segment, see locks.hpp,
-       starting at a segment of its own so that workers begin apart). */
-    auto apply = [&](int b, float scale, bool locked) {
+       starting at a segment of its own so that workers begin apart). fused: the image's
+       gradient of a BLOCK_FUSED block is computed on the fly from work (train_image<true>);
+       any other gradient is read from G, which is cleared after, outside the locks. */
+    const float *image = nullptr;  // the image being trained on (fused updates read it)
+    auto apply = [&](int b, float scale, bool locked, bool fused) {
         const int layer = net::BLOCK_LAYER[b], seg = net::SEGMENT_FLOATS[b], size = net::BLOCK_FLOATS[b];
         const int first = net::BLOCK_SEGMENT0[b], n = net::BLOCK_SEGMENT0[b + 1] - first;
+        fused = fused && net::BLOCK_FUSED[b];
+        auto update = [&](int k0, int k1) {
+            if (fused)
+                net::update_block_fused(b, P, work, image, scale, k0, k1);
+            else
+                net::update_block(b, P, G, scale, k0, k1);
+        };
         if (!locked) {
-            net::update_block(b, P, G, scale, 0, size);
+            update(0, size);
         } else {
             update_segments(
                 locks + first, n, me * n / team,
-                [&](int s) { net::update_block(b, P, G, scale, s * seg, (s + 1) * seg < size ? (s + 1) * seg : size); },
+                [&](int s) { update(s * seg, (s + 1) * seg < size ? (s + 1) * seg : size); },
                 [&] { prof.tick(layer, net::UPDATE); }, [&] { prof.tick(layer, net::LOCK_WAIT); });
         }
-        std::memset(G + net::BLOCK_OFFSET[b], 0, sizeof(float) * size);  // for the next accumulation
+        if (!fused) std::memset(G + net::BLOCK_OFFSET[b], 0, sizeof(float) * size);  // for the next accumulation
         prof.tick(layer, net::UPDATE);
     };
 
@@ -1060,7 +1130,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
                (the linear scaling rule), so an epoch of B-image steps makes about the progress
                of an epoch of per-image steps at the same eta. */
             if (ok)
-                for (int b = 0; b < net::N_BLOCKS; ++b) apply(b, eta, true);
+                for (int b = 0; b < net::N_BLOCKS; ++b) apply(b, eta, true, false);
 #pragma omp barrier
 #pragma omp single
             {
@@ -1078,17 +1148,17 @@ static bool train_worker(float *P, const float *images, const int *labels, const
             prof.start();
             float l;
             if (every == 1)
-                l = net::train_image(P, work, G, image_of(i), label,
-                                     [&](int b) { apply(b, eta, locked); }, prof);
+                l = net::train_image<true>(P, work, G, image = image_of(i), label,
+                                           [&](int b) { apply(b, eta, locked, true); }, prof);
             else
                 l = net::train_image(P, work, G, image_of(i), label, [](int) {}, prof);
             tally.add(work, l, label);
             if (cfg.progress && (i & 63) == 0) *cfg.progress = i;  // a hint for progress bars
             if (every > 1 && ++mine % every == 0)
-                for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true);
+                for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
         }
         if (every > 1 && mine % every != 0)
-            for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true);
+            for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
     }
     free_floats(work);
     free_floats(G);
