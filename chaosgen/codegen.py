@@ -181,27 +181,35 @@ def _lanes_block(maps: int, kh: int, kw: int, positions: int, target: Target) ->
                 l_cycles=positions * per_position)
 
 
-def _taps_block(maps: int, n_taps: int, positions: int, target: Target) -> dict:
-    """The weight gradient as a small GEMM vectorized over the taps of all input maps
-    (n = c * TAPS + ky * KW + kx), from the input unrolled position-major (XT[q][n]): per output
-    position a block of m maps x v tap vectors broadcasts m deltas, loads v vectors of XT and
-    does m * v FMAs; then it adds its accumulators into G, where each map's taps are contiguous."""
+def taps_shapes(maps: int, n_taps: int, target: Target) -> list[tuple[int, int, int]]:
+    """Register blockings (m maps, v tap vectors, estimated cycles per output position) of the
+    "taps" form, cheapest first: per position a block broadcasts m deltas, loads v vectors of
+    the unrolled input and does m * v FMAs (at most the accumulator budget)."""
     vw, budget = target.vector_width, target.accumulators
     vecs = -(-n_taps // vw)
 
     def cycles(m: int, v: int) -> int:
         return max(m * v, m + v) if m and v else 0
 
-    best: tuple | None = None
+    shapes = []
     for m in range(1, min(maps, budget) + 1):
         for v in range(1, min(vecs, budget // m) + 1):
             per_position = sum(cycles(mm, vv) * nm * nv for mm, nm in ((m, maps // m), (maps % m, 1))
                                for vv, nv in ((v, vecs // v), (vecs % v, 1)))
-            key = (per_position, -m * v)
-            if best is None or key < best[0]:
-                best = (key, m, v, per_position)
-    assert best is not None
-    _, m, v, per_position = best
+            shapes.append((per_position, -m * v, m, v))
+    return [(m, v, cost) for cost, _, m, v in sorted(shapes)]
+
+
+def _taps_block(maps: int, n_taps: int, positions: int, target: Target,
+                shape: tuple[int, int] | None = None) -> dict:
+    """The weight gradient as a small GEMM vectorized over the taps of all input maps
+    (n = c * TAPS + ky * KW + kx), from the input unrolled position-major (XT[q][n]), with the
+    cheapest register blocking of taps_shapes (or `shape`, which `chaosgen tune` measured);
+    each block adds its accumulators into G, where each map's taps are contiguous."""
+    vw = target.vector_width
+    vecs = -(-n_taps // vw)
+    shapes = taps_shapes(maps, n_taps, target)
+    m, v, per_position = next((s for s in shapes if s[:2] == shape), shapes[0])
     return dict(t_maps=m, t_maps_full=maps - maps % m, t_maps_rem=maps % m,
                 t_vecs=v, t_vecs_full=vecs - vecs % v, t_vecs_rem=vecs % v,
                 xt_pitch=vecs * vw, t_cycles=positions * per_position + maps * vecs * RMW_COST)
@@ -300,7 +308,10 @@ def _weights_plan(lay: ir.Conv, target: Target, w_vecs: int, forced: str | None 
     if lanes:
         costs["lanes"] = (i.maps * lanes["l_cycles"] + i.maps * taps * o.maps * SCATTER_COST
                           + o.size * TRANSPOSE_COST)
-    taps_plan = _taps_block(o.maps, i.maps * taps, o.h * o.w, target)
+    # a forced form may carry a blocking: "taps/6x4" (6 maps x 4 tap vectors)
+    forced, _, shape_text = (forced or "").partition("/")
+    shape = tuple(int(k) for k in shape_text.split("x")) if shape_text else None
+    taps_plan = _taps_block(o.maps, i.maps * taps, o.h * o.w, target, shape)
     # a kernel row of kw floats is copied in power-of-two pieces of up to a vector (kw = 5: 4 + 1)
     pieces = lay.kw // vw + bin(lay.kw % vw).count("1")
     costs["taps"] = (taps_plan["t_cycles"] * TAPS_SLOWDOWN
@@ -468,7 +479,10 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
         summary=summary_rows(net),
         header_name=HEADER_NAME,
         layers=layers,
-        grad_forms=", ".join(f"{v['name']} {v['grad_form']}" for v in layers if v["kind"] == "conv"),
+        grad_forms=", ".join(
+            f"{v['name']} {v['grad_form']}"
+            + (f" ({v['t_maps']} maps x {v['t_vecs']} vectors)" if v["grad_form"] == "taps" else "")
+            for v in layers if v["kind"] == "conv"),
         tuned_on=tuned_on,
         backward=[v for v in reversed(layers) if v["index"] >= min(t.index for t in net.trainable)],
         blocks=[v for v in layers if "block" in v],

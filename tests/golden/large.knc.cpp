@@ -2,7 +2,7 @@
 // spec:    specs/large.net (network "large")
 // target:  knc (IMCI (KNC 512-bit), 16 floats per vector, 64-byte alignment)
 // IR hash: d7842636ae1f2311
-// conv weight gradients: c1 taps, c2 lanes, c3 taps (the cost model's choice)
+// conv weight gradients: c1 taps (20 maps x 1 vectors), c2 lanes, c3 taps (2 maps x 12 vectors) (the cost model's choice)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

@@ -2,7 +2,7 @@
 // spec:    specs/medium.net (network "medium")
 // target:  avx2 (AVX2+FMA, 8 floats per vector, 64-byte alignment)
 // IR hash: 4b3d222ef56435b0
-// conv weight gradients: c1 taps, c2 lanes (the cost model's choice)
+// conv weight gradients: c1 taps (6 maps x 2 vectors), c2 lanes (the cost model's choice)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

@@ -2,7 +2,7 @@
 // spec:    specs/medium.net (network "medium")
 // target:  knc (IMCI (KNC 512-bit), 16 floats per vector, 64-byte alignment)
 // IR hash: 4b3d222ef56435b0
-// conv weight gradients: c1 taps, c2 lanes (the cost model's choice)
+// conv weight gradients: c1 taps (20 maps x 1 vectors), c2 lanes (the cost model's choice)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

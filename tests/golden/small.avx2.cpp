@@ -2,7 +2,7 @@
 // spec:    specs/small.net (network "small")
 // target:  avx2 (AVX2+FMA, 8 floats per vector, 64-byte alignment)
 // IR hash: 1213bae9ff0cb8a3
-// conv weight gradients: c1 taps, c2 lanes (the cost model's choice)
+// conv weight gradients: c1 taps (5 maps x 2 vectors), c2 lanes (the cost model's choice)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841
