@@ -411,7 +411,9 @@ def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
         # Work layout: Y (with room for the next layer's reads past its end), then D, then the
         # conv kernels' scratch.
         y_data = ir.align(lay.out_shape.size + _reads_past(nxt, target, forms))
-        y_size = y_data + (conv["xc_floats"] if conv else 0)
+        # a max-pool keeps each window's choice (the offset of its maximum) after its outputs
+        codes = ir.align(lay.out_shape.size) if isinstance(lay, ir.Pool) and lay.op == "max" else 0
+        y_size = y_data + (conv["xc_floats"] if conv else 0) + codes
         d_size = conv["d_floats"] if conv else ir.align(lay.out_shape.size)
         prev = views[-1]["name"] if views else None
         src = lines[lay.loc.line - 1].split("#")[0].strip() if 0 < lay.loc.line <= len(lines) else ""
@@ -444,7 +446,10 @@ def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
         if conv:
             v.update(conv, xc_from_y=y_data)
         if isinstance(lay, ir.Pool):
-            v.update(op=lay.op, wh=lay.wh, ww=lay.ww)
+            # rows of a quarter vector or less waste most lanes: max-pool backward then goes
+            # window by window, one store each, to the input forward chose
+            v.update(op=lay.op, wh=lay.wh, ww=lay.ww, codes_from_y=y_data,
+                     scatter=lay.out_shape.w * 4 <= target.vector_width)
         if isinstance(lay, ir.Dense):
             v.update(_dense_view(lay, target))
         v["activation_in_pool"] = False

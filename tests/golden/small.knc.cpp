@@ -268,6 +268,8 @@ namespace layer_p1 {
 constexpr int MAPS = 5, IN_H = 26, IN_W = 26;
 constexpr int OUT_H = 13, OUT_W = 13;
 constexpr int WH = 2, WW = 2;  // window = stride: windows tile the input
+// after the outputs: each window's choice, the offset wy * WW + wx of its first maximum (a float)
+constexpr int CODES_FROM_Y = 848;
 
 /* y = scaled_tanh(max over each WH x WW window): the layer before stored z and left
    its activation to this layer, where it runs on the pooled values only. */
@@ -277,55 +279,46 @@ static void forward(const float *__restrict x, float *__restrict y) {
         for (int i = 0; i < OUT_H; ++i) {
             const float *__restrict xr = x + (c * IN_H + i * WH) * IN_W;
             float *__restrict yr = y + (c * OUT_H + i) * OUT_W;
+            float *__restrict cr = y + CODES_FROM_Y + (c * OUT_H + i) * OUT_W;
             #pragma omp simd
             for (int j = 0; j < OUT_W; ++j) {
-                float best = xr[j * WW];
+                float best = xr[j * WW], code = 0.0f;
                 CG_UNROLL(2)
                 for (int wy = 0; wy < WH; ++wy) {
                     CG_UNROLL(2)
                     for (int wx = 0; wx < WW; ++wx) {
                         const float v = xr[wy * IN_W + j * WW + wx];
-                        best = v > best ? v : best;
+                        const bool more = v > best;  // strictly: the first maximum stays
+                        best = more ? v : best;
+                        code = more ? static_cast<float>(wy * WW + wx) : code;
                     }
                 }
                 yr[j] = best;
+                cr[j] = code;
             }
         }
     #pragma omp simd  // on the whole output at once: full vectors, unlike the rows of OUT_W
     for (int k = 0; k < MAPS * OUT_H * OUT_W; ++k) y[k] = cg_scaled_tanh(y[k]);
 }
 
-/* dx: each window's delta times f'(y) goes to its first maximal input (the one forward
-   picked), 0 elsewhere. Vectorized over the windows of a row: `left` is the delta not yet placed
-   (0 once placed). */
+/* dx: each window's delta times f'(y) goes to the input forward chose (its code), 0 elsewhere. */
 static void backward_data(const float *__restrict x, const float *__restrict y,
                           const float *__restrict dy, float *__restrict dx) {
-    CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(dy); CG_ASSUME_ALIGNED(dx);
-    for (int c = 0; c < MAPS; ++c)
+    (void)x;
+    CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(dy); CG_ASSUME_ALIGNED(dx);
+    const float *__restrict codes = y + CODES_FROM_Y;
+    for (int c = 0; c < MAPS; ++c)  // vectorized over the windows of a row
         for (int i = 0; i < OUT_H; ++i) {
-            const int o = (c * OUT_H + i) * OUT_W;
-            const float *__restrict xr = x + (c * IN_H + i * WH) * IN_W;
             float *__restrict dxr = dx + (c * IN_H + i * WH) * IN_W;
             #pragma omp simd
             for (int j = 0; j < OUT_W; ++j) {
-                float top = xr[j * WW];  // the window's max z (y is f of it)
+                const int w = (c * OUT_H + i) * OUT_W + j;
+                const float delta = dy[w] * CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[w] * y[w]), code = codes[w];
                 CG_UNROLL(2)
                 for (int wy = 0; wy < WH; ++wy) {
                     CG_UNROLL(2)
-                    for (int wx = 0; wx < WW; ++wx) {
-                        const float v = xr[wy * IN_W + j * WW + wx];
-                        top = v > top ? v : top;
-                    }
-                }
-                float left = dy[o + j] * CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[o + j] * y[o + j]);
-                CG_UNROLL(2)
-                for (int wy = 0; wy < WH; ++wy) {
-                    CG_UNROLL(2)
-                    for (int wx = 0; wx < WW; ++wx) {
-                        const bool here = xr[wy * IN_W + j * WW + wx] == top;
-                        dxr[wy * IN_W + j * WW + wx] = here ? left : 0.0f;
-                        left = here ? 0.0f : left;
-                    }
+                    for (int wx = 0; wx < WW; ++wx)
+                        dxr[wy * IN_W + j * WW + wx] = code == static_cast<float>(wy * WW + wx) ? delta : 0.0f;
                 }
             }
         }
@@ -524,6 +517,8 @@ namespace layer_p2 {
 constexpr int MAPS = 10, IN_H = 9, IN_W = 9;
 constexpr int OUT_H = 3, OUT_W = 3;
 constexpr int WH = 3, WW = 3;  // window = stride: windows tile the input
+// after the outputs: each window's choice, the offset wy * WW + wx of its first maximum (a float)
+constexpr int CODES_FROM_Y = 96;
 
 /* y = scaled_tanh(max over each WH x WW window): the layer before stored z and left
    its activation to this layer, where it runs on the pooled values only. */
@@ -533,58 +528,41 @@ static void forward(const float *__restrict x, float *__restrict y) {
         for (int i = 0; i < OUT_H; ++i) {
             const float *__restrict xr = x + (c * IN_H + i * WH) * IN_W;
             float *__restrict yr = y + (c * OUT_H + i) * OUT_W;
+            float *__restrict cr = y + CODES_FROM_Y + (c * OUT_H + i) * OUT_W;
             #pragma omp simd
             for (int j = 0; j < OUT_W; ++j) {
-                float best = xr[j * WW];
+                float best = xr[j * WW], code = 0.0f;
                 CG_UNROLL(3)
                 for (int wy = 0; wy < WH; ++wy) {
                     CG_UNROLL(3)
                     for (int wx = 0; wx < WW; ++wx) {
                         const float v = xr[wy * IN_W + j * WW + wx];
-                        best = v > best ? v : best;
+                        const bool more = v > best;  // strictly: the first maximum stays
+                        best = more ? v : best;
+                        code = more ? static_cast<float>(wy * WW + wx) : code;
                     }
                 }
                 yr[j] = best;
+                cr[j] = code;
             }
         }
     #pragma omp simd  // on the whole output at once: full vectors, unlike the rows of OUT_W
     for (int k = 0; k < MAPS * OUT_H * OUT_W; ++k) y[k] = cg_scaled_tanh(y[k]);
 }
 
-/* dx: each window's delta times f'(y) goes to its first maximal input (the one forward
-   picked), 0 elsewhere. Vectorized over the windows of a row: `left` is the delta not yet placed
-   (0 once placed). */
+/* dx: each window's delta times f'(y) goes to the input forward chose (its code), 0 elsewhere. */
 static void backward_data(const float *__restrict x, const float *__restrict y,
                           const float *__restrict dy, float *__restrict dx) {
-    CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(dy); CG_ASSUME_ALIGNED(dx);
+    (void)x;
+    CG_ASSUME_ALIGNED(y); CG_ASSUME_ALIGNED(dy); CG_ASSUME_ALIGNED(dx);
+    const float *__restrict codes = y + CODES_FROM_Y;
+    std::memset(dx, 0, sizeof(float) * MAPS * IN_H * IN_W);  // rows too short for vectors: one store per window
     for (int c = 0; c < MAPS; ++c)
-        for (int i = 0; i < OUT_H; ++i) {
-            const int o = (c * OUT_H + i) * OUT_W;
-            const float *__restrict xr = x + (c * IN_H + i * WH) * IN_W;
-            float *__restrict dxr = dx + (c * IN_H + i * WH) * IN_W;
-            #pragma omp simd
+        for (int i = 0; i < OUT_H; ++i)
             for (int j = 0; j < OUT_W; ++j) {
-                float top = xr[j * WW];  // the window's max z (y is f of it)
-                CG_UNROLL(3)
-                for (int wy = 0; wy < WH; ++wy) {
-                    CG_UNROLL(3)
-                    for (int wx = 0; wx < WW; ++wx) {
-                        const float v = xr[wy * IN_W + j * WW + wx];
-                        top = v > top ? v : top;
-                    }
-                }
-                float left = dy[o + j] * CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[o + j] * y[o + j]);
-                CG_UNROLL(3)
-                for (int wy = 0; wy < WH; ++wy) {
-                    CG_UNROLL(3)
-                    for (int wx = 0; wx < WW; ++wx) {
-                        const bool here = xr[wy * IN_W + j * WW + wx] == top;
-                        dxr[wy * IN_W + j * WW + wx] = here ? left : 0.0f;
-                        left = here ? 0.0f : left;
-                    }
-                }
+                const int w = (c * OUT_H + i) * OUT_W + j, at = static_cast<int>(codes[w]);
+                dx[(c * IN_H + i * WH + at / WW) * IN_W + j * WW + at % WW] = dy[w] * CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[w] * y[w]);
             }
-        }
 }
 }  // namespace layer_p2
 
@@ -840,12 +818,12 @@ constexpr int N_LAYERS = 6;
 constexpr int N_BLOCKS = 4;       // layers with parameters
 // One network instance's private buffer: each layer's activations Y_ and deltas D_.
 constexpr int Y_c1 = 0, D_c1 = 6448;
-constexpr int Y_p1 = 13600, D_p1 = 14448;
-constexpr int Y_c2 = 15296, D_c2 = 19056;
-constexpr int Y_p2 = 24112, D_p2 = 24208;
-constexpr int Y_f1 = 24304, D_f1 = 24368;
-constexpr int Y_out = 24432, D_out = 24448;
-constexpr int WORK_FLOATS = 24464;
+constexpr int Y_p1 = 13600, D_p1 = 15296;
+constexpr int Y_c2 = 16144, D_c2 = 19904;
+constexpr int Y_p2 = 24960, D_p2 = 25152;
+constexpr int Y_f1 = 25248, D_f1 = 25312;
+constexpr int Y_out = 25376, D_out = 25392;
+constexpr int WORK_FLOATS = 25408;
 // Passes timed by the profiler.
 // LOCK_WAIT: time spent waiting for a layer's lock before its update (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };
