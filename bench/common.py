@@ -120,7 +120,8 @@ class Bench:
         self.flops = train_flops(self.net.ir)
         # the generated code's own line on its kernel choices (tuned or the cost model's)
         cpp = (self.net.library.parent / "net.cpp").read_text().splitlines()
-        self.kernels = next((ln[3:] for ln in cpp[:8] if ln.startswith("// conv ")), "no conv layers")
+        conv_line = (ln[3:] for ln in cpp[:8] if ln.startswith("// conv "))
+        self.kernels = next(conv_line, "no conv layers")
         self.rng = np.random.default_rng(1)
 
     def reset(self) -> None:

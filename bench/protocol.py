@@ -27,7 +27,9 @@ from chaosgen.data import find_data_dir  # common put the checkout on sys.path
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--net", default="large")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--scheme", default="chaos")
@@ -39,13 +41,29 @@ def main() -> int:
 
     data = find_data_dir(a.data)  # the protocol needs the real MNIST: no random fallback
     spec = spec_path(a.net)
-    base = [sys.executable, "-m", "chaosgen.cli", "train", spec, "--data", str(data),
-            "--threads", str(a.threads), "--scheme", a.scheme, "--quiet"]
+    base = [
+        sys.executable,
+        "-m",
+        "chaosgen.cli",
+        "train",
+        spec,
+        "--data",
+        str(data),
+        "--threads",
+        str(a.threads),
+        "--scheme",
+        a.scheme,
+        "--quiet",
+    ]
     if a.epochs is not None:
         base += ["--epochs", str(a.epochs)]
     # warm the build cache first: the budget is for training, not for the C++ compiler
-    subprocess.run([sys.executable, "-m", "chaosgen.cli", "compile", spec], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "chaosgen.cli", "compile", spec],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "run.jsonl"
         cmd = [*base, "--log", str(log), "--checkpoint-dir", tmp]
@@ -61,20 +79,35 @@ def main() -> int:
     rate = statistics.median(e["train_images_per_s"] for e in epochs)
     last = epochs[-1]
     result = {
-        "machine": machine(), "net": a.net, "threads": a.threads, "scheme": a.scheme,
-        "epochs": len(epochs), "wall_s": round(wall, 2), "budget_s": a.budget or None,
+        "machine": machine(),
+        "net": a.net,
+        "threads": a.threads,
+        "scheme": a.scheme,
+        "epochs": len(epochs),
+        "wall_s": round(wall, 2),
+        "budget_s": a.budget or None,
         "phase_s": {k: round(v, 2) for k, v in phases.items()},
         "other_s": round(wall - sum(phases.values()), 2),
         "train_images_per_s_median": round(rate),
         "test_error_rate": last.get("test_error_rate"),
     }
-    m = result['machine']
-    print(f"{m['cpu']}, {m['cores']} cores: {a.net}, {a.scheme}, {a.threads} threads, {len(epochs)} epochs")
-    print(f"  wall {wall:7.1f} s" + (f"  (budget {a.budget:.0f} s: {wall / a.budget:.2f}x)" if a.budget else ""))
-    print("  train {train:.1f} s, validate {val:.1f} s, test {test:.1f} s".format(**phases)
-          + f", other (start-up, data, checkpoints) {result['other_s']:.1f} s")
-    print(f"  training rate (median over epochs) {rate:,.0f} img/s; final test error "
-          f"{result['test_error_rate']:.2%}")
+    m = result["machine"]
+    print(
+        f"{m['cpu']}, {m['cores']} cores: {a.net}, {a.scheme}, {a.threads} threads, "
+        f"{len(epochs)} epochs"
+    )
+    print(
+        f"  wall {wall:7.1f} s"
+        + (f"  (budget {a.budget:.0f} s: {wall / a.budget:.2f}x)" if a.budget else "")
+    )
+    print(
+        "  train {train:.1f} s, validate {val:.1f} s, test {test:.1f} s".format(**phases)
+        + f", other (start-up, data, checkpoints) {result['other_s']:.1f} s"
+    )
+    print(
+        f"  training rate (median over epochs) {rate:,.0f} img/s; final test error "
+        f"{result['test_error_rate']:.2%}"
+    )
     if a.json:
         from chaosgen.build import atomic_write
 

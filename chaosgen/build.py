@@ -141,3 +141,37 @@ def run_and_publish(run: tuple[str, ...], cwd: Path, tmp: Path, final: Path, wha
         head = "\n".join(proc.stderr.strip().splitlines()[:20])
         raise BuildError(f"{what} failed (exit {proc.returncode}):\n  {shlex.join(run)}\n{head}")
     os.replace(tmp, final)
+
+
+def cached_program(
+    root: str | Path | None,
+    name: str,
+    files: dict[str, str],
+    main: str,
+    compiler: Compiler,
+    flags: tuple[str, ...] | list[str],
+    what: str,
+) -> Path:
+    """A helper program (a microbenchmark, a timing harness) compiled from `files`, written side
+    by side, with `main` the file compiled: built once into the cache directory
+    `<name>-<digest of the files, compiler version and flags>` under a file lock, published
+    atomically. Returns the executable."""
+    if compiler.resolve() is None:
+        raise BuildError(
+            f"C++ compiler '{compiler.cxx}' not found: {what} needs it ({compiler.install})"
+        )
+    parts = [f"{k}\0{v}" for k, v in sorted(files.items())] + [compiler.version(), *flags]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    directory = cache_root(root) / f"{name}-{key}"
+    exe = directory / name.split("-")[0]
+    if exe.exists():
+        return exe
+    directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory / ".lock")):
+        if not exe.exists():
+            for fname, text in files.items():
+                atomic_write(directory / fname, text)
+            tmp = directory / f".{exe.name}.{os.getpid()}.tmp"
+            cmd = (compiler.resolve() or compiler.cxx, *flags, "-o", tmp.name, main)
+            run_and_publish(cmd, directory, tmp, exe, what)
+    return exe

@@ -17,14 +17,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
-import jinja2
 import numpy as np
-from filelock import FileLock
 
 from . import __version__
-from .build import atomic_write, cache_root, run_and_publish
+from .build import atomic_write, cached_program
 from .codegen import lock_segment
-from .errors import BuildError, ChaosgenError
+from .errors import ChaosgenError
 from .predict import Work, work_of
 from .targets import cpu_model, default_compiler_for, native_target
 
@@ -81,38 +79,24 @@ def threads_per_core() -> int:
 # --- the microbenchmark -------------------------------------------------------------------------
 def microbenchmark(build_dir: str | Path | None = None) -> Path:
     """Render and build (cached by content) the contention/peak program."""
-    from .codegen import template_dir
+    from .codegen import environment
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir())),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
     target = native_target()
-    src = env.get_template("contention.cpp.j2").render(
+    src = environment().get_template("contention.cpp.j2").render(
         version=__version__, align=target.align, unroll_limit=16
     )
     compiler = default_compiler_for(target)
-    if compiler.resolve() is None:
-        raise BuildError(f"C++ compiler '{compiler.cxx}' not found; calibration needs it")
     # A program, not a library: no -fPIC. -fopenmp for threads; -O3 -march=native as the nets.
     flags = [f for f in compiler.flags(target) if f != "-fPIC"]
-    key = hashlib.sha256("\0".join([src, compiler.version(), *flags]).encode()).hexdigest()[:16]
-    directory = cache_root(build_dir) / f"contention-{key}"
-    exe = directory / "contention"
-    if exe.exists():
-        return exe
-    directory.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(directory / ".lock")):
-        if exe.exists():
-            return exe
-        atomic_write(directory / "contention.cpp", src)
-        tmp = directory / f".contention.{os.getpid()}.tmp"
-        cmd = (compiler.resolve() or compiler.cxx, *flags, "-o", tmp.name, "contention.cpp")
-        run_and_publish(cmd, directory, tmp, exe, "building the contention microbenchmark")
-    return exe
+    return cached_program(
+        build_dir,
+        "contention",
+        {"contention.cpp": src},
+        "contention.cpp",
+        compiler,
+        flags,
+        "building the contention microbenchmark",
+    )
 
 
 def code_key(spec: str | Path) -> str:
@@ -158,7 +142,8 @@ def measure_contention(
     to twice as many runs while fewer than three are undisturbed). Also: were they undisturbed?
     Each layer's private compute is its share (by operation counts) of `train_s` per image."""
     blocks = [
-        f"{size}:{lock_segment(size)}:{train_s * f / work.train:.9g}:{train_s * b / work.train:.9g}"
+        f"{size}:{lock_segment(size)}:"
+        f"{train_s * f / work.train:.9g}:{train_s * b / work.train:.9g}"
         for size, (f, b) in zip(work.blocks, work.block_ops, strict=True)
     ]
     images = max(20, min(5000, int(seconds / CONTENTION_REPEATS / len(threads) / train_s)))

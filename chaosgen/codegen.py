@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import jinja2
@@ -194,7 +194,8 @@ def taps_shapes(maps: int, n_taps: int, target: Target) -> list[tuple[int, int, 
     shapes = []
     for m in range(1, min(maps, budget) + 1):
         for v in range(1, min(vecs, budget // m) + 1):
-            per_position = sum(cycles(mm, vv) * nm * nv for mm, nm in ((m, maps // m), (maps % m, 1))
+            per_position = sum(cycles(mm, vv) * nm * nv
+                               for mm, nm in ((m, maps // m), (maps % m, 1))
                                for vv, nv in ((v, vecs // v), (vecs % v, 1)))
             shapes.append((per_position, -m * v, m, v))
     return [(m, v, cost) for cost, _, m, v in sorted(shapes)]
@@ -398,8 +399,10 @@ def _reads_past(lay: ir.Layer | None, target: Target,
     return _conv_view(lay, target, grad_form=(forms or {}).get(lay.name))["reads_past_x"]
 
 
-def _layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
-                 forms: Mapping[str, str] | None = None) -> list[dict]:
+def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
+                forms: Mapping[str, str] | None = None) -> list[dict]:
+    """Every number the templates print, per layer (also what `chaosgen tune` inspects: each conv
+    layer's feasible weight-gradient forms and their estimated costs)."""
     views: list[dict] = []
     off = 0
     first_trainable = min(lay.index for lay in net.trainable)
@@ -462,7 +465,7 @@ def _activation_into_max_pool(views: list[dict]) -> None:
     """A conv layer followed by a max-pool stores z and leaves its activation f to the pool:
     max f(z) = f(max z) for a non-decreasing f, so f runs on the pooled outputs only (a quarter of
     them or fewer). Back-propagation is unchanged: a window's delta times f'(its output) goes to
-    the window's first maximal z (where f is flat, f' is 0 at ties and the choice does not matter)."""
+    the window's first maximal z (where f is flat, f' is 0 at ties: the choice does not matter)."""
     for conv, pool in zip(views, views[1:]):
         if conv["kind"] == "conv" and pool.get("op") == "max" and conv["activation"] != "linear":
             conv["activation_in_pool"] = True
@@ -474,7 +477,7 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
     """Render the C++ translation unit and its API header for one (network, target). `forms`:
     the weight-gradient form per conv layer (from `chaosgen tune`, measured on `tuned_on`);
     other layers get the cost model's choice."""
-    layers = _layer_views(net, target, lines, forms)
+    layers = layer_views(net, target, lines, forms)
     last = layers[-1]
     ctx = dict(
         version=__version__,

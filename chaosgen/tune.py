@@ -18,10 +18,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
 from . import __version__, codegen
-from .build import atomic_write, cache_root, run_and_publish
+from .build import atomic_write, cache_root, cached_program
 from .errors import BuildError, UsageError
 from .ir import Net
 from .targets import Compiler, Target, cpu_model
@@ -50,12 +48,18 @@ def _templates_digest() -> str:
 
 
 def record_path(net: Net, target: Target, compiler: Compiler, root: str | Path | None) -> Path:
-    return cache_root(root) / "tune" / f"{net.name}-{net.digest()}-{target.name}-{compiler.name}.json"
+    return (
+        cache_root(root) / "tune" / f"{net.name}-{net.digest()}-{target.name}-{compiler.name}.json"
+    )
 
 
 def _stamp(compiler: Compiler) -> dict:
-    return {"cpu": cpu_model(), "compiler_version": compiler.version(),
-            "templates": _templates_digest(), "chaosgen": __version__}
+    return {
+        "cpu": cpu_model(),
+        "compiler_version": compiler.version(),
+        "templates": _templates_digest(),
+        "chaosgen": __version__,
+    }
 
 
 def load(net: Net, target: Target, compiler: Compiler, root: str | Path | None) -> Tuning | None:
@@ -77,7 +81,7 @@ TAPS_SHAPES = 3  # register blockings of the taps form tried per layer
 
 def conv_forms(net: Net, target: Target) -> dict[str, tuple[str, ...]]:
     """Every conv layer's feasible weight-gradient forms."""
-    views = codegen._layer_views(net, target, ())
+    views = codegen.layer_views(net, target, ())
     return {v["name"]: tuple(v["grad_costs"]) for v in views if v["kind"] == "conv"}
 
 
@@ -91,8 +95,9 @@ def candidates(net: Net, target: Target) -> dict[str, list[str]]:
             continue
         cands = [f for f in forms[lay.name] if f != "taps"]
         if "taps" in forms[lay.name]:
-            shapes = codegen.taps_shapes(lay.out_shape.maps, lay.in_shape.maps * lay.kh * lay.kw,
-                                         target)
+            shapes = codegen.taps_shapes(
+                lay.out_shape.maps, lay.in_shape.maps * lay.kh * lay.kw, target
+            )
             seen: set[int] = set()  # the cheapest blocking for each width, cheapest widths first
             for m, v, _ in shapes:
                 if v not in seen and len(seen) < TAPS_SHAPES:
@@ -102,46 +107,48 @@ def candidates(net: Net, target: Target) -> dict[str, list[str]]:
     return out
 
 
-def _time_form(net: Net, target: Target, compiler: Compiler, forms: dict[str, str],
-               root: str | Path | None) -> dict[str, float]:
+def _time_form(
+    net: Net, target: Target, compiler: Compiler, forms: dict[str, str], root: str | Path | None
+) -> dict[str, float]:
     """Build (cached by content) and run the timing program for one assignment of forms."""
     source = codegen.render(net, target, (), forms=forms)
-    views = [v for v in codegen._layer_views(net, target, (), forms) if v["kind"] == "conv"]
-    program = codegen.environment().get_template("tune.cpp.j2").render(
-        version=__version__, convs=views, repeats=REPEATS, window_s=WINDOW_S)
-    flags = compiler.program_flags(target)
-    key = hashlib.sha256("\0".join([source.cpp, source.header, program, compiler.version(),
-                                    *flags]).encode()).hexdigest()[:16]
-    directory = cache_root(root) / f"tune-{net.name}-{key}"
-    exe = directory / "tune"
-    if not exe.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(directory / ".lock")):
-            if not exe.exists():
-                atomic_write(directory / "net.cpp", source.cpp)
-                atomic_write(directory / codegen.HEADER_NAME, source.header)
-                atomic_write(directory / "tune.cpp", program)
-                tmp = directory / f".tune.{os.getpid()}.tmp"
-                cmd = (compiler.resolve() or compiler.cxx, *flags, "-o", tmp.name, "tune.cpp")
-                run_and_publish(cmd, directory, tmp, exe, f"building the tuning program of {net.name}")
-    proc = subprocess.run([str(exe)], capture_output=True, text=True,
-                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    views = [v for v in codegen.layer_views(net, target, (), forms) if v["kind"] == "conv"]
+    program = (
+        codegen.environment()
+        .get_template("tune.cpp.j2")
+        .render(version=__version__, convs=views, repeats=REPEATS, window_s=WINDOW_S)
+    )
+    exe = cached_program(
+        root,
+        f"tune-{net.name}",
+        {"net.cpp": source.cpp, codegen.HEADER_NAME: source.header, "tune.cpp": program},
+        "tune.cpp",
+        compiler,
+        compiler.program_flags(target),
+        f"building the tuning program of {net.name}",
+    )
+    proc = subprocess.run(
+        [str(exe)], capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
     if proc.returncode != 0:
         raise BuildError(f"{exe} failed (exit {proc.returncode}): {proc.stderr.strip()[:200]}")
     return json.loads(proc.stdout)
 
 
-def tune(net: Net, target: Target, compiler: Compiler, root: str | Path | None = None,
-         say=print) -> Tuning:
+def tune(
+    net: Net, target: Target, compiler: Compiler, root: str | Path | None = None, say=print
+) -> Tuning:
     """Time every feasible form of every conv layer; record and return the fastest."""
     if not target.host:
-        raise UsageError(f"target {target.name} does not run on this host: tune it on the machine itself")
-    if compiler.resolve() is None:
-        raise BuildError(f"C++ compiler '{compiler.cxx}' not found; tuning needs it ({compiler.install})")
+        raise UsageError(
+            f"target {target.name} does not run on this host: tune it on the machine itself"
+        )
     cands = candidates(net, target)
     times: dict[str, dict[str, float]] = {name: {} for name in cands}
-    rounds = [{name: c[r] for name, c in cands.items() if r < len(c)}
-              for r in range(max(map(len, cands.values()), default=0))]  # one build per round
+    rounds = [
+        {name: c[r] for name, c in cands.items() if r < len(c)}
+        for r in range(max(map(len, cands.values()), default=0))
+    ]  # one build per round
     for sweep in range(SWEEPS):  # the best of several sweeps: a burst of load hits one, not all
         for layers in rounds:
             if sweep == 0:
@@ -155,11 +162,24 @@ def tune(net: Net, target: Target, compiler: Compiler, root: str | Path | None =
     return Tuning(forms, times, cpu_model())
 
 
-def save(net: Net, target: Target, compiler: Compiler, root: str | Path | None,
-         forms: dict[str, str], times: dict[str, dict[str, float]]) -> Path:
+def save(
+    net: Net,
+    target: Target,
+    compiler: Compiler,
+    root: str | Path | None,
+    forms: dict[str, str],
+    times: dict[str, dict[str, float]],
+) -> Path:
     """Record forms (and the times that chose them) for `load` to find."""
-    rec = {"net": net.name, "ir_hash": net.digest(), "target": target.name,
-           "compiler": compiler.name, **_stamp(compiler), "forms": forms, "times_us": times}
+    rec = {
+        "net": net.name,
+        "ir_hash": net.digest(),
+        "target": target.name,
+        "compiler": compiler.name,
+        **_stamp(compiler),
+        "forms": forms,
+        "times_us": times,
+    }
     path = record_path(net, target, compiler, root)
     atomic_write(path, json.dumps(rec, indent=1) + "\n")
     return path
@@ -169,7 +189,9 @@ def add_parser(sub) -> None:
     """`chaosgen tune`."""
     from .cli import add_compile_options
 
-    p = sub.add_parser("tune", help="time the kernel forms of each conv layer here; keep the fastest")
+    p = sub.add_parser(
+        "tune", help="time the kernel forms of each conv layer here; keep the fastest"
+    )
     add_compile_options(p)
     p.set_defaults(func=cmd_tune)
 
@@ -181,13 +203,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     _, net = front_end(args.spec)
     target = get_target(args.target)
     compiler = get_compiler(args.cc) if args.cc else default_compiler_for(target)
-    model = {name: v["grad_form"] for name, v in
-             ((v["name"], v) for v in codegen._layer_views(net, target, ()) if v["kind"] == "conv")}
+    model = {
+        name: v["grad_form"]
+        for name, v in (
+            (v["name"], v) for v in codegen.layer_views(net, target, ()) if v["kind"] == "conv"
+        )
+    }
     t = tune(net, target, compiler, args.build_dir)
     print(f"{net.name} on {t.cpu} ({target.name}, {compiler.name}): weight gradient, us per image")
     for name, row in t.times_us.items():
         cells = "  ".join(f"{f} {us:.2f}" for f, us in row.items())
         print(f"  {name:8} {cells}   -> {t.forms[name]} (model: {model[name]})")
-    print(f"recorded in {record_path(net, target, compiler, args.build_dir)}; "
-          "compile and train use it from now on")
+    print(
+        f"recorded in {record_path(net, target, compiler, args.build_dir)}; "
+        "compile and train use it from now on"
+    )
     return 0

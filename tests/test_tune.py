@@ -57,7 +57,8 @@ def test_every_weight_gradient_form_matches_the_oracle(form: str, tmp_path) -> N
         loaded.set_weights(random_weights(loaded.ir, rng))
         for label in range(2):
             x = rng.uniform(-1, 1, (net.input.maps, net.input.h, net.input.w)).astype(np.float32)
-            compare(chaosgen_run(loaded, x, label), numpy_run(loaded.ir, loaded.get_weights(), x, label))
+            ref = numpy_run(loaded.ir, loaded.get_weights(), x, label)
+            compare(chaosgen_run(loaded, x, label), ref)
     assert forced_somewhere
 
 
@@ -79,7 +80,8 @@ def test_tune_records_the_fastest_form_and_compile_uses_it(tmp_path, capsys) -> 
         assert f"-> {rec['forms'][layer]}" in out
     cpp = (chaosgen.compile(spec, build_dir=build).library.parent / "net.cpp").read_text()
     assert "by `chaosgen tune`" in cpp.splitlines()[4]
-    assert all(f"{k} {v.partition('/')[0]}" in cpp.splitlines()[4] for k, v in rec["forms"].items())
+    header = cpp.splitlines()[4]
+    assert all(f"{k} {v.partition('/')[0]}" in header for k, v in rec["forms"].items())
 
     rec["templates"] = "0" * 16  # made with other kernels: ignored
     tune.record_path(net, target, compiler, build).write_text(json.dumps(rec))
