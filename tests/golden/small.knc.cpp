@@ -1124,13 +1124,14 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         long mine = 0;
         for (long i; !stopped() && (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
             const int label = labels[order[i]];
+            image = image_of(i);
             prof.start();
             float l;
             if (every == 1)
-                l = net::train_image<true>(P, work, G, image = image_of(i), label,
+                l = net::train_image<true>(P, work, G, image, label,
                                            [&](int b) { apply(b, eta, locked, true); }, prof);
             else
-                l = net::train_image(P, work, G, image_of(i), label, [](int) {}, prof);
+                l = net::train_image(P, work, G, image, label, [](int) {}, prof);
             tally.add(work, l, label);
             if (cfg.progress && (i & 63) == 0) *cfg.progress = i;  // a hint for progress bars
             if (every > 1 && ++mine % every == 0)
