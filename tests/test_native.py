@@ -276,6 +276,48 @@ def test_program_trains_on_mnist(
     assert native.read_cgw(cgw).epochs == 2
 
 
+FAKE_SSH = """#!/bin/sh
+# stands in for ssh to a card: drop -t and the host, run the command line here
+[ "$1" = -t ] && shift
+shift
+exec sh -c "$1"
+"""
+FAKE_SCP = """#!/bin/sh
+# stands in for scp to and from a card: "mic0:PATH" is PATH here
+[ "$1" = -q ] && shift
+for dest; do :; done
+while [ $# -gt 1 ]; do cp "${1#mic0:}" "${dest#mic0:}"; shift; done
+"""
+
+
+@needs_mnist
+def test_knc_run_script_drives_a_card_over_ssh(program, raw_mnist, tmp_path, in_repo) -> None:
+    """The knc run.sh against a stand-in card (ssh and scp on PATH that run and copy here; the
+    card's folder has a space and a quote in its name), with the same sources built here by gcc:
+    it copies the program, data and OpenMP runtime over, runs with the arguments intact, and
+    copies the log and weights back."""
+    knc = tmp_path / "knc"
+    assert cli.main(["compile", "specs/small.net", "--target", "knc", "--out", str(knc)]) == 0
+    shutil.copy(program("gcc") / "chaosgen-small", knc / "chaosgen-small")
+    tools, libs = tmp_path / "bin", tmp_path / "mic-libs"
+    tools.mkdir()
+    libs.mkdir()
+    for name, text in (("ssh", FAKE_SSH), ("scp", FAKE_SCP)):
+        (tools / name).write_text(text)
+        (tools / name).chmod(0o755)
+    (libs / "libiomp5.so").write_text("")
+    remote = tmp_path / "the card's dir"
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "DATA": str(raw_mnist),
+           "MIC_LIBS": str(libs), "REMOTE": str(remote), "THREADS": "2"}
+    args = ["--epochs", "1", "--limit", "500", "--val-limit", "200", "--test-limit", "200"]
+    proc = subprocess.run([str(knc / "run.sh"), *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = [json.loads(line) for line in (knc / "run.jsonl").read_text().splitlines()]
+    assert (rec["train_images"], rec["test_images"], rec["config"]["threads"]) == (500, 200, 2)
+    assert native.read_cgw(knc / "weights.cgw").epochs == 1
+    assert (remote / "libiomp5.so").exists() and (remote / "chaosgen-small").exists()
+
+
 @needs_mnist
 def test_program_refuses_bad_input(program, raw_mnist: Path, tmp_path: Path) -> None:
     out = program("gcc")

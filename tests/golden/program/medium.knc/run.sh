@@ -7,7 +7,8 @@
 #   DATA      folder of the four MNIST IDX files, gzipped or not (unpacked once into ./data/)
 #   THREADS   worker threads (default 244: 61 cores x 4)
 #   MIC       the card (default mic0)
-#   REMOTE    the working folder on the card (default /tmp/chaosgen-medium)
+#   REMOTE    the working folder on the card (default /tmp/chaosgen-medium; ssh gets it quoted,
+#             but an scp older than OpenSSH 9 splits remote paths at spaces)
 #   MIC_LIBS  folder of the card's OpenMP runtime, libiomp5.so (default: the first folder of
 #             $MIC_LD_LIBRARY_PATH, which Intel's compilervars.sh sets)
 # Results: run.jsonl (one JSON object per epoch), weights.cgw (after every epoch). On the host:
@@ -39,12 +40,17 @@ if [ ! -f "$MIC_LIBS/libiomp5.so" ]; then
     echo "run.sh: no libiomp5.so in '$MIC_LIBS': source compilervars.sh intel64, or set MIC_LIBS" >&2
     exit 1
 fi
-ssh "$MIC" "mkdir -p $REMOTE"
+# The card's shell reads the command line again: every value goes there single-quoted.
+q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+args=""
+for a in "$@"; do args="$args $(q "$a")"; done
+R=$(q "$REMOTE")
+ssh "$MIC" "mkdir -p $R"
 scp -q chaosgen-medium init.cgw data/* "$MIC_LIBS/libiomp5.so" "$MIC:$REMOTE/"
 # KMP_AFFINITY=balanced: threads spread over the cores first (60 threads, one per core), then
 # fill each core's 4 hardware threads with neighbouring thread numbers. ssh -t: a terminal on the
 # card, so that Ctrl-C reaches the program (which then saves its weights).
-ssh -t "$MIC" "cd $REMOTE && LD_LIBRARY_PATH=$REMOTE KMP_AFFINITY=balanced OMP_NUM_THREADS=$THREADS \
-    ./chaosgen-medium --threads $THREADS --data . $*"
+ssh -t "$MIC" "cd $R && LD_LIBRARY_PATH=$R KMP_AFFINITY=balanced OMP_NUM_THREADS=$(q "$THREADS") \
+    ./chaosgen-medium --threads $(q "$THREADS") --data .$args"
 scp -q "$MIC:$REMOTE/run.jsonl" "$MIC:$REMOTE/weights.cgw" .
 echo "run.sh: results in $(pwd): run.jsonl, weights.cgw"
