@@ -446,6 +446,7 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
                 block=[t.index for t in net.trainable].index(lay.index),
                 segment=lock_segment(lay.b_offset + lay.n_bias - lay.w_offset),
             )
+            v["segments"] = -(-v["block_size"] // v["segment"])
         if conv:
             v.update(conv, xc_from_y=y_data)
         if isinstance(lay, ir.Pool):
@@ -478,6 +479,7 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
     the weight-gradient form per conv layer (from `chaosgen tune`, measured on `tuned_on`);
     other layers get the cost model's choice."""
     layers = layer_views(net, target, lines, forms)
+    blocks = [v for v in layers if "block" in v]
     last = layers[-1]
     ctx = dict(
         version=__version__,
@@ -493,7 +495,9 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
             for v in layers if v["kind"] == "conv"),
         tuned_on=tuned_on,
         backward=[v for v in reversed(layers) if v["index"] >= min(t.index for t in net.trainable)],
-        blocks=[v for v in layers if "block" in v],
+        blocks=blocks,
+        # each block's first lock segment, then the total
+        segment0=[sum(b["segments"] for b in blocks[:k]) for k in range(len(blocks) + 1)],
         out=dict(name=last["name"], activation=net.output.activation, loss=net.output.loss),
         loss_text="cross-entropy of the softmax output" if net.output.loss == "cross_entropy"
         else "half the squared error against the one-hot target",

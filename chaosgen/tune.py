@@ -90,8 +90,9 @@ def candidates(net: Net, target: Target) -> dict[str, list[str]]:
     blockings of different widths ("taps/MxV": M maps x V vectors of taps), the cheapest the
     model estimates for each width."""
     out = {}
+    forms = conv_forms(net, target)
     for lay in net.layers:
-        if lay.name not in (forms := conv_forms(net, target)):
+        if lay.name not in forms:
             continue
         cands = [f for f in forms[lay.name] if f != "taps"]
         if "taps" in forms[lay.name]:
@@ -203,12 +204,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     _, net = front_end(args.spec)
     target = get_target(args.target)
     compiler = get_compiler(args.cc) if args.cc else default_compiler_for(target)
-    model = {
-        name: v["grad_form"]
-        for name, v in (
-            (v["name"], v) for v in codegen.layer_views(net, target, ()) if v["kind"] == "conv"
-        )
-    }
+    views = codegen.layer_views(net, target, ())
+    model = {v["name"]: v["grad_form"] for v in views if v["kind"] == "conv"}
     t = tune(net, target, compiler, args.build_dir)
     print(f"{net.name} on {t.cpu} ({target.name}, {compiler.name}): weight gradient, us per image")
     for name, row in t.times_us.items():

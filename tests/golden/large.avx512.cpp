@@ -1078,7 +1078,7 @@ constexpr int Y_f1 = 118288, D_f1 = 118448;
 constexpr int Y_out = 118608, D_out = 118624;
 constexpr int WORK_FLOATS = 118640;
 // Passes timed by the profiler.
-// LOCK_WAIT: time spent waiting for a layer's lock before its update (CHAOS contention).
+// LOCK_WAIT: time spent waiting for a lock segment another worker holds (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };
 static const char *const LAYER_NAMES[N_LAYERS] = { "c1", "p1", "c2", "p2", "c3", "p3", "f1", "out" };
 static const int BLOCK_LAYER[N_BLOCKS] = { 0, 2, 4, 6, 7 };

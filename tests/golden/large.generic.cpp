@@ -1053,7 +1053,7 @@ constexpr int Y_f1 = 96640, D_f1 = 96800;
 constexpr int Y_out = 96960, D_out = 96976;
 constexpr int WORK_FLOATS = 96992;
 // Passes timed by the profiler.
-// LOCK_WAIT: time spent waiting for a layer's lock before its update (CHAOS contention).
+// LOCK_WAIT: time spent waiting for a lock segment another worker holds (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };
 static const char *const LAYER_NAMES[N_LAYERS] = { "c1", "p1", "c2", "p2", "c3", "p3", "f1", "out" };
 static const int BLOCK_LAYER[N_BLOCKS] = { 0, 2, 4, 6, 7 };

@@ -807,7 +807,7 @@ constexpr int Y_f1 = 74512, D_f1 = 74672;
 constexpr int Y_out = 74832, D_out = 74848;
 constexpr int WORK_FLOATS = 74864;
 // Passes timed by the profiler.
-// LOCK_WAIT: time spent waiting for a layer's lock before its update (CHAOS contention).
+// LOCK_WAIT: time spent waiting for a lock segment another worker holds (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };
 static const char *const LAYER_NAMES[N_LAYERS] = { "c1", "p1", "c2", "p2", "f1", "out" };
 static const int BLOCK_LAYER[N_BLOCKS] = { 0, 2, 4, 5 };
