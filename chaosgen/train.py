@@ -380,9 +380,10 @@ class Trainer:
                 with open(self.log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
             self.say(
-                f"epoch {epoch + 1:3d}  eta {eta:.3g}  train loss {rec['train_loss']:.4f}  "
-                f"val error {va.loss:.1f} ({va.error_rate:.2%})  test error {te.loss:.1f} "
-                f"({te.error_rate:.2%})  s {tr.seconds:.1f}/{va.seconds:.1f}/{te.seconds:.1f}  "
+                f"epoch {epoch + 1:3d}  eta {eta:.3g}  train loss {rec['train_loss']:.4f}/img  "
+                f"val {va.error_rate:.2%} wrong (loss sum {va.loss:.1f})  test "
+                f"{te.error_rate:.2%} wrong (loss sum {te.loss:.1f})  "
+                f"s {tr.seconds:.1f}/{va.seconds:.1f}/{te.seconds:.1f}  "
                 f"train {tr.images_per_s:,.0f} img/s"
             )
             if tr.profile is not None:

@@ -607,11 +607,12 @@ int main(int argc, char **argv) {
         if (!log || std::fprintf(log, "%s\n", rec.text().c_str()) < 0 || std::fclose(log) != 0)
             die(1, "%s: cannot append the epoch's record", o.log.c_str());
         if (!o.quiet) {
-            std::printf("epoch %3d  eta %.3g  train loss %.4f  val error %.1f (%.2f%%)  test "
-                        "error %.1f (%.2f%%)  s %.1f/%.1f/%.1f  train %.0f img/s\n", epoch + 1,
-                        eta, per_image(tr), va.loss, 100 * ratio(va.errors, va.images), te.loss,
-                        100 * ratio(te.errors, te.images), tr.seconds, va.seconds, te.seconds,
-                        ratio(tr.images, tr.seconds));
+            std::printf("epoch %3d  eta %.3g  train loss %.4f/img  val %.2f%% wrong (loss sum "
+                        "%.1f)  test %.2f%% wrong (loss sum %.1f)  s %.1f/%.1f/%.1f  train %.0f "
+                        "img/s\n", epoch + 1, eta, per_image(tr),
+                        100 * ratio(va.errors, va.images), va.loss,
+                        100 * ratio(te.errors, te.images), te.loss, tr.seconds, va.seconds,
+                        te.seconds, ratio(tr.images, tr.seconds));
             std::fflush(stdout);
         }
         eta = done.eta;
