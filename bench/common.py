@@ -23,7 +23,7 @@ SCHEMES = ("chaos", "sequential", "hogwild", "delayed", "averaged")
 
 @dataclass
 class Data:
-    """Training and test images (N, 29, 29) float32 in [0, 1], labels int32; where they came from."""
+    """Training and test images (N, 29, 29) float32 in [0, 1], labels int32; their source."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -33,7 +33,7 @@ class Data:
 
 
 def load_data(arg: str | None, allow_random: bool = True) -> Data:
-    """MNIST from --data / $CHAOSGEN_DATA / the usual places; else (for speed only) random images."""
+    """MNIST from --data / $CHAOSGEN_DATA / the usual places; else (speed only) random images."""
     from chaosgen.data import find_data_dir, load_mnist
     from chaosgen.errors import ChaosgenError
 
@@ -90,8 +90,11 @@ def _with_share(call, threads: int):
 
 def spread(values: list[float]) -> dict[str, float]:
     """Median, min and max (the JSON's measurement triple)."""
-    return {"median": float(statistics.median(values)), "min": float(min(values)),
-            "max": float(max(values))}
+    return {
+        "median": float(statistics.median(values)),
+        "min": float(min(values)),
+        "max": float(max(values)),
+    }
 
 
 def fmt_spread(s: dict[str, float]) -> str:
@@ -132,10 +135,13 @@ class Bench:
         """`images` training indices: a fresh shuffle, repeated if more than the training set."""
         n = len(self.y)
         reps = -(-images // n)
-        return np.concatenate([self.rng.permutation(n) for _ in range(reps)])[:images].astype(np.int32)
+        return np.concatenate([self.rng.permutation(n) for _ in range(reps)])[:images].astype(
+            np.int32
+        )
 
-    def train(self, scheme: str, threads: int, images: int, eta: float = 0.001,
-              profile: bool = False):
+    def train(
+        self, scheme: str, threads: int, images: int, eta: float = 0.001, profile: bool = False
+    ):
         """One timed training pass (PhaseStats, with .cpu_share set)."""
         cfg = Config(scheme=scheme, threads=threads, profile=profile)
         order = self.order(images)
@@ -159,8 +165,10 @@ class Bench:
                 st = run()
                 if st.cpu_share >= min_share or attempt == retries:
                     break
-                print(f"  (disturbed run: {st.cpu_share:.0%} of {threads} cores; again)",
-                      file=sys.stderr)
+                print(
+                    f"  (disturbed run: {st.cpu_share:.0%} of {threads} cores; again)",
+                    file=sys.stderr,
+                )
             rates.append(st.images_per_s)
             shares.append(st.cpu_share)
         return rates, min(shares)

@@ -86,12 +86,21 @@ def main() -> int:
             err_no_mem = (pr.total - pr.t_mem) / measured - 1
             # the machine's median factors instead of the network's own: an uncalibrated net
             default = predict(w, m, p, images=n, test_images=nt).total / measured - 1
-            rows.append({
-                "net": name, "threads": p, "images": n, "test_images": nt,
-                "predicted_s": pr.total, "measured_s": measured, "error": err,
-                "t_mem_s": pr.t_mem, "error_without_t_mem": err_no_mem,
-                "error_with_default_factors": default, "undisturbed": clean,
-            })
+            rows.append(
+                {
+                    "net": name,
+                    "threads": p,
+                    "images": n,
+                    "test_images": nt,
+                    "predicted_s": pr.total,
+                    "measured_s": measured,
+                    "error": err,
+                    "t_mem_s": pr.t_mem,
+                    "error_without_t_mem": err_no_mem,
+                    "error_with_default_factors": default,
+                    "undisturbed": clean,
+                }
+            )
             print(
                 f"{name:7} {p:>3} {f'{n}+{n}+{nt}':>16} {pr.total:>9.3f}s {measured:>9.3f}s "
                 f"{err:>+7.1%} {pr.t_mem * 1e3:>7.1f}ms {err_no_mem:>+9.1%} {default:>+10.1%} "

@@ -51,14 +51,18 @@ def torch_reference(net: ir.Net, weights: dict, x: np.ndarray, label: int, dtype
     h = torch.tensor(x, dtype=dt).reshape(1, s.maps, s.h, s.w)
     for lay in net.layers:
         if isinstance(lay, ir.Conv):
-            h = act(lay.activation, F.conv2d(h, w[f"{lay.name}.weight"], w[f"{lay.name}.bias"],
-                                             stride=lay.stride))
+            h = act(
+                lay.activation,
+                F.conv2d(h, w[f"{lay.name}.weight"], w[f"{lay.name}.bias"], stride=lay.stride),
+            )
         elif isinstance(lay, ir.Pool):
             pool = F.max_pool2d if lay.op == "max" else F.avg_pool2d
             h = pool(h, (lay.wh, lay.ww))
         else:
-            h = act(lay.activation, F.linear(h.reshape(1, -1), w[f"{lay.name}.weight"],
-                                             w[f"{lay.name}.bias"]))
+            h = act(
+                lay.activation,
+                F.linear(h.reshape(1, -1), w[f"{lay.name}.weight"], w[f"{lay.name}.bias"]),
+            )
     y = h.reshape(-1)
     onehot = torch.zeros_like(y)
     onehot[label] = 1.0
@@ -76,8 +80,9 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b).max()) / scale
 
 
-def check_net(path: str, images: int = 3, seed: int = 0, target: str = "native",
-              tol: float = TOL) -> tuple[float, float]:
+def check_net(
+    path: str, images: int = 3, seed: int = 0, target: str = "native", tol: float = TOL
+) -> tuple[float, float]:
     """(worst relative error, worst error / allowed error) of the forward output and of every
     gradient over a few random images. The allowed error is `tol`, or 10x PyTorch's own error
     in float32 where that is larger (a sum that cancels loses digits in any float32 code)."""
@@ -132,8 +137,9 @@ def random_spec(rnd: random.Random, i: int) -> str:
     if rnd.random() < 0.7:
         lines.append("output out: classes=10 activation=softmax loss=cross_entropy")
     else:
-        lines.append(f"output out: classes={rnd.randint(2, 12)} activation={rnd.choice(ACTS)} "
-                     "loss=mse")
+        lines.append(
+            f"output out: classes={rnd.randint(2, 12)} activation={rnd.choice(ACTS)} loss=mse"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +150,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tol", type=float, default=TOL)
     ap.add_argument("--no-shipped", action="store_true")
-    ap.add_argument("--target", default="native", help="a target this host runs: native, avx2, ...")
+    ap.add_argument(
+        "--target", default="native", help="a target this host runs: native, avx2, ..."
+    )
     args = ap.parse_args()
     bad = 0
     paths = [] if args.no_shipped else [str(p) for p in sorted((ROOT / "specs").glob("*.net"))]
@@ -158,8 +166,10 @@ def main() -> int:
         err, ratio = check_net(p, target=args.target, tol=args.tol)
         flag = "ok" if ratio <= 1 else "FAIL"
         bad += ratio > 1
-        print(f"{flag:4} {err:9.2e} ({ratio:4.2f} of allowed)  {p}"
-              + ("" if ratio <= 1 else "\n" + Path(p).read_text()))
+        print(
+            f"{flag:4} {err:9.2e} ({ratio:4.2f} of allowed)  {p}"
+            + ("" if ratio <= 1 else "\n" + Path(p).read_text())
+        )
     print(f"{len(paths) - bad}/{len(paths)} within {args.tol:g} (or 10x PyTorch float32's error)")
     return 1 if bad else 0
 

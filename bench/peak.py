@@ -67,8 +67,16 @@ def flops_per_iter() -> int:
 
 def build(march: str = "native") -> ctypes.CDLL:
     """Compile the kernel (cached by source and flags in the temp directory) and load it."""
-    flags = ["-O3", f"-march={march}", "-mprefer-vector-width=512", "-fopenmp", "-fPIC",
-             "-shared", f"-DACC={ACC}", f"-DWIDTH={WIDTH}"]
+    flags = [
+        "-O3",
+        f"-march={march}",
+        "-mprefer-vector-width=512",
+        "-fopenmp",
+        "-fPIC",
+        "-shared",
+        f"-DACC={ACC}",
+        f"-DWIDTH={WIDTH}",
+    ]
     key = hashlib.sha256((KERNEL + " ".join(flags)).encode()).hexdigest()[:12]
     lib = Path(tempfile.gettempdir()) / f"chaosgen-peak-{key}.so"
     if not lib.exists():
@@ -103,7 +111,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0.5, help="length of one timed run")
     args = ap.parse_args()
     for t in (int(v) for v in args.threads.split(",")):
-        print(f"{t} thread{'s' if t > 1 else ' '}: {peak_gflops(t, args.seconds):8.1f} GFLOP/s FP32")
+        print(
+            f"{t} thread{'s' if t > 1 else ' '}: {peak_gflops(t, args.seconds):8.1f} GFLOP/s FP32"
+        )
     return 0
 
 

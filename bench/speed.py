@@ -26,22 +26,34 @@ from chaosgen.build import atomic_write  # common put the checkout on sys.path
 TORCH_MODES = (("batch1", 1), ("batch64", 64), ("hogwild", 1))
 
 
-def measure_chaosgen(b: Bench, scheme: str, threads: int, images: int, repeats: int,
-                     profile: bool, min_share: float) -> dict:
+def measure_chaosgen(
+    b: Bench, scheme: str, threads: int, images: int, repeats: int, profile: bool, min_share: float
+) -> dict:
     """Median/min/max training and inference rates of one configuration (after a warm-up)."""
     b.reset()
     b.train(scheme, threads, min(images, 2000))  # warm-up: threads, pages, caches
     train, share = b.timed(lambda: b.train(scheme, threads, images), threads, repeats, min_share)
     infer, _ = b.timed(lambda: b.infer(threads, images), threads, repeats, min_share)
-    row = {"net": b.name, "scheme": scheme, "threads": threads, "images": images,
-           "train_images_per_s": spread(train), "infer_images_per_s": spread(infer),
-           "test_error_rate": None, "cpu_share": round(share, 3)}
+    row = {
+        "net": b.name,
+        "scheme": scheme,
+        "threads": threads,
+        "images": images,
+        "train_images_per_s": spread(train),
+        "infer_images_per_s": spread(infer),
+        "test_error_rate": None,
+        "cpu_share": round(share, 3),
+    }
     if profile:
-        row["profile_us_per_image"] = b.profile_table(b.train(scheme, threads, images, profile=True))
+        row["profile_us_per_image"] = b.profile_table(
+            b.train(scheme, threads, images, profile=True)
+        )
     return row
 
 
-def measure_torch(b: Bench, mode: str, batch: int, threads: int, images: int, repeats: int) -> dict:
+def measure_torch(
+    b: Bench, mode: str, batch: int, threads: int, images: int, repeats: int
+) -> dict:
     """PyTorch's rate in one configuration: median/min/max of `repeats` runs."""
     from torch_peer import hogwild_rate, train_rate
 
@@ -54,29 +66,42 @@ def measure_torch(b: Bench, mode: str, batch: int, threads: int, images: int, re
             rates.append(hogwild_rate(b.net.ir, x, y, threads))
         else:
             rates.append(train_rate(b.net.ir, x, y, batch, threads))
-    return {"net": b.name, "mode": mode, "threads": threads, "images": images,
-            "train_images_per_s": spread(rates)}
+    return {
+        "net": b.name,
+        "mode": mode,
+        "threads": threads,
+        "images": images,
+        "train_images_per_s": spread(rates),
+    }
 
 
 def print_table(result: dict) -> None:
     """One line per chaosgen configuration, with the ratio to each PyTorch mode; then PyTorch."""
     peak = result["peak_gflops"]
-    torch_rate = {(r["net"], r["mode"]): r["train_images_per_s"]["median"] for r in result["torch"]}
+    torch_rate = {
+        (r["net"], r["mode"]): r["train_images_per_s"]["median"] for r in result["torch"]
+    }
     modes = [m for m, _ in TORCH_MODES if any(k[1] == m for k in torch_rate)]
-    print(f"\n{result['machine']['cpu']}, {result['machine']['cores']} cores; FP32 peak "
-          + ", ".join(f"{v:.0f} GFLOP/s ({t} thr)" for t, v in peak.items())
-          + f"; data: {result['data']}")
-    head = (f"{'net':7} {'scheme':10} {'thr':>3} {'train img/s [min-max]':>27} "
-            f"{'infer img/s [min-max]':>29} {'GFLOP/s':>8} {'%peak':>6} {'cpu':>4}"
-            + "".join(f" {'x torch ' + m:>14}" for m in modes))
+    print(
+        f"\n{result['machine']['cpu']}, {result['machine']['cores']} cores; FP32 peak "
+        + ", ".join(f"{v:.0f} GFLOP/s ({t} thr)" for t, v in peak.items())
+        + f"; data: {result['data']}"
+    )
+    head = (
+        f"{'net':7} {'scheme':10} {'thr':>3} {'train img/s [min-max]':>27} "
+        f"{'infer img/s [min-max]':>29} {'GFLOP/s':>8} {'%peak':>6} {'cpu':>4}"
+        + "".join(f" {'x torch ' + m:>14}" for m in modes)
+    )
     for net, kernels in result.get("kernels", {}).items():
         print(f"{net}: {kernels}")
     print(head)
     print("-" * len(head))
     for r in result["chaosgen"]:
-        line = (f"{r['net']:7} {r['scheme']:10} {r['threads']:>3} "
-                f"{fmt_spread(r['train_images_per_s']):>27} {fmt_spread(r['infer_images_per_s']):>29} "
-                f"{r['gflops']:8.1f} {r['percent_peak']:5.1f}% {r['cpu_share']:4.0%}")
+        line = (
+            f"{r['net']:7} {r['scheme']:10} {r['threads']:>3} "
+            f"{fmt_spread(r['train_images_per_s']):>27} {fmt_spread(r['infer_images_per_s']):>29} "
+            f"{r['gflops']:8.1f} {r['percent_peak']:5.1f}% {r['cpu_share']:4.0%}"
+        )
         for m in modes:
             t = torch_rate.get((r["net"], m))
             line += f" {r['train_images_per_s']['median'] / t:13.1f}x" if t else f" {'-':>14}"
@@ -84,12 +109,14 @@ def print_table(result: dict) -> None:
     if result["torch"]:
         print(f"\n{'PyTorch':7} {'mode':10} {'thr':>3} {'train img/s [min-max]':>27}")
         for r in result["torch"]:
-            print(f"{r['net']:7} {r['mode']:10} {r['threads']:>3} {fmt_spread(r['train_images_per_s']):>27}")
+            rate = fmt_spread(r["train_images_per_s"])
+            print(f"{r['net']:7} {r['mode']:10} {r['threads']:>3} {rate:>27}")
     for r in result["chaosgen"]:
         if "profile_us_per_image" in r:
             from chaosgen.train import print_profile
 
-            print(f"\nprofile {r['net']} {r['scheme']} {r['threads']} thr (µs per image, summed over threads)")
+            what = f"{r['net']} {r['scheme']} {r['threads']} thr"
+            print(f"\nprofile {what} (µs per image, summed over threads)")
             print_profile(r["profile_us_per_image"])
 
 
@@ -101,14 +128,22 @@ def main() -> int:
     ap.add_argument("--schemes", default="chaos", help="comma-separated, or 'all'")
     ap.add_argument("--images", type=int, default=20000, help="training images per timed run")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--torch-images", type=int, default=3000,
-                    help="images per PyTorch run (batch 64: 8x as many)")
+    ap.add_argument(
+        "--torch-images",
+        type=int,
+        default=3000,
+        help="images per PyTorch run (batch 64: 8x as many)",
+    )
     ap.add_argument("--torch-threads", type=int, default=2)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--data", default=None, help="MNIST directory (else the usual places)")
     ap.add_argument("--profile", action="store_true", help="also time every layer and pass")
-    ap.add_argument("--min-share", type=float, default=0.9,
-                    help="rerun a run that got less of its cores than this (other work)")
+    ap.add_argument(
+        "--min-share",
+        type=float,
+        default=0.9,
+        help="rerun a run that got less of its cores than this (other work)",
+    )
     ap.add_argument("--json", default=None, metavar="FILE")
     args = ap.parse_args()
     # cpu: the lowest share of its cores a timed run's process got (1.0: nothing else ran)
@@ -118,8 +153,13 @@ def main() -> int:
 
     data = load_data(args.data)
     peak = {str(t): round(peak_gflops(t), 1) for t in sorted(set(threads) | {1})}
-    result = {"machine": machine(), "peak_gflops": peak, "data": data.source,
-              "chaosgen": [], "torch": []}
+    result = {
+        "machine": machine(),
+        "peak_gflops": peak,
+        "data": data.source,
+        "chaosgen": [],
+        "torch": [],
+    }
     result["kernels"] = {}
     for net in nets:
         b = Bench(net, data)
@@ -128,14 +168,17 @@ def main() -> int:
             for t in threads:
                 if scheme == "sequential" and t != 1:
                     continue
-                row = measure_chaosgen(b, scheme, t, args.images, args.repeats, args.profile,
-                                       args.min_share)
+                row = measure_chaosgen(
+                    b, scheme, t, args.images, args.repeats, args.profile, args.min_share
+                )
                 row["gflops"] = round(row["train_images_per_s"]["median"] * b.flops / 1e9, 2)
                 p = peak.get(str(t)) or peak["1"] * t
                 row["percent_peak"] = round(100 * row["gflops"] / p, 1)
                 result["chaosgen"].append(row)
-                print(f"  {net} {scheme} {t} thr: {fmt_spread(row['train_images_per_s'])} img/s",
-                      file=sys.stderr)
+                print(
+                    f"  {net} {scheme} {t} thr: {fmt_spread(row['train_images_per_s'])} img/s",
+                    file=sys.stderr,
+                )
         if not args.no_torch:
             try:
                 import torch  # noqa: F401
@@ -147,8 +190,10 @@ def main() -> int:
                 n = args.torch_images * (8 if batch > 1 else 1)
                 row = measure_torch(b, mode, batch, args.torch_threads, n, args.repeats)
                 result["torch"].append(row)
-                print(f"  torch {net} {mode}: {fmt_spread(row['train_images_per_s'])} img/s",
-                      file=sys.stderr)
+                print(
+                    f"  torch {net} {mode}: {fmt_spread(row['train_images_per_s'])} img/s",
+                    file=sys.stderr,
+                )
     print_table(result)
     if args.json:
         atomic_write(Path(args.json), json.dumps(result, indent=1))

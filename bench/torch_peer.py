@@ -1,5 +1,5 @@
-"""The PyTorch peer: the same networks (built from chaosgen's IR) trained with plain SGD on the CPU,
-at batch 1 and batch 64 with N intra-op threads, and PyTorch's Hogwild recipe (N processes
+"""The PyTorch peer: the same networks (built from chaosgen's IR) trained with plain SGD on the
+CPU, at batch 1 and batch 64 with N intra-op threads, and PyTorch's Hogwild recipe (N processes
 sharing the model through share_memory(), one thread each, batch 1)."""
 
 from __future__ import annotations
@@ -21,14 +21,24 @@ def build_model(ir):
     """A torch.nn.Sequential equivalent to the IR (the output layer yields logits if softmax)."""
     from torch import nn
 
-    acts = {"scaled_tanh": ScaledTanh, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU,
-            "linear": nn.Identity, "softmax": nn.Identity}  # softmax: folded into the loss
+    acts = {
+        "scaled_tanh": ScaledTanh,
+        "tanh": nn.Tanh,
+        "sigmoid": nn.Sigmoid,
+        "relu": nn.ReLU,
+        "linear": nn.Identity,
+        "softmax": nn.Identity,
+    }  # softmax: folded into the loss
     mods: list = []
     flat = False
     for lay in ir.layers:
         if lay.kind == "conv":
-            mods += [nn.Conv2d(lay.in_shape.maps, lay.out_shape.maps, (lay.kh, lay.kw),
-                               stride=lay.stride), acts[lay.activation]()]
+            mods += [
+                nn.Conv2d(
+                    lay.in_shape.maps, lay.out_shape.maps, (lay.kh, lay.kw), stride=lay.stride
+                ),
+                acts[lay.activation](),
+            ]
         elif lay.kind in ("maxpool", "avgpool"):
             pool = nn.MaxPool2d if lay.kind == "maxpool" else nn.AvgPool2d
             mods.append(pool((lay.wh, lay.ww)))
@@ -57,8 +67,9 @@ def _sgd(ir, model, x, y, batch: int, eta: float) -> None:
         opt.step()
 
 
-def train_rate(ir, images: np.ndarray, labels: np.ndarray, batch: int, threads: int,
-               eta: float = 0.001) -> float:
+def train_rate(
+    ir, images: np.ndarray, labels: np.ndarray, batch: int, threads: int, eta: float = 0.001
+) -> float:
     """Images per second of SGD at `batch` with `threads` intra-op threads (after a warm-up)."""
     torch.set_num_threads(threads)
     torch.manual_seed(1)
@@ -80,7 +91,9 @@ def _hogwild_worker(ir, model, x, y, eta, barrier, out) -> None:
     out.put((t0, time.perf_counter(), len(y)))
 
 
-def hogwild_rate(ir, images: np.ndarray, labels: np.ndarray, procs: int, eta: float = 0.001) -> float:
+def hogwild_rate(
+    ir, images: np.ndarray, labels: np.ndarray, procs: int, eta: float = 0.001
+) -> float:
     """Images per second of PyTorch's Hogwild example: `procs` processes, one shared model."""
     import torch.multiprocessing as mp
 
@@ -92,9 +105,12 @@ def hogwild_rate(ir, images: np.ndarray, labels: np.ndarray, procs: int, eta: fl
     ctx = mp.get_context("spawn")  # fork after OpenMP has started threads can deadlock
     barrier, out = ctx.Barrier(procs), ctx.Queue()
     shards = np.array_split(np.arange(len(y)), procs)
-    workers = [ctx.Process(target=_hogwild_worker,
-                           args=(ir, model, x[s].clone(), y[s].clone(), eta, barrier, out))
-               for s in shards]
+    workers = [
+        ctx.Process(
+            target=_hogwild_worker, args=(ir, model, x[s].clone(), y[s].clone(), eta, barrier, out)
+        )
+        for s in shards
+    ]
     for w in workers:
         w.start()
     done = [out.get() for _ in workers]

@@ -67,13 +67,12 @@ def summary_rows(net: ir.Net) -> list[str]:
             kernel = f"{lay.wh}x{lay.ww}"
         size = f"{o.h}x{o.w}" if not isinstance(lay, ir.Dense) else "1"
         n_par = lay.n_weights + lay.n_bias
-        rows.append(
-            (lay.name, lay.kind, str(o.maps), size, str(o.size), kernel, str(n_par) if n_par else "")
-        )
+        params = str(n_par) if n_par else ""
+        rows.append((lay.name, lay.kind, str(o.maps), size, str(o.size), kernel, params))
     total = sum(lay.n_weights + lay.n_bias for lay in net.layers)
     rows.append(("total", "", "", "", "", "", str(total)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    return ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    return ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +347,9 @@ def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True,
     v.update(_weights_plan(lay, target, w_vecs, grad_form))
     wide = needs_dx and v["b_form"] == "wide" or v["grad_form"] == "dot"
     b_wide = needs_dx and v["b_form"] == "wide"
-    wide_floats = ir.align(max(o.maps * w_vecs * vw, v["b_src_read"] if b_wide else 0)) if wide else 0
+    wide_floats = 0
+    if wide:
+        wide_floats = ir.align(max(o.maps * w_vecs * vw, v["b_src_read"] if b_wide else 0))
     d_slack = max(v["b_src_read"] - o.size, 0) if needs_dx and v["b_form"] == "compact" else 0
     d_data = ir.align(o.size + d_slack)
     dxc_floats = v["dxc_floats"] if needs_dx else 0
@@ -419,13 +420,17 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
         y_size = y_data + (conv["xc_floats"] if conv else 0) + codes
         d_size = conv["d_floats"] if conv else ir.align(lay.out_shape.size)
         prev = views[-1]["name"] if views else None
-        src = lines[lay.loc.line - 1].split("#")[0].strip() if 0 < lay.loc.line <= len(lines) else ""
+        has_src = 0 < lay.loc.line <= len(lines)
+        src = lines[lay.loc.line - 1].split("#")[0].strip() if has_src else ""
+        kind = "dense"
+        if isinstance(lay, (ir.Pool, ir.Conv)):
+            kind = "pool" if isinstance(lay, ir.Pool) else "conv"
         v = dict(
             name=lay.name,
             ns=f"layer_{lay.name}",
             index=lay.index,
-            kind="pool" if isinstance(lay, ir.Pool) else ("conv" if isinstance(lay, ir.Conv) else "dense"),
-            template="pool.j2" if isinstance(lay, ir.Pool) else ("conv.j2" if isinstance(lay, ir.Conv) else "dense.j2"),
+            kind=kind,
+            template=f"{kind}.j2",
             source=f"{display_path(net.path)}:{lay.loc.line}: {src}",
             in_maps=lay.in_shape.maps, in_h=lay.in_shape.h, in_w=lay.in_shape.w,
             in_size=lay.in_shape.size,
@@ -467,10 +472,18 @@ def _activation_into_max_pool(views: list[dict]) -> None:
     max f(z) = f(max z) for a non-decreasing f, so f runs on the pooled outputs only (a quarter of
     them or fewer). Back-propagation is unchanged: a window's delta times f'(its output) goes to
     the window's first maximal z (where f is flat, f' is 0 at ties: the choice does not matter)."""
-    for conv, pool in zip(views, views[1:]):
+    for conv, pool in zip(views, views[1:], strict=False):
         if conv["kind"] == "conv" and pool.get("op") == "max" and conv["activation"] != "linear":
             conv["activation_in_pool"] = True
             pool["activation"] = conv["activation"]
+
+
+def _grad_form_label(v: dict) -> str:
+    """'c3 taps (2 maps x 12 vectors)', 'c2 lanes': a conv layer's weight-gradient form."""
+    label = f"{v['name']} {v['grad_form']}"
+    if v["grad_form"] == "taps":
+        label += f" ({v['t_maps']} maps x {v['t_vecs']} vectors)"
+    return label
 
 
 def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
@@ -481,6 +494,7 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
     layers = layer_views(net, target, lines, forms)
     blocks = [v for v in layers if "block" in v]
     last = layers[-1]
+    first_trainable = min(t.index for t in net.trainable)
     ctx = dict(
         version=__version__,
         net=dict(name=net.name, path_display=display_path(net.path), input=str(net.input)),
@@ -489,12 +503,9 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
         summary=summary_rows(net),
         header_name=HEADER_NAME,
         layers=layers,
-        grad_forms=", ".join(
-            f"{v['name']} {v['grad_form']}"
-            + (f" ({v['t_maps']} maps x {v['t_vecs']} vectors)" if v["grad_form"] == "taps" else "")
-            for v in layers if v["kind"] == "conv"),
+        grad_forms=", ".join(_grad_form_label(v) for v in layers if v["kind"] == "conv"),
         tuned_on=tuned_on,
-        backward=[v for v in reversed(layers) if v["index"] >= min(t.index for t in net.trainable)],
+        backward=[v for v in reversed(layers) if v["index"] >= first_trainable],
         blocks=blocks,
         # each block's first lock segment, then the total
         segment0=[sum(b["segments"] for b in blocks[:k]) for k in range(len(blocks) + 1)],

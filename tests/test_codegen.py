@@ -174,5 +174,5 @@ def test_lock_segments_cover_a_block_in_whole_cache_lines(size: int) -> None:
     seg = codegen.lock_segment(size)
     n = -(-size // seg)
     assert seg % 16 == 0 and seg >= codegen.LOCK_SEGMENT_FLOATS
-    assert 1 <= n <= codegen.MAX_SEGMENTS  # the runtime keeps a block's segments in one 64-bit mask
+    assert 1 <= n <= codegen.MAX_SEGMENTS  # a block's segments: one 64-bit mask
     assert (n - 1) * seg < size <= n * seg

@@ -73,7 +73,8 @@ def test_sequential_is_bitwise_reproducible_and_one_thread_schemes_coincide(smal
 
 def test_fused_dense_updates_equal_gradient_then_update_for_a_dense_first_net(mnist, tmp_path):
     """A net whose first layer is dense (its fused update reads the image itself) and whose
-    dense blocks span several lock segments: chaos (fused) == averaged, B=1 (through G), bitwise."""
+    dense blocks span several lock segments: chaos (fused) == averaged, B=1 (through G),
+    bitwise."""
     spec = tmp_path / "mlp.net"
     spec.write_text("network mlp\ninput size=29x29\ndense h: units=40 activation=relu\n"
                     "output out: classes=10\ntrain epochs=1 eta=0.01 seed=3\n")
