@@ -100,12 +100,14 @@ def _block_cycles(maps: int, vecs: int) -> int:
     return max(maps * vecs, 2 * vecs + maps) if maps else 0
 
 
-def _wide_block(rows: int, width: int, pitch: int, maps: int, target: Target) -> WideBlock:
+def _wide_block(rows: int, width: int, pitch: int, maps: int, target: Target,
+                max_maps: int | None = None) -> WideBlock:
     """The blocking with the fewest estimated cycles: per tap and input plane a block of m maps
     and v vectors does m * v FMAs (one per cycle) and v unaligned input loads (which straddle
     cache lines: about two cycles each) plus m weight broadcasts; the accumulators (m * v
-    vectors) must fit the target's budget."""
+    vectors) must fit the target's budget, and m at most `max_maps`."""
     vw, budget = target.vector_width, target.accumulators
+    maps_cap = min(maps, max_maps or maps)
     shapes = []  # (rows per chunk, pieces per row, vectors)
     for r in range(1, rows + 1):
         vecs = -(-((r - 1) * pitch + width) // vw)
@@ -117,7 +119,7 @@ def _wide_block(rows: int, width: int, pitch: int, maps: int, target: Target) ->
     best: tuple | None = None
     for r, cols, vecs in shapes:
         chunks = -(-rows // r) * cols
-        for m in range(1, min(maps, budget // vecs) + 1):
+        for m in range(1, min(maps_cap, budget // vecs) + 1):
             cost = chunks * (maps // m * _block_cycles(m, vecs) + _block_cycles(maps % m, vecs))
             key = (cost, -m, chunks)
             if best is None or key < best[0]:
@@ -212,6 +214,8 @@ def _taps_block(maps: int, n_taps: int, positions: int, target: Target,
     m, v, per_position = next((s for s in shapes if s[:2] == shape), shapes[0])
     return dict(t_maps=m, t_maps_full=maps - maps % m, t_maps_rem=maps % m,
                 t_vecs=v, t_vecs_full=vecs - vecs % v, t_vecs_rem=vecs % v,
+                # full-size blocks up to here hold real taps only; at most one more holds padding
+                t_vecs_real=n_taps // (v * vw) * v,
                 xt_pitch=vecs * vw, t_cycles=positions * per_position + maps * vecs * RMW_COST)
 
 
@@ -255,6 +259,13 @@ def _forward_plan(lay: ir.Conv, target: Target) -> dict:
     return min(wide, compact, key=lambda p: p["f_cost"])
 
 
+# Data a kernel re-reads and expects to find in L1: three quarters of a 32 KB L1d (the rest is
+# for the stream it reads alongside). Measured on the shipped nets' backward data, maps per
+# block: large c3 24 -> 6 (22.3 -> 17.7 us), medium c2 12 -> 5 (42.0 -> 39.3 us); half of L1
+# (16 KB) gave medium c2 4 maps and 60.7 us.
+L1_REUSE_BYTES = 24576
+
+
 def _backward_plan(lay: ir.Conv, target: Target, wide_pitch: int) -> dict:
     """Backward data tap by tap, in the cheaper layout: for tap t, a block of input maps gets the
     sum over output maps of weight x deltas (in registers), added into memory shifted by the
@@ -263,7 +274,10 @@ def _backward_plan(lay: ir.Conv, target: Target, wide_pitch: int) -> dict:
     added to dx shifted by kx. Only true products are computed, unlike a full correlation."""
     i, o, s, vw = lay.in_shape, lay.out_shape, lay.stride, target.vector_width
     taps = lay.kh * lay.kw
-    b = _wide_block(o.h, o.w, i.w, i.maps, target)
+    # A block of m input maps reads the weights W[o][c0..c0+m][*] once per tap: m * TAPS *
+    # OUT_MAPS floats that must stay in L1 across the taps, or every tap streams them from L2.
+    max_maps = max(1, L1_REUSE_BYTES // (4 * taps * o.maps)) if taps > 1 else None
+    b = _wide_block(o.h, o.w, i.w, i.maps, target, max_maps)
     rmw = b.chunks * i.maps * taps * b.vecs * RMW_COST
     wide = dict(b=b, b_form="wide", b_row_len=o.w, b_src_plane=wide_pitch, b_src_row=i.w,
                 b_acc_pitch=i.w, t_map=i.h * i.w, t_ky=i.w, t_kx=1, t_row=i.w * s, t_col=s,
@@ -272,7 +286,7 @@ def _backward_plan(lay: ir.Conv, target: Target, wide_pitch: int) -> dict:
     if s != 1:
         return wide
     xc_plane = i.h * o.w
-    c = _wide_block(1, o.h * o.w, 0, i.maps, target)
+    c = _wide_block(1, o.h * o.w, 0, i.maps, target, max_maps)
     rmw = c.chunks * i.maps * taps * c.vecs * RMW_COST
     compact = dict(b=c, b_form="compact", b_row_len=o.h * o.w, b_src_plane=o.h * o.w, b_src_row=0,
                    b_acc_pitch=0, t_map=lay.kw * xc_plane, t_ky=o.w, t_kx=xc_plane, t_row=0,

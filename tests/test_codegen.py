@@ -176,3 +176,18 @@ def test_lock_segments_cover_a_block_in_whole_cache_lines(size: int) -> None:
     assert seg % 16 == 0 and seg >= codegen.LOCK_SEGMENT_FLOATS
     assert 1 <= n <= codegen.MAX_SEGMENTS  # a block's segments: one 64-bit mask
     assert (n - 1) * seg < size <= n * seg
+
+
+@pytest.mark.parametrize("maps,kernel", [(100, 3), (40, 5), (8, 2), (1000, 5)])
+def test_backward_data_blocks_keep_their_weights_in_l1(maps: int, kernel: int, tmp_path) -> None:
+    """A backward-data block of m input maps re-reads m x TAPS x OUT_MAPS weights once per tap:
+    the blocking keeps them within L1_REUSE_BYTES (or takes one map when even that is more)."""
+    spec = tmp_path / "x.net"
+    spec.write_text(
+        "input maps=2 size=20x20\nconv maps=30 kernel=3\n"
+        f"conv maps={maps} kernel={kernel}\noutput classes=3\n"
+    )
+    _, net = front_end(spec)
+    (view,) = [v for v in codegen.layer_views(net, native_target(), ()) if v.get("b_form")]
+    per_map = 4 * kernel * kernel * maps
+    assert view["b"].maps == 1 or view["b"].maps * per_map <= codegen.L1_REUSE_BYTES

@@ -195,6 +195,7 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
    is added to G, where each map's N_TAPS gradients are contiguous. */
 constexpr int V = 8, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 16, XT_FROM_D = 13520;
 constexpr int XT_MAPS = 6, XT_MAPS_FULL = 18, XT_VECS = 2, XT_VECS_FULL = 2;
+constexpr int XT_VECS_REAL = 2;  // the blocks before hold no padding
 
 static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
@@ -210,7 +211,9 @@ static void unroll_input(const float *__restrict x, float *__restrict xt) {
         }
 }
 
-template <int MB, int VB>
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
 static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
     float acc[MB][VB * V] = {};
     for (int q = 0; q < OUT_PLANE; ++q) {
@@ -222,17 +225,16 @@ static inline void taps_block(const float *__restrict dz, const float *__restric
             for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
         }
     }
-    const int n = N_TAPS - v0 * V < VB * V ? N_TAPS - v0 * V : VB * V;  // real taps in the block
     for (int ob = 0; ob < MB; ++ob) {
         float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int l = 0; l < n; ++l) g[l] += acc[ob][l];
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
     }
 }
 
 template <int MB>
 static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
-    for (int v0 = 0; v0 < XT_VECS_FULL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -697,6 +699,7 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
    is added to G, where each map's N_TAPS gradients are contiguous. */
 constexpr int V = 8, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 544, XT_FROM_D = 1600;
 constexpr int XT_MAPS = 2, XT_MAPS_FULL = 100, XT_VECS = 6, XT_VECS_FULL = 66;
+constexpr int XT_VECS_REAL = 66;  // the blocks before hold no padding
 
 static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
@@ -712,7 +715,9 @@ static void unroll_input(const float *__restrict x, float *__restrict xt) {
         }
 }
 
-template <int MB, int VB>
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
 static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
     float acc[MB][VB * V] = {};
     for (int q = 0; q < OUT_PLANE; ++q) {
@@ -724,18 +729,17 @@ static inline void taps_block(const float *__restrict dz, const float *__restric
             for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
         }
     }
-    const int n = N_TAPS - v0 * V < VB * V ? N_TAPS - v0 * V : VB * V;  // real taps in the block
     for (int ob = 0; ob < MB; ++ob) {
         float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int l = 0; l < n; ++l) g[l] += acc[ob][l];
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
     }
 }
 
 template <int MB>
 static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
-    for (int v0 = 0; v0 < XT_VECS_FULL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
-    taps_block<MB, 2>(dz, xt, GW, o0, XT_VECS_FULL);
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
+    taps_block<MB, 2, N_TAPS - XT_VECS_FULL * V>(dz, xt, GW, o0, XT_VECS_FULL);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,

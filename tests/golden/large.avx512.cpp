@@ -196,6 +196,7 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
    is added to G, where each map's N_TAPS gradients are contiguous. */
 constexpr int V = 16, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 16, XT_FROM_D = 13520;
 constexpr int XT_MAPS = 20, XT_MAPS_FULL = 20, XT_VECS = 1, XT_VECS_FULL = 1;
+constexpr int XT_VECS_REAL = 1;  // the blocks before hold no padding
 
 static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
@@ -211,7 +212,9 @@ static void unroll_input(const float *__restrict x, float *__restrict xt) {
         }
 }
 
-template <int MB, int VB>
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
 static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
     float acc[MB][VB * V] = {};
     for (int q = 0; q < OUT_PLANE; ++q) {
@@ -223,17 +226,16 @@ static inline void taps_block(const float *__restrict dz, const float *__restric
             for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
         }
     }
-    const int n = N_TAPS - v0 * V < VB * V ? N_TAPS - v0 * V : VB * V;  // real taps in the block
     for (int ob = 0; ob < MB; ++ob) {
         float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int l = 0; l < n; ++l) g[l] += acc[ob][l];
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
     }
 }
 
 template <int MB>
 static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
-    for (int v0 = 0; v0 < XT_VECS_FULL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -652,7 +654,7 @@ struct Scatter {
     static constexpr int SPAN = 16;  // 1 vectors
     static constexpr int W_M = TAPS, W_C = 540, W_KY = 0, W_KX = 0;
 };
-constexpr int S_MAPS = 24, S_ROWS = 1, S_COLS = 1, S_CHUNKS = 1, S_FULL = 48, S_SPAN = Scatter::SPAN;
+constexpr int S_MAPS = 6, S_ROWS = 1, S_COLS = 1, S_CHUNKS = 1, S_FULL = 60, S_SPAN = Scatter::SPAN;
 // chunk (i0, j0) reads from i0 * S_SRC_ROW + j0; its rows are S_ROW_LEN positions long, S_ACC_PITCH apart in acc
 constexpr int S_SRC_ROW = 0, S_ROW_LEN = 16, S_ACC_PITCH = 0;
 // where acc goes: map c, tap (ky, kx), chunk (i0, j0) at c * T_MAP + ky * T_KY + kx * T_KX + i0 * T_ROW + j0 * T_COL, positions T_COL apart
@@ -682,7 +684,6 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
     for (int k = 0; k < S_CHUNKS; ++k) {  // chunk k: S_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / S_COLS * S_ROWS, j0 = k % S_COLS * S_SPAN;
         for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block<S_MAPS>(P, dz, dxc, m0, i0, j0);
-        backward_block<12>(P, dz, dxc, S_FULL, i0, j0);
     }
     for (int c = 0; c < IN_MAPS; ++c)
         for (int kx = 0; kx < KW; ++kx)
@@ -699,6 +700,7 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
    is added to G, where each map's N_TAPS gradients are contiguous. */
 constexpr int V = 16, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 544, XT_FROM_D = 1600;
 constexpr int XT_MAPS = 2, XT_MAPS_FULL = 100, XT_VECS = 12, XT_VECS_FULL = 24;
+constexpr int XT_VECS_REAL = 24;  // the blocks before hold no padding
 
 static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
@@ -714,7 +716,9 @@ static void unroll_input(const float *__restrict x, float *__restrict xt) {
         }
 }
 
-template <int MB, int VB>
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
 static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
     float acc[MB][VB * V] = {};
     for (int q = 0; q < OUT_PLANE; ++q) {
@@ -726,18 +730,17 @@ static inline void taps_block(const float *__restrict dz, const float *__restric
             for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
         }
     }
-    const int n = N_TAPS - v0 * V < VB * V ? N_TAPS - v0 * V : VB * V;  // real taps in the block
     for (int ob = 0; ob < MB; ++ob) {
         float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int l = 0; l < n; ++l) g[l] += acc[ob][l];
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
     }
 }
 
 template <int MB>
 static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
-    for (int v0 = 0; v0 < XT_VECS_FULL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
-    taps_block<MB, 10>(dz, xt, GW, o0, XT_VECS_FULL);
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
+    taps_block<MB, 10, N_TAPS - XT_VECS_FULL * V>(dz, xt, GW, o0, XT_VECS_FULL);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,

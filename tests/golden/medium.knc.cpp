@@ -194,6 +194,7 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
    is added to G, where each map's N_TAPS gradients are contiguous. */
 constexpr int V = 16, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 16, XT_FROM_D = 13520;
 constexpr int XT_MAPS = 20, XT_MAPS_FULL = 20, XT_VECS = 1, XT_VECS_FULL = 1;
+constexpr int XT_VECS_REAL = 1;  // the blocks before hold no padding
 
 static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
@@ -209,7 +210,9 @@ static void unroll_input(const float *__restrict x, float *__restrict xt) {
         }
 }
 
-template <int MB, int VB>
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
 static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
     float acc[MB][VB * V] = {};
     for (int q = 0; q < OUT_PLANE; ++q) {
@@ -221,17 +224,16 @@ static inline void taps_block(const float *__restrict dz, const float *__restric
             for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
         }
     }
-    const int n = N_TAPS - v0 * V < VB * V ? N_TAPS - v0 * V : VB * V;  // real taps in the block
     for (int ob = 0; ob < MB; ++ob) {
         float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int l = 0; l < n; ++l) g[l] += acc[ob][l];
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
     }
 }
 
 template <int MB>
 static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
-    for (int v0 = 0; v0 < XT_VECS_FULL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -397,10 +399,10 @@ constexpr int DXC_FROM_D = 7152, DXC_FLOATS = 11712;
 struct Scatter {
     static constexpr int PLANES = OUT_MAPS, PLANE = 81, KH = 1, KW = 1;
     static constexpr int P_STEP = 1, KY_STEP = 0, KX_STEP = 0;
-    static constexpr int SPAN = 32;  // 2 vectors
+    static constexpr int SPAN = 48;  // 3 vectors
     static constexpr int W_M = TAPS, W_C = 500, W_KY = 0, W_KX = 0;
 };
-constexpr int S_MAPS = 12, S_ROWS = 1, S_COLS = 3, S_CHUNKS = 3, S_FULL = 12, S_SPAN = Scatter::SPAN;
+constexpr int S_MAPS = 5, S_ROWS = 1, S_COLS = 2, S_CHUNKS = 2, S_FULL = 20, S_SPAN = Scatter::SPAN;
 // chunk (i0, j0) reads from i0 * S_SRC_ROW + j0; its rows are S_ROW_LEN positions long, S_ACC_PITCH apart in acc
 constexpr int S_SRC_ROW = 0, S_ROW_LEN = 81, S_ACC_PITCH = 0;
 // where acc goes: map c, tap (ky, kx), chunk (i0, j0) at c * T_MAP + ky * T_KY + kx * T_KX + i0 * T_ROW + j0 * T_COL, positions T_COL apart
@@ -430,7 +432,6 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
     for (int k = 0; k < S_CHUNKS; ++k) {  // chunk k: S_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / S_COLS * S_ROWS, j0 = k % S_COLS * S_SPAN;
         for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block<S_MAPS>(P, dz, dxc, m0, i0, j0);
-        backward_block<8>(P, dz, dxc, S_FULL, i0, j0);
     }
     for (int c = 0; c < IN_MAPS; ++c)
         for (int kx = 0; kx < KW; ++kx)
