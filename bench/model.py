@@ -62,7 +62,7 @@ def main() -> int:
     data_dir = find_data_dir(a.data)
     data = load_mnist(data_dir)
     specs = [spec_path(n) for n in a.nets]
-    os.chdir(ROOT)
+    os.chdir(ROOT)  # the calibration's build cache: the checkout's build/, as chaosgen's own
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "machine.json"
         kw = {} if a.seconds is None else {"seconds": a.seconds}

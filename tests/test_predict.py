@@ -228,7 +228,7 @@ def test_calibrated_profile_predicts_its_own_measurements(profile):
     assert one.t_train == pytest.approx(n * s["train_s_per_image"], rel=1e-9)
     assert one.t_eval == pytest.approx((nv + nt) * s["forward_s_per_image"], rel=1e-9)
     assert one.t_prep == pytest.approx(s["prep_s"], rel=1e-9) and one.t_mem == 0
-    if m.cores * m.threads_per_core >= 2 and m.threads_per_core == 1:
+    if m.cores >= 2 and m.threads_per_core == 1:
         two = predict(w, m, 2, net="small", images=n, val_images=nv, test_images=nt)
         assert two.t_train == pytest.approx(one.t_train / 2, rel=1e-9)
         assert two.t_mem == pytest.approx(s["contention_s"] * n / 2, rel=1e-9)
