@@ -249,3 +249,36 @@ def check_text(text: str):
     from chaosgen.check import check
 
     return check(parse_text(text, "t.net"))
+
+
+def test_cli_reports_absurd_input_as_located_errors(tmp_path, capsys) -> None:
+    """Through `chaosgen compile`: a 5,000-digit number is exit 1 with one located message (not
+    an internal error); a file with a BOM and CR-only line ends compiles."""
+    from chaosgen.cli import main
+
+    bad = tmp_path / "digits.net"
+    bad.write_text(f"input size=29\noutput classes={'9' * 5000}\n")
+    assert main(["compile", str(bad), "--emit", "ir"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "internal error" not in err and "Traceback" not in err
+    assert err.splitlines()[0] == (
+        f"{bad}:2:16: error: integer of 5000 digits is out of range (at most 20 digits): "
+        "99999999999999999999...9999999999 (5000 characters)"
+    )
+    assert len(err) < 500
+    ok = tmp_path / "mac.net"
+    ok.write_bytes(b"\xef\xbb\xbfinput size=29\r# old Mac\routput classes=10\r")
+    assert main(["compile", str(ok), "--emit", "ast"]) == 0
+    assert capsys.readouterr().out == "input size=29\noutput classes=10\n"
+
+
+def test_source_window_cuts_both_ends_around_the_column() -> None:
+    """A column in the middle of a long line: '...' on both sides, the caret on its character;
+    escapes for unprintable characters shift the caret with them."""
+    from chaosgen.errors import source_window
+
+    line = "a" * 150 + "X" + "b" * 149
+    shown, caret = source_window(line, 151)
+    assert shown == "..." + "a" * 50 + "X" + "b" * 49 + "..." and shown[caret] == "X"
+    assert source_window("\v\vX", 3) == ("<U+000B><U+000B>X", 16)
+    assert source_window("short", 3) == ("short", 2)
