@@ -15,6 +15,11 @@ import lark
 from .errors import Diagnostic, SourceLoc, SpecError, shown
 
 MAX_INT_DIGITS = 20  # beyond every bound of the language (seeds < 2**63 have 19 digits)
+# The parser (Lark, LALR in Python) needs about 0.1 ms per token: a bound on the tokens outside
+# comments keeps a huge spec a quick error; 64 layers need about 1,000 tokens.
+MAX_TOKENS = 20_000
+MAX_FILE_BYTES = 1_000_000
+_TOKEN = re.compile(r"[^\s#=:]+|[=:]")
 BOM = "\ufeff"
 
 GRAMMAR = Path(__file__).with_name("spec.lark")
@@ -193,12 +198,26 @@ def _bad_characters(path: str, text: str, lines: tuple[str, ...]) -> list[Diagno
     return out
 
 
+def _too_many_tokens(path: str, lines: tuple[str, ...]) -> list[Diagnostic]:
+    """An error at the first token past MAX_TOKENS (words, numbers, `=` and `:` outside
+    comments), before the parser spends minutes on it."""
+    seen = 0
+    for n, line in enumerate(lines, 1):
+        for m in _TOKEN.finditer(line.split("#", 1)[0]):
+            seen += 1
+            if seen > MAX_TOKENS:
+                msg = (f"the spec is too large: more than {MAX_TOKENS} words, numbers and "
+                       f"symbols outside comments (64 layers need about 1000)")
+                return [Diagnostic(SourceLoc(path, n, m.start() + 1), msg, line)]
+    return []
+
+
 def parse_text(text: str, path: str = "<string>") -> Spec:
     """Parse spec text into an AST; raise SpecError (located) on a syntax error, a character
     that is not allowed or a number out of range."""
     text = normalise(text)
     lines = split_lines(text)
-    bad = _bad_characters(path, text, lines)
+    bad = _bad_characters(path, text, lines) or _too_many_tokens(path, lines)
     if bad:
         raise SpecError(bad)
     try:
@@ -271,11 +290,15 @@ def read_spec_text(path: str | Path) -> str:
     p = Path(path)
     where = SourceLoc(str(path), 1, 1)
     try:
-        data = p.read_bytes()
+        with p.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except IsADirectoryError:
         raise SpecError([Diagnostic(where, "is a directory, not a spec file")]) from None
     except OSError as e:
         raise SpecError([Diagnostic(where, f"cannot read file: {e.strerror}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        msg = f"too large for a spec file (more than {MAX_FILE_BYTES} bytes)"
+        raise SpecError([Diagnostic(where, msg)])
     if b"\0" in data:
         raise SpecError([Diagnostic(where, "not a text file (contains NUL bytes)")])
     try:

@@ -174,7 +174,7 @@ def test_language_reference_covers_every_attribute() -> None:
     from chaosgen.check import ATTRS, MAX_EPOCHS, MAX_LAYERS, MAX_NAME
     from chaosgen.codegen import MAX_CODE_BYTES
     from chaosgen.errors import MAX_ERRORS
-    from chaosgen.parse import MAX_INT_DIGITS
+    from chaosgen.parse import MAX_FILE_BYTES, MAX_INT_DIGITS, MAX_TOKENS
 
     doc = (ROOT / "docs" / "language.md").read_text()
     for kind, attrs in ATTRS.items():
@@ -185,7 +185,8 @@ def test_language_reference_covers_every_attribute() -> None:
         assert f"`{word}`" in doc, word
     for limit in (MAX_DIM, MAX_FLOATS, MAX_EPOCHS):
         assert str(limit) in doc, limit
-    for limit in (MAX_LAYERS, MAX_NAME, MAX_CODE_BYTES, MAX_ERRORS, MAX_INT_DIGITS):
+    limits = (MAX_LAYERS, MAX_NAME, MAX_CODE_BYTES, MAX_ERRORS, MAX_INT_DIGITS, MAX_TOKENS)
+    for limit in (*limits, MAX_FILE_BYTES):
         assert f"| {limit:,} |" in doc, limit
 
 

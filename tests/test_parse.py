@@ -219,29 +219,36 @@ def test_leading_zeros_do_not_count_as_digits() -> None:
 def test_long_line_is_shown_as_a_window_around_the_column() -> None:
     """An error far into a 100 kB line shows about 100 characters around the column, with '...'
     at each cut end and the caret under the offending character."""
-    text = "input size=4 " + "k=1 " * 25_000 + "@\n"
+    text = "input size=4 " + "k" * 100_000 + "=1 @\n"
     with pytest.raises(SpecError) as err:
         parse_text(text, "w.net")
     (diag,) = err.value.diagnostics
-    assert diag.loc.col == 100_014
+    assert diag.loc.col == 100_017
     head, line, caret = diag.render().splitlines()
-    assert head.startswith("w.net:1:100014: error: unexpected character '@'")
-    assert line.startswith(" ...") and line.endswith(" k=1 @") and len(line) == 1 + 3 + 100
+    assert head.startswith("w.net:1:100017: error: unexpected character '@'")
+    assert line.startswith(" ...kkk") and line.endswith("k=1 @") and len(line) == 1 + 3 + 100
     assert line[len(caret) - 1] == "@" and caret.strip() == "^"
 
 
 def test_error_output_is_capped() -> None:
-    """Of 10,000 errors, 20 are printed (each with a bounded echo), then how many were not, then
-    the count of all (regression: each echoed the whole 40 kB line, hundreds of MB in all)."""
-    text = "input size=4\nconv c1: maps=2 kernel=3 " + "bad=1 " * 10_000 + "\noutput classes=2\n"
+    """Of 6,000 errors on one 24 kB line, 20 are printed (each with a bounded echo), then how
+    many were not, then the count of all (regression: each echoed the whole line); the same
+    for 10,000 errors on as many lines."""
+    text = "input size=4\nconv c1: maps=2 kernel=3 " + "bad=1 " * 6_000 + "\noutput classes=2\n"
     with pytest.raises(SpecError) as err:
         check_text(text)
     out = err.value.render()
     lines = out.splitlines()
-    assert len(err.value.diagnostics) == 10_000
+    assert len(err.value.diagnostics) == 6_000
     assert sum(": error: " in ln for ln in lines) == 20
-    assert lines[-2:] == ["9980 more errors not shown", "10000 errors generated."]
+    assert lines[-2:] == ["5980 more errors not shown", "6000 errors generated."]
     assert len(out) < 20 * 400
+    with pytest.raises(SpecError) as err:
+        check_text("input size=4\n" + "bogus\n" * 10_000 + "output classes=2\n")
+    assert err.value.render().splitlines()[-2:] == [
+        "9980 more errors not shown",
+        "10000 errors generated.",
+    ]
 
 
 def check_text(text: str):
@@ -282,3 +289,37 @@ def test_source_window_cuts_both_ends_around_the_column() -> None:
     assert shown == "..." + "a" * 50 + "X" + "b" * 49 + "..." and shown[caret] == "X"
     assert source_window("\v\vX", 3) == ("<U+000B><U+000B>X", 16)
     assert source_window("short", 3) == ("short", 2)
+
+
+def test_spec_size_is_bounded_before_parsing(tmp_path) -> None:
+    """More than MAX_TOKENS tokens outside comments is one error at the first token past the
+    bound (regression: 100,000 lines kept the parser busy for minutes); comments do not count;
+    a file over MAX_FILE_BYTES is an error at file:1:1 without reading it all."""
+    from chaosgen.parse import MAX_FILE_BYTES, MAX_TOKENS
+
+    # every line is 4 tokens (`dense`, `units`, `=`, `2`): exactly MAX_TOKENS in all
+    n = (MAX_TOKENS - 8) // 4
+    assert 4 * n + 8 == MAX_TOKENS
+    fits = "input size=4  # " + "c " * 50_000 + "\n" + "dense units=2\n" * n
+    spec = parse_text(fits + "output classes=2\n", "big.net")
+    assert len(spec.statements) == 2 + n
+    with pytest.raises(SpecError) as err:
+        parse_text(fits + "output classes=2 k=1\n", "big.net")
+    (diag,) = err.value.diagnostics
+    assert (diag.loc.line, diag.loc.col) == (2 + n, 18)
+    assert diag.message == (
+        f"the spec is too large: more than {MAX_TOKENS} words, numbers and symbols outside "
+        "comments (64 layers need about 1000)"
+    )
+    huge = tmp_path / "huge.net"
+    huge.write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(SpecError) as err:
+        parse_file(huge)
+    assert str(err.value) == (
+        f"{huge}:1:1: error: too large for a spec file (more than {MAX_FILE_BYTES} bytes)"
+    )
+    huge.write_bytes(b"#" * MAX_FILE_BYTES)
+    with pytest.raises(SpecError, match="no 'output' layer"):
+        from chaosgen.check import check
+
+        check(parse_file(huge))
