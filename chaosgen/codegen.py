@@ -12,6 +12,7 @@ from pathlib import Path, PurePath
 import jinja2
 
 from . import __version__, ir
+from .errors import Diagnostic, SourceLoc, SpecError
 from .targets import Target
 
 UNROLL_LIMIT = 16  # kernel and window loops up to this trip count carry a full-unroll pragma
@@ -587,8 +588,6 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
     cpp = env.get_template("net.cpp.j2").render(ctx)
     header = env.get_template("api.h.j2").render(ctx)
     if len(cpp) > MAX_CODE_BYTES:
-        from .errors import Diagnostic, SourceLoc, SpecError
-
         where = SourceLoc(net.path, net.input_loc.line or 1, net.input_loc.col or 1)
         msg = (f"the generated code ({len(cpp)} bytes) exceeds the limit of {MAX_CODE_BYTES} "
                f"bytes (the C++ compiler's time and memory grow with it): use fewer layers")
