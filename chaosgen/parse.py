@@ -215,6 +215,9 @@ def _too_many_tokens(path: str, lines: tuple[str, ...]) -> list[Diagnostic]:
 def parse_text(text: str, path: str = "<string>") -> Spec:
     """Parse spec text into an AST; raise SpecError (located) on a syntax error, a character
     that is not allowed or a number out of range."""
+    if len(text) > MAX_FILE_BYTES:  # characters: never more than the bytes of the file
+        msg = f"too large for a spec file (more than {MAX_FILE_BYTES} bytes)"
+        raise SpecError([Diagnostic(SourceLoc(path, 1, 1), msg)])
     text = normalise(text)
     lines = split_lines(text)
     bad = _bad_characters(path, text, lines) or _too_many_tokens(path, lines)

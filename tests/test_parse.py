@@ -318,6 +318,8 @@ def test_spec_size_is_bounded_before_parsing(tmp_path) -> None:
     assert str(err.value) == (
         f"{huge}:1:1: error: too large for a spec file (more than {MAX_FILE_BYTES} bytes)"
     )
+    with pytest.raises(SpecError, match=r"^s.net:1:1: error: too large for a spec file"):
+        parse_text("#" * (MAX_FILE_BYTES + 1), "s.net")
     huge.write_bytes(b"#" * MAX_FILE_BYTES)
     with pytest.raises(SpecError, match="no 'output' layer"):
         from chaosgen.check import check
