@@ -6,12 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import ir
-from .errors import Diagnostic, SourceLoc, SpecError
+from .errors import Diagnostic, SourceLoc, SpecError, shown
 from .parse import Attr, Spec, Statement, Value
 
 MAX_DIM = 1 << 16  # maps, units, rows or columns of one layer
 MAX_FLOATS = 1 << 28  # 1 GiB of float32: bound on the parameters, and on one instance's buffers
 MAX_EPOCHS = 100_000
+# g++ -O3 takes about 0.15 to 0.3 s and 3 to 5 MB per generated layer (docs/language.md,
+# "Limits"): 64 layers build in about 20 s and 350 MB; the paper's nets have 6 to 8.
+MAX_LAYERS = 64
+MAX_NAME = 64  # characters of a layer or network name (they become C++ identifiers)
 
 LAYER_KINDS = ("input", "conv", "maxpool", "avgpool", "dense", "output")
 STATEMENT_KINDS = (*LAYER_KINDS, "train")
@@ -80,7 +84,7 @@ class _Checker:
         ok = True
         for a in st.attrs:
             if a.key in seen:
-                self.error(a.loc, f"{what}: attribute '{a.key}' given twice")
+                self.error(a.loc, f"{what}: attribute '{shown(a.key)}' given twice")
                 ok = False
                 continue
             seen[a.key] = a
@@ -88,14 +92,15 @@ class _Checker:
             if spec is None:
                 self.error(
                     a.loc,
-                    f"{what}: unknown attribute '{a.key}'; expected one of {', '.join(allowed)}",
+                    f"{what}: unknown attribute '{shown(a.key)}'; "
+                    f"expected one of {', '.join(allowed)}",
                 )
                 ok = False
                 continue
             if a.value.kind not in spec.kinds:
                 want = " or ".join(_KIND_WORDS[k] for k in spec.kinds)
                 self.error(
-                    a.value.loc, f"{what}: '{a.key}' must be {want}, found '{a.value.text}'"
+                    a.value.loc, f"{what}: '{a.key}' must be {want}, found '{shown(a.value.text)}'"
                 )
                 ok = False
                 continue
@@ -112,7 +117,7 @@ class _Checker:
     @staticmethod
     def convert(v: Value) -> object:
         if v.kind == "int":
-            return int(v.text)
+            return v.integer
         if v.kind == "float":
             return float(v.text)
         if v.kind == "dims":
@@ -153,7 +158,7 @@ class _Checker:
         if value not in allowed:
             self.error(
                 self.loc_of(st, key),
-                f"{what}: unknown {key} '{value}'; expected one of {', '.join(allowed)}",
+                f"{what}: unknown {key} '{shown(value)}'; expected one of {', '.join(allowed)}",
             )
             return False
         return True
@@ -165,7 +170,8 @@ class _Checker:
             if st.kind not in STATEMENT_KINDS:
                 self.error(
                     st.loc,
-                    f"unknown statement '{st.kind}'; expected one of {', '.join(STATEMENT_KINDS)}",
+                    f"unknown statement '{shown(st.kind)}'; "
+                    f"expected one of {', '.join(STATEMENT_KINDS)}",
                 )
         statements = [st for st in spec.statements if st.kind in STATEMENT_KINDS]
         trains = [st for st in statements if st.kind == "train"]
@@ -174,6 +180,18 @@ class _Checker:
         training = self.training(trains[0]) if trains else ir.Training()
         layer_sts = [st for st in statements if st.kind in LAYER_KINDS]
         names = self.names(layer_sts)
+        if len(layer_sts) > MAX_LAYERS + 1:  # the input is not a layer
+            self.error(
+                layer_sts[MAX_LAYERS + 1].loc,
+                f"too many layers: {len(layer_sts) - 1} after the input, at most {MAX_LAYERS} "
+                f"(the C++ compiler's time and memory grow with each)",
+            )
+        if spec.network is not None and len(spec.network) > MAX_NAME:
+            self.error(
+                spec.network_loc or SourceLoc(spec.path, 1, 1),
+                f"network name of {len(spec.network)} characters is too long "
+                f"(at most {MAX_NAME}): {shown(spec.network)}",
+            )
 
         if not layer_sts or layer_sts[0].kind != "input":
             where = layer_sts[0].loc if layer_sts else SourceLoc(spec.path, 1, 1)
@@ -188,7 +206,7 @@ class _Checker:
         else:
             after = layer_sts[layer_sts.index(outputs[0]) + 1 :]
             for st in after:
-                self.error(st.loc, f"layer '{names[id(st)]}' comes after the output layer")
+                self.error(st.loc, f"layer '{shown(names[id(st)])}' comes after the output layer")
 
         net = self.layers(layer_sts, names, training) if layer_sts else None
         if self.errors:
@@ -204,7 +222,13 @@ class _Checker:
         for st in layer_sts:
             if st.name is None:
                 continue
-            if st.name in first:
+            if len(st.name) > MAX_NAME:
+                self.error(
+                    st.name_loc or st.loc,
+                    f"layer name of {len(st.name)} characters is too long (at most {MAX_NAME}): "
+                    f"{shown(st.name)}",
+                )
+            elif st.name in first:
                 prev = first[st.name].loc
                 self.error(
                     st.name_loc or st.loc,
@@ -289,7 +313,7 @@ class _Checker:
             if st.kind == "input":
                 continue
             name = names[id(st)]
-            what = f"{st.kind} '{name}'"
+            what = f"{st.kind} '{shown(name)}'"
             a = self.attrs(st, what)
             if a is None:
                 shape = None  # shapes below an error are unknown: check only their attributes
@@ -443,11 +467,13 @@ _BUILDERS: dict[str, Callable] = {
 
 
 def _stem(path: str) -> str:
+    """A network name from a file name: an ASCII C identifier (it lands in generated code, file
+    names and shell scripts), at most MAX_NAME characters."""
     import re
     from pathlib import Path
 
-    stem = re.sub(r"\W", "_", Path(path).stem) or "net"
-    return stem if not stem[0].isdigit() else f"net_{stem}"
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(path).stem) or "net"
+    return (stem if not stem[0].isdigit() else f"net_{stem}")[:MAX_NAME]
 
 
 def check(spec: Spec) -> ir.Net:

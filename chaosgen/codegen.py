@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -10,10 +12,55 @@ from pathlib import Path, PurePath
 import jinja2
 
 from . import __version__, ir
+from .errors import Diagnostic, SourceLoc, SpecError
 from .targets import Target
 
 UNROLL_LIMIT = 16  # kernel and window loops up to this trip count carry a full-unroll pragma
 HEADER_NAME = "chaosgen_api.h"
+# A backstop behind check.MAX_LAYERS (64 layers generate at most about 0.8 MB): g++ -O3 needs
+# about 1 s and 15 MB per 30 kB of this code (docs/language.md, "Limits"); the shipped nets
+# generate 60 to 75 kB.
+MAX_CODE_BYTES = 1_500_000
+
+
+# --- user text in generated files: one escaping helper per destination (Jinja filters) ------
+def comment_text(text: str) -> str:
+    """`text` as one line of a C, C++ or shell comment: ASCII only, no line break, no `/*` or
+    `*/`, no `??/` trigraph and no backslash at the end (a line splice would swallow the next
+    line of code); every character replaced is written <U+XXXX>."""
+    out = "".join(c if " " <= c <= "~" or c == "\t" else f"<U+{ord(c):04X}>" for c in text)
+    out = out.replace("*/", "*<U+002F>").replace("/*", "/<U+002A>").replace("??/", "??<U+002F>")
+    out = out.rstrip(" \t")
+    if out.endswith("\\"):
+        out = out[:-1] + "<U+005C>"
+    return out
+
+
+def c_string(text: str) -> str:
+    """`text` as the inside of a C/C++ string literal: the same bytes (UTF-8; a file name's
+    undecodable bytes as they were), `\\`, `"` and `?` (trigraphs) escaped, everything outside
+    printable ASCII as a three-digit octal escape (which, unlike \\x, never swallows a digit
+    after it)."""
+    out = []
+    for b in text.encode("utf-8", "surrogateescape"):
+        c = chr(b)
+        out.append("\\" + c if c in '\\"?' else c if 0x20 <= b <= 0x7E else f"\\{b:03o}")
+    return "".join(out)
+
+
+def shell_word(text: str) -> str:
+    """`text` as one word of a POSIX shell command line (quoted only if it needs to be)."""
+    return shlex.quote(text)
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_names(net: ir.Net) -> None:
+    """Names land unescaped in identifiers, strings and scripts: the grammar and check.py make
+    them ASCII identifiers; a name that is not is a bug in chaosgen."""
+    for name in (net.name, *(lay.name for lay in net.layers)):
+        assert _IDENT.fullmatch(name), f"not an identifier: {name!r}"
 
 
 def template_dir() -> Path:
@@ -28,7 +75,7 @@ def template_dir() -> Path:
 @functools.cache
 def environment() -> jinja2.Environment:
     """The one strict Jinja2 environment of all templates (StrictUndefined, trimmed blocks)."""
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir())),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -36,6 +83,8 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+    env.filters.update(comment_text=comment_text, c_string=c_string, shell_word=shell_word)
+    return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,6 +554,7 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
     """Render the C++ translation unit and its API header for one (network, target). `forms`:
     the weight-gradient form per conv layer (from `chaosgen tune`, measured on `tuned_on`);
     other layers get the cost model's choice."""
+    _check_names(net)
     layers = layer_views(net, target, lines, forms)
     blocks = [v for v in layers if "block" in v]
     last = layers[-1]
@@ -537,4 +587,9 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
     env = environment()
     cpp = env.get_template("net.cpp.j2").render(ctx)
     header = env.get_template("api.h.j2").render(ctx)
+    if len(cpp) > MAX_CODE_BYTES:
+        where = SourceLoc(net.path, net.input_loc.line or 1, net.input_loc.col or 1)
+        msg = (f"the generated code ({len(cpp)} bytes) exceeds the limit of {MAX_CODE_BYTES} "
+               f"bytes (the C++ compiler's time and memory grow with it): use fewer layers")
+        raise SpecError([Diagnostic(where, msg)])
     return Source(cpp=cpp, header=header)

@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
+
+MAX_SHOWN = 40  # characters of a user's token quoted in a message
+WINDOW = 100  # characters of a source line shown around the column
+MAX_ERRORS = 20  # diagnostics printed, like gcc's -fmax-errors
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (controls, invisible formatting,
+    separators, surrogates) written as <U+XXXX>; tabs become spaces."""
+    return "".join(_printable_char(c) for c in text)
+
+
+def _printable_char(c: str) -> str:
+    if c == "\t":
+        return " "
+    if " " <= c <= "~" or (c > "\x7f" and unicodedata.category(c)[0] not in "CZ"):
+        return c
+    return f"<U+{ord(c):04X}>"
+
+
+def shown(text: str, limit: int = MAX_SHOWN) -> str:
+    """A user's token as quoted in a message: printable, and a long one shortened to its ends
+    and its length (a 5,000-digit number is not echoed whole)."""
+    if len(text) > limit:
+        keep = limit // 2
+        text = f"{text[:keep]}...{text[-keep // 2:]} ({len(text)} characters)"
+    return printable(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,7 +42,7 @@ class SourceLoc:
     col: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return f"{printable(self.file)}:{self.line}:{self.col}"
 
 
 NOWHERE = SourceLoc("<none>", 0, 0)
@@ -45,12 +73,29 @@ class Diagnostic:
     source_line: str | None = None
 
     def render(self) -> str:
-        """gcc style: location, message, then the source line and a caret under the column."""
+        """gcc style: location, message, then the source line and a caret under the column (of a
+        long line, a window around the column; characters a terminal would act on, escaped)."""
         text = f"{self.loc}: error: {self.message}"
         if self.source_line is not None and self.loc.col > 0:
-            line = self.source_line.rstrip("\n").expandtabs(1)
-            text += f"\n {line}\n {' ' * (self.loc.col - 1)}^"
+            line, caret = source_window(self.source_line, self.loc.col)
+            text += f"\n {line}\n {' ' * caret}^"
         return text
+
+
+def source_window(line: str, col: int, width: int = WINDOW) -> tuple[str, int]:
+    """The part of `line` shown under a message (all of it, or `width` characters around the
+    1-based column with '...' at a cut end), printable, and the caret's offset in it."""
+    i = col - 1
+    lo, hi = 0, len(line)
+    if hi > width:
+        lo = max(0, min(i - width // 2, hi - width))
+        hi = lo + width
+    before, rest = printable(line[lo:i]), printable(line[i:hi])
+    if lo > 0:
+        before = "..." + before
+    if hi < len(line):
+        rest += "..."
+    return before + rest, len(before)
 
 
 class SpecError(ChaosgenError):
@@ -58,10 +103,14 @@ class SpecError(ChaosgenError):
 
     def __init__(self, diagnostics: list[Diagnostic]):
         self.diagnostics = sorted(diagnostics, key=lambda d: (d.loc.line, d.loc.col))
-        super().__init__("\n".join(d.render() for d in self.diagnostics))
+        text = "\n".join(d.render() for d in self.diagnostics[:MAX_ERRORS])
+        more = len(self.diagnostics) - MAX_ERRORS
+        if more > 0:
+            text += f"\n{more} more error{'s' if more != 1 else ''} not shown"
+        super().__init__(text)
 
     def render(self) -> str:
-        """All diagnostics, then a count, as compilers do."""
+        """The first MAX_ERRORS diagnostics, then a count of all, as compilers do."""
         n = len(self.diagnostics)
         return f"{self}\n{n} error{'s' if n != 1 else ''} generated."
 

@@ -171,7 +171,10 @@ def test_language_reference_covers_every_attribute() -> None:
     """docs/language.md documents every statement kind, attribute, activation, loss and limit."""
     from conftest import ROOT
 
-    from chaosgen.check import ATTRS, MAX_EPOCHS
+    from chaosgen.check import ATTRS, MAX_EPOCHS, MAX_LAYERS, MAX_NAME
+    from chaosgen.codegen import MAX_CODE_BYTES
+    from chaosgen.errors import MAX_ERRORS
+    from chaosgen.parse import MAX_FILE_BYTES, MAX_INT_DIGITS, MAX_TOKENS
 
     doc = (ROOT / "docs" / "language.md").read_text()
     for kind, attrs in ATTRS.items():
@@ -182,3 +185,69 @@ def test_language_reference_covers_every_attribute() -> None:
         assert f"`{word}`" in doc, word
     for limit in (MAX_DIM, MAX_FLOATS, MAX_EPOCHS):
         assert str(limit) in doc, limit
+    limits = (MAX_LAYERS, MAX_NAME, MAX_CODE_BYTES, MAX_ERRORS, MAX_INT_DIGITS, MAX_TOKENS)
+    for limit in (*limits, MAX_FILE_BYTES):
+        assert f"| {limit:,} |" in doc, limit
+
+
+# --- size limits and user text in messages (issue 10) -----------------------------------------
+def _stack(n: int) -> str:
+    return "input size=4\n" + "dense units=2\n" * (n - 1) + "output classes=2\n"
+
+
+def test_layer_count_is_bounded() -> None:
+    """MAX_LAYERS layers after the input are accepted; a 1,000-layer spec is one error at the
+    first layer past the bound, before any code is generated (regression: g++ took minutes)."""
+    from chaosgen.check import MAX_LAYERS
+
+    assert len(_check(_stack(MAX_LAYERS)).layers) == MAX_LAYERS
+    assert _errors(_stack(1000)) == [
+        f"{MAX_LAYERS + 2}:1: too many layers: 1000 after the input, at most {MAX_LAYERS} "
+        "(the C++ compiler's time and memory grow with each)"
+    ]
+
+
+def test_names_are_bounded_and_shortened_in_messages() -> None:
+    """A layer or network name over MAX_NAME characters is an error; long tokens are quoted
+    shortened, with their length, in every message."""
+    from chaosgen.check import MAX_NAME
+
+    long = "n" * 5000
+    msgs = _errors(
+        f"network {long}\ninput size=4\ndense {long}: units=2 activation={long}\n"
+        f"dense units=2 {long}=1\n{long}\noutput classes=2\n"
+    )
+    short = "nnnnnnnnnnnnnnnnnnnn...nnnnnnnnnn (5000 characters)"
+    assert msgs == [
+        f"1:1: network name of 5000 characters is too long (at most {MAX_NAME}): {short}",
+        f"3:7: layer name of 5000 characters is too long (at most {MAX_NAME}): {short}",
+        f"3:5028: dense '{short}': unknown activation '{short}'; expected one of scaled_tanh, "
+        "tanh, sigmoid, relu, linear",
+        f"4:15: dense 'dense1': unknown attribute '{short}'; expected one of units, activation",
+        f"5:1: unknown statement '{short}'; expected one of input, conv, maxpool, avgpool, dense, "
+        "output, train",
+    ]
+    assert _check(f"network {'n' * MAX_NAME}\n{_stack(2)}").name == "n" * MAX_NAME
+
+
+def test_network_name_from_a_file_name_is_an_ascii_identifier() -> None:
+    """It lands in C++ strings, file names and shell scripts unescaped."""
+    assert _check(_stack(2), "dir/r\u00e9seau \u2603 $(x).net").name == "r_seau_____x_"
+    assert _check(_stack(2), "9" * 100 + ".net").name == "net_" + "9" * 60
+
+
+@pytest.mark.parametrize("word", ["nan", "inf", "NaN", "infinity"])
+def test_nan_and_inf_are_not_numbers(word: str) -> None:
+    """Written as words, they are names: a located error where a number is expected."""
+    assert _errors(f"input size=4\noutput classes=2\ntrain eta={word}\n") == [
+        f"3:11: train: 'eta' must be an integer or a number, found '{word}'"
+    ]
+
+
+def test_error_echoes_its_own_line_after_a_form_feed() -> None:
+    """A form feed in a comment does not shift the lines an error shows (regression: the error
+    printer split lines at form feeds too, and showed the line before)."""
+    with pytest.raises(SpecError) as err:
+        _check("# a\fb\ninput size=4\nconv c1: maps=0 kernel=1\noutput classes=2\n")
+    (diag,) = err.value.diagnostics
+    assert (diag.loc.line, diag.source_line) == (3, "conv c1: maps=0 kernel=1")

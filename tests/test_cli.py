@@ -45,13 +45,20 @@ def _check_diagnostics(err: str, rel: str, expected: list[str]) -> None:
     assert [lines[i] for i in diags] == [f"{rel}:{e}" for e in expected], err
     n = len(expected)
     assert lines[-1] == f"{n} error{'s' if n != 1 else ''} generated.", err
-    src = (ROOT / rel).read_bytes().decode("utf-8", "replace").splitlines() if rel else []
+    text = (ROOT / rel).read_bytes().decode("utf-8", "replace") if rel else ""
+    # docs/language.md: lines end at LF, CR LF or CR only (not at every str.splitlines break)
+    src = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     for i in diags:
         m = DIAG.match(lines[i])
         line, col = int(m["line"]), int(m["col"])
         if i + 1 < len(lines) and lines[i + 1].startswith(" "):  # the source line and a caret
-            assert lines[i + 1] == " " + src[line - 1].expandtabs(1), err
+            assert lines[i + 1] == " " + _escaped(src[line - 1].expandtabs(1)), err
             assert lines[i + 2] == " " * col + "^", err
+
+
+def _escaped(line: str) -> str:
+    """A source line as echoed: what a terminal would act on shown as <U+XXXX>."""
+    return "".join(c if c.isprintable() else f"<U+{ord(c):04X}>" for c in line)
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.name for p in BAD])

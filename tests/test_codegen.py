@@ -9,6 +9,8 @@ After an intended change to the templates or codegen, regenerate them with
 from __future__ import annotations
 
 import difflib
+import gzip
+import os
 import subprocess
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from chaosgen.pipeline import front_end
 from chaosgen.targets import TARGETS, get_compiler, native_target
 
 GOLDEN = ROOT / "tests" / "golden"
+MNIST = Path(os.environ.get("CHAOSGEN_DATA") or ROOT.parent / "shared" / "data" / "mnist")
 DIFF_LINES = 120  # of a failing comparison's unified diff, shown in the message
 
 
@@ -191,3 +194,131 @@ def test_backward_data_blocks_keep_their_weights_in_l1(maps: int, kernel: int, t
     (view,) = [v for v in codegen.layer_views(net, native_target(), ()) if v.get("b_form")]
     per_map = 4 * kernel * kernel * maps
     assert view["b"].maps == 1 or view["b"].maps * per_map <= codegen.L1_REUSE_BYTES
+
+
+# --- user text in generated files (issue 10) ---------------------------------------------------
+@pytest.mark.parametrize(
+    "text, comment",
+    [
+        ("specs/small.net:5: conv c1: maps=5", "specs/small.net:5: conv c1: maps=5"),
+        ("C:\\dir\\", "C:\\dir<U+005C>"),  # a backslash at the end would splice the next line
+        ("C:\\dir\\ \t ", "C:\\dir<U+005C>"),  # gcc splices across trailing blanks too
+        ("a*/b /*c*/", "a*<U+002F>b /<U+002A>c*<U+002F>"),
+        ("what??/", "what??<U+002F>"),
+        ("line\nbreak\r\fx\v", "line<U+000A>break<U+000D><U+000C>x<U+000B>"),
+        ("r\u00e9seau \u202e\u2028\U0001f600", "r<U+00E9>seau <U+202E><U+2028><U+1F600>"),
+        ("bad\udcffbyte", "bad<U+DCFF>byte"),
+    ],
+)
+def test_comment_text(text: str, comment: str) -> None:
+    """One printable ASCII line that cannot end a comment or splice the next line."""
+    assert codegen.comment_text(text) == comment
+
+
+def test_shell_word() -> None:
+    """Quoted only where needed (shipped specs' scripts are unchanged)."""
+    assert codegen.shell_word("specs/small.net") == "specs/small.net"
+    assert codegen.shell_word("a b'$(x)\n") == "'a b'\"'\"'$(x)\n'"
+
+
+def test_c_string_round_trips_through_gcc(tmp_path: Path) -> None:
+    """Every string, written as a C++ literal with c_string, compiles (no warning with -Wall)
+    to exactly its UTF-8 bytes (a file name's undecodable bytes as they were)."""
+    cases = ['a"b\\c', "??/ ??= ??( trigraphs", "\n\r\t\0\x7f end", "r\u00e9seau \U0001f600",
+             "oct\x01" + "7", "bad\udcffbyte", "*/ /* // \\"]
+    raw = [c.encode("utf-8", "surrogateescape") for c in cases]
+    body = "".join(
+        f'    put("{codegen.c_string(c)}", {len(r)});\n' for c, r in zip(cases, raw, strict=True)
+    )
+    src = tmp_path / "s.cpp"
+    src.write_text(
+        "#include <cstdio>\n"
+        "static void put(const char *s, unsigned n) {\n"
+        "    for (unsigned i = 0; i < n; i++) std::printf(\"%02x\", (unsigned char)s[i]);\n"
+        "    std::printf(\"\\n\");\n}\n"
+        f"int main() {{\n{body}}}\n"
+    )
+    gxx = get_compiler("gcc")
+    proc = subprocess.run([gxx.cxx, "-std=c++17", "-Wall", "-Werror", "-o", str(tmp_path / "s"),
+                           str(src)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run([str(tmp_path / "s")], capture_output=True, check=True, text=True)
+    assert out.stdout.split() == [r.hex() for r in raw]
+
+
+def test_generated_code_size_is_bounded(in_repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code over MAX_CODE_BYTES is a located error before any compiler runs."""
+    from chaosgen.errors import SpecError
+
+    spec, net = front_end("specs/small.net")
+    size = len(codegen.render(net, TARGETS["avx2"], spec.lines).cpp)
+    monkeypatch.setattr(codegen, "MAX_CODE_BYTES", size - 1)
+    with pytest.raises(SpecError) as err:
+        codegen.render(net, TARGETS["avx2"], spec.lines)
+    assert str(err.value) == (
+        f"specs/small.net:4:1: error: the generated code ({size} bytes) exceeds the limit of "
+        f"{size - 1} bytes (the C++ compiler's time and memory grow with it): use fewer layers"
+    )
+
+
+ODD_DIR = 'odd */ ??/"q" \u00e9 \\\nx'  # `*/`, a trigraph, quotes, non-ASCII, backslash-newline
+ODD_SPEC = (
+    "\ufeff# a comment that ends in a backslash \\\r\n"
+    "network odd\r\n"
+    "input maps=1 size=29x29   # C:\\data\\\r\n"
+    "\r\n"
+    "conv c1: maps=2 kernel=4x4\factivation=relu # trailing \\\r\n"
+    "maxpool p1: window=2x2 # */ /* ??/\r\n"
+    "output out: classes=10 # ??/\r\n"
+)
+
+
+@pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="no MNIST")
+def test_odd_source_text_compiles_and_trains(tmp_path: Path, monkeypatch) -> None:
+    """A spec with comments ending in backslashes (and `*/`, `??/`, a form feed, CR LF, a BOM) at
+    a path holding `*/`, a newline and quotes: its library builds with g++ and trains, its
+    program builds and runs, and the generated code still shows each layer's statement
+    (regression: a spec line ending in a backslash, copied into a // comment, swallowed the next
+    line of C++)."""
+    import json
+
+    from chaosgen import cli
+    from chaosgen.pipeline import compile_spec
+
+    monkeypatch.chdir(tmp_path)
+    rel = f"{ODD_DIR}/spec.net"
+    (tmp_path / ODD_DIR).mkdir(parents=True)
+    (tmp_path / rel).write_bytes(ODD_SPEC.encode())
+    shown = 'odd *<U+002F> ??<U+002F>"q" <U+00E9> \\<U+000A>x/spec.net'
+    cpp = compile_spec(rel, target="avx2", build=False).source.cpp
+    assert f"// {shown}:5: conv c1: maps=2 kernel=4x4<U+000C>activation=relu\n" in cpp
+    assert f"// {shown}:6: maxpool p1: window=2x2\n" in cpp
+    assert f"// spec:    {shown} (network \"odd\")\n" in cpp
+    assert cpp.isascii()
+
+    build, ck = tmp_path / "build", tmp_path / "ck"
+    argv = ["train", rel, "--cc", "gcc", "--build-dir", str(build), "--data", str(MNIST),
+            "--epochs", "1", "--limit", "64", "--val-limit", "32", "--test-limit", "32",
+            "--threads", "1", "--checkpoint-dir", str(ck), "--quiet"]
+    assert cli.main(argv) == 0
+
+    out = tmp_path / "prog"
+    assert cli.main(["compile", rel, "--program", "--out", str(out), "--build-dir", str(build),
+                     "--cc", "gcc"]) == 0
+    for name in ("main.cpp", "net.cpp", "build.sh", "run.sh", codegen.HEADER_NAME):
+        assert (out / name).read_bytes().isascii(), name
+    assert f"build chaosgen-odd (network odd, {shown})\n" in (out / "build.sh").read_text()
+    proc = subprocess.run(["sh", "-n", str(out / "run.sh")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for f in MNIST.iterdir():
+        if f.name.endswith("-ubyte.gz"):
+            (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+    args = ["--epochs", "1", "--limit", "64", "--val-limit", "32", "--test-limit", "32",
+            "--threads", "1", "--data", str(raw)]
+    proc = subprocess.run([str(out / "chaosgen-odd"), *args], cwd=out, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"odd ({ODD_DIR}/spec.net, target".encode() in proc.stdout
+    record = json.loads((out / "run.jsonl").read_text().splitlines()[0])
+    assert record["config"]["spec"] == rel

@@ -117,3 +117,211 @@ def test_parse_file_reports_the_path_as_given(in_repo) -> None:
     assert parse_file(ROOT / "specs/small.net") == parse_text(
         spec.to_text(), str(ROOT / "specs/small.net")
     )
+
+
+# --- one definition of a line, characters, numbers, output size (issue 10) --------------------
+SMALL = "input size=4x4\nconv c1: maps=2 kernel=3\noutput classes=2\n"
+CC = "control character U+{} is not allowed (only tab, form feed and line ends are)"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\ufeff" + SMALL,  # a UTF-8 byte-order mark
+        SMALL.replace("\n", "\r\n"),  # CR LF
+        SMALL.replace("\n", "\r"),  # CR only (classic Mac OS)
+        "input size=4x4\r\nconv c1: maps=2 kernel=3\routput classes=2",  # mixed, no last end
+    ],
+    ids=["bom", "crlf", "cr", "mixed"],
+)
+def test_line_ends_and_bom_are_accepted(text: str) -> None:
+    """The same statements at the same lines and columns whatever the line ends (regression: a
+    BOM was an 'unexpected character', a CR-only file one long line)."""
+    spec = parse_text(text, "e.net")
+    assert spec == parse_text(SMALL, "e.net")
+    assert [str(s.loc) for s in spec.statements] == ["e.net:1:1", "e.net:2:1", "e.net:3:1"]
+    assert spec.lines == ("input size=4x4", "conv c1: maps=2 kernel=3", "output classes=2")
+
+
+@pytest.mark.parametrize(
+    "char, message",
+    [
+        ("\v", CC.format("000B")),
+        ("\x1c", CC.format("001C")),
+        ("\x1e", CC.format("001E")),
+        ("\x85", CC.format("0085")),
+        ("\x1b", CC.format("001B")),
+        ("\u2028", "line separator U+2028 is not allowed; lines end at LF, CR LF or CR"),
+        ("\u2029", "paragraph separator U+2029 is not allowed; lines end at LF, CR LF or CR"),
+        ("\u202e", "invisible character U+202E (RIGHT-TO-LEFT OVERRIDE) is not allowed"),
+        ("\ufeff", "byte-order mark U+FEFF is allowed only at the start of the file"),
+        ("\ud800", "unpaired surrogate U+D800 is not allowed (the text is not valid Unicode)"),
+    ],
+)
+def test_other_line_breaks_and_invisible_characters_are_located_errors(
+    char: str, message: str
+) -> None:
+    """Every line break str.splitlines() knows besides LF/CR is an error at its own line and
+    column, even inside a comment, and the echoed line is that line with the character shown
+    as <U+XXXX> (regression: the parser split at LF, the error printer at all of them, so a
+    message showed another line's text)."""
+    text = f"input size=4\n# note{char}conv c1: maps=2 kernel=3 \\\nconv c2: maps=0{char}\n"
+    with pytest.raises(SpecError) as err:
+        parse_text(text, "c.net")
+    assert [(str(d.loc), d.message) for d in err.value.diagnostics] == [
+        ("c.net:2:7", message),
+        ("c.net:3:16", message),
+    ]
+    code = f"<U+{ord(char):04X}>"
+    rendered = err.value.render().splitlines()
+    assert rendered[1:3] == [f" # note{code}conv c1: maps=2 kernel=3 \\", " " * 7 + "^"]
+    assert rendered[4:6] == [f" conv c2: maps=0{code}", " " * 16 + "^"]
+
+
+def test_form_feed_is_whitespace_not_a_line_end() -> None:
+    """A form feed separates tokens like a space and does not start a line: the statement
+    after it keeps its line number."""
+    spec = parse_text("input\fsize=4 # a\fb\nconv c1:\fmaps=2 kernel=3\n", "f.net")
+    assert [str(s.loc) for s in spec.statements] == ["f.net:1:1", "f.net:2:1"]
+    assert str(spec.statements[1].attrs[0].value.loc) == "f.net:2:15"
+    assert spec.lines[1] == "conv c1:\fmaps=2 kernel=3"
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("1" + "0" * 4999, "integer of 5000 digits is out of range (at most 20 digits): "
+         "10000000000000000000...0000000000 (5000 characters)"),
+        ("-" + "9" * 21, "integer of 21 digits is out of range (at most 20 digits): "
+         "-999999999999999999999"),
+        ("4x" + "7" * 300, "integer of 300 digits is out of range (at most 20 digits): "
+         "4x777777777777777777...7777777777 (302 characters)"),
+        ("1e99999", "number 1e99999 is out of range (beyond about 1.8e308)"),
+        ("-2.5e309", "number -2.5e309 is out of range (beyond about 1.8e308)"),
+        ("9" * 400 + ".5", "number 99999999999999999999...99999999.5 (402 characters) "
+         "is out of range (beyond about 1.8e308)"),
+    ],
+)
+def test_absurd_numbers_are_located_errors(value: str, message: str) -> None:
+    """Numbers no attribute could take are errors at the number, quoted shortened (regression:
+    a 5,000-digit integer made int() raise, an internal error)."""
+    with pytest.raises(SpecError) as err:
+        parse_text(f"input size=4\ntrain   seed={value}\n", "n.net")
+    assert [(str(d.loc), d.message) for d in err.value.diagnostics] == [("n.net:2:14", message)]
+
+
+def test_leading_zeros_do_not_count_as_digits() -> None:
+    """A long run of zeros before a small integer is that integer."""
+    spec = parse_text(f"input size={'0' * 5000}29\n", "z.net")
+    assert spec.statements[0].attrs[0].value.dims == (29,)
+
+
+def test_long_line_is_shown_as_a_window_around_the_column() -> None:
+    """An error far into a 100 kB line shows about 100 characters around the column, with '...'
+    at each cut end and the caret under the offending character."""
+    text = "input size=4 " + "k" * 100_000 + "=1 @\n"
+    with pytest.raises(SpecError) as err:
+        parse_text(text, "w.net")
+    (diag,) = err.value.diagnostics
+    assert diag.loc.col == 100_017
+    head, line, caret = diag.render().splitlines()
+    assert head.startswith("w.net:1:100017: error: unexpected character '@'")
+    assert line.startswith(" ...kkk") and line.endswith("k=1 @") and len(line) == 1 + 3 + 100
+    assert line[len(caret) - 1] == "@" and caret.strip() == "^"
+
+
+def test_error_output_is_capped() -> None:
+    """Of 6,000 errors on one 24 kB line, 20 are printed (each with a bounded echo), then how
+    many were not, then the count of all (regression: each echoed the whole line); the same
+    for 10,000 errors on as many lines."""
+    text = "input size=4\nconv c1: maps=2 kernel=3 " + "bad=1 " * 6_000 + "\noutput classes=2\n"
+    with pytest.raises(SpecError) as err:
+        check_text(text)
+    out = err.value.render()
+    lines = out.splitlines()
+    assert len(err.value.diagnostics) == 6_000
+    assert sum(": error: " in ln for ln in lines) == 20
+    assert lines[-2:] == ["5980 more errors not shown", "6000 errors generated."]
+    assert len(out) < 20 * 400
+    with pytest.raises(SpecError) as err:
+        check_text("input size=4\n" + "bogus\n" * 10_000 + "output classes=2\n")
+    assert err.value.render().splitlines()[-2:] == [
+        "9980 more errors not shown",
+        "10000 errors generated.",
+    ]
+
+
+def check_text(text: str):
+    """Parse and check (the front end on a string)."""
+    from chaosgen.check import check
+
+    return check(parse_text(text, "t.net"))
+
+
+def test_cli_reports_absurd_input_as_located_errors(tmp_path, capsys) -> None:
+    """Through `chaosgen compile`: a 5,000-digit number is exit 1 with one located message (not
+    an internal error); a file with a BOM and CR-only line ends compiles."""
+    from chaosgen.cli import main
+
+    bad = tmp_path / "digits.net"
+    bad.write_text(f"input size=29\noutput classes={'9' * 5000}\n")
+    assert main(["compile", str(bad), "--emit", "ir"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "internal error" not in err and "Traceback" not in err
+    assert err.splitlines()[0] == (
+        f"{bad}:2:16: error: integer of 5000 digits is out of range (at most 20 digits): "
+        "99999999999999999999...9999999999 (5000 characters)"
+    )
+    assert len(err) < 500
+    ok = tmp_path / "mac.net"
+    ok.write_bytes(b"\xef\xbb\xbfinput size=29\r# old Mac\routput classes=10\r")
+    assert main(["compile", str(ok), "--emit", "ast"]) == 0
+    assert capsys.readouterr().out == "input size=29\noutput classes=10\n"
+
+
+def test_source_window_cuts_both_ends_around_the_column() -> None:
+    """A column in the middle of a long line: '...' on both sides, the caret on its character;
+    escapes for unprintable characters shift the caret with them."""
+    from chaosgen.errors import source_window
+
+    line = "a" * 150 + "X" + "b" * 149
+    shown, caret = source_window(line, 151)
+    assert shown == "..." + "a" * 50 + "X" + "b" * 49 + "..." and shown[caret] == "X"
+    assert source_window("\v\vX", 3) == ("<U+000B><U+000B>X", 16)
+    assert source_window("short", 3) == ("short", 2)
+
+
+def test_spec_size_is_bounded_before_parsing(tmp_path) -> None:
+    """More than MAX_TOKENS tokens outside comments is one error at the first token past the
+    bound (regression: 100,000 lines kept the parser busy for minutes); comments do not count;
+    a file over MAX_FILE_BYTES is an error at file:1:1 without reading it all."""
+    from chaosgen.parse import MAX_FILE_BYTES, MAX_TOKENS
+
+    # every line is 4 tokens (`dense`, `units`, `=`, `2`): exactly MAX_TOKENS in all
+    n = (MAX_TOKENS - 8) // 4
+    assert 4 * n + 8 == MAX_TOKENS
+    fits = "input size=4  # " + "c " * 50_000 + "\n" + "dense units=2\n" * n
+    spec = parse_text(fits + "output classes=2\n", "big.net")
+    assert len(spec.statements) == 2 + n
+    with pytest.raises(SpecError) as err:
+        parse_text(fits + "output classes=2 k=1\n", "big.net")
+    (diag,) = err.value.diagnostics
+    assert (diag.loc.line, diag.loc.col) == (2 + n, 18)
+    assert diag.message == (
+        f"the spec is too large: more than {MAX_TOKENS} words, numbers and symbols outside "
+        "comments (64 layers need about 1000)"
+    )
+    huge = tmp_path / "huge.net"
+    huge.write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(SpecError) as err:
+        parse_file(huge)
+    assert str(err.value) == (
+        f"{huge}:1:1: error: too large for a spec file (more than {MAX_FILE_BYTES} bytes)"
+    )
+    with pytest.raises(SpecError, match=r"^s.net:1:1: error: too large for a spec file"):
+        parse_text("#" * (MAX_FILE_BYTES + 1), "s.net")
+    huge.write_bytes(b"#" * MAX_FILE_BYTES)
+    with pytest.raises(SpecError, match="no 'output' layer"):
+        from chaosgen.check import check
+
+        check(parse_file(huge))
