@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import json
 import os
 import shlex
@@ -140,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error(e: OSError) -> str:
+    """`<file>: <what the system said>` (both files of a rename or link)."""
+    what = e.strerror or str(e) or type(e).__name__
+    if e.filename is None:
+        return what
+    names = [os.fsdecode(f) for f in (e.filename, e.filename2) if f is not None]
+    return f"{' -> '.join(names)}: {what}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a command; errors become one clean message and an exit status."""
     try:
@@ -153,15 +163,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
-    except Exception as e:  # a bug in chaosgen: one line, the traceback only on request
-        if os.environ.get("CHAOSGEN_DEBUG"):
-            raise
-        print(
-            f"chaosgen: internal error: {type(e).__name__}: {e} "
-            "(set CHAOSGEN_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        return 3
+    except MemoryError:
+        print("chaosgen: error: out of memory", file=sys.stderr)
+        return 1
+    except io.UnsupportedOperation as e:  # an OSError, but a bug: a stream used the wrong way
+        return _internal_error(e)
+    except OSError as e:  # the system refused something: a file, the disk, a process
+        print(f"chaosgen: error: {os_error(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        return _internal_error(e)
+
+
+def _internal_error(e: Exception) -> int:
+    """A bug in chaosgen: one line, the traceback only on request."""
+    if os.environ.get("CHAOSGEN_DEBUG"):
+        raise e
+    print(
+        f"chaosgen: internal error: {type(e).__name__}: {e} "
+        "(set CHAOSGEN_DEBUG=1 for a traceback)",
+        file=sys.stderr,
+    )
+    return 3
 
 
 if __name__ == "__main__":
