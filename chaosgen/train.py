@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -27,12 +28,18 @@ THREADS_PER_CPU = 16
 MAX_THREADS = 1024
 
 
+@functools.cache
 def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask), else every CPU of the machine."""
+    """The CPUs this process may run on (its affinity mask), else every CPU of the machine.
+    Taken once, at import: with OMP_PROC_BIND set, loading a network's library binds this thread
+    to one CPU."""
     try:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):  # no sched_getaffinity on this OS
         return os.cpu_count() or 1
+
+
+usable_cpus()
 
 
 def max_threads() -> int:

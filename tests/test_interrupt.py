@@ -98,11 +98,13 @@ def test_an_absurd_thread_count_is_a_usage_error():
 
 def test_the_threads_that_ran_are_reported_and_logged(tmp_path):
     """OMP_THREAD_LIMIT gives fewer threads than --threads asks: banner and log say what ran,
-    and a warning says it once."""
+    and a warning says it once; the usable CPUs logged are the process's, not the one CPU that
+    OMP_PROC_BIND binds the main thread to once the library is loaded."""
     log = tmp_path / "run.jsonl"
     proc = _cli(
         "train", str(SMALL), "--threads", "2", *SHORT, "--data", str(DATA), "--log", str(log),
-        "--checkpoint-dir", str(tmp_path / "ck"), env={"OMP_THREAD_LIMIT": "1"},
+        "--checkpoint-dir", str(tmp_path / "ck"),
+        env={"OMP_THREAD_LIMIT": "1", "OMP_PROC_BIND": "spread"},  # binding: to one CPU
     )  # fmt: skip
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -171,3 +173,27 @@ def test_a_child_forked_after_threads_ran_runs_on_one_thread_instead_of_hanging(
 @pytest.fixture(scope="module")
 def small_mnist():
     return load_mnist(DATA)
+
+
+def test_the_native_program_reports_its_threads_and_refuses_absurd_ones(tmp_path):
+    """The standalone program (templates/main.cpp.j2) follows the same rules as chaosgen train."""
+    from chaosgen.cli import main
+
+    out = tmp_path / "program"
+    assert main(["compile", str(SMALL), "--program", "--out", str(out)]) == 0
+    exe = out / "chaosgen-small"
+    bad = subprocess.run([exe, "--threads", "100000"], capture_output=True, text=True, cwd=out)
+    assert bad.returncode == 2, bad.stderr
+    cap = train.max_threads()
+    assert f"error: --threads 100000 is more than {cap}" in bad.stderr
+    log = tmp_path / "run.jsonl"
+    ok = subprocess.run(  # run.sh unpacks the gzipped IDX files the program reads
+        [out / "run.sh", *SHORT, "--threads", "2", "--log", str(log), "--quiet"],
+        capture_output=True, text=True, cwd=out,
+        env={**os.environ, "OMP_THREAD_LIMIT": "1", "DATA": str(DATA)},
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "warning: 2 threads asked for, OpenMP runs 1" in ok.stderr
+    (rec,) = [json.loads(s) for s in log.read_text().splitlines()]
+    assert (rec["config"]["threads"], rec["config"]["threads_asked"]) == (1, 2)
+    assert rec["machine"]["usable_cpus"] == len(os.sched_getaffinity(0))
