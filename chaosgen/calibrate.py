@@ -25,7 +25,7 @@ from .codegen import lock_segment
 from .errors import ChaosgenError
 from .predict import Work, work_of
 from .targets import cpu_model, default_compiler_for, native_target
-from .train import usable_cpus
+from .threads import usable_cpus
 
 REPEATS = 3  # training measurements per network (median)
 CONTENTION_REPEATS = 5  # microbenchmark runs per thread count (median)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import chaosgen
-from chaosgen import checkpoint, train
+from chaosgen import checkpoint, threads, train
 from chaosgen.data import load_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_ctrl_c_mid_epoch_reports_and_saves_exactly_the_images_trained(tmp_path,
 
 def test_an_absurd_thread_count_is_a_usage_error():
     """Before: a parallel region of 100,000 threads crashed the process (SIGSEGV)."""
-    cap = train.max_threads()
+    cap = threads.max_threads()
     for cmd in (["train", str(SMALL), *SHORT], ["eval", str(SMALL), "--weights", "none.npz"]):
         proc = _cli(*cmd, "--threads", "100000", "--data", str(DATA))
         out, err = proc.communicate(timeout=300)
@@ -184,7 +184,7 @@ def test_the_native_program_reports_its_threads_and_refuses_absurd_ones(tmp_path
     exe = out / "chaosgen-small"
     bad = subprocess.run([exe, "--threads", "100000"], capture_output=True, text=True, cwd=out)
     assert bad.returncode == 2, bad.stderr
-    cap = train.max_threads()
+    cap = threads.max_threads()
     assert f"error: --threads 100000 is more than {cap}" in bad.stderr
     log = tmp_path / "run.jsonl"
     ok = subprocess.run(  # run.sh unpacks the gzipped IDX files the program reads
