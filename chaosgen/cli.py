@@ -8,7 +8,9 @@ import io
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 
 from . import __version__
 from .errors import ChaosgenError, UsageError
@@ -150,8 +152,33 @@ def os_error(e: OSError) -> str:
     return f"{' -> '.join(names)}: {what}"
 
 
+def _stop_once(signum: int, frame: object) -> None:
+    """SIGINT: the first stops chaosgen (KeyboardInterrupt); the next ones are ignored while it
+    winds down (stops its workers, writes a checkpoint, says what it did): a second Ctrl-C would
+    otherwise interrupt that, and the checkpoint and the message would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a command; errors become one clean message and an exit status."""
+    own_sigint = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if own_sigint:
+        signal.signal(signal.SIGINT, _stop_once)
+    try:
+        return _run(argv)
+    finally:
+        # The program (argv None: this process's own command line) exits now: a Ctrl-C during
+        # the interpreter's shutdown would only print "Exception ignored" noise. A caller in
+        # Python gets its handler back.
+        if own_sigint and not (argv is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)

@@ -85,6 +85,34 @@ def test_ctrl_c_mid_epoch_reports_and_saves_exactly_the_images_trained(tmp_path,
         assert np.array_equal(ck.params, net.params)
 
 
+@linux_only
+def test_a_burst_of_ctrl_c_still_saves_and_says_so_once(tmp_path):
+    """Ctrl-C pressed again and again: the first stops training, the others are ignored while
+    the checkpoint is written and the process exits. Before: a later one interrupted that (exit
+    130 or -2, no message, tracebacks from the interpreter's shutdown)."""
+    ck_dir = tmp_path / "ck"
+    proc = _cli("train", str(SMALL), "--threads", "2", "--data", str(DATA),
+                "--checkpoint-dir", str(ck_dir))  # fmt: skip
+    try:
+        for line in proc.stdout:
+            if line.startswith("small ("):
+                break
+        idle = _tasks(proc.pid)
+        while _tasks(proc.pid) <= idle and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        while proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.0005)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    where = re.escape(f"; checkpoint {ck_dir / 'last.npz'}")
+    assert re.fullmatch(rf"chaosgen: error: interrupted in epoch 1 after \d+ images{where}\n", err)
+    assert checkpoint.load(ck_dir / "last.npz").partial
+
+
 def test_an_absurd_thread_count_is_a_usage_error():
     """Before: a parallel region of 100,000 threads crashed the process (SIGSEGV)."""
     cap = threads.max_threads()
