@@ -168,12 +168,14 @@ def _evaluate_in_child(rt: train.Runtime, x: np.ndarray, y: np.ndarray, conn) ->
 
     sys.stderr = io.StringIO()
     st = rt.evaluate(x, y, 2)
-    st2 = rt.evaluate(x, y, 2)
-    conn.send((st.threads, st.errors, st2.threads, sys.stderr.getvalue()))
+    order = np.arange(100, dtype=np.int32)
+    tr = rt.train(x, y, order, train.Config(threads=2), 1e-4)
+    conn.send((st.threads, st.errors, (tr.threads, tr.images), sys.stderr.getvalue()))
 
 
 def test_a_child_forked_after_threads_ran_runs_on_one_thread_instead_of_hanging(small_mnist):
-    """Before: the child waited forever inside libgomp for its parent's thread pool."""
+    """Evaluation and training in a child forked after threads ran here: one thread each, said
+    once. Before: the child waited forever inside libgomp for its parent's thread pool."""
     net = chaosgen.compile(SMALL)
     rt = train.Runtime(net)
     x, y = rt.images(small_mnist.test_images[:500]), small_mnist.test_labels[:500]
@@ -190,8 +192,8 @@ def test_a_child_forked_after_threads_ran_runs_on_one_thread_instead_of_hanging(
         child.kill()
         child.join()
     assert got is not None, "the forked child hung"
-    threads, errors, threads2, err = got
-    assert (threads, threads2, errors) == (1, 1, parent.errors)
+    threads, errors, trained, err = got
+    assert (threads, errors, trained) == (1, parent.errors, (1, 100))
     assert err.count("chaosgen: warning: this process was forked") == 1
     assert "'spawn' or 'forkserver'" in err
     assert child.exitcode == 0
