@@ -223,7 +223,7 @@ def _file(directory: Path, name: str) -> Path | None:
     """`name` (ending .gz) or its uncompressed twin, whichever is a file (gzip preferred), else
     whichever exists (a directory, a broken link...: reading it says what is wrong)."""
     candidates = (directory / name, directory / name.removesuffix(".gz"))
-    for exists in (Path.is_file, lambda p: p.exists() or p.is_symlink()):
+    for exists in (os.path.isfile, os.path.lexists):
         for candidate in candidates:
             if exists(candidate):
                 return candidate
