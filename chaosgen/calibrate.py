@@ -25,6 +25,7 @@ from .codegen import lock_segment
 from .errors import ChaosgenError
 from .predict import Work, work_of
 from .targets import cpu_model, default_compiler_for, native_target
+from .threads import usable_cpus
 
 REPEATS = 3  # training measurements per network (median)
 CONTENTION_REPEATS = 5  # microbenchmark runs per thread count (median)
@@ -121,7 +122,12 @@ def code_key(spec: str | Path) -> str:
 
 
 def _run(exe: Path, *args) -> dict:
-    proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300)
+    try:
+        proc = subprocess.run(
+            [str(exe), *map(str, args)], capture_output=True, text=True, timeout=300
+        )
+    except subprocess.TimeoutExpired:
+        raise ChaosgenError(f"{exe.name} {' '.join(map(str, args))}: no answer in 300 s") from None
     if proc.returncode != 0:
         raise ChaosgenError(f"{exe.name} {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
     return json.loads(proc.stdout)
@@ -314,7 +320,7 @@ def run(
 ) -> dict:
     """Measure, then merge into the profile at `out` (networks measured before are kept)."""
     t_start = time.perf_counter()
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()  # threads beyond the affinity mask would only time-slice
     clock = cpu_hz()
     tpc = threads_per_core()
     physical = max(1, cores // tpc)
@@ -323,6 +329,11 @@ def run(
     log(
         f"calibrating {cpu_model()}: {physical} cores x {tpc} threads, clock {clock / 1e9:.2f} GHz"
     )
+    if cores < (os.cpu_count() or cores):
+        log(
+            f"  note: this process may use {cores} of the machine's {os.cpu_count()} CPUs "
+            "(affinity mask): the profile describes those"
+        )
     if load > 0.5:
         log(
             f"  note: load average {load:.1f} before starting: other work is running, so the "

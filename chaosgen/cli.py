@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 
 from . import __version__
 from .errors import ChaosgenError, UsageError
@@ -140,8 +143,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error(e: OSError) -> str:
+    """`<file>: <what the system said>` (both files of a rename or link)."""
+    what = e.strerror or str(e) or type(e).__name__
+    if e.filename is None:
+        return what
+    names = [os.fsdecode(f) for f in (e.filename, e.filename2) if f is not None]
+    return f"{' -> '.join(names)}: {what}"
+
+
+def _stop_once(signum: int, frame: object) -> None:
+    """SIGINT: the first stops chaosgen (KeyboardInterrupt); the next ones are ignored while it
+    winds down (stops its workers, writes a checkpoint, says what it did): a second Ctrl-C would
+    otherwise interrupt that, and the checkpoint and the message would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a command; errors become one clean message and an exit status."""
+    own_sigint = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if own_sigint:
+        signal.signal(signal.SIGINT, _stop_once)
+    try:
+        return _run(argv)
+    finally:
+        # The program (argv None: this process's own command line) exits now: a Ctrl-C during
+        # the interpreter's shutdown would only print "Exception ignored" noise. A caller in
+        # Python gets its handler back.
+        if own_sigint and not (argv is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
@@ -153,15 +190,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
-    except Exception as e:  # a bug in chaosgen: one line, the traceback only on request
-        if os.environ.get("CHAOSGEN_DEBUG"):
-            raise
-        print(
-            f"chaosgen: internal error: {type(e).__name__}: {e} "
-            "(set CHAOSGEN_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        return 3
+    except MemoryError:
+        print("chaosgen: error: out of memory", file=sys.stderr)
+        return 1
+    except io.UnsupportedOperation as e:  # an OSError, but a bug: a stream used the wrong way
+        return _internal_error(e)
+    except OSError as e:  # the system refused something: a file, the disk, a process
+        print(f"chaosgen: error: {os_error(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        return _internal_error(e)
+
+
+def _internal_error(e: Exception) -> int:
+    """A bug in chaosgen: one line, the traceback only on request."""
+    if os.environ.get("CHAOSGEN_DEBUG"):
+        raise e
+    print(
+        f"chaosgen: internal error: {type(e).__name__}: {e} "
+        "(set CHAOSGEN_DEBUG=1 for a traceback)",
+        file=sys.stderr,
+    )
+    return 3
 
 
 if __name__ == "__main__":

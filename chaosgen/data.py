@@ -21,13 +21,15 @@ import gzip
 import hashlib
 import math
 import os
+import stat
 import sys
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -72,38 +74,93 @@ class Mnist:
 
 def default_data_dir() -> Path:
     """Where `chaosgen data fetch` puts the files when no directory is given."""
-    return Path.home() / ".cache" / "chaosgen" / "mnist"
+    home = _expand("~") if os.environ.get("HOME") != "" else None
+    if home is None:
+        raise DataError(
+            "no home directory ($HOME is unset or empty) for the default data directory "
+            f"~/.cache/chaosgen/mnist; give the directory with --data (--dir for `data fetch`) "
+            f"or ${ENV_VAR}"
+        )
+    return home / ".cache" / "chaosgen" / "mnist"
+
+
+def _expand(path: str) -> Path | None:
+    """`path` with a leading ~ expanded; None if it needs a home directory there is none of."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # $HOME unset and no home in the password database
+        return None
+
+
+def _given(path: str, option: str) -> Path:
+    """A directory the user gave (--data, $CHAOSGEN_DATA, --dir), ~ expanded."""
+    expanded = _expand(path)
+    if expanded is None:
+        raise DataError(
+            f"{option} {path}: no home directory ($HOME is not set) to expand ~ in; "
+            "give the directory without ~"
+        )
+    return expanded
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's content, decompressed if it starts with the gzip magic."""
+# Extra bytes counted after the data before a file is called "far larger" than its header says
+# (a file of wrong contents, or a gzip bomb, is never read whole).
+EXTRA_COUNTED = 1 << 26
+
+
+def _read_at_most(f: BinaryIO, n: int) -> bytes:
+    """Up to `n` bytes of `f`, read in chunks (a header's `n` may be absurd)."""
+    parts: list[bytes] = []
+    while n > 0 and (chunk := f.read(min(n, 1 << 24))):
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def _not_a_file(path: Path) -> str | None:
+    """What is wrong if `path` is not a readable regular file (a FIFO would block a read)."""
     try:
-        raw = path.read_bytes()
+        mode = path.stat().st_mode
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        if path.is_symlink():
+            return f"a broken symbolic link (to {os.readlink(path)}), not an IDX file"
+        return "no such file"
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    if not raw.startswith(GZIP_MAGIC):
-        return raw
+        return f"cannot read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    return f"{'a directory' if stat.S_ISDIR(mode) else 'not a regular file'}, not an IDX file"
+
+
+def _read_idx(path: Path, magic: int, what: str) -> np.ndarray:
+    """An unsigned-byte IDX array (gzip recognized by its magic bytes), checked against its
+    header; only as many bytes are read as the header promises (and a bounded count more)."""
+    if (problem := _not_a_file(path)) is not None:
+        raise DataError(f"{path}: {problem}")
     try:
-        return gzip.decompress(raw)
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == GZIP_MAGIC
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw) if gzipped else raw as f:
+                return _parse_idx(path, f, magic, what)
     except EOFError:
         raise DataError(
             f"{path}: truncated gzip file (the compressed stream ends early)"
         ) from None
-    except (gzip.BadGzipFile, zlib.error, OSError) as e:
+    except (gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}: corrupt gzip file ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def _read_idx(path: Path, magic: int, what: str) -> np.ndarray:
-    """An unsigned-byte IDX array, checked against its header."""
-    blob = _read_bytes(path)
+def _parse_idx(path: Path, f: BinaryIO, magic: int, what: str) -> np.ndarray:
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
+    blob = _read_at_most(f, header)
     if len(blob) < 4:
         raise DataError(f"{path}: {len(blob)} bytes, too short for an IDX header")
     found = int.from_bytes(blob[:4], "big")
@@ -116,19 +173,27 @@ def _read_idx(path: Path, magic: int, what: str) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header ({len(blob)} of {header} bytes)")
     dims = tuple(int(d) for d in np.frombuffer(blob, ">u4", ndim, 4))
     promised = math.prod(dims)  # Python ints: a corrupt header cannot overflow
-    held = len(blob) - header
     shape = "x".join(map(str, dims))
-    if held < promised:
+    try:
+        body = _read_at_most(f, promised)
+    except MemoryError:
+        raise DataError(
+            f"{path}: {shape} {what}s ({promised:,} bytes) do not fit in memory"
+        ) from None
+    if len(body) < promised:
         raise DataError(
             f"{path}: truncated: the header promises {promised} bytes of {what}s ({shape}), "
-            f"the file holds {held}"
+            f"the file holds {len(body)}"
         )
-    if held > promised:
+    extra = 0
+    while extra <= EXTRA_COUNTED and (chunk := f.read(1 << 20)):
+        extra += len(chunk)
+    if extra:
+        more = f"{extra}" if extra <= EXTRA_COUNTED else f"over {EXTRA_COUNTED:,}"
         raise DataError(
-            f"{path}: {held - promised} bytes more than the header promises ({shape}); "
-            f"not a clean IDX file"
+            f"{path}: {more} bytes more than the header promises ({shape}); not a clean IDX file"
         )
-    return np.frombuffer(blob, np.uint8, promised, header).reshape(dims)
+    return np.frombuffer(body, np.uint8, promised).reshape(dims)
 
 
 def read_images(path: str | Path) -> np.ndarray:
@@ -155,10 +220,13 @@ def pad_and_scale(images: np.ndarray) -> np.ndarray:
 
 
 def _file(directory: Path, name: str) -> Path | None:
-    """`name` (ending .gz) or its uncompressed twin, whichever exists (gzip preferred)."""
-    for candidate in (directory / name, directory / name.removesuffix(".gz")):
-        if candidate.is_file():
-            return candidate
+    """`name` (ending .gz) or its uncompressed twin, whichever is a file (gzip preferred), else
+    whichever exists (a directory, a broken link...: reading it says what is wrong)."""
+    candidates = (directory / name, directory / name.removesuffix(".gz"))
+    for exists in (os.path.isfile, os.path.lexists):
+        for candidate in candidates:
+            if exists(candidate):
+                return candidate
     return None
 
 
@@ -186,6 +254,8 @@ def _split(directory: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{ipath} holds {len(images)} images but {lpath.name} holds {len(labels)} labels"
         )
+    if len(images) == 0:
+        raise DataError(f"{ipath}: holds no images (its header says 0)")
     return pad_and_scale(images), labels.astype(np.int32)
 
 
@@ -197,14 +267,13 @@ def load_mnist(directory: str | Path) -> Mnist:
     return Mnist(train_images, train_labels, test_images, test_labels)
 
 
-def _sources(arg: str | None) -> list[tuple[str, Path | None]]:
-    """The places data may live, in order of precedence, each with where it came from."""
+def _sources(arg: str | None) -> Iterator[tuple[str, Path | None]]:
+    """The places data may live, in order of precedence, each with where it came from (the
+    default only when asked for: it needs a home directory)."""
     env = os.environ.get(ENV_VAR) or None
-    return [
-        ("--data", Path(arg).expanduser() if arg else None),
-        (f"${ENV_VAR}", Path(env).expanduser() if env else None),
-        ("default", default_data_dir()),
-    ]
+    yield "--data", _given(arg, "--data") if arg else None
+    yield f"${ENV_VAR}", _given(env, f"${ENV_VAR}") if env else None
+    yield "default", default_data_dir()
 
 
 def data_source(arg: str | None) -> tuple[str, Path]:
@@ -340,7 +409,7 @@ def add_parser(sub) -> None:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Download into --dir (or $CHAOSGEN_DATA, or the default) and say what happened."""
-    directory = Path(args.dir).expanduser() if args.dir else data_source(None)[1]
+    directory = _given(args.dir, "--dir") if args.dir else data_source(None)[1]
     fetch(directory, args.mirror, args.timeout, log=lambda s: print(s, file=sys.stderr))
     print(f"MNIST is in {directory}")
     return 0

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .errors import ChaosgenError, TrainingError, UsageError
 from .loader import Net, aligned_zeros
+from .threads import allowed_threads, resolve_threads, usable_cpus
 
 SCHEMES = {"chaos": 0, "sequential": 0, "hogwild": 1, "delayed": 2, "averaged": 3}
 PASSES = ("forward", "backward_data", "backward_weights", "update", "lock_wait")
@@ -49,6 +51,7 @@ class PhaseStats:
     images: int
     seconds: float
     profile: np.ndarray | None = field(default=None, repr=False)
+    threads: int = 1  # OpenMP threads that ran
 
     @property
     def error_rate(self) -> float:
@@ -77,6 +80,41 @@ class Runtime:
         self.net = net
         self.ffi, self.lib = net.ffi, net.lib
         self.stride = self.lib.cg_image_stride()
+        self._warned = False
+
+    def threads(self, asked: int) -> int:
+        """How many threads a phase asking for `asked` really runs (OMP_THREAD_LIMIT...)."""
+        allowed = allowed_threads(asked)
+        return self._ran(allowed, self.lib.cg_threads(allowed))
+
+    def _ran(self, asked: int, ran: int) -> int:
+        """`ran`, after saying once if it is fewer threads than were asked for."""
+        if ran < asked and not self._warned:
+            self._warned = True
+            env = [
+                f"{k}={os.environ[k]}"
+                for k in ("OMP_THREAD_LIMIT", "OMP_DYNAMIC")
+                if k in os.environ
+            ]
+            why = f" ({', '.join(env)})" if env else ""
+            print(
+                f"chaosgen: warning: {asked} threads asked for, OpenMP runs {ran}{why}",
+                file=sys.stderr,
+            )
+        return ran
+
+    def _labels(self, labels: np.ndarray) -> np.ndarray:
+        """Labels as int32, checked against the output layer (a wrong one would be read out of
+        the output's bounds in native code)."""
+        lab = np.ascontiguousarray(labels, np.int32)
+        classes = self.lib.cg_output_size()
+        if lab.size and (lab.min() < 0 or lab.max() >= classes):
+            bad = int(lab.min() if lab.min() < 0 else lab.max())
+            raise ChaosgenError(
+                f"the data holds label {bad}, but network {self.net.ir.name} has "
+                f"{classes} classes (labels 0..{classes - 1})"
+            )
+        return lab
 
     def images(self, x: np.ndarray) -> np.ndarray:
         """Native copy of a batch of images (checks their shape against the input layer)."""
@@ -98,14 +136,15 @@ class Runtime:
         progress=None,
     ) -> PhaseStats:
         """One training pass over images[order] (native, GIL released; Ctrl-C stops it early)."""
-        lab = np.ascontiguousarray(labels, np.int32)
+        lab = self._labels(labels)
+        threads = allowed_threads(cfg.threads)
         order = np.ascontiguousarray(order, np.int32)
         stop = self.ffi.new("int *", 0)
         seen = self.ffi.new("long *", 0)
         conf = self.ffi.new(
             "cg_config *",
             dict(
-                threads=cfg.threads,
+                threads=threads,
                 scheme=SCHEMES[cfg.scheme],
                 eta=eta,
                 update_every=cfg.update_every,
@@ -120,10 +159,9 @@ class Runtime:
         prof_ptr = (
             self.ffi.cast("double *", prof.ctypes.data) if prof is not None else self.ffi.NULL
         )
-        rc = [0]
 
-        def call():
-            rc[0] = self.lib.cg_train(
+        def call() -> int:
+            return self.lib.cg_train(
                 self.net.ptr(self.net.params),
                 self.net.ptr(images),
                 self.net.ptr(lab, "int *"),
@@ -134,19 +172,18 @@ class Runtime:
                 prof_ptr,
             )
 
-        interrupted = _run_watched(call, stop, seen, len(order), progress)
-        if rc[0] != 0:
-            raise ChaosgenError(
-                "the native runtime could not allocate its buffers (out of memory)"
-            )
-        out = PhaseStats(stats.loss, stats.errors, stats.images, stats.seconds, prof)
+        rc, interrupted = _run_watched(call, stop, seen, len(order), progress)
+        out = self._stats(rc, stats, threads, prof)
+        if progress is not None:
+            progress(out.images)  # the images trained, not the last hint
         if interrupted:
             raise _Interrupted(out)
         return out
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, threads: int) -> PhaseStats:
         """Forward only over all images: summed loss and errors."""
-        lab = np.ascontiguousarray(labels, np.int32)
+        lab = self._labels(labels)
+        threads = allowed_threads(threads)
         stats = self.ffi.new("cg_stats *")
         rc = self.lib.cg_evaluate(
             self.net.ptr(self.net.params),
@@ -156,11 +193,16 @@ class Runtime:
             threads,
             stats,
         )
+        return self._stats(rc, stats, threads)
+
+    def _stats(self, rc: int, stats, asked: int, prof: np.ndarray | None = None) -> PhaseStats:
+        """A native call's cg_stats, or the error its return code means."""
         if rc != 0:
             raise ChaosgenError(
                 "the native runtime could not allocate its buffers (out of memory)"
             )
-        return PhaseStats(stats.loss, stats.errors, stats.images, stats.seconds)
+        ran = self._ran(asked, stats.threads)
+        return PhaseStats(stats.loss, stats.errors, stats.images, stats.seconds, prof, ran)
 
 
 class _Interrupted(Exception):
@@ -168,21 +210,38 @@ class _Interrupted(Exception):
         self.stats = stats
 
 
-def _run_watched(call, stop, seen, total: int, progress) -> bool:
+def _run_watched(call, stop, seen, total: int, progress) -> tuple[int, bool]:
     """Run `call` in a thread; update `progress(n)` meanwhile; on Ctrl-C ask the workers to stop
-    picking images and wait for them. Returns True if interrupted."""
-    worker = threading.Thread(target=call, daemon=True)
-    worker.start()
-    interrupted = False
-    while worker.is_alive():
+    picking images and wait until the call has returned. Returns its result and whether it was
+    interrupted.
+
+    The wait is on an event the thread sets after the call, not on Thread.join: a join that a
+    KeyboardInterrupt breaks marks a still running thread as finished (Python 3.11), and the
+    caller would then read the stats and copy the weights while native workers still write them.
+    """
+    done = threading.Event()
+    result: list = []
+
+    def run() -> None:
         try:
-            worker.join(0.1)
-            if progress is not None:
+            result.append(call())
+        except BaseException as e:  # handed to the caller's thread
+            result.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    interrupted = False
+    while not done.is_set():
+        try:
+            if not done.wait(0.1) and progress is not None:
                 progress(min(int(seen[0]), total))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # stop picking images; keep waiting for the call to return
             stop[0] = 1
             interrupted = True
-    return interrupted
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0], interrupted
 
 
 def machine() -> dict:
@@ -192,6 +251,7 @@ def machine() -> dict:
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "hostname": platform.node(),
         "python": platform.python_version(),
     }
@@ -460,16 +520,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     for name in ("threads", "epochs", "update_every", "batch", "limit", "val_limit", "test_limit"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    threads = args.threads or os.cpu_count() or 1
+    asked = resolve_threads(args.threads)
     if args.scheme == "sequential":
         if args.threads not in (None, 1):
             raise UsageError("--scheme sequential runs on one thread; drop --threads")
-        threads = 1
+        asked = 1
     net = compile_net(args.spec, target=args.target, cc=args.cc, build_dir=args.build_dir)
+    rt = Runtime(net)
     t = net.ir.training
     cfg = Config(
         scheme=args.scheme,
-        threads=threads,
+        threads=rt.threads(asked),  # what runs: the banner and the log say so
         epochs=args.epochs or t.epochs,
         eta=args.eta if args.eta is not None else t.eta,
         decay=args.decay if args.decay is not None else t.decay,
@@ -486,7 +547,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = load_mnist(find_data_dir(args.data))
     if not args.quiet:
         print(
-            f"{net.ir.name} ({args.spec}): {cfg.scheme}, {cfg.threads} threads, "
+            f"{net.ir.name} ({args.spec}): {cfg.scheme}, "
+            f"{cfg.threads} thread{'s' * (cfg.threads != 1)}, "
             f"{cfg.epochs} epochs, "
             f"eta {cfg.eta:g} x{cfg.decay:g}/epoch, library {net.library}"
         )
@@ -494,7 +556,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("  " + row)
     ck_dir = Path(args.checkpoint_dir or Path("runs") / net.ir.name)
     trainer = Trainer(
-        Runtime(net),
+        rt,
         data,
         cfg,
         Path(args.log) if args.log else None,
@@ -506,6 +568,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "ir_hash": net.ir.digest(),
             "target": args.target,
             "library": str(net.library),
+            "threads_asked": asked,
         },
     )
     if args.resume:
@@ -522,12 +585,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data import find_data_dir, load_mnist
 
     _positive("--threads", args.threads)
+    asked = resolve_threads(args.threads)
     net = compile_net(args.spec, target=args.target, cc=args.cc, build_dir=args.build_dir)
     ck = ckpt.load(args.weights, net.ir)
     net.params[:] = ck.params
     data = load_mnist(find_data_dir(args.data))
     rt = Runtime(net)
-    threads = args.threads or os.cpu_count() or 1
+    threads = rt.threads(asked)
     sets = [("test", data.test_images, data.test_labels)]
     if args.train_set:
         sets.append(("train", data.train_images, data.train_labels))
@@ -535,6 +599,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         st = rt.evaluate(rt.images(x), y, threads)
         print(
             f"{name}: error {st.loss:.2f} (mean loss {st.loss / st.images:.4f}), "
-            f"{st.errors} wrong of {st.images} ({st.error_rate:.2%}), {st.images_per_s:,.0f} img/s"
+            f"{st.errors} wrong of {st.images} ({st.error_rate:.2%}), "
+            f"{st.images_per_s:,.0f} img/s on {st.threads} thread{'s' * (st.threads > 1)}"
         )
     return 0

@@ -8,6 +8,8 @@ import hashlib
 import http.server
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from chaosgen import cli, data
 from chaosgen.errors import DataError
 
+ROOT = Path(__file__).resolve().parents[1]
 # CI clones the repo beside shared/; $CHAOSGEN_DATA overrides.
 DATA_DIR = Path(
     os.environ.get("CHAOSGEN_DATA")
@@ -343,3 +346,151 @@ def test_fetch_refuses_bad_checksum(tmp_path: Path, serve) -> None:
     got = hashlib.md5((dest / "t10k-labels-idx1-ubyte.gz").read_bytes()).hexdigest()
     assert got == data.FILES[3][2]
     assert sorted(p.name for p in dest.iterdir()) == sorted(NAMES)
+
+
+# --- more broken files: every one a single line naming the file, never a traceback ---------
+
+
+def _load_error(directory: Path, *words: str) -> str:
+    with pytest.raises(DataError) as e:
+        data.load_mnist(directory)
+    return one_line_error(e, *words)
+
+
+@pytest.mark.parametrize("kind", ["train", "t10k"])
+def test_a_well_formed_file_of_zero_images(tmp_path: Path, kind: str) -> None:
+    """Before: accepted; `eval` then failed with an internal error, `train` printed nan."""
+    tiny_set(tmp_path)
+    for name, blob in (
+        (f"{kind}-images-idx3-ubyte.gz", idx(2051, np.zeros((0, 28, 28)))),
+        (f"{kind}-labels-idx1-ubyte.gz", idx(2049, np.zeros(0))),
+    ):
+        (tmp_path / name).write_bytes(gzip.compress(blob))
+    _load_error(tmp_path, f"{tmp_path / kind}-images-idx3-ubyte.gz: holds no images")
+
+
+def test_what_stands_where_a_file_should_be_is_named(tmp_path: Path) -> None:
+    """Before: a directory, a broken link or a FIFO was reported as a missing file."""
+    tiny_set(tmp_path)
+    f = tmp_path / "t10k-images-idx3-ubyte.gz"
+    f.unlink()
+    f.mkdir()
+    _load_error(tmp_path, f"{f}: a directory, not an IDX file")
+    f.rmdir()
+    f.symlink_to(tmp_path / "gone")
+    _load_error(tmp_path, f"{f}: a broken symbolic link (to {tmp_path / 'gone'})")
+    f.unlink()
+    os.mkfifo(f)  # reading it would block forever
+    _load_error(tmp_path, f"{f}: not a regular file")
+    # A regular file a read fails on (as root, chmod cannot make one): EIO at address 0.
+    f.unlink()
+    f.symlink_to("/proc/self/mem")
+    _load_error(tmp_path, f"{f}: cannot read (Input/output error)")
+    # The uncompressed twin, if it is a file, is still found beside the directory.
+    f.unlink()
+    f.mkdir()
+    raw = tmp_path / "t10k-images-idx3-ubyte"
+    raw.write_bytes(idx(2051, np.zeros((4, 28, 28))))
+    assert data.load_mnist(tmp_path).test_images.shape == (4, 29, 29)
+
+
+def _gzip_bomb(path: Path, header: bytes, gigabytes: int) -> None:
+    """An IDX header, then `gigabytes` GB of zeros, as a multi-member gzip file of a few MB."""
+    member = gzip.compress(bytes(1 << 20), compresslevel=9)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(header))
+        for _ in range(gigabytes * 1024):
+            f.write(member)
+
+
+def test_files_far_larger_than_their_header_are_not_read_whole(tmp_path: Path) -> None:
+    """A gzip bomb and a huge sparse raw file, both with a header promising 4 images, read in a
+    process limited to 1 GB of memory. Before: MemoryError, an internal error."""
+    header = idx(2051, np.zeros((4, 28, 28)))
+    for name, make in (
+        ("t10k-images-idx3-ubyte.gz", lambda f: _gzip_bomb(f, header, 2)),
+        ("t10k-images-idx3-ubyte", lambda f: (f.write_bytes(header), os.truncate(f, 8 << 30))),
+    ):
+        d = tmp_path / name.replace(".", "_")
+        d.mkdir()
+        tiny_set(d)
+        (d / "t10k-images-idx3-ubyte.gz").unlink()
+        make(d / name)
+        script = (
+            "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+            "from chaosgen.cli import main; sys.exit(main(sys.argv[1:]))"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", script, "data", "info", "--data", str(d)],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr == (
+            f"chaosgen: error: {d / name}: over 67,108,864 bytes more than the header promises "
+            "(4x28x28); not a clean IDX file\n"
+        )
+
+
+def test_labels_beyond_the_networks_classes_are_refused(tmp_path: Path, capsys) -> None:
+    """Labels 0..5 on a 5-class network. Before: read outside the output in native code."""
+    tiny_set(tmp_path)
+    spec = tmp_path / "five.net"
+    spec.write_text("input size=29x29\ndense h: units=8\noutput out: classes=5\n")
+    argv = ["train", str(spec), "--data", str(tmp_path), "--quiet", "--epochs", "1"]
+    rc = cli.main(
+        [*argv, "--build-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "ck")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert err == (
+        "chaosgen: error: the data holds label 5, but network five has 5 classes (labels 0..4)\n"
+    )
+
+
+# --- no home directory ----------------------------------------------------------------------
+
+
+def _homeless(tmp_path: Path, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`chaosgen ARGV` with $HOME unset and no user database entry (a private mount namespace
+    hides /etc/passwd): Python cannot find a home directory at all."""
+    (tmp_path / "passwd").write_text("")
+    (tmp_path / "nsswitch.conf").write_text("passwd: files\ngroup: files\n")
+    setup = " && ".join(
+        f"mount --bind {tmp_path / name} /etc/{name}" for name in ("passwd", "nsswitch.conf")
+    )
+    environ = {k: v for k, v in os.environ.items() if k not in ("HOME", data.ENV_VAR)}
+    return subprocess.run(
+        ["unshare", "--mount", "sh", "-c", f'{setup} && exec "$@"', "sh", sys.executable,
+         "-m", "chaosgen.cli", *argv],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )  # fmt: skip
+
+
+def _can_hide_home(tmp_path: Path) -> bool:
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    probe = _homeless(tmp_path, "--version")
+    return probe.returncode == 0
+
+
+def test_no_home_directory(tmp_path: Path) -> None:
+    """Before: `--data DIR` with no home directory was an internal error (RuntimeError)."""
+    if not _can_hide_home(tmp_path):
+        pytest.skip("needs root and unshare --mount to hide the user database")
+    tiny_set(tmp_path)
+    ok = _homeless(tmp_path, "data", "info", "--data", str(tmp_path))
+    assert ok.returncode == 0 and "train: 6 images" in ok.stdout, ok.stderr
+    ok = _homeless(tmp_path, "data", "info", env={data.ENV_VAR: str(tmp_path)})
+    assert ok.returncode == 0, ok.stderr
+    for argv, words in (
+        (["data", "info"], ["no home directory", "--data", "$CHAOSGEN_DATA"]),
+        (["data", "fetch"], ["no home directory", "--dir", "$CHAOSGEN_DATA"]),
+        (["data", "info", "--data", "~/mnist"], ["--data ~/mnist: no home directory"]),
+        (["train", "specs/small.net"], ["no home directory", "--data", "$CHAOSGEN_DATA"]),
+    ):
+        bad = _homeless(tmp_path, *argv)
+        assert bad.returncode == 1, bad.stderr
+        assert bad.stderr.startswith("chaosgen: error: ") and bad.stderr.count("\n") == 1
+        assert all(w in bad.stderr for w in words), bad.stderr

@@ -17,6 +17,7 @@ typedef struct cg_stats {
     long errors;          /* wrongly classified images */
     long images;          /* images processed (fewer than asked if stopped) */
     double seconds;       /* wall time of the call */
+    int threads;          /* OpenMP threads that ran (OMP_THREAD_LIMIT can give fewer than asked) */
 } cg_stats;
 
 int cg_n_params(void);
@@ -32,3 +33,4 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
              const cg_config *config, cg_stats *stats, double *profile);
 int cg_evaluate(const float *params, const float *images, const int *labels, long n, int threads,
                 cg_stats *stats);
+int cg_threads(int requested);

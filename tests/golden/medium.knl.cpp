@@ -1178,8 +1178,10 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
     double loss = 0.0;
     long errors = 0, done = 0;
     const int threads = config->threads > 0 ? config->threads : 1;
+    int ran = 1;
 #pragma omp parallel num_threads(threads) reduction(+ : loss, errors, done)
     {
+        if (omp_get_thread_num() == 0) ran = omp_get_num_threads();
         chaos::Tally tally;
         if (profile) {
             double mine[net::N_LAYERS * net::N_PASSES] = {};
@@ -1199,6 +1201,7 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
     stats->errors = errors;
     stats->images = done;
     stats->seconds = omp_get_wtime() - t0;
+    stats->threads = ran;
     return failed ? -1 : 0;
 }
 
@@ -1208,9 +1211,10 @@ int cg_evaluate(const float *params, const float *images, const int *labels, lon
     const double t0 = omp_get_wtime();
     double loss = 0.0;
     long errors = 0;
-    int failed = 0;
+    int failed = 0, ran = 1;
 #pragma omp parallel num_threads(threads > 0 ? threads : 1) reduction(+ : loss, errors, failed)
     {
+        if (omp_get_thread_num() == 0) ran = omp_get_num_threads();
         float *work = chaos::alloc_floats(net::WORK_FLOATS);
         chaos::NoProfile prof;
         if (!work) failed = 1;
@@ -1228,7 +1232,17 @@ int cg_evaluate(const float *params, const float *images, const int *labels, lon
     stats->errors = errors;
     stats->images = failed ? 0 : n;
     stats->seconds = omp_get_wtime() - t0;
+    stats->threads = ran;
     return failed ? -1 : 0;
+}
+
+/* The threads a parallel region asking for `requested` gets here: OMP_THREAD_LIMIT (or
+   OMP_DYNAMIC) can give fewer than a num_threads clause asks. What cg_train would run. */
+int cg_threads(int requested) {
+    int ran = 1;
+#pragma omp parallel num_threads(requested > 0 ? requested : 1)
+    if (omp_get_thread_num() == 0) ran = omp_get_num_threads();
+    return ran;
 }
 
 const char *cg_ir_hash(void) { return CG_IR_HASH; }

@@ -13,6 +13,7 @@
 // characters); 24-27 uint32 epochs completed; 28-31 uint32 flags (bit 0: written on an
 // interrupt, in the middle of the next epoch); 32-39 float64 eta of the next epoch; then
 // n_params float32: the flat parameter array (PyTorch layouts at the IR's offsets).
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <csignal>
@@ -118,6 +119,7 @@ struct Options {
     std::string data = ".", init = "", weights = "weights.cgw", log = "run.jsonl";
     std::string scheme = "chaos";
     int threads = 0;  // 0: omp_get_max_threads(), i.e. OMP_NUM_THREADS or every processor
+    int threads_asked = 0;  // threads is then what OpenMP runs (OMP_THREAD_LIMIT: maybe fewer)
     int epochs = 70;
     double eta = 0.001, decay = 0.9;
     long seed = 1;
@@ -197,6 +199,10 @@ int scheme_code(const std::string &name) {
         name.c_str());
 }
 
+/* The CPUs this process may run on (its affinity mask as the program started: with
+   OMP_PROC_BIND, the OpenMP runtime binds this thread to one place before main). */
+long usable_cpus() { return omp_get_num_procs(); }
+
 Options parse_options(int argc, char **argv) {
     Options o;
     bool threads_given = false;
@@ -243,6 +249,17 @@ Options parse_options(int argc, char **argv) {
         o.threads = 1;
     }
     if (o.threads == 0) o.threads = omp_get_max_threads();
+    /* As chaosgen train: at most 16 threads per usable CPU and 1024 (a parallel region of
+       100,000 threads crashes in libgomp). */
+    const long cap = std::min(1024L, 16 * usable_cpus());
+    if (o.threads > cap)
+        die(2, "--threads %d is more than %ld (at most 16 per usable CPU, %ld here, and at most "
+            "1024)", o.threads, cap, usable_cpus());
+    o.threads_asked = o.threads;
+    o.threads = cg_threads(o.threads);
+    if (o.threads < o.threads_asked)
+        std::fprintf(stderr, "chaosgen-%s: warning: %d threads asked for, OpenMP runs %d\n",
+                     NETWORK, o.threads_asked, o.threads);
     if (o.init.empty()) o.init = o.resume ? o.weights : "init.cgw";
     return o;
 }
@@ -443,6 +460,7 @@ std::string machine() {
     return Object()
         .add("cpu", str(cpu_model()))
         .add("cores", integer(sysconf(_SC_NPROCESSORS_ONLN)))
+        .add("usable_cpus", integer(usable_cpus()))
         .add("hostname", str(host))
         .add("python", "null")
         .text();
@@ -468,6 +486,7 @@ std::string config(const Options &o, const char *program) {
         .add("ir_hash", str(IR_HASH))
         .add("target", str(TARGET))
         .add("library", str(program))  // what ran the network: this program
+        .add("threads_asked", integer(o.threads_asked))
         .text();
 }
 
