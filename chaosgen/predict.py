@@ -207,7 +207,14 @@ def machine_from_dict(d: dict, path: str = "") -> Machine:
 def default_profile_path() -> Path:
     """Where `chaosgen calibrate` writes this machine's profile: $CHAOSGEN_MACHINE or the cache."""
     env = os.environ.get(MACHINE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "chaosgen" / "machine.json"
+    try:
+        return Path(env).expanduser() if env else Path.home() / ".cache/chaosgen/machine.json"
+    except RuntimeError:  # no $HOME and no home in the user database
+        raise ChaosgenError(
+            f"no home directory for the machine profile ~/.cache/chaosgen/machine.json"
+            f"{' (to expand ~ in $' + MACHINE_ENV + ')' if env else ''}; set ${MACHINE_ENV} "
+            "to a file path without ~ (or give calibrate --out)"
+        ) from None
 
 
 def shipped_profiles() -> list[str]:

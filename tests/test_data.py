@@ -489,6 +489,9 @@ def test_no_home_directory(tmp_path: Path) -> None:
         (["data", "fetch"], ["no home directory", "--dir", "$CHAOSGEN_DATA"]),
         (["data", "info", "--data", "~/mnist"], ["--data ~/mnist: no home directory"]),
         (["train", "specs/small.net"], ["no home directory", "--data", "$CHAOSGEN_DATA"]),
+        (["predict", "specs/small.net", "--machine", "this"],
+         ["no home directory", "$CHAOSGEN_MACHINE"]),
+        (["calibrate"], ["no home directory", "$CHAOSGEN_MACHINE", "--out"]),
     ):
         bad = _homeless(tmp_path, *argv)
         assert bad.returncode == 1, bad.stderr
