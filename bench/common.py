@@ -105,8 +105,9 @@ def fmt_spread(s: dict[str, float]) -> str:
 def machine() -> dict:
     """CPU model and processor count, as recorded with every result."""
     from chaosgen.targets import cpu_model
+    from chaosgen.threads import usable_cpus
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count()}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cpus": usable_cpus()}
 
 
 class Bench:
