@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import glob
 import hashlib
 import json
 import math
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def build(
         return Build(directory, lib, cmd, True, time.perf_counter() - t0)
     what = f"compiling {name} for {target.name} with {compiler.name}"
     make_dir(directory)
-    with locked(directory, what):
+    with locked(directory, what, (LIB_NAME, CPP_NAME, source.header_name)):
         if lib.exists() and not force:  # another process finished it while we waited
             return Build(directory, lib, cmd, True, time.perf_counter() - t0)
         # Hand-tuning backdoor: with CHAOSGEN_USE_EDITED=1 an edited net.cpp in the cache is kept.
@@ -325,7 +326,7 @@ def cached_program(
     if exe.exists():
         return exe
     make_dir(directory)
-    with locked(directory, what):
+    with locked(directory, what, (*files, exe.name)):
         if not exe.exists():
             for fname, text in files.items():
                 write(directory / fname, text)
@@ -366,10 +367,11 @@ def write(path: Path, data: str | bytes) -> None:
 
 
 @contextlib.contextmanager
-def locked(directory: Path, what: str) -> Iterator[None]:
+def locked(directory: Path, what: str, files: Iterable[str] = ()) -> Iterator[None]:
     """Hold the lock of a build directory for `what`. If another process holds it, say once on
     stderr which one and since when, then wait (the operating system releases the lock of a
-    process that dies). Once it is ours, temporary files of killed builds are removed."""
+    process that dies). Once it is ours, the temporary files that killed builds left of `files`
+    are removed (only lock holders write them)."""
     lock = FileLock(str(directory / ".lock"))
     try:
         try:
@@ -382,9 +384,10 @@ def locked(directory: Path, what: str) -> Iterator[None]:
         raise cache_error(e, directory / ".lock", "lock the build directory") from None
     owner = directory / OWNER_NAME
     try:
-        for stale in directory.glob(".*.tmp"):  # only lock holders write temporary files here
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        for name in (*files, OWNER_NAME):  # atomic_write's and _temp_name's
+            for stale in directory.glob(f"{glob.escape('.' + name)}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "what": what}
         with contextlib.suppress(OSError):  # only a courtesy to waiters; a full disk fails later
             atomic_write(owner, json.dumps(me) + "\n")

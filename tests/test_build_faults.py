@@ -488,3 +488,17 @@ def test_a_damaged_tuning_record_is_ignored(tiny: Path, text: str) -> None:
     assert tune.load(net, target, compiler, tiny.parent / "build") is None
     with_record = compile_spec(tiny, build_dir=tiny.parent / "build", build=False).source
     assert with_record == compile_spec(tiny, build_dir=tiny.parent / "b2", build=False).source
+
+
+def test_the_next_build_removes_temporaries_of_killed_builds(tiny: Path) -> None:
+    """Temporary files a killed build left (of the library and of the sources) are removed by
+    the next build that holds the lock; files that are not chaosgen's stay."""
+    build = tiny.parent / "build"
+    c = compile_spec(tiny, build=False)
+    folder = build / f"tiny-native-gcc-{cache_key(c.source, c.compiler, c.target)}"
+    folder.mkdir(parents=True)
+    stale = [f".{LIB_NAME}.99999.0badf00d.tmp", f".{CPP_NAME}.k2j3h4.tmp"]
+    for name in [*stale, ".notes.tmp"]:
+        (folder / name).write_text("half")
+    assert compile_spec(tiny, build_dir=build).build.directory == folder
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".tmp") == [".notes.tmp"]
