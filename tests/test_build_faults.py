@@ -101,14 +101,18 @@ def tmpfs(where: Path, options: str) -> Iterator[Path]:
 
 
 # --- the cache cannot be written ----------------------------------------------------------------
+@pytest.mark.parametrize("what", ["library", "program"])
 @pytest.mark.parametrize("how", ["--build-dir", "CHAOSGEN_CACHE"])
 def test_build_cache_under_a_file_is_one_line(
-    tiny: Path, how: str, monkeypatch: pytest.MonkeyPatch, capsys
+    tiny: Path, how: str, what: str, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    """The cache given as (a folder under) a regular file: exit 1, one line naming the file."""
+    """The cache given as (a folder under) a regular file, for a library or a standalone
+    program: exit 1, one line naming the file."""
     blocker = tiny.parent / "not-a-folder"
     blocker.write_text("x")
-    argv = ["compile", str(tiny)]
+    # (The standalone program reads MNIST: a net with MNIST's input.)
+    spec = ROOT / "specs/small.net" if what == "program" else tiny
+    argv = ["compile", str(spec), *(["--program"] if what == "program" else [])]
     if how == "--build-dir":
         argv += ["--build-dir", str(blocker)]
     else:
@@ -449,6 +453,9 @@ def test_a_rebuild_in_the_same_process_runs_the_new_code(
     after = new.forward(x)
     assert after[0] == 42.0 and np.array_equal(after[1:], before[1:])
     assert np.array_equal(old.forward(x), before)
+    # Loaded from a copy named by its digest; the previous build's copy went with the rebuild.
+    (copy,) = cpp.parent.glob(".libnet-*.so")
+    assert copy.read_bytes() == (cpp.parent / LIB_NAME).read_bytes()
     # Rebuilt once more from the same edited source: the same code, loaded once.
     third = chaosgen.compile(tiny, build_dir=build)
     assert third.forward(x)[0] == 42.0 and third.lib is new.lib
