@@ -22,9 +22,15 @@ import sys
 from collections.abc import Sequence
 
 _PR_SET_PDEATHSIG = 1
-# `kill -9 0` kills every process of the group (the shell included). `wait` returns as soon as a
-# trapped signal arrives, so the trap runs at once. The shell exits with the command's status.
-_GUARD = 'trap "kill -9 0" TERM HUP; "$@" & wait $!'
+GRACE_S = 1  # after SIGTERM (on which gcc's driver deletes its temporary files), then SIGKILL
+# On SIGTERM or SIGHUP: SIGTERM to the whole group (`kill 0`; the trap ignores its own), a
+# moment to clean up, then SIGKILL to whatever is left, the shell included. `wait` returns as
+# soon as a trapped signal arrives, so the trap runs at once. Otherwise the shell exits with the
+# command's status.
+_GUARD = (
+    f'trap \'trap "" TERM HUP; kill -TERM 0; sleep {GRACE_S}; kill -KILL 0\' TERM HUP; '
+    '"$@" & wait $!'
+)
 
 
 def _libc_prctl():
@@ -85,8 +91,15 @@ def run(
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL every process of `proc`'s group (it leads one of its own) and reap `proc`."""
-    with contextlib.suppress(ProcessLookupError):  # the group has already gone
+    """Stop every process of `proc`'s group (it leads one of its own): SIGTERM, GRACE_S seconds
+    to clean up, then SIGKILL; reap `proc`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):  # the group has already gone
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=GRACE_S + 1)  # the guard shell ends the group within GRACE_S
+            break
+    with contextlib.suppress(ProcessLookupError):  # anything left of a group without a guard
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(OSError, ValueError):  # pipes closed by an interrupted communicate
         proc.communicate()

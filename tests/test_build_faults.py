@@ -342,14 +342,17 @@ SLOW_CPP = (
 
 def test_kill_9_mid_compile_kills_the_compiler(tiny: Path) -> None:
     """kill -9 of chaosgen while g++ runs cc1plus (on a hand-edited net.cpp that takes minutes
-    to compile): no process of that compile survives, and the build lock is free at once (the
-    operating system releases a dead holder's lock)."""
+    to compile): no process of that compile survives, g++ had time to delete its temporary
+    files, and the build lock is free at once (the operating system releases a dead holder's
+    lock)."""
     build = tiny.parent / "build"
     c = compile_spec(tiny, build=False)
     folder = build / f"tiny-native-gcc-{cache_key(c.source, c.compiler, c.target)}"
     folder.mkdir(parents=True)
     (folder / CPP_NAME).write_text(SLOW_CPP)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CHAOSGEN_USE_EDITED="1")
+    temp = tiny.parent / "temp"
+    temp.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CHAOSGEN_USE_EDITED="1", TMPDIR=str(temp))
     proc = subprocess.Popen(
         [sys.executable, "-m", "chaosgen.cli", "compile", str(tiny), "--build-dir", str(build)],
         cwd=tiny.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -357,7 +360,8 @@ def test_kill_9_mid_compile_kills_the_compiler(tiny: Path) -> None:
     tree: dict[int, str] = {}
     try:
         deadline = time.monotonic() + 120
-        while "cc1plus" not in tree.values():
+        # Until cc1plus runs and has opened its output (assembly, in $TMPDIR).
+        while "cc1plus" not in tree.values() or not list(temp.iterdir()):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "cc1plus never started"
             tree = descendants(proc.pid)
@@ -365,6 +369,7 @@ def test_kill_9_mid_compile_kills_the_compiler(tiny: Path) -> None:
         proc.kill()
         proc.communicate()
         assert survivors(set(tree)) == set(), tree
+        assert list(temp.iterdir()) == []
     finally:
         for pid in survivors(set(tree), patience=0):  # the processes this test started
             os.kill(pid, signal.SIGKILL)
