@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import __version__
+from . import __version__, child
 from .build import atomic_write, cached_program
 from .codegen import lock_segment
 from .errors import ChaosgenError
@@ -122,15 +122,19 @@ def code_key(spec: str | Path) -> str:
 
 
 def _run(exe: Path, *args) -> dict:
-    try:
-        proc = subprocess.run(
-            [str(exe), *map(str, args)], capture_output=True, text=True, timeout=300
-        )
+    run = f"{exe.name} {' '.join(map(str, args))}"
+    try:  # the microbenchmark dies with chaosgen, and is stopped if it hangs
+        proc = child.run([exe, *map(str, args)], timeout=300)
+    except OSError as e:
+        raise ChaosgenError(f"{exe}: cannot run: {e.strerror}") from None
     except subprocess.TimeoutExpired:
-        raise ChaosgenError(f"{exe.name} {' '.join(map(str, args))}: no answer in 300 s") from None
+        raise ChaosgenError(f"{run} did not finish in 300 s") from None
     if proc.returncode != 0:
-        raise ChaosgenError(f"{exe.name} {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
-    return json.loads(proc.stdout)
+        raise ChaosgenError(f"{run} failed: {proc.stderr.strip()}")
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise ChaosgenError(f"{run} wrote no valid JSON: {proc.stdout.strip()[:200]!r}") from None
 
 
 def undisturbed(samples: Sequence[tuple[float, float]]) -> tuple[list[float], bool]:

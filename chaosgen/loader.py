@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import stat
+import tempfile
 from pathlib import Path
 
 import cffi
 import numpy as np
 
 from . import ir
+from .build import atomic_write, loaded_copy_name
 from .errors import ChaosgenError
 
 ALIGN = 64
@@ -24,9 +29,68 @@ def aligned_zeros(n: int, dtype=np.float32) -> np.ndarray:
 
 @functools.cache
 def _open(library: str, header: str) -> tuple[cffi.FFI, object]:
+    """Load a library (once per path: callers pass a path unique to its content)."""
     ffi = cffi.FFI()
     ffi.cdef(header)  # the same header the C++ compiler checked
-    return ffi, ffi.dlopen(library)
+    try:
+        return ffi, ffi.dlopen(library)
+    except OSError as e:  # cffi's message names the library and what dlopen said
+        raise ChaosgenError(str(e)) from None
+
+
+def probe(library: str | Path, net: ir.Net, header: str) -> None:
+    """Load `library` from this very path, check it is `net`'s, and unload it: a ChaosgenError
+    says what is wrong (the build publishes only a library that passed)."""
+    ffi = cffi.FFI()
+    ffi.cdef(header)
+    try:
+        lib = ffi.dlopen(str(library))
+    except OSError as e:
+        raise ChaosgenError(f"the library cannot be loaded ({e})") from None
+    try:
+        n = lib.cg_n_params()
+    except AttributeError:  # the symbol is missing
+        raise ChaosgenError("the library has no cg_n_params()") from None
+    finally:
+        ffi.dlclose(lib)
+    if n != net.n_params:
+        raise ChaosgenError(f"the library has {n} parameters where {net.name} has {net.n_params}")
+
+
+def _content_path(library: Path) -> Path:
+    """A path that holds exactly `library`'s current bytes, named by their digest. dlopen hands
+    back the code it already loaded from a path (cffi's cache too), so loading a rebuilt or
+    hand-edited library from its own name would run the old code; a new content gets a new
+    name. The copy lives beside the library, else (a read-only cache) in a private folder."""
+    try:
+        data = library.read_bytes()
+    except OSError as e:
+        raise ChaosgenError(f"{library}: cannot read the library: {e.strerror}") from None
+    name = loaded_copy_name(library.name, hashlib.sha256(data).hexdigest()[:16])
+    for folder in (library.parent, _private_dir()):
+        if folder is None:
+            continue
+        copy = folder / name
+        try:
+            if not (copy.is_file() and copy.stat().st_size == len(data)):
+                atomic_write(copy, data)
+        except OSError:
+            continue
+        return copy
+    return library  # nowhere to write: load it from its own path, as before
+
+
+def _private_dir() -> Path | None:
+    """This user's folder for loaded copies in the temporary directory, if it is safely ours."""
+    folder = Path(tempfile.gettempdir()) / f"chaosgen-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+    except OSError:
+        return None
+    # Another account could plant a library in a folder it made or can write to.
+    mine = stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+    return folder if mine else None
 
 
 class Net:
@@ -35,8 +99,13 @@ class Net:
     def __init__(self, net: ir.Net, library: str | Path, header: str):
         self.ir = net
         self.library = Path(library)
-        self.ffi, self.lib = _open(str(library), header)
-        if self.lib.cg_n_params() != net.n_params or self.lib.cg_ir_hash() == self.ffi.NULL:
+        self.ffi, self.lib = _open(str(_content_path(self.library)), header)
+        try:
+            n, ir_hash = self.lib.cg_n_params(), self.lib.cg_ir_hash()
+            fits = n == net.n_params and ir_hash != self.ffi.NULL
+        except AttributeError:  # a library without chaosgen's API
+            fits = False
+        if not fits:
             raise ChaosgenError(f"{library} does not match the network {net.name}")
         self.params = aligned_zeros(net.n_params)
         self._work = aligned_zeros(self.lib.cg_work_floats())

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 
 from . import __version__, codegen, data, ir
 from . import checkpoint as ckpt
-from .build import CPP_NAME, atomic_write, cache_root, run_and_publish
+from .build import CPP_NAME, atomic_write, cache_root, locked, make_dir, run_and_publish, write
 from .errors import ChaosgenError, UsageError
 from .loader import initial_params
 from .targets import (
@@ -241,8 +240,8 @@ def emit_program(
     directory = Path(out) if out else cache_root(build_dir) / name
     exe = directory / program_name(net)
     cmd = program_command(net, compiler, tgt)
-    directory.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(directory / ".lock")):
+    make_dir(directory)  # these three: BuildError naming the path, saying who holds the lock
+    with locked(directory, f"building the {net.name} program", (*files, exe.name)):
         cached = (
             exe.exists()
             and not force
@@ -256,7 +255,7 @@ def emit_program(
             # Never leave a program beside sources it was not built from.
             exe.unlink(missing_ok=True)
             for k, v in files.items():
-                atomic_write(directory / k, v)
+                write(directory / k, v)
                 if k in SCRIPTS:
                     os.chmod(directory / k, 0o755)
             if compiler.resolve() is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from . import codegen, tune
 from .check import check
 from .ir import Net
 from .loader import Net as LoadedNet
+from .loader import probe
 from .parse import Spec, parse_file
 from .targets import Compiler, Target, default_compiler_for, get_compiler, get_target
 
@@ -49,7 +51,18 @@ def compile_spec(
                             tuned_on=tuned.cpu if tuned else None)
     built = None
     if build:
-        built = build_mod.build(source, net.name, tgt, compiler, root=build_dir, force=force)
+        # A library that runs here is loaded once before it is published; another is checked
+        # only for being a binary of the right kind (build.run_and_publish).
+        verify = functools.partial(probe, net=net, header=source.header)
+        built = build_mod.build(
+            source,
+            net.name,
+            tgt,
+            compiler,
+            root=build_dir,
+            force=force,
+            verify=verify if tgt.runs_here() else None,
+        )
     return Compiled(spec, net, tgt, compiler, source, built)
 
 

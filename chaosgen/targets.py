@@ -17,7 +17,10 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+from . import child
 from .errors import BuildError, UsageError
+
+VERSION_TIMEOUT_S = 30.0  # for `<compiler> --version`; it answers in milliseconds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -259,8 +262,8 @@ def parse_version(text: str) -> Version | None:
 
 @functools.cache
 def _version(path: str) -> str:
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    try:  # a compiler that hangs here is stopped, its whole process group with it
+        out = child.run([path, "--version"], timeout=VERSION_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     text = out.stdout or out.stderr

@@ -18,8 +18,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, codegen
-from .build import atomic_write, cache_root, cached_program
+from . import __version__, child, codegen
+from .build import cache_root, cached_program, write
 from .errors import BuildError, UsageError
 from .ir import Net
 from .targets import Compiler, Target, cpu_model
@@ -27,6 +27,7 @@ from .targets import Compiler, Target, cpu_model
 REPEATS = 5  # timed means per form and layer in one run of the timing program; the best is kept
 SWEEPS = 3  # runs of every timing program, interleaved
 WINDOW_S = 0.004  # seconds of calls per mean
+RUN_TIMEOUT_S = 600.0  # one run of a timing program takes seconds; past this it hangs
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +67,15 @@ def load(net: Net, target: Target, compiler: Compiler, root: str | Path | None) 
     """The recorded tuning of this network for this target, compiler, CPU and templates."""
     if not target.host:
         return None
+    stamp = _stamp(compiler)
     try:
         rec = json.loads(record_path(net, target, compiler, root).read_text())
-    except (OSError, ValueError):
+        if any(rec.get(k) != v for k, v in stamp.items()):
+            return None
+        return Tuning(dict(rec["forms"]), dict(rec.get("times_us", {})), str(rec["cpu"]))
+    # None, not a record, or not readable: as if there were no record (the cost model decides).
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    stamp = _stamp(compiler)
-    if any(rec.get(k) != v for k, v in stamp.items()):
-        return None
-    return Tuning(dict(rec["forms"]), rec.get("times_us", {}), rec["cpu"])
 
 
 TAPS_SHAPES = 3  # register blockings of the taps form tried per layer
@@ -128,12 +130,18 @@ def _time_form(
         compiler.program_flags(target),
         f"building the tuning program of {net.name}",
     )
-    proc = subprocess.run(
-        [str(exe)], capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}
-    )
+    try:  # the timing program dies with chaosgen, and is stopped if it hangs
+        proc = child.run([exe], env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=RUN_TIMEOUT_S)
+    except OSError as e:
+        raise BuildError(f"{exe}: cannot run the tuning program: {e.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"{exe}: the tuning program ran past {RUN_TIMEOUT_S:g} s") from None
     if proc.returncode != 0:
         raise BuildError(f"{exe} failed (exit {proc.returncode}): {proc.stderr.strip()[:200]}")
-    return json.loads(proc.stdout)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise BuildError(f"{exe} wrote no valid JSON: {proc.stdout.strip()[:200]!r}") from None
 
 
 def tune(
@@ -182,7 +190,7 @@ def save(
         "times_us": times,
     }
     path = record_path(net, target, compiler, root)
-    atomic_write(path, json.dumps(rec, indent=1) + "\n")
+    write(path, json.dumps(rec, indent=1) + "\n")  # a BuildError naming the path if refused
     return path
 
 
