@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Sequence
 
@@ -30,6 +31,13 @@ def run(
         why = f"exit status {proc.returncode}"
         raise AssertionError(explain(args, why, proc.stdout, proc.stderr, tail))
     return proc
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child a test will send SIGINT: a shell that starts jobs in the background
+    (nohup, `cmd &` in a script, some CI runners) leaves SIGINT ignored, the child inherits that,
+    and Python then installs no KeyboardInterrupt handler, so the signal would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def explain(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import pytest
-from proc import run
+from proc import default_sigint, run
 
 
 def test_failure_shows_command_status_and_output_tail() -> None:
@@ -26,3 +27,17 @@ def test_timeout_shows_what_was_printed_so_far() -> None:
 
 def test_success_returns_the_output() -> None:
     assert run([sys.executable, "-c", "print('hi')"]).stdout == "hi\n"
+
+
+def test_default_sigint_gives_a_child_ctrl_c_back() -> None:
+    """Started with SIGINT ignored (as under nohup), a Python child has no KeyboardInterrupt
+    handler unless default_sigint restores the default first."""
+    code = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    probe = [sys.executable, "-c", code]
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ignored = run(probe).stdout
+        restored = run(probe, preexec_fn=default_sigint).stdout
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert (ignored, restored) == ("False\n", "True\n")
