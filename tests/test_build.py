@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT
+from proc import run
 
 import chaosgen
 from chaosgen.build import CPP_NAME, LIB_NAME, cache_key
@@ -181,10 +182,11 @@ def test_wheel_ships_grammar_and_templates(tmp_path: Path) -> None:
             shutil.copy(ROOT / name, src / name)
     for folder in ("chaosgen", "templates"):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(tmp_path / "dist")],
-        cwd=src, check=True, capture_output=True, text=True, timeout=300,
+    # With build isolation, as `pip install .` builds: pip brings pyproject's build requirements
+    # into a fresh environment, so the test works in a fresh venv and pins those requirements.
+    run(
+        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", tmp_path / "dist"],
+        cwd=src, timeout=300,
     )  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("chaosgen-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -207,11 +209,9 @@ def test_wheel_ships_grammar_and_templates(tmp_path: Path) -> None:
         "c = compile_spec('specs/small.net', target='avx2', build=False)\n"
         "sys.stdout.write(c.source.cpp)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(site)),
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    out = run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(site))
+    ).stdout
     where, cpp = out.split("\n", 1)
     assert Path(where) == site / "chaosgen" / "templates"
     assert cpp == (ROOT / "tests/golden/small.avx2.cpp").read_text()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, SHIPPED
+from proc import run
 
 from chaosgen import codegen
 from chaosgen.pipeline import front_end
@@ -146,8 +147,8 @@ def tanh_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[flo
     (tmp / "tanh.cpp").write_text(TANH_PROGRAM)
     flags = compiler.flags(native_target())
     cmd = [compiler.resolve(), *flags, "-I", str(codegen.template_dir()), "tanh.cpp", "-o", "tanh"]
-    subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, text=True)
-    out = subprocess.run([str(tmp / "tanh")], check=True, capture_output=True, text=True).stdout
+    run(cmd, cwd=tmp)
+    out = run([tmp / "tanh"]).stdout
     return {row.split()[0]: tuple(float(v) for v in row.split()[1:]) for row in out.splitlines()}
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from proc import default_sigint
 from reference import numpy_run
 
 import chaosgen
@@ -241,6 +242,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     for line in proc.stdout:  # the header is printed once compiled and MNIST is loaded
         if "threads" in line:
