@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 from filelock import FileLock
+from proc import default_sigint
 
 import chaosgen
 from chaosgen.build import CPP_NAME, LIB_NAME, OWNER_NAME, cache_key
@@ -430,7 +431,7 @@ def test_interrupting_a_compile_kills_the_compiler(tiny: Path) -> None:
         [sys.executable, "-m", "chaosgen.cli", "compile", str(tiny), "--build-dir",
          str(tiny.parent / "build")],
         cwd=tiny.parent, env=dict(os.environ, PYTHONPATH=str(ROOT), **env_cxx),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not (pids.exists() and len(pids.read_text().split()) == 2):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from proc import default_sigint
 
 import chaosgen
 from chaosgen import checkpoint, threads, train
@@ -29,7 +30,9 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="ne
 
 
 def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    """A real `python -m chaosgen.cli` process of this checkout."""
+    """A real `python -m chaosgen.cli` process of this checkout (SIGINT at its default even if
+    this suite runs with it ignored, as under nohup)."""
+    kw.setdefault("preexec_fn", default_sigint)
     return subprocess.Popen(
         [sys.executable, "-m", "chaosgen.cli", *args],
         cwd=ROOT,
