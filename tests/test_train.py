@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from chaosgen.cli import main
 from chaosgen.data import load_mnist
 from chaosgen.loader import initial_params
 from chaosgen.train import Config, Runtime, Trainer
+from runs import sigint_after_start
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CHAOSGEN_DATA") or ROOT.parent / "shared" / "data" / "mnist")
@@ -76,8 +75,10 @@ def test_fused_dense_updates_equal_gradient_then_update_for_a_dense_first_net(mn
     dense blocks span several lock segments: chaos (fused) == averaged, B=1 (through G),
     bitwise."""
     spec = tmp_path / "mlp.net"
-    spec.write_text("network mlp\ninput size=29x29\ndense h: units=40 activation=relu\n"
-                    "output out: classes=10\ntrain epochs=1 eta=0.01 seed=3\n")
+    spec.write_text(
+        "network mlp\ninput size=29x29\ndense h: units=40 activation=relu\n"
+        "output out: classes=10\ntrain epochs=1 eta=0.01 seed=3\n"
+    )
     net = chaosgen.compile(spec, build_dir=tmp_path / "build")
     a, _ = _train(net, mnist, scheme="chaos", threads=1, limit=2000)
     b, _ = _train(net, mnist, scheme="averaged", threads=1, batch=1, limit=2000)
@@ -204,7 +205,7 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
             "train",
             str(spec),
             "--eta",
-            "50",
+            "10",
             "--limit",
             "2000",
             "--quiet",
@@ -235,20 +236,8 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path):
         "--checkpoint-dir",
         str(tmp_path / "ck"),
     ]
-    proc = subprocess.Popen(
-        [*common, "--epochs", "3"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in proc.stdout:  # the header is printed once compiled and MNIST is loaded
-        if "threads" in line:
-            break
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1, err
+    rc, err = sigint_after_start([*common[3:], "--epochs", "3"], 1.5)
+    assert rc == 1, err
     assert "Traceback" not in err
     m = re.search(r"interrupted (in|while evaluating) epoch (\d+)", err)
     assert m, err
