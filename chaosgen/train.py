@@ -281,6 +281,7 @@ class Trainer:
         self.eta = self.cfg.eta
         self.history: list[dict] | None = []  # every completed epoch's record (checkpointed)
         self.changed: dict = {}  # settings a --resume changed: noted in the next record
+        self.saved_epoch: int | None = None  # the epochs of the last whole checkpoint of this run
 
     @property
     def last_checkpoint(self) -> Path | None:
@@ -295,6 +296,7 @@ class Trainer:
         into agreement with the checkpoint first."""
         self.runtime.net.params[:] = ck.params
         self.start_epoch, self.eta = ck.epoch, ck.eta if eta is None else eta
+        self.saved_epoch = ck.epoch
         self.history = None if ck.records is None else list(ck.records)  # None: an old file
         self.changed = dict(changed or {})
         if ck.rng is not None:
@@ -343,6 +345,8 @@ class Trainer:
                     config=asdict(self.cfg),
                 ),
             )
+            if not partial:
+                self.saved_epoch = epoch_done
         except OSError as e:
             raise ChaosgenError(
                 f"{self.last_checkpoint}: cannot write the checkpoint: {e.strerror or e}; the "
@@ -497,13 +501,13 @@ class Trainer:
         else:
             return
         where = (
-            f"the last good checkpoint {self.last_checkpoint} is kept"
-            if self.last_checkpoint and self.last_checkpoint.exists()
-            else "no checkpoint was written"
+            f"the last good checkpoint {self.last_checkpoint} (epoch {epoch}) is kept; try a "
+            "smaller eta (--resume --eta ETA continues from it)"
+            if self.last_checkpoint and epoch > 0 and epoch == self.saved_epoch
+            else "this run wrote no checkpoint; try a smaller eta"
         )
         raise TrainingError(
-            f"training diverged in epoch {epoch + 1}: {what} (eta {self.eta:g}); {where}; "
-            "try a smaller eta (--resume --eta ETA continues from the checkpoint)"
+            f"training diverged in epoch {epoch + 1}: {what} (eta {self.eta:g}); {where}"
         )
 
 

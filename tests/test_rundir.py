@@ -10,8 +10,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +35,17 @@ def _at_root(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
+def _run_args(run: Path, spec: str, *flags: str, log: bool = True) -> list[str]:
+    """`train` arguments on two threads with the run's checkpoint directory and log in `run`."""
+    argv = ["train", spec, "--threads", "2", *flags, "--data", str(DATA)]
+    argv += ["--checkpoint-dir", str(run / "ck")]
+    return argv + (["--log", str(run / "run.jsonl")] if log else [])
+
+
 def _train(run: Path, *extra: str, log: bool = True) -> int:
     """`chaosgen train` of the small net on 1,000 images per epoch, in `run`."""
-    argv = ["train", SMALL, "--threads", "2", "--limit", "1000", "--val-limit", "500"]
-    argv += ["--test-limit", "500", "--quiet", "--data", str(DATA)]
-    argv += ["--checkpoint-dir", str(run / "ck")]
-    if log:
-        argv += ["--log", str(run / "run.jsonl")]
-    return main([*argv, *extra])
+    flags = ("--limit", "1000", "--val-limit", "500", "--test-limit", "500", "--quiet")
+    return main([*_run_args(run, SMALL, *flags, log=log), *extra])
 
 
 def _log(run: Path) -> list[dict]:
@@ -162,26 +167,8 @@ def test_ctrl_c_while_evaluating_logs_the_epoch(tmp_path):
     """A real SIGINT while the medium net evaluates 60,000 validation images (it trains on 50):
     the epoch is checkpointed and logged with its evaluation marked interrupted, so the log never
     skips an epoch; --resume continues with the next."""
-    common = [
-        sys.executable,
-        "-m",
-        "chaosgen.cli",
-        "train",
-        "specs/medium.net",
-        "--threads",
-        "2",
-        "--limit",
-        "50",
-        "--test-limit",
-        "100",
-        "--data",
-        str(DATA),
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log",
-        str(tmp_path / "run.jsonl"),
-    ]
-    rc, err = sigint_after_start([*common[3:], "--epochs", "20"], 2.0)
+    common = _run_args(tmp_path, "specs/medium.net", "--limit", "50", "--test-limit", "100")
+    rc, err = sigint_after_start([*common, "--epochs", "20"], 2.0)
     assert rc == 1 and "Traceback" not in err, err
     m = re.search(r"interrupted while evaluating epoch (\d+) \(logged", err)
     assert m, err
@@ -193,8 +180,35 @@ def test_ctrl_c_while_evaluating_logs_the_epoch(tmp_path):
     ck = _ck(tmp_path)
     assert (ck.epoch, ck.partial, ck.records) == (epoch, False, records)
     resume = ["--epochs", str(epoch + 1), "--resume", "--quiet", "--val-limit", "100"]
-    assert main([*common[3:], *resume]) == 0
+    assert main([*common, *resume]) == 0
     assert [r["epoch"] for r in _log(tmp_path)] == list(range(1, epoch + 2))
+
+
+def test_kill_9_at_any_moment_leaves_log_and_checkpoint_that_resume_agrees(tmp_path):
+    """Real SIGKILLs at several moments of runs of short epochs (each checkpoint, log append and
+    evaluation takes a few ms, so the kills land in all of them over the runs): after each, a
+    --resume that finishes leaves a log equal to the checkpoint's records, epochs 1..n."""
+    flags = ("--limit", "300", "--val-limit", "100", "--test-limit", "100", "--quiet")
+    argv = _run_args(tmp_path, SMALL, *flags)
+    done = 0
+    for i, delay in enumerate((0.35, 0.8)):
+        extra = ["--resume"] if i else []
+        cmd = [sys.executable, "-m", "chaosgen.cli", *argv, "--epochs", "100000", *extra]
+        proc = subprocess.Popen(cmd, cwd=ROOT)
+        # Wait for the first epoch of this run, then kill it some time later.
+        while not (tmp_path / "ck" / "last.npz").exists() or _ck(tmp_path).epoch <= done:
+            time.sleep(0.02)
+            assert proc.poll() is None
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done = _ck(tmp_path).epoch
+        assert main([*argv, "--epochs", str(done + 1), "--resume"]) == 0
+        done += 1
+        records = _log(tmp_path)
+        assert [r["epoch"] for r in records] == list(range(1, done + 1))
+        assert _ck(tmp_path).records == records
+        assert not list((tmp_path / "ck").glob(".*.tmp"))
 
 
 # --- --log semantics -----------------------------------------------------------------------------
@@ -490,7 +504,7 @@ def test_a_saturating_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_pa
         r"chaosgen: error: training diverged in epoch 2: the mean loss per image was \d\d\.\d, "
         r"above 6\.9 \(3 x ln 10, the loss of chance\) \(eta 10\); the last good checkpoint "
         + re.escape(str(tmp_path / "ck" / "last.npz"))
-        + r" is kept; try a smaller eta \(--resume --eta ETA continues from the checkpoint\)",
+        + r" \(epoch 1\) is kept; try a smaller eta \(--resume --eta ETA continues from it\)",
         line,
     ), line
     assert (tmp_path / "ck" / "last.npz").read_bytes() == good

@@ -217,6 +217,8 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
     )
     err = capsys.readouterr().err
     assert rc == 1 and "diverged in epoch 1" in err and "Traceback" not in err
+    # The checkpoint there is another run's: not called this run's last good one.
+    assert "this run wrote no checkpoint; try a smaller eta" in err
     assert (tmp_path / "ck" / "last.npz").read_bytes() == good
 
 
