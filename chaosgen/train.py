@@ -175,6 +175,11 @@ class Runtime:
         return PhaseStats(stats.loss, stats.errors, stats.images, stats.seconds)
 
 
+def _stat(st: PhaseStats | None, name: str) -> float | int | None:
+    """A figure of a phase, None if the phase did not run (Ctrl-C during evaluation)."""
+    return getattr(st, name) if st is not None else None
+
+
 class _Interrupted(Exception):
     def __init__(self, stats: PhaseStats):
         self.stats = stats
@@ -393,20 +398,36 @@ class Trainer:
             bar.close()
             self._check_finite(epoch, tr)
             self.eta = eta * cfg.decay
-            rec = {
+            va, te = self._evaluate()
+            f = _stat
+            rec = {  # the order of the native program's log (chaosgen.native), key for key
                 "epoch": epoch + 1,
                 "eta": eta,
                 "train_loss": tr.loss / max(tr.images, 1),
                 "train_error_rate": tr.error_rate,
+                "val_error": f(va, "loss"),
+                "val_errors": f(va, "errors"),
+                "val_error_rate": f(va, "error_rate"),
+                "test_error": f(te, "loss"),
+                "test_errors": f(te, "errors"),
+                "test_error_rate": f(te, "error_rate"),
                 "train_images": tr.images,
+                "val_images": f(va, "images"),
+                "test_images": f(te, "images"),
                 "train_images_per_s": tr.images_per_s,
+                "val_images_per_s": f(va, "images_per_s"),
+                "test_images_per_s": f(te, "images_per_s"),
                 "seconds_train": tr.seconds,
+                "seconds_val": f(va, "seconds"),
+                "seconds_test": f(te, "seconds"),
             }
-            done = self._evaluate(rec)
+            done = te is not None
             rec["seconds"] = time.perf_counter() - t0
             if tr.profile is not None:
                 rec["profile_us_per_image"] = _profile_table(rt.net, tr.profile, tr.images)
             rec.update(config={**asdict(cfg), **self.meta}, machine=machine())
+            if not done:
+                rec["evaluation"] = "interrupted"
             self._commit(rec, self.eta)
             if not done:  # Ctrl-C while evaluating: the epoch is trained, kept and logged
                 where = f"; checkpoint {self.last_checkpoint}" if self.last_checkpoint else ""
@@ -427,30 +448,16 @@ class Trainer:
             records.append(rec)
         return records
 
-    def _evaluate(self, rec: dict) -> bool:
-        """Validation and test into `rec`; False if Ctrl-C stopped them (what did not run is
-        None, and rec["evaluation"] says "interrupted")."""
-        done = True
-        for name, x, y in (("val", self.val_x, self.val_y), ("test", self.test_x, self.test_y)):
-            st = None
-            if done:
-                try:
-                    st = self.runtime.evaluate(x, y, self.cfg.threads)
-                except KeyboardInterrupt:
-                    done, rec["evaluation"] = False, "interrupted"
-            fields = ("loss", "errors", "error_rate", "images", "images_per_s", "seconds")
-            keys = (
-                f"{name}_error",
-                f"{name}_errors",
-                f"{name}_error_rate",
-                f"{name}_images",
-                f"{name}_images_per_s",
-                f"seconds_{name}",
-            )
-            rec.update(
-                {k: getattr(st, f) if st else None for k, f in zip(keys, fields, strict=True)}
-            )
-        return done
+    def _evaluate(self) -> tuple[PhaseStats | None, PhaseStats | None]:
+        """Validation and test; None for what Ctrl-C stopped or kept from running."""
+        try:
+            va = self.runtime.evaluate(self.val_x, self.val_y, self.cfg.threads)
+        except KeyboardInterrupt:
+            return None, None
+        try:
+            return va, self.runtime.evaluate(self.test_x, self.test_y, self.cfg.threads)
+        except KeyboardInterrupt:
+            return va, None
 
     def _warn_if_chance(self, rec: dict) -> None:
         """A run that learns nothing: the error rate at chance level after an epoch."""
