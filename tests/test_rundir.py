@@ -513,6 +513,26 @@ def test_a_saturating_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_pa
     assert [r["epoch"] for r in _log(tmp_path)] == [1, 2]
 
 
+def test_runaway_weights_with_a_finite_loss_stop_the_run(tmp_path, capsys):
+    """ReLU into a linear output with mse at eta 1: the weights pass 1e14 while loss and weights
+    stay finite (mse has no chance-level loss to compare with): the weight bound stops it."""
+    spec = tmp_path / "runaway.net"
+    spec.write_text(
+        "network runaway\ninput size=29x29\ndense h: units=40 activation=relu\n"
+        "output out: classes=10 activation=linear loss=mse\n"
+    )
+    argv = ["train", str(spec), "--eta", "1", "--limit", "2000", "--threads", "1", "--epochs", "1"]
+    argv += ["--quiet", "--data", str(DATA), "--checkpoint-dir", str(tmp_path / "ck")]
+    assert main(argv) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert re.fullmatch(
+        r"chaosgen: error: training diverged in epoch 1: a weight reached \d(\.\d+)?e\+\d\d "
+        r"\(the bound is 1e\+06\) \(eta 1\); this run wrote no checkpoint; try a smaller eta",
+        line,
+    ), line
+    assert not (tmp_path / "ck" / "last.npz").exists()
+
+
 def test_a_run_that_learns_nothing_is_warned_about(tmp_path, capsys):
     assert _train(tmp_path, "--epochs", "1", "--limit", "2000", "--eta", "1e-9") == 0
     err = capsys.readouterr().err.strip()
