@@ -16,6 +16,10 @@ MAX_EPOCHS = 100_000
 # "Limits"): 64 layers build in about 20 s and 350 MB; the paper's nets have 6 to 8.
 MAX_LAYERS = 64
 MAX_NAME = 64  # characters of a layer or network name (they become C++ identifiers)
+# Bounds of the training settings: one definition for the spec's `train` statement and the flags.
+MAX_ETA = 10.0  # eta in (0, MAX_ETA]
+MAX_DECAY = 1.0  # decay in (0, MAX_DECAY]
+MAX_SEED = 2**63 - 1  # seed in [0, MAX_SEED]
 
 LAYER_KINDS = ("input", "conv", "maxpool", "avgpool", "dense", "output")
 STATEMENT_KINDS = (*LAYER_KINDS, "train")
@@ -263,17 +267,19 @@ class _Checker:
                 f"train: 'epochs' must be between 1 and {MAX_EPOCHS}, found {a['epochs']}",
             )
             ok = False
-        if not 0 < a["eta"] <= 10:  # type: ignore[operator]
+        if not 0 < a["eta"] <= MAX_ETA:  # type: ignore[operator]
             self.error(
-                self.loc_of(st, "eta"), f"train: 'eta' must be in (0, 10], found {a['eta']}"
+                self.loc_of(st, "eta"),
+                f"train: 'eta' must be in (0, {MAX_ETA:g}], found {a['eta']}",
             )
             ok = False
-        if not 0 < a["decay"] <= 1:  # type: ignore[operator]
+        if not 0 < a["decay"] <= MAX_DECAY:  # type: ignore[operator]
             self.error(
-                self.loc_of(st, "decay"), f"train: 'decay' must be in (0, 1], found {a['decay']}"
+                self.loc_of(st, "decay"),
+                f"train: 'decay' must be in (0, {MAX_DECAY:g}], found {a['decay']}",
             )
             ok = False
-        if not 0 <= a["seed"] < 2**63:  # type: ignore[operator]
+        if not 0 <= a["seed"] <= MAX_SEED:  # type: ignore[operator]
             self.error(
                 self.loc_of(st, "seed"),
                 f"train: 'seed' must be a non-negative integer, found {a['seed']}",

@@ -138,15 +138,25 @@ class Net:
                 f"missing {missing or 'none'}, unexpected {extra or 'none'}"
             )
         blocks = [b for lay in self.ir.trainable for b in _blocks(lay)]
+        cast = {}
         for key, _, shape in blocks:  # check everything first: a rejected call changes nothing
             arr = np.asarray(weights[key])
+            if arr.dtype.kind not in "iuf":
+                raise ChaosgenError(
+                    f"set_weights: {key} has dtype {arr.dtype}, expected real numbers (float32)"
+                )
             if arr.shape != shape:
                 raise ChaosgenError(f"set_weights: {key} has shape {arr.shape}, expected {shape}")
-            if not np.all(np.isfinite(arr)):
-                raise ChaosgenError(f"set_weights: {key} contains NaN or inf")
+            # Cast first: a float64 beyond float32's range becomes inf only here.
+            with np.errstate(over="ignore"):
+                cast[key] = arr.astype(np.float32).ravel()
+            if not np.all(np.isfinite(cast[key])):
+                raise ChaosgenError(
+                    f"set_weights: {key} contains NaN or inf, or values beyond float32's range "
+                    f"(|x| > {float(np.finfo(np.float32).max):.4g})"
+                )
         for key, off, _ in blocks:
-            arr = np.asarray(weights[key])
-            self.params[off : off + arr.size] = arr.astype(np.float32).ravel()
+            self.params[off : off + cast[key].size] = cast[key]
 
     # --- one image ----------------------------------------------------------------------------
     def _load_image(self, x: np.ndarray) -> None:

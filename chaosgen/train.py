@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import platform
 import sys
@@ -16,9 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
+from . import ir, rundir
 from .errors import ChaosgenError, TrainingError, UsageError
 from .loader import Net, aligned_zeros
 from .threads import allowed_threads, resolve_threads, usable_cpus
+
+# Divergence (Trainer._check_finite). Weights past MAX_WEIGHT: float32 then drops every update
+# below MAX_WEIGHT * 2**-24 (0.06) and every activation saturates or overflows; initial weights
+# are below 1 and no run that learns was seen past 1e2. A mean cross-entropy per image above
+# MAX_LOSS_FACTOR x ln(classes) (chance's loss) over a whole epoch means the right class got a
+# probability of classes**-3 (0.001) on geometric average: confidently wrong, not learning (runs
+# that learn stay below ln(classes); saturated runs sit at 9-62 per image on 10 classes).
+MAX_WEIGHT = 1e6
+MAX_LOSS_FACTOR = 3.0
+CHANCE_MARGIN = 0.5  # "learns nothing": error rate >= 1 - (1 + CHANCE_MARGIN) / classes
 
 SCHEMES = {"chaos": 0, "sequential": 0, "hogwild": 1, "delayed": 2, "averaged": 3}
 PASSES = ("forward", "backward_data", "backward_weights", "update", "lock_wait")
@@ -205,6 +216,11 @@ class Runtime:
         return PhaseStats(stats.loss, stats.errors, stats.images, stats.seconds, prof, ran)
 
 
+def _stat(st: PhaseStats | None, name: str) -> float | int | None:
+    """A figure of a phase, None if the phase did not run (Ctrl-C during evaluation)."""
+    return getattr(st, name) if st is not None else None
+
+
 class _Interrupted(Exception):
     def __init__(self, stats: PhaseStats):
         self.stats = stats
@@ -327,50 +343,90 @@ class Trainer:
         self.rng = np.random.default_rng(self.cfg.seed)
         self.start_epoch = 0
         self.eta = self.cfg.eta
+        self.history: list[dict] | None = []  # every completed epoch's record (checkpointed)
+        self.changed: dict = {}  # settings a --resume changed: noted in the next record
+        self.saved_epoch: int | None = None  # the epochs of the last whole checkpoint of this run
 
     @property
     def last_checkpoint(self) -> Path | None:
         """Where the newest checkpoint is written."""
         return self.checkpoint_dir / "last.npz" if self.checkpoint_dir else None
 
-    def resume(self) -> None:
-        """Continue from the last checkpoint in the checkpoint directory."""
-        path = self.last_checkpoint
-        if path is None or not path.exists():
-            raise ChaosgenError(f"--resume: no checkpoint at {path}; train without --resume first")
-        net = self.runtime.net
-        ck = ckpt.load(path, net.ir)
-        net.params[:] = ck.params
-        self.start_epoch, self.eta = ck.epoch, ck.eta
+    def resume(
+        self, ck: ckpt.Checkpoint, eta: float | None = None, changed: dict | None = None
+    ) -> None:
+        """Continue from a loaded checkpoint: `eta` (a --eta given again) replaces its eta from
+        the next epoch on; `changed` settings are noted in the next record. The log is brought
+        into agreement with the checkpoint first."""
+        self.runtime.net.params[:] = ck.params
+        self.start_epoch, self.eta = ck.epoch, ck.eta if eta is None else eta
+        self.saved_epoch = ck.epoch
+        self.history = None if ck.records is None else list(ck.records)  # None: an old file
+        self.changed = dict(changed or {})
         if ck.rng is not None:
             self.rng.bit_generator.state = ck.rng
+        if self.log_path is not None and ck.records is not None:
+            fixed = rundir.sync_log(self.log_path, ck.records, self.last_checkpoint)
+            if fixed:
+                self.say(f"log {self.log_path} repaired: {fixed}")
         self.say(
-            f"resuming from {path}: {ck.epoch} epochs done, eta {ck.eta:g}"
+            f"resuming from {self.last_checkpoint}: {ck.epoch} epochs done, eta {self.eta:g}"
             + (" (interrupted mid-epoch)" if ck.partial else "")
         )
+        if self.changed:
+            self.say(
+                "settings changed from the checkpoint's (noted in the next record): "
+                + ", ".join(
+                    f"{k} {a:g} -> {b:g}" if isinstance(a, float) else f"{k} {a} -> {b}"
+                    for k, (a, b) in self.changed.items()
+                )
+            )
 
     def say(self, text: str) -> None:
+        """A line on stdout unless --quiet."""
         if not self.quiet:
             print(text, flush=True)
 
     def save(
         self, epoch_done: int, eta_next: float, rng_state: dict, partial: bool = False
     ) -> None:
+        """Write the checkpoint (weights, schedule, every epoch record) atomically."""
         if self.last_checkpoint is None:
             return
         net = self.runtime.net
-        ckpt.save(
-            self.last_checkpoint,
-            ckpt.Checkpoint(
-                params=net.params.copy(),
-                epoch=epoch_done,
-                eta=eta_next,
-                ir_hash=net.ir.digest(),
-                net=net.ir.name,
-                rng=rng_state,
-                partial=partial,
-            ),
-        )
+        try:
+            ckpt.save(
+                self.last_checkpoint,
+                ckpt.Checkpoint(
+                    params=net.params.copy(),
+                    epoch=epoch_done,
+                    eta=eta_next,
+                    ir_hash=net.ir.digest(),
+                    net=net.ir.name,
+                    rng=rng_state,
+                    partial=partial,
+                    records=self.history,
+                    config=asdict(self.cfg),
+                ),
+            )
+            if not partial:
+                self.saved_epoch = epoch_done
+        except OSError as e:
+            raise ChaosgenError(
+                f"{self.last_checkpoint}: cannot write the checkpoint: {e.strerror or e}; the "
+                "previous checkpoint is kept"
+            ) from None
+
+    def _commit(self, rec: dict, eta_next: float) -> None:
+        """Checkpoint first (it holds the record), log second: a kill between the two leaves a
+        log that --resume completes from the checkpoint."""
+        if self.changed:
+            rec["changed"], self.changed = self.changed, {}
+        if self.history is not None:
+            self.history.append(rec)
+        self.save(rec["epoch"], eta_next, self.rng.bit_generator.state)
+        if self.log_path is not None:
+            rundir.append_record(self.log_path, rec, self.last_checkpoint)
 
     def run(self) -> list[dict]:
         """Train the configured epochs; returns the per-epoch records (also logged)."""
@@ -392,7 +448,7 @@ class Trainer:
                 )
             except _Interrupted as stop:
                 bar.close()
-                self._check_finite(epoch, stop.stats)
+                self._check_finite(epoch, stop.stats, whole=False)
                 self.save(epoch, eta, rng_before, partial=True)
                 where = f"; checkpoint {self.last_checkpoint}" if self.last_checkpoint else ""
                 raise ChaosgenError(
@@ -401,68 +457,123 @@ class Trainer:
             bar.close()
             self._check_finite(epoch, tr)
             self.eta = eta * cfg.decay
-            try:
-                va = rt.evaluate(self.val_x, self.val_y, cfg.threads)
-                te = rt.evaluate(self.test_x, self.test_y, cfg.threads)
-            except KeyboardInterrupt:  # training of this epoch is done: keep it
-                self.save(epoch + 1, self.eta, self.rng.bit_generator.state)
-                where = f"; checkpoint {self.last_checkpoint}" if self.last_checkpoint else ""
-                raise ChaosgenError(
-                    f"interrupted while evaluating epoch {epoch + 1}{where}"
-                ) from None
-            rec = {
+            va, te = self._evaluate()
+            f = _stat
+            rec = {  # the order of the native program's log (chaosgen.native), key for key
                 "epoch": epoch + 1,
                 "eta": eta,
                 "train_loss": tr.loss / max(tr.images, 1),
                 "train_error_rate": tr.error_rate,
-                "val_error": va.loss,
-                "val_errors": va.errors,
-                "val_error_rate": va.error_rate,
-                "test_error": te.loss,
-                "test_errors": te.errors,
-                "test_error_rate": te.error_rate,
+                "val_error": f(va, "loss"),
+                "val_errors": f(va, "errors"),
+                "val_error_rate": f(va, "error_rate"),
+                "test_error": f(te, "loss"),
+                "test_errors": f(te, "errors"),
+                "test_error_rate": f(te, "error_rate"),
                 "train_images": tr.images,
-                "val_images": va.images,
-                "test_images": te.images,
+                "val_images": f(va, "images"),
+                "test_images": f(te, "images"),
                 "train_images_per_s": tr.images_per_s,
-                "val_images_per_s": va.images_per_s,
-                "test_images_per_s": te.images_per_s,
+                "val_images_per_s": f(va, "images_per_s"),
+                "test_images_per_s": f(te, "images_per_s"),
                 "seconds_train": tr.seconds,
-                "seconds_val": va.seconds,
-                "seconds_test": te.seconds,
-                "seconds": time.perf_counter() - t0,
+                "seconds_val": f(va, "seconds"),
+                "seconds_test": f(te, "seconds"),
             }
+            done = te is not None
+            rec["seconds"] = time.perf_counter() - t0
             if tr.profile is not None:
                 rec["profile_us_per_image"] = _profile_table(rt.net, tr.profile, tr.images)
             rec.update(config={**asdict(cfg), **self.meta}, machine=machine())
-            self.save(epoch + 1, self.eta, self.rng.bit_generator.state)
-            if self.log_path is not None:
-                with open(self.log_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+            if not done:
+                rec["evaluation"] = "interrupted"
+            self._commit(rec, self.eta)
+            if not done:  # Ctrl-C while evaluating: the epoch is trained, kept and logged
+                where = f"; checkpoint {self.last_checkpoint}" if self.last_checkpoint else ""
+                raise ChaosgenError(
+                    f"interrupted while evaluating epoch {epoch + 1} (logged with its "
+                    f"evaluation marked interrupted){where}"
+                )
             self.say(
                 f"epoch {epoch + 1:3d}  eta {eta:.3g}  train loss {rec['train_loss']:.4f}/img  "
-                f"val {va.error_rate:.2%} wrong (loss sum {va.loss:.1f})  test "
-                f"{te.error_rate:.2%} wrong (loss sum {te.loss:.1f})  "
-                f"s {tr.seconds:.1f}/{va.seconds:.1f}/{te.seconds:.1f}  "
+                f"val {rec['val_error_rate']:.2%} wrong (loss sum {rec['val_error']:.1f})  test "
+                f"{rec['test_error_rate']:.2%} wrong (loss sum {rec['test_error']:.1f})  "
+                f"s {tr.seconds:.1f}/{rec['seconds_val']:.1f}/{rec['seconds_test']:.1f}  "
                 f"train {tr.images_per_s:,.0f} img/s"
             )
+            self._warn_if_chance(rec)
             if tr.profile is not None:
                 print_profile(rec["profile_us_per_image"], self.say)
             records.append(rec)
         return records
 
-    def _check_finite(self, epoch: int, tr: PhaseStats) -> None:
+    def _evaluate(self) -> tuple[PhaseStats | None, PhaseStats | None]:
+        """Validation and test; None for what Ctrl-C stopped or kept from running."""
+        try:
+            va = self.runtime.evaluate(self.val_x, self.val_y, self.cfg.threads)
+        except KeyboardInterrupt:
+            return None, None
+        try:
+            return va, self.runtime.evaluate(self.test_x, self.test_y, self.cfg.threads)
+        except KeyboardInterrupt:
+            return va, None
+
+    def _warn_if_chance(self, rec: dict) -> None:
+        """A run that learns nothing: the error rate at chance level after an epoch."""
+        out = self.runtime.net.ir.output
+        classes = out.out_shape.size
+        chance = 1 - 1 / classes
+        rate = rec["val_error_rate"]
+        if rate < chance - CHANCE_MARGIN / classes:
+            return
+        # Clearly above chance's loss (that of an untrained net) the weights run away; near it
+        # they barely move.
+        big = out.loss == "cross_entropy" and rec["train_loss"] > 1.1 * math.log(classes)
+        why = (
+            f"eta {rec['eta']:g} may be too large (the loss {rec['train_loss']:.2f}/img is "
+            f"above chance's {math.log(classes):.2f})"
+            if big
+            else f"eta {rec['eta']:g} may be too small"
+        )
+        print(
+            f"chaosgen: warning: epoch {rec['epoch']}: {rate:.1%} of the validation images "
+            f"wrong, chance level for {classes} classes ({chance:.1%}): the net learns nothing; "
+            + why,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _check_finite(self, epoch: int, tr: PhaseStats, whole: bool = True) -> None:
+        """Stop before a diverged state is saved: NaN/inf, runaway weights, or over a `whole`
+        epoch a loss far above chance's (a divergence that saturates: the loss clamped, the
+        weights growing to 1e29)."""
         params = self.runtime.net.params
-        if np.isfinite(tr.loss) and np.isfinite(params).all():
+        out = self.runtime.net.ir.output
+        if not (np.isfinite(tr.loss) and np.isfinite(params).all()):
+            what = "the loss or the weights became NaN/inf"
+        elif (big := float(np.abs(params).max(initial=0.0))) > MAX_WEIGHT:
+            what = f"a weight reached {big:.3g} (the bound is {MAX_WEIGHT:g})"
+        elif (
+            whole
+            and out.loss == "cross_entropy"
+            and tr.images
+            and (mean := tr.loss / tr.images) > MAX_LOSS_FACTOR * math.log(out.out_shape.size)
+        ):
+            limit = MAX_LOSS_FACTOR * math.log(out.out_shape.size)
+            what = (
+                f"the mean loss per image was {mean:.1f}, above {limit:.1f} "
+                f"({MAX_LOSS_FACTOR:g} x ln {out.out_shape.size}, the loss of chance)"
+            )
+        else:
             return
         where = (
-            f"the last good checkpoint {self.last_checkpoint} is kept"
-            if self.last_checkpoint and self.last_checkpoint.exists()
-            else "no checkpoint was written"
+            f"the last good checkpoint {self.last_checkpoint} (epoch {epoch}) is kept; try a "
+            "smaller eta (--resume --eta ETA continues from it)"
+            if self.last_checkpoint and epoch > 0 and epoch == self.saved_epoch
+            else "this run wrote no checkpoint; try a smaller eta"
         )
         raise TrainingError(
-            f"training diverged in epoch {epoch + 1}: the loss or the weights became NaN/inf "
-            f"(eta {self.eta:g}); {where}; try a smaller eta"
+            f"training diverged in epoch {epoch + 1}: {what} (eta {self.eta:g}); {where}"
         )
 
 
@@ -481,15 +592,21 @@ def add_parser(sub) -> None:
         "--decay", type=float, default=None, help="eta factor per epoch (default: spec)"
     )
     p.add_argument("--seed", type=int, default=None, help="shuffle and init seed (default: spec)")
-    p.add_argument("--update-every", type=int, default=8, help="delayed: images between updates")
-    p.add_argument("--batch", type=int, default=16, help="averaged: images per synchronous step")
+    p.add_argument(
+        "--update-every", type=int, default=None, help="delayed: images between updates (8)"
+    )
+    p.add_argument(
+        "--batch", type=int, default=None, help="averaged: images per synchronous step (16)"
+    )
     p.add_argument(
         "--limit", type=int, default=None, help="training images per epoch (default all)"
     )
     p.add_argument("--val-limit", type=int, default=None, help="validation images (default all)")
     p.add_argument("--test-limit", type=int, default=None, help="test images (default all)")
     p.add_argument("--data", default=None, help="MNIST directory (default $CHAOSGEN_DATA)")
-    p.add_argument("--log", default=None, help="append one JSON object per epoch to this file")
+    p.add_argument(
+        "--log", default=None, help="one JSON object per epoch (a new file, or --resume's)"
+    )
     p.add_argument("--checkpoint-dir", default=None, help="default runs/<network>")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--profile", action="store_true", help="time every layer and pass")
@@ -512,37 +629,134 @@ def _positive(name: str, v: int | None) -> None:
         raise UsageError(f"{name} must be at least 1, found {v}")
 
 
+MAX_COUNT = 2**31 - 1  # images and steps are C ints in the native runtime
+# Settings a --resume may give without it counting as a change of the run: eta is compared with
+# the checkpoint's next eta instead; epochs is where to stop; threads and profile change no number.
+NOT_CHANGES = ("eta", "epochs", "threads", "profile")
+
+
+def check_train_flags(args: argparse.Namespace) -> None:
+    """The numeric flags of `train` in the ranges of the spec's `train` statement (usage error)."""
+    from .check import MAX_DECAY, MAX_EPOCHS, MAX_ETA, MAX_SEED
+
+    _positive("--threads", args.threads)
+    ranges = {
+        "eta": (0.0, MAX_ETA, f"a number in (0, {MAX_ETA:g}]"),
+        "decay": (0.0, MAX_DECAY, f"a number in (0, {MAX_DECAY:g}]"),
+        "seed": (-1, MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+        "epochs": (0, MAX_EPOCHS, f"an integer in [1, {MAX_EPOCHS}]"),
+        **{
+            k: (0, MAX_COUNT, f"an integer in [1, {MAX_COUNT}]")
+            for k in ("update_every", "batch", "limit", "val_limit", "test_limit")
+        },
+    }
+    for name, (low, high, what) in ranges.items():
+        v = getattr(args, name)
+        if v is not None and not (math.isfinite(v) and low < v <= high):
+            raise UsageError(f"--{name.replace('_', '-')} must be {what}, found {v}")
+
+
+def open_run(
+    args: argparse.Namespace, net: ir.Net
+) -> tuple[rundir.RunDir, ckpt.Checkpoint | None]:
+    """Before any work: the checkpoint directory created and locked, the log writable, and with
+    --resume the checkpoint loaded and validated (a fresh run refuses a used log)."""
+    ck_dir = Path(args.checkpoint_dir or Path("runs") / net.name)
+    log = Path(args.log) if args.log else None
+    run = rundir.RunDir(ck_dir, log).open()
+    try:
+        if not args.resume:
+            if log is not None:
+                rundir.refuse_used_log(log)
+            return run, None
+        path = ck_dir / "last.npz"
+        if not path.exists():
+            raise ChaosgenError(f"--resume: no checkpoint at {path}; train without --resume first")
+        return run, ckpt.load(path, net)
+    except BaseException:
+        run.close()
+        raise
+
+
+def train_config(
+    args: argparse.Namespace, threads: int, t: ir.Training, ck: ckpt.Checkpoint | None
+) -> tuple[Config, dict]:
+    """The run's settings: a flag given wins, else (on --resume) the run's own value, else the
+    spec's. Returns them and what a --resume changes ({name: [old, new]})."""
+    old = (ck.config or {}) if ck is not None else {}
+    spec = {
+        "epochs": t.epochs,
+        "eta": t.eta,
+        "decay": t.decay,
+        "seed": t.seed,
+        "update_every": 8,
+        "batch": 16,
+    }
+    keys = (
+        "epochs",
+        "eta",
+        "decay",
+        "seed",
+        "update_every",
+        "batch",
+        "limit",
+        "val_limit",
+        "test_limit",
+    )
+    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if "seed" in given and "seed" in old and given["seed"] != old["seed"]:
+        raise UsageError(
+            f"--seed {given['seed']}: this run started with seed {old['seed']} and its shuffle "
+            "continues from the checkpoint; drop --seed, or start a new run"
+        )
+    values = {k: given.get(k, old.get(k, spec.get(k))) for k in keys}
+    cfg = Config(scheme=args.scheme or "chaos", threads=threads, profile=args.profile, **values)
+    changed = {}
+    if ck is not None:
+        now = asdict(cfg)
+        changed = {
+            k: [old[k], now[k]]
+            for k in old
+            if k not in NOT_CHANGES and k in now and old[k] != now[k]
+        }
+        if args.eta is not None and args.eta != ck.eta:  # the eta of the next epoch
+            changed["eta"] = [ck.eta, args.eta]
+    return cfg, changed
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    """Check the flags and the run directory before any work, then train (directory locked)."""
+    from .pipeline import front_end
+
+    check_train_flags(args)
+    resolve_threads(args.threads)  # an absurd --threads is a usage error before any work
+    _, spec_net = front_end(args.spec)  # its name is the default checkpoint directory's
+    run, ck = open_run(args, spec_net)
+    try:
+        return _train(args, spec_net, ck)
+    finally:
+        run.close()
+
+
+def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | None) -> int:
     """Compile the spec, load MNIST, train, log and checkpoint."""
     from . import compile as compile_net
     from .codegen import summary_rows
     from .data import find_data_dir, load_mnist
 
-    for name in ("threads", "epochs", "update_every", "batch", "limit", "val_limit", "test_limit"):
-        _positive("--" + name.replace("_", "-"), getattr(args, name))
     asked = resolve_threads(args.threads)
     if args.scheme == "sequential":
         if args.threads not in (None, 1):
             raise UsageError("--scheme sequential runs on one thread; drop --threads")
         asked = 1
+    cfg, changed = train_config(args, asked, spec_net.training, ck)
+    if ck is not None and ck.epoch >= cfg.epochs:
+        print(f"nothing to do: {ck.epoch} epochs done, --epochs {cfg.epochs}; raise --epochs")
+        return 0
     net = compile_net(args.spec, target=args.target, cc=args.cc, build_dir=args.build_dir)
     rt = Runtime(net)
-    t = net.ir.training
-    cfg = Config(
-        scheme=args.scheme,
-        threads=rt.threads(asked),  # what runs: the banner and the log say so
-        epochs=args.epochs or t.epochs,
-        eta=args.eta if args.eta is not None else t.eta,
-        decay=args.decay if args.decay is not None else t.decay,
-        seed=args.seed if args.seed is not None else t.seed,
-        update_every=args.update_every,
-        batch=args.batch,
-        limit=args.limit,
-        val_limit=args.val_limit,
-        test_limit=args.test_limit,
-        profile=args.profile,
-    )
-    if args.seed is not None:
+    cfg.threads = rt.threads(asked)  # what runs: the banner and the log say so
+    if args.seed is not None and ck is None:
         net.init_weights(cfg.seed)
     data = load_mnist(find_data_dir(args.data))
     if not args.quiet:
@@ -571,10 +785,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "threads_asked": asked,
         },
     )
-    if args.resume:
-        trainer.resume()
-    elif args.log and Path(args.log).exists():
-        Path(args.log).unlink()  # a fresh run starts a fresh log; --resume appends
+    if ck is not None:
+        trainer.resume(ck, args.eta, changed)
     trainer.run()
     return 0
 

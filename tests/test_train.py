@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from proc import default_sigint
 from reference import numpy_run
+from runs import sigint_after_start
 
 import chaosgen
 from chaosgen import checkpoint
@@ -77,8 +75,10 @@ def test_fused_dense_updates_equal_gradient_then_update_for_a_dense_first_net(mn
     dense blocks span several lock segments: chaos (fused) == averaged, B=1 (through G),
     bitwise."""
     spec = tmp_path / "mlp.net"
-    spec.write_text("network mlp\ninput size=29x29\ndense h: units=40 activation=relu\n"
-                    "output out: classes=10\ntrain epochs=1 eta=0.01 seed=3\n")
+    spec.write_text(
+        "network mlp\ninput size=29x29\ndense h: units=40 activation=relu\n"
+        "output out: classes=10\ntrain epochs=1 eta=0.01 seed=3\n"
+    )
     net = chaosgen.compile(spec, build_dir=tmp_path / "build")
     a, _ = _train(net, mnist, scheme="chaos", threads=1, limit=2000)
     b, _ = _train(net, mnist, scheme="averaged", threads=1, batch=1, limit=2000)
@@ -205,7 +205,7 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
             "train",
             str(spec),
             "--eta",
-            "50",
+            "10",
             "--limit",
             "2000",
             "--quiet",
@@ -217,6 +217,8 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
     )
     err = capsys.readouterr().err
     assert rc == 1 and "diverged in epoch 1" in err and "Traceback" not in err
+    # The checkpoint there is another run's: not called this run's last good one.
+    assert "this run wrote no checkpoint; try a smaller eta" in err
     assert (tmp_path / "ck" / "last.npz").read_bytes() == good
 
 
@@ -236,21 +238,8 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path):
         "--checkpoint-dir",
         str(tmp_path / "ck"),
     ]
-    proc = subprocess.Popen(
-        [*common, "--epochs", "3"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_sigint,
-    )
-    for line in proc.stdout:  # the header is printed once compiled and MNIST is loaded
-        if "threads" in line:
-            break
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1, err
+    rc, err = sigint_after_start([*common[3:], "--epochs", "3"], 1.5)
+    assert rc == 1, err
     assert "Traceback" not in err
     m = re.search(r"interrupted (in|while evaluating) epoch (\d+)", err)
     assert m, err
