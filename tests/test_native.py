@@ -339,6 +339,16 @@ def test_program_refuses_bad_input(program, raw_mnist: Path, tmp_path: Path) -> 
     )
     other = run("--init", "m.cgw", "--data", str(raw_mnist))
     assert other.returncode == 1 and "weights of another network" in other.stderr
+    # Before: --resume from initial weights trained at eta 0 (their eta), exit 0.
+    fresh = run("--init", init, "--resume", "--data", str(raw_mnist), "--limit", "10")
+    assert fresh.returncode == 1, fresh.stderr
+    assert "init.cgw: no run to resume (0 epochs done, eta 0: initial weights)" in fresh.stderr
+    _, small = front_end(ROOT / "specs" / "small.net")
+    nan = np.zeros(small.n_params, np.float32)
+    nan[7] = np.nan
+    native.write_cgw(tmp_path / "nan.cgw", native.Weights(nan, small.digest(), 1, 0.01))
+    bad = run("--init", "nan.cgw", "--data", str(raw_mnist), "--limit", "10")
+    assert bad.returncode == 1 and "nan.cgw: the weights hold NaN or inf" in bad.stderr
 
 
 # --- gcc and clang, avx2 and generic, against PyTorch --------------------------------------
