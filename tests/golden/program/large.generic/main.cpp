@@ -574,6 +574,10 @@ int main(int argc, char **argv) {
     const Options o = parse_options(argc, argv);
     float *P = alloc_floats(size_t(cg_n_params()));
     const CgwMeta start = read_cgw(o.init, P);
+    if (!all_finite(P)) die(1, "%s: the weights hold NaN or inf", o.init.c_str());
+    if (o.resume && !(std::isfinite(start.eta) && start.eta > 0))
+        die(1, "%s: no run to resume (%u epochs done, eta %g: initial weights); drop --resume, or "
+               "give --init the weights file a run wrote", o.init.c_str(), start.epochs, start.eta);
     const Split train = read_split(o.data, "train"), test = read_split(o.data, "t10k");
     const long n_train = cap(o.limit, train.n), n_val = cap(o.val_limit, train.n);
     const long n_test = cap(o.test_limit, test.n);
