@@ -33,9 +33,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from . import __version__
-from .build import atomic_write
-from .errors import DataError
+from .. import __version__
+from ..build import atomic_write
+from ..errors import DataError
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
