@@ -393,7 +393,9 @@ CIFAR10_FILES: tuple[tuple[str, int, str], ...] = (
     ("cifar-10-binary.tar.gz", 170052171, "c32a1d4ab5d03f1284b67883e8d87530"),
 )
 CIFAR10_MEMBERS = (
-    *(f"data_batch_{k}.bin" for k in range(1, 6)), "test_batch.bin", "batches.meta.txt"
+    *(f"data_batch_{k}.bin" for k in range(1, 6)),
+    "test_batch.bin",
+    "batches.meta.txt",
 )
 FETCHABLE: dict[str, tuple[tuple[tuple[str, int, str], ...], tuple[str, ...]]] = {
     "mnist": (FILES, MIRRORS),

@@ -37,7 +37,15 @@ def _dtype(spec, align=False, copy=True):
     return np.dtype(spec, align, copy)
 
 
+def _encode(text, encoding="utf-8"):
+    """`_codecs.encode(str, 'latin1')`: how pickle protocols 0-2 of Python 3 write bytes."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode of something other than latin-1 text")
+    return text.encode("latin-1")
+
+
 _ALLOWED = {
+    ("_codecs", "encode"): _encode,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,

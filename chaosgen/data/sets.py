@@ -442,10 +442,11 @@ def _read_npz(h: Header) -> Dataset:
         else:
             x = x.astype(np.float32)
             if not np.isfinite(x).all():
-                bad = np.argwhere(~np.isfinite(x))[0]
+                i = int(np.argwhere(~np.isfinite(x))[0][0])
+                v = x[i][~np.isfinite(x[i])][0]
                 raise DataError(
-                    f"{path}: x_{split}{list(bad)} is {x[tuple(bad)]} (NaN/inf, or beyond "
-                    "float32's range); images must be finite"
+                    f"{path}: x_{split} image {i} holds {v} (NaN/inf, or beyond float32's "
+                    "range); images must be finite"
                 )
         out += [x, _npz_labels(path, f"y_{split}").astype(np.int32)]
     return Dataset(*out, classes=h.classes, source=path, format=h.format, name=h.name)
