@@ -134,16 +134,36 @@ def program_command(
     return (cxx or compiler.cxx, *flags, "-o", exe, MAIN_NAME, CPP_NAME)
 
 
-def _pixel_rows(per_row: int = 6) -> list[str]:
-    """The 256 float32 values v / 255 as chaosgen.data computes them, as exact C++ literals."""
+def _float_literal(v: float) -> str:
+    """A float32 as an exact C++ literal (9 significant digits identify a float32)."""
+    text = format(float(v), ".9g")
+    return text + ("f" if ("." in text or "e" in text) else ".0f")
+
+
+def _pixel_rows(norm: ir.Normalization | None = None, per_row: int = 6) -> list[str]:
+    """The 256 float32 values v / 255 as chaosgen.data computes them (then normalised as
+    chaosgen.data.fit.normalise does, float32 step for step), as exact C++ literals."""
+    from .data.fit import normalise
+
     digit = np.zeros((1, data.ROWS, data.COLS), np.uint8)
     digit.reshape(-1)[:256] = np.arange(256)
     values = data.pad_and_scale(digit)[0, : data.ROWS, : data.COLS].reshape(-1)[:256]
-    lits = []
-    for v in values:
-        text = format(float(v), ".9g")  # 9 significant digits identify a float32
-        lits.append(text + ("f" if ("." in text or "e" in text) else ".0f"))
+    values = values.reshape(1, 1, 1, 256)
+    normalise(values, norm)
+    lits = [_float_literal(v) for v in values.reshape(-1)]
     return [", ".join(lits[i : i + per_row]) + "," for i in range(0, 256, per_row)]
+
+
+def _pad_value(norm: ir.Normalization | None) -> str | None:
+    """The value of a padding pixel (0 normalised) as a C++ literal; None without normalisation
+    (the buffer's zeros are already right)."""
+    from .data.fit import normalise
+
+    if norm is None:
+        return None
+    zero = np.zeros((1, 1, 1, 1), np.float32)
+    normalise(zero, norm)
+    return _float_literal(zero[0, 0, 0, 0])
 
 
 def render_program(
@@ -157,10 +177,11 @@ def render_program(
     from .train import PASSES, SCHEMES, Config
 
     s = net.input
-    if (s.maps, s.h, s.w) != (1, data.SIZE, data.SIZE):
+    if s.maps != 1 or s.h < data.ROWS or s.w < data.COLS:
         raise UsageError(
-            f"the native program trains on MNIST padded to 1x{data.SIZE}x{data.SIZE}, but "
-            f"network {net.name} takes {s}"
+            f"the native program trains on MNIST IDX (1x{data.ROWS}x{data.COLS}, padded below "
+            f"and right to the input), but network {net.name} takes {s}; train it with "
+            "`chaosgen train` (every format, docs/data.md)"
         )
     source = codegen.render(net, target, lines)
     t, cfg = net.training, Config()
@@ -178,7 +199,9 @@ def render_program(
         layers=[lay.name for lay in net.layers],
         passes=PASSES,
         schemes=list(SCHEMES.items()),
-        pixel_rows=_pixel_rows(),
+        pixel_rows=_pixel_rows(net.norm),
+        pad_value=_pad_value(net.norm),
+        fit="pad" if (s.h, s.w) != (data.ROWS, data.COLS) else None,
         defaults=dict(
             epochs=t.epochs,
             eta=repr(float(t.eta)),
