@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -381,3 +382,31 @@ def test_fetch_fashion_and_cifar(tmp_path: Path, serve) -> None:  # noqa: F811
     with pytest.raises(DataError, match="bad MD5"):
         data.fetch_dataset("cifar10", tmp_path / "c2", [url], 10, files=bad)
     assert not (tmp_path / "c2" / "cifar-10-binary.tar.gz").exists()
+
+
+def test_normalisation_is_part_of_the_model(tmp_path: Path) -> None:
+    from chaosgen.pipeline import front_end
+
+    digests = []
+    for extra in ("", " mean=0.1307 std=0.3081", " mean=0.1307 std=0.3081 scale=2"):
+        spec = tmp_path / "m.net"
+        spec.write_text(f"input size=28x28{extra}\noutput classes=10\n")
+        digests.append(front_end(str(spec))[1].digest())
+    assert len(set(digests)) == 3  # a checkpoint of one is refused by the others
+
+
+def test_eval_and_val_split_on_npz(tmp_path: Path, capsys) -> None:
+    write_npz(tmp_path / "a.npz")
+    spec = tmp_path / "s.net"
+    spec.write_text(SMALL1.format(s="20x20"))
+    common = ["--data", str(tmp_path / "a.npz"), "--build-dir", str(ROOT / "build")]
+    argv = ["train", str(spec), *common, "--checkpoint-dir", str(tmp_path / "ck")]
+    assert cli.main([*argv, "--val-split", str(N_TRAIN)]) == 2
+    assert "--val-split 500: the data has 500 training images" in capsys.readouterr().err
+    assert cli.main([*argv, "--quiet", "--threads", "1"]) == 0
+    weights = str(tmp_path / "ck" / "last.npz")
+    assert cli.main(["eval", str(spec), *common, "--weights", weights, "--train-set"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^test: .* of 100 ", out, re.M) and re.search(
+        r"^train: .* of 500 ", out, re.M
+    )
