@@ -80,7 +80,7 @@ class PhaseStats:
 def to_native_images(x: np.ndarray, stride: int) -> np.ndarray:
     """Copy images (N, ...) once into 64-byte aligned rows of `stride` floats."""
     n = x.shape[0]
-    flat = x.reshape(n, -1)
+    flat = x.reshape(n, int(np.prod(x.shape[1:])))  # -1 is ambiguous for n == 0
     out = aligned_zeros(n * stride).reshape(n, stride)
     out[:, : flat.shape[1]] = flat
     return out
@@ -206,6 +206,8 @@ class Runtime:
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, threads: int) -> PhaseStats:
         """Forward only over all images: summed loss and errors."""
+        if len(labels) == 0:  # an .npz without a test split
+            return PhaseStats(0.0, 0, 0, 0.0)
         lab = self._labels(labels)
         threads = allowed_threads(threads)
         stats = self.ffi.new("cg_stats *")
@@ -230,8 +232,10 @@ class Runtime:
 
 
 def _stat(st: PhaseStats | None, name: str) -> float | int | None:
-    """A figure of a phase, None if the phase did not run (Ctrl-C during evaluation)."""
-    return getattr(st, name) if st is not None else None
+    """A figure of a phase, None if the phase did not run (Ctrl-C during evaluation) or had no
+    images (an .npz without a test split)."""
+    ran = st is not None and (st.images or name in ("images", "seconds"))
+    return getattr(st, name) if ran else None
 
 
 class _Interrupted(Exception):
@@ -514,8 +518,12 @@ class Trainer:
                 f"epoch {epoch + 1:3d}  eta {eta:.3g}  train loss {rec['train_loss']:.4f}/img  "
                 f"{'held-out ' * bool(cfg.val_split)}val {rec['val_error_rate']:.2%} wrong "
                 f"(loss sum {rec['val_error']:.1f})  test "
-                f"{rec['test_error_rate']:.2%} wrong (loss sum {rec['test_error']:.1f})  "
-                f"s {tr.seconds:.1f}/{rec['seconds_val']:.1f}/{rec['seconds_test']:.1f}  "
+                + (
+                    f"{rec['test_error_rate']:.2%} wrong (loss sum {rec['test_error']:.1f})  "
+                    if rec["test_images"]
+                    else "none  "
+                )
+                + f"s {tr.seconds:.1f}/{rec['seconds_val']:.1f}/{rec['seconds_test']:.1f}  "
                 f"train {tr.images_per_s:,.0f} img/s"
             )
             self._warn_if_chance(rec)

@@ -410,3 +410,19 @@ def test_eval_and_val_split_on_npz(tmp_path: Path, capsys) -> None:
     assert re.search(r"^test: .* of 100 ", out, re.M) and re.search(
         r"^train: .* of 500 ", out, re.M
     )
+
+
+def test_npz_without_a_test_split_trains(tmp_path: Path, capsys) -> None:
+    """Before: an internal error reshaping the empty test set."""
+    x, y = pattern(200, 1, 20, 20, 1)
+    np.savez(tmp_path / "t.npz", x_train=x, y_train=y)
+    spec = tmp_path / "s.net"
+    spec.write_text(SMALL1.format(s="20x20"))
+    log = tmp_path / "log.jsonl"
+    argv = ["train", str(spec), "--data", str(tmp_path / "t.npz"), "--epochs", "1", "--log",
+            str(log), "--build-dir", str(ROOT / "build"), "--checkpoint-dir",
+            str(tmp_path / "c")]  # fmt: skip
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert "test none" in capsys.readouterr().out
+    rec = json.loads(log.read_text())
+    assert (rec["test_images"], rec["test_error_rate"], rec["val_images"]) == (0, None, 200)
