@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import pickle
 import re
 import tarfile
@@ -426,3 +427,21 @@ def test_npz_without_a_test_split_trains(tmp_path: Path, capsys) -> None:
     assert "test none" in capsys.readouterr().out
     rec = json.loads(log.read_text())
     assert (rec["test_images"], rec["test_error_rate"], rec["val_images"]) == (0, None, 200)
+
+
+MNIST = Path(os.environ.get("CHAOSGEN_DATA") or ROOT.parent / "shared" / "data" / "mnist")
+
+
+@pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason="no MNIST")
+def test_paper_runs_see_the_same_images(tmp_path: Path) -> None:
+    """Real MNIST through the general reader and the default fitting (28x28 -> 29x29, pad) gives
+    the small net's runtime exactly the images the MNIST reader (load_mnist) gave it."""
+    from chaosgen import compile as compile_net
+    from chaosgen.train import Runtime
+
+    rt = Runtime(compile_net(str(ROOT / "specs" / "small.net"), build_dir=str(ROOT / "build")))
+    old = data.load_mnist(MNIST)
+    new = sets.load_dataset(MNIST)
+    assert (new.name, new.format, new.test_images.shape) == ("mnist", "idx", (10000, 1, 28, 28))
+    np.testing.assert_array_equal(rt.images(new.test_images), rt.images(old.test_images))
+    np.testing.assert_array_equal(new.test_labels, old.test_labels)
