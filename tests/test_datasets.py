@@ -445,3 +445,42 @@ def test_paper_runs_see_the_same_images(tmp_path: Path) -> None:
     assert (new.name, new.format, new.test_images.shape) == ("mnist", "idx", (10000, 1, 28, 28))
     np.testing.assert_array_equal(rt.images(new.test_images), rt.images(old.test_images))
     np.testing.assert_array_equal(new.test_labels, old.test_labels)
+
+
+def test_program_trains_on_cifar_binary_as_chaosgen_sees_it(tmp_path: Path, capsys) -> None:
+    """The standalone program of a 3x34x34 net with per-channel mean/std reads CIFAR-10 binary
+    batches (padded below and right, normalised from the same float32 steps): its weights give
+    chaosgen's runtime exactly the test figures the program logged; a bad batch is one line."""
+    import subprocess
+
+    import chaosgen
+    from chaosgen import checkpoint
+    from chaosgen.train import Runtime
+
+    write_cifar_bin(tmp_path / "c")
+    spec = tmp_path / "c34.net"
+    spec.write_text(
+        "input maps=3 size=34x34 mean=0.4914,0.4822,0.4465 std=0.2470,0.2435,0.2616\n"
+        + SMALL1.split("\n", 1)[1]
+    )
+    out = tmp_path / "prog"
+    assert cli.main(["compile", str(spec), "--program", "--cc", "gcc", "--out", str(out)]) == 0
+    run = [str(out / "chaosgen-c34"), "--data", str(tmp_path / "c"), "--threads", "1"]
+    proc = subprocess.run(run, cwd=out, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads((out / "run.jsonl").read_text().splitlines()[-1])
+    assert rec["config"]["fit"] == "pad" and rec["test_images"] == N_TEST
+    assert rec["test_error_rate"] < 0.2, rec
+    assert cli.main(["import-weights", str(spec), str(out / "weights.cgw")]) == 0
+    net = chaosgen.compile(str(spec), build_dir=str(ROOT / "build"))
+    net.params[:] = checkpoint.load(out / "weights.npz", net.ir).params
+    rt = Runtime(net)
+    d = sets.load_dataset(tmp_path / "c")
+    st = rt.evaluate(rt.images(d.test_images), d.test_labels, 1)
+    assert st.errors == rec["test_errors"]
+    assert st.loss == pytest.approx(rec["test_error"], rel=1e-5)
+    f = tmp_path / "c" / "test_batch.bin"
+    f.write_bytes(f.read_bytes()[:-7])
+    proc = subprocess.run(run, cwd=out, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert f"{f}: 307293 bytes is not a whole number of 3073-byte records" in proc.stderr
