@@ -484,3 +484,14 @@ def test_program_trains_on_cifar_binary_as_chaosgen_sees_it(tmp_path: Path, caps
     proc = subprocess.run(run, cwd=out, capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert f"{f}: 307293 bytes is not a whole number of 3073-byte records" in proc.stderr
+
+
+def test_files_of_known_names_but_wrong_bytes_are_named(tmp_path: Path, capsys) -> None:
+    write_idx(tmp_path / "m")
+    f = tmp_path / "m" / "train-images-idx3-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:30])
+    _info_error(capsys, tmp_path / "m", str(f), "truncated gzip file")
+    write_cifar_bin(tmp_path / "c")
+    f = tmp_path / "c" / "data_batch_1.bin"
+    f.write_bytes(bytes([200]) + f.read_bytes()[1:])  # a first label byte of 200
+    _info_error(capsys, tmp_path / "c", str(f), "label 200 at record 0 (byte 0)")

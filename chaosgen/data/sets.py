@@ -152,6 +152,11 @@ def _detect(path: Path) -> str:
                 found.append("cifar10")
     if len(list(path.glob("*.npz"))) == 1:
         found.append("npz")
+    if not found:  # files of the right names but wrong bytes: their reader says what is wrong
+        if img is not None:
+            found.append("mnist")
+        elif (path / "data_batch_1.bin").exists() or (path / "data_batch_1").exists():
+            found.append("cifar10")
     if len(set(found)) == 1:
         return found[0]
     if found:
@@ -174,6 +179,7 @@ def _idx_dims(path: Path) -> tuple[int, ...]:
         raise DataError(f"{path}: {problem}")
     blob = _head(path, 16)
     if len(blob) < 16 or int.from_bytes(blob[:4], "big") != IMAGES_MAGIC:
+        read_images(path)  # its reader's precise message (corrupt gzip, truncated header...)
         raise DataError(f"{path}: not an IDX image file (magic 2051 and three sizes expected)")
     return tuple(int.from_bytes(blob[i : i + 4], "big") for i in (4, 8, 12))
 
