@@ -36,7 +36,13 @@ class AttrSpec:
 
 _SIZE = AttrSpec(("int", "dims"), required=True)
 ATTRS: dict[str, dict[str, AttrSpec]] = {
-    "input": {"maps": AttrSpec(("int",), default=1), "size": _SIZE},
+    "input": {
+        "maps": AttrSpec(("int",), default=1),
+        "size": _SIZE,
+        "mean": AttrSpec(("int", "float", "list")),  # normalisation: docs/data.md
+        "std": AttrSpec(("int", "float", "list")),
+        "scale": AttrSpec(("int", "float")),
+    },
     "conv": {
         "maps": AttrSpec(("int",), required=True),
         "kernel": _SIZE,
@@ -67,7 +73,10 @@ _KIND_WORDS = {
     "float": "a number",
     "dims": "sizes like 4x4",
     "word": "a name",
+    "list": "numbers like 0.5,0.5,0.5",
 }
+MAX_NORM = 1e6  # bound on |mean|, std and scale: pixels are in [0, 1]
+MIN_NORM = 1e-6  # std and scale at least this (a tiny std overflows float32)
 
 
 class _Checker:
@@ -126,6 +135,8 @@ class _Checker:
             return float(v.text)
         if v.kind == "dims":
             return v.dims
+        if v.kind == "list":
+            return v.numbers
         return v.text
 
     def loc_of(self, st: Statement, key: str) -> SourceLoc:
@@ -313,6 +324,7 @@ class _Checker:
                     )
                     shape = None
         input_shape = shape
+        norm = self.normalization(in_st, a, shape) if in_st is not None and a else None
         layers: list[ir.Layer] = []
         offset = 0
         for st in sts:
@@ -361,7 +373,40 @@ class _Checker:
             training=training,
             n_params=ir.align(offset),
             input_loc=in_st.loc if in_st else sts[0].loc,
+            norm=norm,
         )
+
+    def normalization(
+        self, st: Statement, a: dict[str, object], shape: ir.Shape | None
+    ) -> ir.Normalization | None:
+        """The input's mean/std/scale (None if none given): one value or one per map, std and
+        scale in [MIN_NORM, MAX_NORM], |mean| <= MAX_NORM."""
+        if all(a[k] is None for k in ("mean", "std", "scale")):
+            return None
+        got: dict[str, object] = {}
+        for key, lo, default in (("mean", -MAX_NORM, (0.0,)), ("std", MIN_NORM, (1.0,))):
+            v = a[key]
+            vals = default if v is None else (v if isinstance(v, tuple) else (float(v),))
+            if shape is not None and len(vals) not in (1, shape.maps):
+                self.error(
+                    self.loc_of(st, key),
+                    f"input: '{key}' needs 1 value or one per map ({shape.maps}), "
+                    f"found {len(vals)}",
+                )
+            elif not all(lo <= x <= MAX_NORM for x in vals):
+                self.error(
+                    self.loc_of(st, key),
+                    f"input: '{key}' values must be in [{lo:g}, {MAX_NORM:g}], found "
+                    + ",".join(f"{x:g}" for x in vals),
+                )
+            got[key] = tuple(float(x) for x in vals)
+        scale = 1.0 if a["scale"] is None else float(a["scale"])  # type: ignore[arg-type]
+        if not MIN_NORM <= scale <= MAX_NORM:
+            self.error(
+                self.loc_of(st, "scale"),
+                f"input: 'scale' must be in [{MIN_NORM:g}, {MAX_NORM:g}], found {scale:g}",
+            )
+        return ir.Normalization(mean=got["mean"], std=got["std"], scale=scale)  # type: ignore
 
     # --- one builder per layer kind: (checker, statement, what, attrs, **common) -> Layer | None
     def conv(self, st, what, a, *, name, index, in_shape, offset):

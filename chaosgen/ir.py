@@ -145,6 +145,17 @@ class Output(Dense):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Normalization:
+    """The input's `mean=`, `std=`, `scale=`: the network sees (x - mean) / std * scale per
+    channel, x the pixel in [0, 1] (one value, or one per input map). Applied once when the
+    data is loaded (chaosgen.data.fit.normalise), not in the generated code."""
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    scale: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Training:
     """Training defaults from the spec's `train` statement."""
 
@@ -165,6 +176,7 @@ class Net:
     training: Training
     n_params: int  # floats in the flat parameter array, padding included
     input_loc: SourceLoc = field(compare=False, default=NOWHERE)
+    norm: Normalization | None = None  # None: the pixels as loaded (every paper spec)
 
     @property
     def output(self) -> Output:
@@ -202,9 +214,12 @@ class Net:
                 return d
             return obj
 
+        inp = plain(self.input)
+        if self.norm is not None:  # only when given: the paper specs' digests stay as they were
+            inp.update(mean=list(self.norm.mean), std=list(self.norm.std), scale=self.norm.scale)
         return {
             "name": self.name,
-            "input": plain(self.input),
+            "input": inp,
             "layers": [plain(lay) for lay in self.layers],
             "training": plain(self.training),
             "n_params": self.n_params,

@@ -134,16 +134,38 @@ def program_command(
     return (cxx or compiler.cxx, *flags, "-o", exe, MAIN_NAME, CPP_NAME)
 
 
-def _pixel_rows(per_row: int = 6) -> list[str]:
-    """The 256 float32 values v / 255 as chaosgen.data computes them, as exact C++ literals."""
+def _float_literal(v: float) -> str:
+    """A float32 as an exact C++ literal (9 significant digits identify a float32)."""
+    text = format(float(v), ".9g")
+    return text + ("f" if ("." in text or "e" in text) else ".0f")
+
+
+def _pixel_rows(
+    norm: ir.Normalization | None = None, maps: int = 1, channel: int = 0, per_row: int = 6
+) -> list[str]:
+    """The 256 float32 values v / 255 as chaosgen.data computes them (then normalised as
+    chaosgen.data.fit.normalise does, float32 step for step), as exact C++ literals."""
+    from .data.fit import normalise
+
     digit = np.zeros((1, data.ROWS, data.COLS), np.uint8)
     digit.reshape(-1)[:256] = np.arange(256)
     values = data.pad_and_scale(digit)[0, : data.ROWS, : data.COLS].reshape(-1)[:256]
-    lits = []
-    for v in values:
-        text = format(float(v), ".9g")  # 9 significant digits identify a float32
-        lits.append(text + ("f" if ("." in text or "e" in text) else ".0f"))
+    values = np.repeat(values.reshape(1, 1, 1, 256), maps, axis=1)
+    normalise(values, norm)
+    lits = [_float_literal(v) for v in values[0, channel, 0]]
     return [", ".join(lits[i : i + per_row]) + "," for i in range(0, 256, per_row)]
+
+
+def _pad_value(norm: ir.Normalization | None, maps: int = 1, channel: int = 0) -> str | None:
+    """The value of a padding pixel (0 normalised) as a C++ literal; None without normalisation
+    (the buffer's zeros are already right)."""
+    from .data.fit import normalise
+
+    if norm is None:
+        return None
+    zero = np.zeros((1, maps, 1, 1), np.float32)
+    normalise(zero, norm)
+    return _float_literal(zero[0, channel, 0, 0])
 
 
 def render_program(
@@ -157,10 +179,13 @@ def render_program(
     from .train import PASSES, SCHEMES, Config
 
     s = net.input
-    if (s.maps, s.h, s.w) != (1, data.SIZE, data.SIZE):
+    cifar = s.maps == 3  # CIFAR-10 binary batches; else MNIST IDX
+    rows = 32 if cifar else data.ROWS
+    if s.maps not in (1, 3) or s.h < rows or s.w < rows:
         raise UsageError(
-            f"the native program trains on MNIST padded to 1x{data.SIZE}x{data.SIZE}, but "
-            f"network {net.name} takes {s}"
+            f"the native program trains on MNIST IDX (1x{data.ROWS}x{data.COLS}) or CIFAR-10 "
+            f"binary batches (3x32x32), padded below and right to the input, but network "
+            f"{net.name} takes {s}; train it with `chaosgen train` (every format, docs/data.md)"
         )
     source = codegen.render(net, target, lines)
     t, cfg = net.training, Config()
@@ -172,13 +197,19 @@ def render_program(
         ir_hash=net.digest(),
         header_name=codegen.HEADER_NAME,
         program=program_name(net),
-        input=dict(w=s.w, size=s.size),
-        rows=data.ROWS,
-        cols=data.COLS,
+        input=dict(h=s.h, w=s.w, size=s.size),
+        rows=rows,
+        cols=rows,
+        cifar=cifar,
         layers=[lay.name for lay in net.layers],
         passes=PASSES,
         schemes=list(SCHEMES.items()),
-        pixel_rows=_pixel_rows(),
+        pixel_rows=(
+            [_pixel_rows(net.norm, 3, c) for c in range(3)] if cifar else _pixel_rows(net.norm)
+        ),
+        pad_value=_pad_value(net.norm) if not cifar else None,
+        pad_values=[_pad_value(net.norm, 3, c) or "0.0f" for c in range(3)],
+        fit="pad" if (s.h, s.w) != (rows, rows) else None,
         defaults=dict(
             epochs=t.epochs,
             eta=repr(float(t.eta)),

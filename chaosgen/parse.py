@@ -27,7 +27,8 @@ GRAMMAR = Path(__file__).with_name("spec.lark")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Value:
-    """An attribute value as written: `kind` is 'int', 'float', 'dims' or 'word'."""
+    """An attribute value as written: `kind` is 'int', 'float', 'dims', 'word' or 'list'
+    (numbers separated by commas, written back without spaces)."""
 
     kind: str
     text: str
@@ -47,6 +48,11 @@ class Value:
     def dims(self) -> tuple[int, ...]:
         """The integers of `AxBxC` (a single int gives a 1-tuple)."""
         return tuple(_integer(p) for p in self.text.split("x"))
+
+    @property
+    def numbers(self) -> tuple[float, ...]:
+        """The values of a 'list' (or of one number)."""
+        return tuple(float(p) for p in self.text.split(","))
 
 
 def _integer(text: str) -> int:
@@ -112,6 +118,7 @@ _EXPECT_NAMES = {
     "DIMS": "sizes like 4x4",
     "EQUAL": "'='",
     "COLON": "':'",
+    "COMMA": "','",
     "_NL": "end of line",
     "$END": "end of file",
 }
@@ -266,6 +273,8 @@ def parse_text(text: str, path: str = "<string>") -> Spec:
 
 def _value(path: str, tree: lark.Tree) -> Value:
     tok = tree.children[0]
+    if tree.data == "numbers":
+        return Value(kind="list", text=",".join(tree.children), loc=_loc(path, tok))
     kind = {"dims": "dims", "word": "word"}.get(tree.data, "")
     if not kind:
         kind = "int" if tok.lstrip("+-").isdigit() else "float"
@@ -281,7 +290,7 @@ def _literal_error(v: Value, lines: tuple[str, ...]) -> Diagnostic | None:
         if widest > MAX_INT_DIGITS:
             why = (f"integer of {widest} digits is out of range "
                    f"(at most {MAX_INT_DIGITS} digits): {shown(v.text)}")
-    elif v.kind == "float" and not math.isfinite(float(v.text)):
+    elif v.kind in ("float", "list") and not all(map(math.isfinite, v.numbers)):
         why = f"number {shown(v.text)} is out of range (beyond about 1.8e308)"
     if why is None:
         return None

@@ -51,6 +51,8 @@ class Config:
     val_limit: int | None = None  # validation images (None: all training images, as the paper)
     test_limit: int | None = None
     profile: bool = False
+    fit: str | None = None  # pad | center | crop (chaosgen.data.fit); None: pad if smaller
+    val_split: int | None = None  # hold out the last N training images for validation
 
 
 @dataclass
@@ -78,7 +80,7 @@ class PhaseStats:
 def to_native_images(x: np.ndarray, stride: int) -> np.ndarray:
     """Copy images (N, ...) once into 64-byte aligned rows of `stride` floats."""
     n = x.shape[0]
-    flat = x.reshape(n, -1)
+    flat = x.reshape(n, int(np.prod(x.shape[1:])))  # -1 is ambiguous for n == 0
     out = aligned_zeros(n * stride).reshape(n, stride)
     out[:, : flat.shape[1]] = flat
     return out
@@ -127,15 +129,26 @@ class Runtime:
             )
         return lab
 
-    def images(self, x: np.ndarray) -> np.ndarray:
-        """Native copy of a batch of images (checks their shape against the input layer)."""
+    def images(self, x: np.ndarray, fit: str | None = None) -> np.ndarray:
+        """Native copy of images (N, C, H, W) or (N, H, W): fitted to the input layer (`fit`:
+        chaosgen.data.fit.choose_fit) and normalised by the spec's mean/std/scale, in one pass."""
+        from .data.fit import choose_fit, normalise, place
+
         s = self.net.ir.input
-        if x.shape[1:] not in ((s.maps, s.h, s.w), (s.h, s.w) if s.maps == 1 else None):
+        x4 = x[:, None] if x.ndim == 3 else x
+        if x4.ndim != 4 or x4.shape[1] != s.maps:
             raise ChaosgenError(
                 f"the data's images are {'x'.join(map(str, x.shape[1:]))}, but network "
                 f"{self.net.ir.name} takes {s.maps}x{s.h}x{s.w}"
             )
-        return to_native_images(x, self.stride)
+        how = choose_fit(x4.shape[2:], (s.h, s.w), fit)
+        if how is None and self.net.ir.norm is None:
+            return to_native_images(x, self.stride)
+        out = aligned_zeros(len(x4) * self.stride).reshape(len(x4), self.stride)
+        view = out[:, : s.size].reshape(len(x4), s.maps, s.h, s.w)
+        place(x4, view, how)
+        normalise(view, self.net.ir.norm)
+        return out
 
     def train(
         self,
@@ -193,6 +206,8 @@ class Runtime:
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, threads: int) -> PhaseStats:
         """Forward only over all images: summed loss and errors."""
+        if len(labels) == 0:  # an .npz without a test split
+            return PhaseStats(0.0, 0, 0, 0.0)
         lab = self._labels(labels)
         threads = allowed_threads(threads)
         stats = self.ffi.new("cg_stats *")
@@ -217,8 +232,10 @@ class Runtime:
 
 
 def _stat(st: PhaseStats | None, name: str) -> float | int | None:
-    """A figure of a phase, None if the phase did not run (Ctrl-C during evaluation)."""
-    return getattr(st, name) if st is not None else None
+    """A figure of a phase, None if the phase did not run (Ctrl-C during evaluation) or had no
+    images (an .npz without a test split)."""
+    ran = st is not None and (st.images or name in ("images", "seconds"))
+    return getattr(st, name) if ran else None
 
 
 class _Interrupted(Exception):
@@ -310,7 +327,7 @@ class Trainer:
     """Epoch loop: shuffle, train, validate, test, log, checkpoint."""
 
     runtime: Runtime
-    data: object  # chaosgen.data.Mnist
+    data: object  # chaosgen.data.sets.Dataset (or the older chaosgen.data.Mnist)
     cfg: Config
     log_path: Path | None = None
     checkpoint_dir: Path | None = None
@@ -324,21 +341,24 @@ class Trainer:
             if self.cfg.limit is None
             else min(self.cfg.limit, len(d.train_labels))
         )
-        self.n_train = n_tr
-        self.train_x = rt.images(d.train_images)
-        self.train_y = np.ascontiguousarray(d.train_labels, np.int32)
-        nv = (
-            len(self.train_y)
-            if self.cfg.val_limit is None
-            else min(self.cfg.val_limit, len(self.train_y))
-        )
-        self.val_x, self.val_y = self.train_x[:nv], self.train_y[:nv]
+        x = rt.images(d.train_images, self.cfg.fit)
+        y = np.ascontiguousarray(d.train_labels, np.int32)
+        held = self.cfg.val_split or 0  # the last `held` images validate, as Keras' split
+        if held >= len(y):
+            raise ChaosgenError(
+                f"--val-split {held}: the data has {len(y)} training images; hold out fewer"
+            )
+        self.train_x, self.train_y = x[: len(y) - held], y[: len(y) - held]
+        self.n_train = n_tr = min(n_tr, len(self.train_y))
+        vx, vy = (x[len(y) - held :], y[len(y) - held :]) if held else (x, y)
+        nv = len(vy) if self.cfg.val_limit is None else min(self.cfg.val_limit, len(vy))
+        self.val_x, self.val_y = vx[:nv], vy[:nv]
         nt = (
             len(d.test_labels)
             if self.cfg.test_limit is None
             else min(self.cfg.test_limit, len(d.test_labels))
         )
-        self.test_x = rt.images(d.test_images[:nt])
+        self.test_x = rt.images(d.test_images[:nt], self.cfg.fit)
         self.test_y = np.ascontiguousarray(d.test_labels[:nt], np.int32)
         self.rng = np.random.default_rng(self.cfg.seed)
         self.start_epoch = 0
@@ -496,9 +516,14 @@ class Trainer:
                 )
             self.say(
                 f"epoch {epoch + 1:3d}  eta {eta:.3g}  train loss {rec['train_loss']:.4f}/img  "
-                f"val {rec['val_error_rate']:.2%} wrong (loss sum {rec['val_error']:.1f})  test "
-                f"{rec['test_error_rate']:.2%} wrong (loss sum {rec['test_error']:.1f})  "
-                f"s {tr.seconds:.1f}/{rec['seconds_val']:.1f}/{rec['seconds_test']:.1f}  "
+                f"{'held-out ' * bool(cfg.val_split)}val {rec['val_error_rate']:.2%} wrong "
+                f"(loss sum {rec['val_error']:.1f})  test "
+                + (
+                    f"{rec['test_error_rate']:.2%} wrong (loss sum {rec['test_error']:.1f})  "
+                    if rec["test_images"]
+                    else "none  "
+                )
+                + f"s {tr.seconds:.1f}/{rec['seconds_val']:.1f}/{rec['seconds_test']:.1f}  "
                 f"train {tr.images_per_s:,.0f} img/s"
             )
             self._warn_if_chance(rec)
@@ -603,7 +628,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--val-limit", type=int, default=None, help="validation images (default all)")
     p.add_argument("--test-limit", type=int, default=None, help="test images (default all)")
-    p.add_argument("--data", default=None, help="MNIST directory (default $CHAOSGEN_DATA)")
+    add_data_options(p)
+    p.add_argument(
+        "--val-split", type=int, default=None, metavar="N",
+        help="validate on the last N training images, held out of training (default: validate "
+        "on the training images, as the CHAOS paper)",
+    )  # fmt: skip
     p.add_argument(
         "--log", default=None, help="one JSON object per epoch (a new file, or --resume's)"
     )
@@ -616,12 +646,45 @@ def add_parser(sub) -> None:
     e = sub.add_parser("eval", help="evaluate saved weights on the MNIST test set")
     add_compile_options(e)
     e.add_argument("--weights", required=True, help="checkpoint .npz")
-    e.add_argument("--data", default=None)
+    add_data_options(e)
     e.add_argument("--threads", type=int, default=None)
     e.add_argument(
         "--train-set", action="store_true", help="also evaluate on the 60,000 training images"
     )
     e.set_defaults(func=cmd_eval)
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """--data, --dataset and --fit (docs/data.md)."""
+    from .data.fit import FITS
+    from .data.sets import DATASETS
+
+    p.add_argument(
+        "--data", default=None, metavar="DIR|FILE",
+        help="data set directory or .npz file (default $CHAOSGEN_DATA, else the MNIST cache)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dataset", choices=DATASETS, default=None, help="its format (default: recognised)"
+    )
+    p.add_argument(
+        "--fit", choices=FITS, default=None,
+        help="images of another size than the input: pad bottom/right (default for smaller "
+        "ones), center (centre-pad) or crop (centre-crop)",
+    )  # fmt: skip
+
+
+def checked_data(args: argparse.Namespace, net: ir.Net):
+    """The data set's header, checked against `net` (channels, classes, fitting) before any
+    compiling or reading; returns it and the fitting to use."""
+    from .data.fit import check_fit
+    from .data.sets import open_data
+
+    h = open_data(args.data, args.dataset)
+    held = getattr(args, "val_split", None)
+    if held and h.train is not None and held >= h.train:
+        raise UsageError(f"--val-split {held}: the data has {h.train} training images")
+    exact = h.format != "npz"
+    return h, check_fit(h.shape, len(h.classes), exact, net, args.fit)
 
 
 def _positive(name: str, v: int | None) -> None:
@@ -647,7 +710,7 @@ def check_train_flags(args: argparse.Namespace) -> None:
         "epochs": (0, MAX_EPOCHS, f"an integer in [1, {MAX_EPOCHS}]"),
         **{
             k: (0, MAX_COUNT, f"an integer in [1, {MAX_COUNT}]")
-            for k in ("update_every", "batch", "limit", "val_limit", "test_limit")
+            for k in ("update_every", "batch", "limit", "val_limit", "test_limit", "val_split")
         },
     }
     for name, (low, high, what) in ranges.items():
@@ -703,6 +766,8 @@ def train_config(
         "limit",
         "val_limit",
         "test_limit",
+        "fit",
+        "val_split",
     )
     given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if "seed" in given and "seed" in old and given["seed"] != old["seed"]:
@@ -743,7 +808,7 @@ def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | Non
     """Compile the spec, load MNIST, train, log and checkpoint."""
     from . import compile as compile_net
     from .codegen import summary_rows
-    from .data import find_data_dir, load_mnist
+    from .data.sets import load
 
     asked = resolve_threads(args.threads)
     if args.scheme == "sequential":
@@ -754,12 +819,13 @@ def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | Non
     if ck is not None and ck.epoch >= cfg.epochs:
         print(f"nothing to do: {ck.epoch} epochs done, --epochs {cfg.epochs}; raise --epochs")
         return 0
+    header, cfg.fit = checked_data(args, spec_net)  # what runs: pad when smaller, if not given
     net = compile_net(args.spec, target=args.target, cc=args.cc, build_dir=args.build_dir)
     rt = Runtime(net)
     cfg.threads = rt.threads(asked)  # what runs: the banner and the log say so
     if args.seed is not None and ck is None:
         net.init_weights(cfg.seed)
-    data = load_mnist(find_data_dir(args.data))
+    data = load(header)
     if not args.quiet:
         print(
             f"{net.ir.name} ({args.spec}): {cfg.scheme}, "
@@ -767,6 +833,7 @@ def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | Non
             f"{cfg.epochs} epochs, "
             f"eta {cfg.eta:g} x{cfg.decay:g}/epoch, library {net.library}"
         )
+        print(f"  data: {header.name} ({header.format}) from {header.source}")
         for row in summary_rows(net.ir):
             print("  " + row)
     ck_dir = Path(args.checkpoint_dir or Path("runs") / net.ir.name)
@@ -795,21 +862,26 @@ def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | Non
 def cmd_eval(args: argparse.Namespace) -> int:
     """Load a checkpoint into the compiled network and report test (and train) error."""
     from . import compile as compile_net
-    from .data import find_data_dir, load_mnist
+    from .data.sets import load
+    from .pipeline import front_end
 
     _positive("--threads", args.threads)
     asked = resolve_threads(args.threads)
+    header, fit = checked_data(args, front_end(args.spec)[1])
     net = compile_net(args.spec, target=args.target, cc=args.cc, build_dir=args.build_dir)
     ck = ckpt.load(args.weights, net.ir)
     net.params[:] = ck.params
-    data = load_mnist(find_data_dir(args.data))
+    data = load(header)
     rt = Runtime(net)
     threads = rt.threads(asked)
     sets = [("test", data.test_images, data.test_labels)]
     if args.train_set:
         sets.append(("train", data.train_images, data.train_labels))
     for name, x, y in sets:
-        st = rt.evaluate(rt.images(x), y, threads)
+        if len(y) == 0:
+            print(f"{name}: no images")
+            continue
+        st = rt.evaluate(rt.images(x, fit), y, threads)
         print(
             f"{name}: error {st.loss:.2f} (mean loss {st.loss / st.images:.4f}), "
             f"{st.errors} wrong of {st.images} ({st.error_rate:.2%}), "

@@ -268,7 +268,7 @@ def test_cli_info_bad_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_cli_info(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["data", "info", "--data", str(DATA_DIR)]) == 0
     out = capsys.readouterr().out
-    assert str(DATA_DIR) in out and "60000 images 29x29" in out and "10000 images" in out
+    assert str(DATA_DIR) in out and "60000 images 1x28x28" in out and "10000 images" in out
     assert "train  " + "  ".join(f"{c:>4}" for c in TRAIN_COUNTS) in out
     assert out.count("MD5 ok") == 4
 
@@ -433,7 +433,8 @@ def test_files_far_larger_than_their_header_are_not_read_whole(tmp_path: Path) -
 
 
 def test_labels_beyond_the_networks_classes_are_refused(tmp_path: Path, capsys) -> None:
-    """Labels 0..5 on a 5-class network. Before: read outside the output in native code."""
+    """MNIST on a 5-class network. Before: read outside the output in native code; then: refused
+    after compiling and loading, by the labels; now: before compiling, by the format's classes."""
     tiny_set(tmp_path)
     spec = tmp_path / "five.net"
     spec.write_text("input size=29x29\ndense h: units=8\noutput out: classes=5\n")
@@ -443,9 +444,11 @@ def test_labels_beyond_the_networks_classes_are_refused(tmp_path: Path, capsys) 
     )
     err = capsys.readouterr().err
     assert rc == 1, err
-    assert err == (
-        "chaosgen: error: the data holds label 5, but network five has 5 classes (labels 0..4)\n"
+    assert err == (  # refused before compiling: MNIST names 10 classes
+        "chaosgen: error: the data has 10 classes, network five has 5 outputs; write "
+        "`output classes=10` in the spec\n"
     )
+    assert not (tmp_path / "b").exists()
 
 
 # --- no home directory ----------------------------------------------------------------------

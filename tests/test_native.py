@@ -18,6 +18,7 @@ from conftest import ROOT, SHIPPED
 
 import chaosgen
 from chaosgen import checkpoint, cli, data, native
+from chaosgen.data import sets  # noqa: F401  (data.sets)
 from chaosgen.errors import ChaosgenError
 from chaosgen.pipeline import front_end
 from chaosgen.targets import COMPILERS, TARGETS, get_target
@@ -367,3 +368,34 @@ def test_builds_agree_with_torch(cc: str, target: str, build_dir: Path) -> None:
         x = rng.uniform(0.0, 1.0, (29, 29)).astype(np.float32)
         x[28, :] = x[:, 28] = 0.0
         compare(chaosgen_run(net, x, label), torch_run(net.ir, net.get_weights(), x, label))
+
+
+@needs_mnist
+def test_program_takes_28x28_and_normalisation_as_chaosgen_train(raw_mnist, tmp_path) -> None:
+    """A 1x28x28 net with mean/std (the PyTorch MNIST example's): the program's images are those
+    of chaosgen's runtime bit for bit (its pixel table and padding value are rendered from the
+    same float32 steps), so its weights give chaosgen the test error the program reported."""
+    spec = tmp_path / "n28.net"
+    spec.write_text(
+        "input size=30x28 mean=0.1307 std=0.3081\nconv maps=4 kernel=5 activation=relu\n"
+        "maxpool window=2\noutput classes=10\ntrain eta=0.01 epochs=1\n"
+    )
+    out = tmp_path / "prog"
+    assert cli.main(["compile", str(spec), "--program", "--cc", "gcc", "--out", str(out)]) == 0
+    n_test = 1000
+    args = ["--limit", "2000", "--val-limit", "500", "--test-limit", str(n_test), "--threads", "1"]
+    proc = subprocess.run(
+        [str(out / "chaosgen-n28"), "--data", str(raw_mnist), *args],
+        cwd=out, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = [json.loads(line) for line in (out / "run.jsonl").read_text().splitlines()]
+    assert rec["config"]["fit"] == "pad" and rec["test_error_rate"] < 0.3, rec
+    assert cli.main(["import-weights", str(spec), str(out / "weights.cgw")]) == 0
+    net = chaosgen.compile(str(spec), build_dir=str(tmp_path / "b"))
+    net.params[:] = checkpoint.load(out / "weights.npz", net.ir).params
+    rt = Runtime(net)
+    test = data.sets.load_dataset(raw_mnist)
+    st = rt.evaluate(rt.images(test.test_images[:n_test]), test.test_labels[:n_test], 1)
+    assert st.errors == rec["test_errors"]
+    assert st.loss == pytest.approx(rec["test_error"], rel=1e-5)

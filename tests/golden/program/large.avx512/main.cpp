@@ -483,6 +483,8 @@ std::string config(const Options &o, const char *program) {
         .add("val_limit", optional(o.val_limit))
         .add("test_limit", optional(o.test_limit))
         .add("profile", o.profile ? "true" : "false")
+        .add("fit", str("pad"))  // as chaosgen train: docs/data.md
+        .add("val_split", "null")  // it validates on the training images, as the paper
         .add("spec", str(SPEC))
         .add("network", str(NETWORK))
         .add("ir_hash", str(IR_HASH))

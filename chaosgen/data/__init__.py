@@ -1,4 +1,5 @@
-"""MNIST: read the original IDX files (gzip or raw), pad to 29x29, scale to [0, 1]; fetch them.
+"""MNIST: read the original IDX files (gzip or raw), pad to 29x29, scale to [0, 1]; fetch them
+(and Fashion-MNIST, CIFAR-10). The other formats and the general loader: chaosgen.data.sets.
 
 Two choices shape every image the runtime sees:
 
@@ -33,9 +34,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from . import __version__
-from .build import atomic_write
-from .errors import DataError
+from .. import __version__
+from ..build import atomic_write
+from ..errors import DataError
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
@@ -330,6 +331,7 @@ def fetch(
     mirrors: Sequence[str] | None = None,
     timeout: float = 30.0,
     log: Callable[[str], None] | None = None,
+    files: tuple[tuple[str, int, str], ...] = FILES,
 ) -> list[Path]:
     """Download the four gzipped IDX files into `directory`, checked by size and MD5.
 
@@ -341,7 +343,7 @@ def fetch(
     mirrors = tuple(mirrors) if mirrors else MIRRORS
     say = log or (lambda _: None)
     paths = []
-    for name, size, digest in FILES:
+    for name, size, digest in files:
         path = directory / name
         paths.append(path)
         if path.is_file() and md5(path.read_bytes()) == digest:
@@ -379,15 +381,84 @@ def fetch(
     return paths
 
 
+# Other data sets: (file, bytes, md5) of the canonical files and where to get them. Fashion-MNIST:
+# torchvision's MD5s and Keras' sizes; CIFAR-10: the binary archive on the authors' page.
+FASHION_FILES: tuple[tuple[str, int, str], ...] = (
+    ("train-images-idx3-ubyte.gz", 26421880, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    ("train-labels-idx1-ubyte.gz", 29515, "25c81989df183df01b3e8a0aad5dffbe"),
+    ("t10k-images-idx3-ubyte.gz", 4422102, "bef4ecab320f06d8554ea6380940ec79"),
+    ("t10k-labels-idx1-ubyte.gz", 5148, "bb300cfdad3c16e7a12a480ee83cd310"),
+)
+CIFAR10_FILES: tuple[tuple[str, int, str], ...] = (
+    ("cifar-10-binary.tar.gz", 170052171, "c32a1d4ab5d03f1284b67883e8d87530"),
+)
+CIFAR10_MEMBERS = (
+    *(f"data_batch_{k}.bin" for k in range(1, 6)),
+    "test_batch.bin",
+    "batches.meta.txt",
+)
+FETCHABLE: dict[str, tuple[tuple[tuple[str, int, str], ...], tuple[str, ...]]] = {
+    "mnist": (FILES, MIRRORS),
+    "fashion-mnist": (
+        FASHION_FILES,
+        (
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
+    ),
+    "cifar10": (CIFAR10_FILES, ("https://www.cs.toronto.edu/~kriz/",)),
+}
+
+
+def fetch_dataset(
+    name: str,
+    directory: str | Path,
+    mirrors: Sequence[str] | None = None,
+    timeout: float = 30.0,
+    log: Callable[[str], None] | None = None,
+    files: tuple[tuple[str, int, str], ...] | None = None,
+) -> list[Path]:
+    """`fetch` for `name` (mnist, fashion-mnist, cifar10); CIFAR-10's checked archive is then
+    unpacked: only its six batches and batches.meta.txt, each written atomically beside it.
+    `files` replaces the canonical table (tests)."""
+    table, default_mirrors = FETCHABLE[name]
+    paths = fetch(directory, mirrors or default_mirrors, timeout, log, files or table)
+    if name != "cifar10":
+        return paths
+    import tarfile
+
+    directory = Path(directory)
+    out = []
+    try:
+        with tarfile.open(paths[0], "r:gz") as tar:
+            for member in CIFAR10_MEMBERS:
+                try:
+                    info = tar.getmember(f"cifar-10-batches-bin/{member}")
+                except KeyError:
+                    what = f"no cifar-10-batches-bin/{member} in it"
+                    raise DataError(f"{paths[0]}: {what}") from None
+                f = tar.extractfile(info) if info.isfile() else None
+                if f is None:
+                    raise DataError(f"{paths[0]}: {info.name} is not a regular file")
+                atomic_write(directory / member, f.read())
+                (directory / member).chmod(0o644)
+                out.append(directory / member)
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise DataError(f"{paths[0]}: corrupt archive ({e})") from None
+    (log or (lambda _: None))(f"unpacked {len(out)} files into {directory}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 
 
 def add_parser(sub) -> None:
     """`chaosgen data fetch` and `chaosgen data info`."""
-    p = sub.add_parser("data", help="get MNIST, or show where it is and what it holds")
+    p = sub.add_parser("data", help="get a data set, or show what a data directory holds")
     data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,info}", required=True)
-    f = data_sub.add_parser("fetch", help="download the four MNIST files, checked by MD5")
+    f = data_sub.add_parser("fetch", help="download MNIST, Fashion-MNIST or CIFAR-10, checked")
+    f.add_argument("dataset", nargs="?", choices=tuple(FETCHABLE), default="mnist")
     f.add_argument(
         "--dir",
         default=None,
@@ -402,39 +473,46 @@ def add_parser(sub) -> None:
     )
     f.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
     f.set_defaults(func=cmd_fetch)
-    i = data_sub.add_parser("info", help="where the data is, how many images, label counts")
-    i.add_argument("--data", default=None, help="MNIST directory (default $CHAOSGEN_DATA)")
+    i = data_sub.add_parser("info", help="format, shapes, classes, counts and checksums")
+    i.add_argument("dir", nargs="?", default=None, help="data directory or .npz file")
+    i.add_argument("--data", default=None, help="the same (default $CHAOSGEN_DATA)")
+    i.add_argument("--dataset", default=None, help="its format (default: recognised)")
     i.set_defaults(func=cmd_info)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Download into --dir (or $CHAOSGEN_DATA, or the default) and say what happened."""
     directory = _given(args.dir, "--dir") if args.dir else data_source(None)[1]
-    fetch(directory, args.mirror, args.timeout, log=lambda s: print(s, file=sys.stderr))
-    print(f"MNIST is in {directory}")
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    fetch_dataset(args.dataset, directory, args.mirror, args.timeout, log)
+    print(f"{args.dataset} is in {directory}")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print where the data is, the sizes of both splits and their label histograms."""
-    directory = find_data_dir(args.data)
-    label = data_source(args.data)[0]
-    d = load_mnist(directory)
-    print(f"data: {directory} (from {label})")
-    for name, _, digest in FILES:
-        path = _file(directory, name)
-        assert path is not None  # find_data_dir checked
-        if path.name == name:
-            check = "MD5 ok" if md5(path.read_bytes()) == digest else "MD5 differs from canonical"
-        else:
-            check = "uncompressed, no checksum"
-        print(f"  {path.name}: {path.stat().st_size:,} bytes, {check}")
+    """Print where the data is, its format, shapes, classes, counts and checksums."""
+    from .sets import load, open_data
+
+    arg = args.dir or args.data
+    h = open_data(arg, args.dataset)
+    d = load(h)
+    print(f"data: {h.source} (from {data_source(arg)[0]}), {h.name}, format {h.format}")
+    canonical = {n: m for n, _, m in FETCHABLE.get(h.name, ((), ()))[0]}
+    for path in h.files:
+        digest = md5(path.read_bytes())
+        check = {True: "MD5 ok", False: "MD5 differs from canonical", None: "MD5"}[
+            digest == canonical[path.name] if path.name in canonical else None
+        ]
+        print(f"  {path.name}: {path.stat().st_size:,} bytes, {check} {digest}")
     for split, images in (("train", d.train_images), ("test", d.test_images)):
         lo, hi = float(images.min(initial=0)), float(images.max(initial=0))
         shape = "x".join(map(str, images.shape[1:]))
         print(f"{split}: {len(images)} images {shape} float32, pixels in [{lo:g}, {hi:g}]")
-    print("label " + " ".join(f"{k:>5}" for k in range(10)))
-    for split, labels in (("train", d.train_labels), ("test", d.test_labels)):
-        counts = np.bincount(labels, minlength=10)
-        print(f"{split:<5} " + " ".join(f"{c:>5}" for c in counts))
+    k = len(h.classes)
+    print(f"classes ({k}): " + ", ".join(h.classes[:20]) + (" ..." if k > 20 else ""))
+    if k <= 20:
+        print("label " + " ".join(f"{c:>5}" for c in range(k)))
+        for split, labels in (("train", d.train_labels), ("test", d.test_labels)):
+            counts = np.bincount(labels, minlength=k)
+            print(f"{split:<5} " + " ".join(f"{c:>5}" for c in counts))
     return 0
