@@ -255,3 +255,24 @@ def test_chaos_two_threads_dropout_net_learns_mnist(net, mnist) -> None:
     losses = [r["train_loss"] for r in records]
     assert losses[-1] < 0.8 * losses[0], losses
     assert records[-1]["val_error_rate"] < 0.5, records[-1]
+
+
+def test_emit_ir_shows_dropout_and_init(in_repo, capsys) -> None:
+    """`--emit ir`: each dropout layer with its rate, each trainable layer's init and its scale,
+    and the train statement's init."""
+    import json
+
+    from chaosgen.cli import main
+
+    assert main(["compile", "tests/nets/dropout.net", "--emit", "ir"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    layers = {lay["name"]: lay for lay in d["layers"]}
+    assert [(n, layers[n]["kind"], layers[n]["rate"]) for n in ("d1", "d2", "d3")] == [
+        ("d1", "dropout", 0.25),
+        ("d2", "dropout", 0.1),
+        ("d3", "dropout", 0.5),
+    ]
+    assert layers["d1"]["out_shape"] == layers["d1"]["in_shape"] == layers["c1"]["out_shape"]
+    inits = [(layers[n]["init"], layers[n]["init_scale"]) for n in ("c1", "f1", "out")]
+    assert inits == [("he", 0.0), ("xavier", 0.0), ("uniform", 0.05)]
+    assert d["training"]["init"] == "default"
