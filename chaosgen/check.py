@@ -20,8 +20,9 @@ MAX_NAME = 64  # characters of a layer or network name (they become C++ identifi
 MAX_ETA = 10.0  # eta in (0, MAX_ETA]
 MAX_DECAY = 1.0  # decay in (0, MAX_DECAY]
 MAX_SEED = 2**63 - 1  # seed in [0, MAX_SEED]
+MAX_INIT_SCALE = 10.0  # init std= and range= in (0, MAX_INIT_SCALE]: larger saturates any unit
 
-LAYER_KINDS = ("input", "conv", "maxpool", "avgpool", "dense", "output")
+LAYER_KINDS = ("input", "conv", "maxpool", "avgpool", "dropout", "dense", "output")
 STATEMENT_KINDS = (*LAYER_KINDS, "train")
 
 
@@ -35,6 +36,12 @@ class AttrSpec:
 
 
 _SIZE = AttrSpec(("int", "dims"), required=True)
+# Initialisation, on `train` and on each layer with weights (None: the train statement's).
+_INIT = {
+    "init": AttrSpec(("word",)),
+    "std": AttrSpec(("int", "float")),
+    "range": AttrSpec(("int", "float")),
+}
 ATTRS: dict[str, dict[str, AttrSpec]] = {
     "input": {
         "maps": AttrSpec(("int",), default=1),
@@ -48,17 +55,21 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "kernel": _SIZE,
         "stride": AttrSpec(("int",), default=1),
         "activation": AttrSpec(("word",), default="scaled_tanh"),
+        **_INIT,
     },
     "maxpool": {"window": _SIZE},
     "avgpool": {"window": _SIZE},
+    "dropout": {"rate": AttrSpec(("int", "float"), required=True)},
     "dense": {
         "units": AttrSpec(("int",), required=True),
         "activation": AttrSpec(("word",), default="scaled_tanh"),
+        **_INIT,
     },
     "output": {
         "classes": AttrSpec(("int",), required=True),
         "activation": AttrSpec(("word",), default="softmax"),
         "loss": AttrSpec(("word",), default="cross_entropy"),
+        **_INIT,
     },
     "train": {
         # An instance: on a slots dataclass, ir.Training.epochs is a descriptor, not the default.
@@ -66,6 +77,7 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "eta": AttrSpec(("int", "float"), default=ir.Training().eta),
         "decay": AttrSpec(("int", "float"), default=ir.Training().decay),
         "seed": AttrSpec(("int",), default=ir.Training().seed),
+        **_INIT,
     },
 }
 _KIND_WORDS = {
@@ -296,14 +308,59 @@ class _Checker:
                 f"train: 'seed' must be a non-negative integer, found {a['seed']}",
             )
             ok = False
-        if not ok:
+        init = self.init_of(st, "train", a, ir.Training())
+        if not ok or init is None:
             return ir.Training()
         return ir.Training(
             epochs=int(a["epochs"]),
             eta=float(a["eta"]),
             decay=float(a["decay"]),
             seed=int(a["seed"]),  # type: ignore[arg-type]
+            init=init[0],
+            **{ir.INIT_PARAM[init[0]]: init[1]} if init[0] in ir.INIT_PARAM else {},
         )
+
+    def init_of(
+        self, st: Statement, what: str, a: dict, training: ir.Training
+    ) -> tuple[str, float] | None:
+        """(init, its std= or range= or 0) of a statement, the train statement's where the
+        statement gives none; None after an error (each reported at its attribute)."""
+        init = a["init"] if a["init"] is not None else training.init
+        if a["init"] is not None and not self.word(st, what, "init", init, ir.INITS):
+            return None
+        ok = True
+        for key in ("std", "range"):
+            v = a[key]
+            if v is None:
+                continue
+            if ir.INIT_PARAM.get(init) != key:
+                takes = next(k for k, p in ir.INIT_PARAM.items() if p == key)
+                self.error(
+                    self.loc_of(st, key),
+                    f"{what}: '{key}' is the parameter of init={takes}, but the init here is "
+                    f"{init}",
+                )
+                ok = False
+            elif not 0 < v <= MAX_INIT_SCALE:
+                self.error(
+                    self.loc_of(st, key),
+                    f"{what}: '{key}' must be in (0, {MAX_INIT_SCALE:g}], found {v}",
+                )
+                ok = False
+        if not ok:
+            return None
+        key = ir.INIT_PARAM.get(init)
+        if key is None:
+            return init, 0.0
+        scale = a[key] if a[key] is not None else getattr(training, key)
+        # The train statement may leave it to each layer (Caffe's nets give a std per layer).
+        if not scale and st.kind != "train":
+            self.error(
+                self.loc_of(st, "init") if a["init"] else st.loc,
+                f"{what}: init={init} needs '{key}=' (on the layer or the train statement)",
+            )
+            return None
+        return init, float(scale)
 
     def layers(
         self, sts: list[Statement], names: dict[int, str], training: ir.Training
@@ -325,6 +382,7 @@ class _Checker:
                     shape = None
         input_shape = shape
         norm = self.normalization(in_st, a, shape) if in_st is not None and a else None
+        self.train_settings = training
         layers: list[ir.Layer] = []
         offset = 0
         for st in sts:
@@ -419,7 +477,8 @@ class _Checker:
                 f"{what}: kernel {k[0]}x{k[1]} is larger than its input {in_shape.h}x{in_shape.w}",
             )
             return None
-        if not (k and ok) or in_shape is None:
+        init = self.init_of(st, what, a, self.train_settings)
+        if not (k and ok and init) or in_shape is None:
             return None
         kh, kw = k
         s = a["stride"]
@@ -437,6 +496,8 @@ class _Checker:
             kh=kh,
             kw=kw,
             stride=s,
+            init=init[0],
+            init_scale=init[1],
         )
 
     def pool(self, st, what, a, *, name, index, in_shape, offset):
@@ -484,7 +545,8 @@ class _Checker:
                     f"found {a['activation']}",
                 )
                 ok = False
-        if not ok or in_shape is None:
+        init = self.init_of(st, what, a, self.train_settings)
+        if not (ok and init) or in_shape is None:
             return None
         out = ir.Shape(maps=a[key], h=1, w=1)
         n_w = out.maps * in_shape.size
@@ -502,16 +564,38 @@ class _Checker:
             activation=a["activation"],
             w_offset=offset,
             b_offset=ir.align(offset + n_w),
+            init=init[0],
+            init_scale=init[1],
         )
         if is_out:
             return ir.Output(**common, loss=a["loss"])
         return ir.Dense(**common)
+
+    def dropout(self, st, what, a, *, name, index, in_shape, offset):
+        rate = a["rate"]
+        if not 0 <= rate < 1:
+            self.error(
+                self.loc_of(st, "rate"),
+                f"{what}: 'rate' (the fraction of units dropped) must be in [0, 1), found {rate}",
+            )
+            return None
+        if in_shape is None:
+            return None
+        return ir.Dropout(
+            name=name,
+            index=index,
+            in_shape=in_shape,
+            out_shape=in_shape,
+            loc=st.loc,
+            rate=float(rate),
+        )
 
 
 _BUILDERS: dict[str, Callable] = {
     "conv": _Checker.conv,
     "maxpool": _Checker.pool,
     "avgpool": _Checker.pool,
+    "dropout": _Checker.dropout,
     "dense": _Checker.dense,
     "output": _Checker.dense,
 }

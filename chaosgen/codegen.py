@@ -114,6 +114,8 @@ def summary_rows(net: ir.Net) -> list[str]:
             kernel = f"{lay.kh}x{lay.kw}" + (f" /{lay.stride}" if lay.stride > 1 else "")
         elif isinstance(lay, ir.Pool):
             kernel = f"{lay.wh}x{lay.ww}"
+        elif isinstance(lay, ir.Dropout):
+            kernel = f"rate {lay.rate:g}"
         size = f"{o.h}x{o.w}" if not isinstance(lay, ir.Dense) else "1"
         n_par = lay.n_weights + lay.n_bias
         params = str(n_par) if n_par else ""
@@ -480,6 +482,8 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
         y_data = ir.align(lay.out_shape.size + _reads_past(nxt, target, forms))
         # a max-pool keeps each window's choice (the offset of its maximum) after its outputs
         codes = ir.align(lay.out_shape.size) if isinstance(lay, ir.Pool) and lay.op == "max" else 0
+        if isinstance(lay, ir.Dropout):  # its mask (0 or the scale) after its outputs
+            codes = ir.align(lay.out_shape.size)
         y_size = y_data + (conv["xc_floats"] if conv else 0) + codes
         d_size = conv["d_floats"] if conv else ir.align(lay.out_shape.size)
         prev = views[-1]["name"] if views else None
@@ -488,6 +492,8 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
         kind = "dense"
         if isinstance(lay, (ir.Pool, ir.Conv)):
             kind = "pool" if isinstance(lay, ir.Pool) else "conv"
+        elif isinstance(lay, ir.Dropout):
+            kind = "dropout"
         v = dict(
             name=lay.name,
             ns=f"layer_{lay.name}",
@@ -524,10 +530,26 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
                      scatter=lay.out_shape.w * 4 <= target.vector_width)
         if isinstance(lay, ir.Dense):
             v.update(_dense_view(lay, target))
+        if isinstance(lay, ir.Dropout):
+            v.update(dropout_view(lay, net, y_data))
         v["activation_in_pool"] = False
         views.append(v)
     _activation_into_max_pool(views)
     return views
+
+
+DROPOUT_BITS = 24  # a unit is dropped when the top 24 bits of its hash are below rate x 2^24
+
+
+def dropout_view(lay: ir.Dropout, net: ir.Net, mask_from_y: int) -> dict:
+    """A dropout layer's constants: its ordinal among the dropout layers (salt of its key), the
+    drop threshold round(rate x 2^24) (so the rate is exact to 2^-25) and the kept units' scale
+    1 / (1 - rate) (inverted dropout: evaluation needs no rescaling)."""
+    return dict(
+        rate=lay.rate, ordinal=net.dropouts.index(lay), mask_from_y=mask_from_y,
+        size=lay.out_shape.size, threshold=round(lay.rate * (1 << DROPOUT_BITS)),
+        scale=f"{1.0 / (1.0 - lay.rate):#.9g}f",  # 2 -> 2.00000000f
+    )
 
 
 def _activation_into_max_pool(views: list[dict]) -> None:
@@ -582,6 +604,7 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
         image_stride=ir.align(net.input.size + _reads_past(net.layers[0], target, forms)),
         output_size=net.output.out_shape.size,
         work_floats=max(last["end"], 16),
+        dropout=[v for v in layers if v["kind"] == "dropout"],
         unroll_limit=UNROLL_LIMIT,
     )
     env = environment()

@@ -11,6 +11,9 @@ from .errors import NOWHERE, SourceLoc
 ACTIVATIONS = ("scaled_tanh", "tanh", "sigmoid", "relu", "linear")
 OUTPUT_ACTIVATIONS = ("softmax", *ACTIVATIONS)
 LOSSES = ("cross_entropy", "mse")
+# Weight initialisations (`init=`): see chaosgen/loader.py initial_params for each law.
+INITS = ("default", "xavier", "he", "gaussian", "uniform")
+INIT_PARAM = {"gaussian": "std", "uniform": "range"}  # the init that takes each parameter
 PARAM_ALIGN = 16  # floats: each parameter block starts on a 64-byte boundary
 
 
@@ -71,6 +74,10 @@ class Trainable(Layer):
     activation: str
     w_offset: int
     b_offset: int
+    # Initialisation (not code: left out of the digest): the law and its std= or range= (0: none),
+    # the layer's own or else the train statement's.
+    init: str = "default"
+    init_scale: float = 0.0
 
     @property
     def n_bias(self) -> int:
@@ -115,6 +122,15 @@ class Pool(Layer):
     @property
     def macs(self) -> int:
         return self.in_shape.size
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dropout(Layer):
+    """Inverted dropout: while training each unit is kept with probability 1 - rate and scaled by
+    1 / (1 - rate); identity in evaluation. No parameters; the output shape is the input's."""
+
+    rate: float
+    kind = "dropout"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +179,9 @@ class Training:
     eta: float = 0.001
     decay: float = 1.0
     seed: int = 1
+    init: str = "default"
+    std: float = 0.0  # of init=gaussian (0: not given)
+    range: float = 0.0  # of init=uniform (0: not given)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,6 +196,11 @@ class Net:
     n_params: int  # floats in the flat parameter array, padding included
     input_loc: SourceLoc = field(compare=False, default=NOWHERE)
     norm: Normalization | None = None  # None: the pixels as loaded (every paper spec)
+
+    @property
+    def dropouts(self) -> tuple[Dropout, ...]:
+        """Dropout layers, in order."""
+        return tuple(lay for lay in self.layers if isinstance(lay, Dropout))
 
     @property
     def output(self) -> Output:
@@ -200,6 +224,9 @@ class Net:
         training defaults, so a checkpoint survives a change of epochs or eta)."""
         d = self.describe()
         del d["training"]
+        for lay in d["layers"]:  # the initialisation does not change the generated code
+            for key in _NOT_CODE:
+                lay.pop(key, None)
         return hashlib.sha256(repr(d).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
@@ -226,6 +253,9 @@ class Net:
         }
 
 
+_NOT_CODE = ("init", "init_scale")
+
+
 def align(n: int, to: int = PARAM_ALIGN) -> int:
     """Round n up to a multiple of `to`."""
     return -(-n // to) * to
@@ -244,6 +274,8 @@ def verify(net: Net) -> None:
             assert lay.w_offset >= end and lay.b_offset >= lay.w_offset + lay.n_weights
             end = lay.b_offset + lay.n_bias
             assert math.prod(lay.weight_shape) == lay.n_weights
+        if isinstance(lay, Dropout):
+            assert lay.out_shape == lay.in_shape and 0 <= lay.rate < 1, lay
         if isinstance(lay, Pool):
             assert lay.in_shape.h == lay.out_shape.h * lay.wh
             assert lay.in_shape.w == lay.out_shape.w * lay.ww

@@ -175,21 +175,40 @@ class Net:
         )
         return out
 
-    def gradients(self, x: np.ndarray, label: int) -> dict[str, np.ndarray]:
-        """d loss / d parameter for one image, same keys and shapes as get_weights()."""
+    def gradients(
+        self, x: np.ndarray, label: int, dropout: tuple[int, int, int] | None = None
+    ) -> dict[str, np.ndarray]:
+        """d loss / d parameter for one image, same keys and shapes as get_weights(). Dropout
+        layers are the identity unless `dropout` = (seed, epoch, index) gives the training mask
+        of that image (the one `dropout_masks(seed, epoch, index)` returns)."""
         n_out = self.ir.output.out_shape.size
         if not 0 <= int(label) < n_out:
             raise ChaosgenError(f"label {label} is out of range 0..{n_out - 1}")
         self._load_image(x)
         g = aligned_zeros(self.ir.n_params)
-        self.last_loss = self.lib.cg_gradients(
-            self.ptr(self.params),
-            self.ptr(self._work),
-            self.ptr(self._image),
-            int(label),
-            self.ptr(g),
-        )
+        args = (self.ptr(self.params), self.ptr(self._work), self.ptr(self._image), int(label))
+        if dropout is not None and self.ir.dropouts:
+            self.last_loss = self.lib.cg_gradients_dropout(*args, self.ptr(g), *_key(dropout))
+        else:
+            self.last_loss = self.lib.cg_gradients(*args, self.ptr(g))
         return _unflatten(self.ir, g)
+
+    def dropout_masks(self, seed: int, epoch: int, index: int) -> dict[str, np.ndarray]:
+        """Each dropout layer's training mask for one image: layer name -> bool array of the
+        layer's shape (maps, h, w), True where a unit is kept (then scaled by 1 / (1 - rate)).
+        `index` is the image's index in the training set (not its position in the epoch's
+        order), `epoch` counts from 0; computed by the native code that trains with it."""
+        drops = self.ir.dropouts
+        keep = np.zeros(sum(d.out_shape.size for d in drops) + 1, np.uint8)
+        if drops:
+            keep_ptr = self.ptr(keep, "unsigned char *")
+            self.lib.cg_dropout_masks(*_key((seed, epoch, index)), keep_ptr)
+        out, off = {}, 0
+        for d in drops:
+            s = d.out_shape
+            out[d.name] = keep[off : off + s.size].reshape(s.maps, s.h, s.w).astype(bool)
+            off += s.size
+        return out
 
     def loss(self, x: np.ndarray, label: int) -> float:
         """The loss of one image (computed by the gradient pass)."""
@@ -197,17 +216,51 @@ class Net:
         return float(self.last_loss)
 
 
+def _key(dropout: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(seed, epoch, index) of a dropout mask, range-checked for the C API."""
+    seed, epoch, index = (int(v) for v in dropout)
+    if not (0 <= seed < 2**63 and 0 <= epoch < 2**31 and 0 <= index < 2**63):
+        raise ChaosgenError(f"dropout key {dropout} out of range (seed, epoch, index >= 0)")
+    return seed, epoch, index
+
+
+def fans(lay: ir.Trainable) -> tuple[int, int]:
+    """(fan_in, fan_out) as torch.nn.init's _calculate_fan_in_and_fan_out: input maps (or
+    values) x kernel taps, and output maps (or units) x kernel taps."""
+    shape = lay.weight_shape
+    taps = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    return shape[1] * taps, shape[0] * taps
+
+
 def initial_params(net: ir.Net, seed: int) -> np.ndarray:
-    """PyTorch's default init, seeded: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-    as the flat parameter array (padding zero)."""
+    """The initial flat parameter array (float32, padding zero), seeded; each layer by its init=:
+    default: weights and biases ~ U(+-1/sqrt(fan_in)) (PyTorch's nn.Linear/nn.Conv2d default);
+    xavier: U(+-sqrt(6 / (fan_in + fan_out))) (Glorot uniform, torch.nn.init.xavier_uniform_);
+    he: N(0, 2 / fan_in) (torch.nn.init.kaiming_normal_, fan_in mode, ReLU gain);
+    gaussian: N(0, std^2); uniform: U(+-range). Biases are zero except with `default`. One
+    generator draws every layer's weights then biases in order (default: as before init=)."""
     rng = np.random.default_rng(seed)
     params = np.zeros(net.n_params, np.float32)
     for lay in net.trainable:
-        bound = 1.0 / np.sqrt(lay.n_weights // lay.out_shape.maps)
-        params[lay.w_offset : lay.w_offset + lay.n_weights] = rng.uniform(
-            -bound, bound, lay.n_weights
-        )
-        params[lay.b_offset : lay.b_offset + lay.n_bias] = rng.uniform(-bound, bound, lay.n_bias)
+        fan_in, fan_out = fans(lay)
+        n, init, w = lay.n_weights, lay.init, None
+        if init == "default":
+            bound = 1.0 / np.sqrt(fan_in)
+            w = rng.uniform(-bound, bound, n)
+            params[lay.b_offset : lay.b_offset + lay.n_bias] = rng.uniform(
+                -bound, bound, lay.n_bias
+            )
+        elif init == "xavier":
+            bound = np.sqrt(6.0 / (fan_in + fan_out))
+            w = rng.uniform(-bound, bound, n)
+        elif init == "he":
+            w = rng.normal(0.0, np.sqrt(2.0 / fan_in), n)
+        elif init == "gaussian":
+            w = rng.normal(0.0, lay.init_scale, n)
+        else:
+            assert init == "uniform", init
+            w = rng.uniform(-lay.init_scale, lay.init_scale, n)
+        params[lay.w_offset : lay.w_offset + n] = w
     return params
 
 

@@ -158,8 +158,10 @@ class Runtime:
         cfg: Config,
         eta: float,
         progress=None,
+        epoch: int = 0,
     ) -> PhaseStats:
-        """One training pass over images[order] (native, GIL released; Ctrl-C stops it early)."""
+        """One training pass over images[order] (native, GIL released; Ctrl-C stops it early).
+        Dropout masks hash (cfg.seed, epoch, each image's index in `images`)."""
         lab = self._labels(labels)
         threads = allowed_threads(cfg.threads)
         order = np.ascontiguousarray(order, np.int32)
@@ -175,6 +177,8 @@ class Runtime:
                 batch=cfg.batch,
                 stop=stop,
                 progress=seen,
+                seed=cfg.seed,
+                epoch=epoch,
             ),
         )
         stats = self.ffi.new("cg_stats *")
@@ -465,6 +469,7 @@ class Trainer:
                     cfg,
                     eta,
                     progress=lambda k, bar=bar: bar.update(k - bar.n),
+                    epoch=epoch,
                 )
             except _Interrupted as stop:
                 bar.close()

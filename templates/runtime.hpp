@@ -9,6 +9,8 @@
    never wait. No barrier per image.
    --------------------------------------------------------------------------------------------- */
 {% include "locks.hpp" %}
+{# dropout nets: each training image's mask key, from (seed, epoch, the image's dataset index) #}
+{% set drop_arg = ", cg_dropout_key(uint64_t(cfg.seed), uint64_t(cfg.epoch), uint64_t(order[i]))" if dropout else "" %}
 
 namespace chaos {
 
@@ -120,7 +122,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
                 if (!ok) continue;
                 prof.start();
                 const float l = net::train_image(P, work, G, image_of(i), labels[order[i]],
-                                                 [](int) {}, prof);
+                                                 [](int) {}, prof{{ drop_arg }});
                 tally.add(work, l, labels[order[i]]);
             }
             /* Each worker adds eta x its summed gradients: the step is B x eta x the average
@@ -147,9 +149,9 @@ static bool train_worker(float *P, const float *images, const int *labels, const
             float l;
             if (every == 1)
                 l = net::train_image<true>(P, work, G, image, label,
-                                           [&](int b) { apply(b, eta, locked, true); }, prof);
+                                           [&](int b) { apply(b, eta, locked, true); }, prof{{ drop_arg }});
             else
-                l = net::train_image(P, work, G, image, label, [](int) {}, prof);
+                l = net::train_image(P, work, G, image, label, [](int) {}, prof{{ drop_arg }});
             tally.add(work, l, label);
             if (cfg.progress && (i & 63) == 0) *cfg.progress = i;  // a hint for progress bars
             if (every > 1 && ++mine % every == 0)
@@ -264,5 +266,20 @@ int cg_threads(int requested) {
 }
 
 const char *cg_ir_hash(void) { return CG_IR_HASH; }
+{% if dropout %}
+
+int cg_dropout_masks(long long seed, int epoch, long index, unsigned char *keep) {
+    net::dropout_masks(cg_dropout_key(uint64_t(seed), uint64_t(epoch), uint64_t(index)), keep);
+    return {{ dropout | sum(attribute="size") }};
+}
+
+float cg_gradients_dropout(const float *params, float *work, const float *image, int label, float *grads,
+                           long long seed, int epoch, long index) {
+    chaos::NoProfile prof;
+    std::memset(grads, 0, sizeof(float) * net::N_PARAMS);
+    return net::train_image(params, work, grads, image, label, [](int) {}, prof,
+                            cg_dropout_key(uint64_t(seed), uint64_t(epoch), uint64_t(index)));
+}
+{% endif %}
 
 }  // extern "C"

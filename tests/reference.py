@@ -196,9 +196,15 @@ def finite_differences(
 
 
 def torch_run(
-    net: ir.Net, weights: dict[str, np.ndarray], image: np.ndarray, label: int
+    net: ir.Net,
+    weights: dict[str, np.ndarray],
+    image: np.ndarray,
+    label: int,
+    masks: dict[str, np.ndarray] | None = None,
 ) -> Result:
-    """The same pass with PyTorch float64 autograd (torch must be importable)."""
+    """The same pass with PyTorch float64 autograd (torch must be importable). Dropout layers:
+    identity, or with `masks` (layer -> bool keep array) the inverted-dropout training pass
+    x * mask / (1 - rate), as torch.nn.functional.dropout scales its kept units."""
     import torch
     import torch.nn.functional as F
 
@@ -222,6 +228,10 @@ def torch_run(
         elif isinstance(lay, ir.Pool):
             pool = F.max_pool2d if lay.op == "max" else F.avg_pool2d
             x = pool(x, kernel_size=(lay.wh, lay.ww), stride=(lay.wh, lay.ww))
+        elif isinstance(lay, ir.Dropout):
+            if masks is not None:
+                keep = torch.tensor(np.asarray(masks[lay.name], np.float64)).reshape(x.shape)
+                x = x * keep / (1.0 - lay.rate)
         else:
             z = F.linear(x.reshape(1, -1), p[f"{lay.name}.weight"], p[f"{lay.name}.bias"])
             x = torch.softmax(z, dim=1) if lay.activation == "softmax" else acts[lay.activation](z)

@@ -78,6 +78,8 @@ def brute_shape(shape: tuple[int, int, int], lay: LayerDesc) -> tuple[int, int, 
         return (maps, len(rows), len(cols)) if rows and cols else None
     if lay.kind == "dense":
         return (int(a["units"]), 1, 1)
+    if lay.kind == "dropout":
+        return shape
     return (int(a["classes"]), 1, 1)
 
 
@@ -100,12 +102,19 @@ def _size_text(draw, h: int, w: int) -> str:
 
 @st.composite
 def net_descs(
-    draw, max_hidden: int = 4, max_side: int = 9, max_maps: int = 3, always_valid: bool = True
+    draw,
+    max_hidden: int = 4,
+    max_side: int = 9,
+    max_maps: int = 3,
+    always_valid: bool = True,
+    dropout: bool = False,
 ) -> NetDesc:
     """A random stack of conv / maxpool / avgpool / dense layers ending in an output layer.
 
     With always_valid, kernel and window sizes are drawn to fit (brute force decides); without,
     they are drawn freely and may be too large or fail to tile, for the shape-inference test.
+    With dropout, a dropout layer may follow each hidden layer and one always precedes the output
+    (only then: the other tests keep their distribution).
     """
     shape = (
         draw(st.integers(1, max_maps)),
@@ -154,6 +163,10 @@ def net_descs(
         lay.out = brute_shape(cur, lay) if cur is not None else None
         cur = lay.out
         desc.layers.append(lay)
+        if dropout and draw(st.booleans()):
+            desc.layers.append(_dropout_desc(draw, cur))
+    if dropout:
+        desc.layers.append(_dropout_desc(draw, cur))
     loss = draw(st.sampled_from(("cross_entropy", "mse")))
     act = "softmax" if loss == "cross_entropy" else draw(st.sampled_from(OUTPUT_ACTIVATIONS))
     out = LayerDesc(
@@ -183,6 +196,12 @@ def net_descs(
         keep = draw(st.sets(st.sampled_from(sorted(train))))
         desc.train = {k: v for k, v in train.items() if k in keep}
     return desc
+
+
+def _dropout_desc(draw, cur: tuple[int, int, int] | None) -> LayerDesc:
+    """A dropout layer after `cur` (rates from none to most units dropped)."""
+    rate = draw(st.sampled_from(("0", "0.1", "0.25", "0.5", ".75", "0.9")))
+    return LayerDesc(kind="dropout", attrs={"rate": rate}, out=cur)
 
 
 @st.composite

@@ -223,9 +223,10 @@ def test_names_are_bounded_and_shortened_in_messages() -> None:
         f"3:7: layer name of 5000 characters is too long (at most {MAX_NAME}): {short}",
         f"3:5028: dense '{short}': unknown activation '{short}'; expected one of scaled_tanh, "
         "tanh, sigmoid, relu, linear",
-        f"4:15: dense 'dense1': unknown attribute '{short}'; expected one of units, activation",
-        f"5:1: unknown statement '{short}'; expected one of input, conv, maxpool, avgpool, dense, "
-        "output, train",
+        f"4:15: dense 'dense1': unknown attribute '{short}'; expected one of units, activation, "
+        "init, std, range",
+        f"5:1: unknown statement '{short}'; expected one of input, conv, maxpool, avgpool, "
+        "dropout, dense, output, train",
     ]
     assert _check(f"network {'n' * MAX_NAME}\n{_stack(2)}").name == "n" * MAX_NAME
 

@@ -10,6 +10,8 @@ typedef struct cg_config {
     int batch;            /* averaged: images per synchronous step */
     volatile int *stop;   /* set to non-zero (from another thread) to stop picking images */
     volatile long *progress; /* if not NULL: images picked so far, updated now and then */
+    long long seed;       /* dropout masks: hash of (seed, epoch, the image's index in images) */
+    int epoch;            /* from 0 */
 } cg_config;
 
 typedef struct cg_stats {

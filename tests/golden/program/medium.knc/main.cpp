@@ -598,12 +598,14 @@ int main(int argc, char **argv) {
     cfg.batch = o.batch;
     cfg.stop = &g_stop;
     cfg.progress = nullptr;
+    cfg.seed = o.seed;  // dropout masks, as chaosgen train's
     std::vector<int> order;
     for (int epoch = first; epoch < o.epochs; ++epoch) {
         const double t0 = omp_get_wtime();
         permutation(order, train.n, o.seed, epoch);
         std::vector<double> prof(size_t(N_LAYERS * N_PASSES), 0.0);
         cfg.eta = float(eta);
+        cfg.epoch = epoch;
         cg_stats tr, va, te;
         if (cg_train(P, train.images, train.labels.data(), order.data(), n_train, &cfg, &tr,
                      o.profile ? prof.data() : nullptr) != 0)

@@ -1,0 +1,43 @@
+/* C API of the chaosgen network "dropout" (tests/nets/dropout.net).
+   This one header is #included by the generated C++ and handed to cffi's cdef,
+   so the C++ compiler checks every signature that the Python loader trusts. */
+
+typedef struct cg_config {
+    int threads;          /* OpenMP threads, one network instance each */
+    int scheme;           /* 0 chaos, 1 hogwild, 2 delayed, 3 averaged (sequential = chaos, 1 thread) */
+    float eta;            /* learning rate of this epoch */
+    int update_every;     /* delayed: apply a worker's accumulated gradient every k images */
+    int batch;            /* averaged: images per synchronous step */
+    volatile int *stop;   /* set to non-zero (from another thread) to stop picking images */
+    volatile long *progress; /* if not NULL: images picked so far, updated now and then */
+    long long seed;       /* dropout masks: hash of (seed, epoch, the image's index in images) */
+    int epoch;            /* from 0 */
+} cg_config;
+
+typedef struct cg_stats {
+    double loss;          /* summed loss over the images processed */
+    long errors;          /* wrongly classified images */
+    long images;          /* images processed (fewer than asked if stopped) */
+    double seconds;       /* wall time of the call */
+    int threads;          /* OpenMP threads that ran (OMP_THREAD_LIMIT can give fewer than asked) */
+} cg_stats;
+
+int cg_n_params(void);
+int cg_image_size(void);
+int cg_image_stride(void);
+int cg_output_size(void);
+int cg_work_floats(void);
+int cg_n_layers(void);
+const char *cg_ir_hash(void);
+void cg_forward(const float *params, float *work, const float *image, float *output);
+float cg_gradients(const float *params, float *work, const float *image, int label, float *grads);
+int cg_train(float *params, const float *images, const int *labels, const int *order, long n,
+             const cg_config *config, cg_stats *stats, double *profile);
+int cg_evaluate(const float *params, const float *images, const int *labels, long n, int threads,
+                cg_stats *stats);
+int cg_threads(int requested);
+/* Dropout (training only): each dropout layer's keep flags for one image, in layer order (returns
+   their count); the gradients of one image under that mask. */
+int cg_dropout_masks(long long seed, int epoch, long index, unsigned char *keep);
+float cg_gradients_dropout(const float *params, float *work, const float *image, int label, float *grads,
+                           long long seed, int epoch, long index);
