@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import ir
+from . import ir, update
 from .errors import Diagnostic, SourceLoc, SpecError, shown
 from .parse import Attr, Spec, Statement, Value
 
@@ -35,6 +36,19 @@ class AttrSpec:
 
 
 _SIZE = AttrSpec(("int", "dims"), required=True)
+_NUM = ("int", "float")
+_MULTS = {k: AttrSpec(_NUM, default=1.0) for k in ir.MULTIPLIERS}  # on every trainable layer
+MAX_MULT = 1000.0  # a multiplier in [0, MAX_MULT]
+_UPDATE_ATTRS = {  # the update rule and the schedule (checked in _Checker.update_rule)
+    "momentum": AttrSpec(_NUM, default=0.0),
+    "nesterov": AttrSpec(("word",), default="false"),
+    "weight_decay": AttrSpec(_NUM, default=0.0),
+    "lr_policy": AttrSpec(("word",)),
+    "gamma": AttrSpec(_NUM),
+    "power": AttrSpec(_NUM),
+    "step_size": AttrSpec(("int",)),
+    "batch": AttrSpec(("int",)),
+}
 ATTRS: dict[str, dict[str, AttrSpec]] = {
     "input": {"maps": AttrSpec(("int",), default=1), "size": _SIZE},
     "conv": {
@@ -42,17 +56,20 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "kernel": _SIZE,
         "stride": AttrSpec(("int",), default=1),
         "activation": AttrSpec(("word",), default="scaled_tanh"),
+        **_MULTS,
     },
     "maxpool": {"window": _SIZE},
     "avgpool": {"window": _SIZE},
     "dense": {
         "units": AttrSpec(("int",), required=True),
         "activation": AttrSpec(("word",), default="scaled_tanh"),
+        **_MULTS,
     },
     "output": {
         "classes": AttrSpec(("int",), required=True),
         "activation": AttrSpec(("word",), default="softmax"),
         "loss": AttrSpec(("word",), default="cross_entropy"),
+        **_MULTS,
     },
     "train": {
         # An instance: on a slots dataclass, ir.Training.epochs is a descriptor, not the default.
@@ -60,6 +77,7 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "eta": AttrSpec(("int", "float"), default=ir.Training().eta),
         "decay": AttrSpec(("int", "float"), default=ir.Training().decay),
         "seed": AttrSpec(("int",), default=ir.Training().seed),
+        **_UPDATE_ATTRS,
     },
 }
 _KIND_WORDS = {
@@ -285,13 +303,15 @@ class _Checker:
                 f"train: 'seed' must be a non-negative integer, found {a['seed']}",
             )
             ok = False
-        if not ok:
+        rule = update.check_train(self, st, a)
+        if not ok or rule is None:
             return ir.Training()
         return ir.Training(
             epochs=int(a["epochs"]),
             eta=float(a["eta"]),
             decay=float(a["decay"]),
             seed=int(a["seed"]),  # type: ignore[arg-type]
+            **rule,
         )
 
     def layers(
@@ -328,6 +348,9 @@ class _Checker:
             lay = make(
                 self, st, what, a, name=name, index=len(layers), in_shape=shape, offset=offset
             )
+            if isinstance(lay, ir.Trainable):
+                mults = update.check_multipliers(self, st, what, a)
+                lay = None if mults is None else dataclasses.replace(lay, **mults)
             if lay is None:
                 shape = None
                 continue

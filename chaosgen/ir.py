@@ -11,6 +11,9 @@ from .errors import NOWHERE, SourceLoc
 ACTIVATIONS = ("scaled_tanh", "tanh", "sigmoid", "relu", "linear")
 OUTPUT_ACTIVATIONS = ("softmax", *ACTIVATIONS)
 LOSSES = ("cross_entropy", "mse")
+LR_POLICIES = ("fixed", "exp", "step", "inv", "cosine")
+# Caffe's per-layer param multipliers (weights, then biases) of eta and weight_decay
+MULTIPLIERS = ("lr_mult", "decay_mult", "bias_lr_mult", "bias_decay_mult")
 PARAM_ALIGN = 16  # floats: each parameter block starts on a 64-byte boundary
 
 
@@ -71,6 +74,11 @@ class Trainable(Layer):
     activation: str
     w_offset: int
     b_offset: int
+    # MULTIPLIERS: training settings (the generated code does not depend on them)
+    lr_mult: float = field(compare=False, default=1.0)
+    decay_mult: float = field(compare=False, default=1.0)
+    bias_lr_mult: float = field(compare=False, default=1.0)
+    bias_decay_mult: float = field(compare=False, default=1.0)
 
     @property
     def n_bias(self) -> int:
@@ -150,8 +158,17 @@ class Training:
 
     epochs: int = 10
     eta: float = 0.001
-    decay: float = 1.0
+    decay: float = 1.0  # lr_policy exp: eta x decay after each epoch (its gamma)
     seed: int = 1
+    # the update rule (chaosgen.update; docs/language.md, "train"): torch.optim.SGD's
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_policy: str = "exp"
+    gamma: float = 0.0  # step, inv (exp's is `decay`)
+    power: float = 0.0  # inv
+    step_size: int = 0  # step: iterations (images; averaged: steps) per factor gamma
+    batch: int = 0  # the averaged scheme's step (0: the CLI's default)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,6 +205,9 @@ class Net:
         training defaults, so a checkpoint survives a change of epochs or eta)."""
         d = self.describe()
         del d["training"]
+        for lay in d["layers"]:
+            for k in MULTIPLIERS:
+                lay.pop(k, None)
         return hashlib.sha256(repr(d).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
@@ -199,6 +219,8 @@ class Net:
                 d.update({f.name: plain(getattr(obj, f.name)) for f in fields(obj) if f.compare})
                 if isinstance(obj, Layer):
                     d.update(n_weights=obj.n_weights, n_bias=obj.n_bias, macs=obj.macs)
+                if isinstance(obj, Trainable):
+                    d.update({k: getattr(obj, k) for k in MULTIPLIERS})
                 return d
             return obj
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import ir, rundir
+from . import ir, rundir, update
 from .errors import ChaosgenError, TrainingError, UsageError
 from .loader import Net, aligned_zeros
 from .threads import allowed_threads, resolve_threads, usable_cpus
@@ -47,6 +47,14 @@ class Config:
     seed: int = 1
     update_every: int = 8  # delayed
     batch: int = 16  # averaged
+    # the update rule and schedule (chaosgen.update): torch.optim.SGD's, Caffe's lr policies
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_policy: str = "exp"  # exp: eta x decay per epoch (Python); step, inv, cosine: native
+    gamma: float = 0.0
+    power: float = 0.0
+    step_size: int = 0
     limit: int | None = None  # training images per epoch (None: all)
     val_limit: int | None = None  # validation images (None: all training images, as the paper)
     test_limit: int | None = None
@@ -92,6 +100,8 @@ class Runtime:
         self.ffi, self.lib = net.ffi, net.lib
         self.stride = self.lib.cg_image_stride()
         self._warned = False
+        self.mults = update.multipliers(net.ir)  # float32 (blocks, 4) or None
+        self.velocity: np.ndarray | None = None  # momentum's, beside net.params (checkpointed)
 
     def threads(self, asked: int) -> int:
         """How many threads a phase asking for `asked` really runs (OMP_THREAD_LIMIT...)."""
@@ -145,8 +155,12 @@ class Runtime:
         cfg: Config,
         eta: float,
         progress=None,
+        iter0: int = 0,
+        max_iter: int = 0,
     ) -> PhaseStats:
-        """One training pass over images[order] (native, GIL released; Ctrl-C stops it early)."""
+        """One training pass over images[order] (native, GIL released; Ctrl-C stops it early).
+        eta: this pass's, or the base of a per-iteration lr_policy, whose iterations (images;
+        averaged: steps) are counted from iter0; cosine ends at max_iter."""
         lab = self._labels(labels)
         threads = allowed_threads(cfg.threads)
         order = np.ascontiguousarray(order, np.int32)
@@ -162,6 +176,7 @@ class Runtime:
                 batch=cfg.batch,
                 stop=stop,
                 progress=seen,
+                **self._rule(cfg, iter0, max_iter),
             ),
         )
         stats = self.ffi.new("cg_stats *")
@@ -190,6 +205,24 @@ class Runtime:
         if interrupted:
             raise _Interrupted(out)
         return out
+
+    def _rule(self, cfg: Config, iter0: int, max_iter: int) -> dict:
+        """The cg_config fields of the update rule (none: the paper's P -= eta g)."""
+        ptr, rule = self.net.ptr, {}
+        if cfg.momentum > 0:
+            if self.velocity is None:
+                self.velocity = aligned_zeros(self.net.ir.n_params)
+            rule.update(momentum=cfg.momentum, nesterov=int(cfg.nesterov), velocity=ptr(self.velocity))
+        if cfg.weight_decay > 0:
+            rule["weight_decay"] = cfg.weight_decay
+        if self.mults is not None:
+            rule["mults"] = self.ffi.cast("const float *", self.mults.ctypes.data)
+        if cfg.lr_policy in update.PER_ITERATION:
+            if cfg.lr_policy == "cosine" and max_iter <= 0:
+                raise ValueError("lr_policy cosine needs max_iter, the run's iterations")
+            rule.update(lr_policy=update.POLICY_CODES[cfg.lr_policy], gamma=cfg.gamma,
+                        power=cfg.power, step_size=cfg.step_size, iter0=iter0, max_iter=max_iter)
+        return rule
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, threads: int) -> PhaseStats:
         """Forward only over all images: summed loss and errors."""
