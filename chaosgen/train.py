@@ -212,7 +212,8 @@ class Runtime:
         if cfg.momentum > 0:
             if self.velocity is None:
                 self.velocity = aligned_zeros(self.net.ir.n_params)
-            rule.update(momentum=cfg.momentum, nesterov=int(cfg.nesterov), velocity=ptr(self.velocity))
+            rule.update(momentum=cfg.momentum, nesterov=int(cfg.nesterov),
+                        velocity=ptr(self.velocity))
         if cfg.weight_decay > 0:
             rule["weight_decay"] = cfg.weight_decay
         if self.mults is not None:
@@ -392,6 +393,9 @@ class Trainer:
         the next epoch on; `changed` settings are noted in the next record. The log is brought
         into agreement with the checkpoint first."""
         self.runtime.net.params[:] = ck.params
+        if ck.velocity is not None:  # momentum continues where it stood
+            self.runtime.velocity = aligned_zeros(ck.params.size)
+            self.runtime.velocity[:] = ck.velocity
         self.start_epoch, self.eta = ck.epoch, ck.eta if eta is None else eta
         self.saved_epoch = ck.epoch
         self.history = None if ck.records is None else list(ck.records)  # None: an old file
@@ -440,6 +444,7 @@ class Trainer:
                     partial=partial,
                     records=self.history,
                     config=asdict(self.cfg),
+                    velocity=self.runtime.velocity,
                 ),
             )
             if not partial:
@@ -468,6 +473,8 @@ class Trainer:
             rng_before = self.rng.bit_generator.state
             order = self.rng.permutation(len(self.train_y))[: self.n_train].astype(np.int32)
             eta = self.eta
+            per_epoch = update.iterations(len(order), cfg.scheme, cfg.batch)
+            at = (epoch * per_epoch, cfg.epochs * per_epoch)  # iter0, max_iter (lr policies)
             t0 = time.perf_counter()
             bar = _bar(f"epoch {epoch + 1} train", len(order), self.quiet)
             try:
@@ -478,6 +485,8 @@ class Trainer:
                     cfg,
                     eta,
                     progress=lambda k, bar=bar: bar.update(k - bar.n),
+                    iter0=at[0],
+                    max_iter=at[1],
                 )
             except _Interrupted as stop:
                 bar.close()
@@ -489,7 +498,8 @@ class Trainer:
                 ) from None
             bar.close()
             self._check_finite(epoch, tr)
-            self.eta = eta * cfg.decay
+            per_iter = cfg.lr_policy in update.PER_ITERATION  # else exp: x decay per epoch
+            self.eta = eta if per_iter else eta * cfg.decay
             va, te = self._evaluate()
             f = _stat
             rec = {  # the order of the native program's log (chaosgen.native), key for key
@@ -513,6 +523,10 @@ class Trainer:
                 "seconds_val": f(va, "seconds"),
                 "seconds_test": f(te, "seconds"),
             }
+            if per_iter:  # the effective eta at the epoch's first and last iteration
+                sched = (cfg.lr_policy, eta, cfg.gamma, cfg.power, cfg.step_size, at[1])
+                rec["eta"] = update.eta_at(sched[0], eta, at[0], *sched[2:])
+                rec["eta_end"] = update.eta_at(sched[0], eta, at[0] + per_epoch - 1, *sched[2:])
             done = te is not None
             rec["seconds"] = time.perf_counter() - t0
             if tr.profile is not None:
@@ -711,6 +725,10 @@ def open_run(
         raise
 
 
+# the update rule's settings: the spec's (no flags; a checkpoint's config keeps a run's own)
+UPDATE_KEYS = ("momentum", "nesterov", "weight_decay", "lr_policy", "gamma", "power", "step_size")
+
+
 def train_config(
     args: argparse.Namespace, threads: int, t: ir.Training, ck: ckpt.Checkpoint | None
 ) -> tuple[Config, dict]:
@@ -723,7 +741,8 @@ def train_config(
         "decay": t.decay,
         "seed": t.seed,
         "update_every": 8,
-        "batch": 16,
+        "batch": t.batch or 16,
+        **{k: getattr(t, k) for k in UPDATE_KEYS},
     }
     keys = (
         "epochs",
@@ -735,8 +754,14 @@ def train_config(
         "limit",
         "val_limit",
         "test_limit",
+        *UPDATE_KEYS,
     )
-    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    given = {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
+    if "decay" in given and spec["lr_policy"] != "exp":
+        raise UsageError(
+            f"--decay is lr_policy exp's factor per epoch; the spec's lr_policy is "
+            f"{spec['lr_policy']}"
+        )
     if "seed" in given and "seed" in old and given["seed"] != old["seed"]:
         raise UsageError(
             f"--seed {given['seed']}: this run started with seed {old['seed']} and its shuffle "
@@ -797,7 +822,11 @@ def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | Non
             f"{net.ir.name} ({args.spec}): {cfg.scheme}, "
             f"{cfg.threads} thread{'s' * (cfg.threads != 1)}, "
             f"{cfg.epochs} epochs, "
-            f"eta {cfg.eta:g} x{cfg.decay:g}/epoch, library {net.library}"
+            + (f"eta {cfg.eta:g} x{cfg.decay:g}/epoch" if cfg.lr_policy not in
+               update.PER_ITERATION else f"eta {cfg.eta:g} lr_policy {cfg.lr_policy}")
+            + (f", momentum {cfg.momentum:g}" if cfg.momentum else "")
+            + (f", weight_decay {cfg.weight_decay:g}" if cfg.weight_decay else "")
+            + f", library {net.library}"
         )
         for row in summary_rows(net.ir):
             print("  " + row)

@@ -207,3 +207,36 @@ def test_bad_update_attributes_are_located(line: str, where: str, message: str) 
         check(parse_text(text, "t.net"))
     first = str(e.value).splitlines()[0]
     assert first.startswith(f"t.net:{where}: error: ") and message in first, first
+
+
+def _cli(tmp_path, spec, run: str, *extra: str) -> int:
+    from chaosgen.cli import main
+
+    return main(["train", str(spec), "--scheme", "sequential", "--limit", "300", "--val-limit",
+                 "100", "--test-limit", "100", "--quiet", "--checkpoint-dir",
+                 str(tmp_path / run), "--log", str(tmp_path / f"{run}.jsonl"),
+                 "--build-dir", str(tmp_path / "build"), *extra])
+
+
+def test_resume_continues_momentum_and_schedule_exactly(tmp_path, mnist) -> None:
+    """Two epochs in one run, and one epoch then --resume for the second, end bitwise equal
+    (the velocity is checkpointed, inv's iter continues); the log gives each epoch's eta at its
+    first and last image, from Caffe's inv formula over images."""
+    import json
+
+    from chaosgen import checkpoint
+
+    spec = tmp_path / "m.net"
+    spec.write_text(NET + "train epochs=2 eta=0.003 momentum=0.9 weight_decay=0.0005 "
+                    "lr_policy=inv gamma=0.001 power=0.75\n")
+    assert _cli(tmp_path, spec, "whole") == 0
+    assert _cli(tmp_path, spec, "parts", "--epochs", "1") == 0
+    assert _cli(tmp_path, spec, "parts", "--resume", "--epochs", "2") == 0
+    a = checkpoint.load(tmp_path / "whole" / "last.npz")
+    b = checkpoint.load(tmp_path / "parts" / "last.npz")
+    assert a.epoch == b.epoch == 2 and a.velocity is not None and np.abs(a.velocity).max() > 0
+    assert np.array_equal(a.params, b.params) and np.array_equal(a.velocity, b.velocity)
+    recs = [json.loads(s) for s in (tmp_path / "parts.jsonl").read_text().splitlines()]
+    inv = [0.003 * (1 + 0.001 * t) ** -0.75 for t in (0, 299, 300, 599)]
+    got = [recs[0]["eta"], recs[0]["eta_end"], recs[1]["eta"], recs[1]["eta_end"]]
+    assert got == pytest.approx(inv, rel=1e-12)
