@@ -84,6 +84,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
        S (averaged + sgd only): the step's gradient summed over the workers, shared. */
     const bool sgd = cfg.momentum > 0 || cfg.weight_decay > 0 || cfg.mults;
     const bool per_iter = cfg.lr_policy != POLICY_CALL;
+    float wd_images = 1.0f;  // images in G: delayed's step takes that many images' weight decay
     auto image_of = [&](long i) { return images + static_cast<size_t>(order[i]) * net::IMAGE_STRIDE; };
     auto stopped = [&]() { return failed || (cfg.stop && *cfg.stop); };
     const int me = omp_get_thread_num(), team = omp_get_num_threads();
@@ -100,7 +101,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
             if (fused)
                 net::update_block_fused(b, P, work, image, scale, k0, k1);
             else if (sgd)
-                sgd_block(b, P, cfg.velocity, G, scale, 1.0f, cfg, k0, k1);
+                sgd_block(b, P, cfg.velocity, G, scale, wd_images, cfg, k0, k1);
             else
                 net::update_block(b, P, G, scale, k0, k1);
         };
@@ -188,11 +189,15 @@ static bool train_worker(float *P, const float *images, const int *labels, const
                 l = net::train_image(P, work, G, image, label, [](int) {}, prof);
             tally.add(work, l, label);
             if (cfg.progress && (i & 63) == 0) *cfg.progress = i;  // a hint for progress bars
-            if (every > 1 && ++mine % every == 0)
+            if (every > 1 && ++mine % every == 0) {
+                wd_images = float(every);
                 for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
+            }
         }
-        if (every > 1 && mine % every != 0)
+        if (every > 1 && mine % every != 0) {
+            wd_images = float(mine % every);
             for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
+        }
     }
     free_floats(work);
     free_floats(G);

@@ -240,3 +240,26 @@ def test_resume_continues_momentum_and_schedule_exactly(tmp_path, mnist) -> None
     inv = [0.003 * (1 + 0.001 * t) ** -0.75 for t in (0, 299, 300, 599)]
     got = [recs[0]["eta"], recs[0]["eta_end"], recs[1]["eta"], recs[1]["eta_end"]]
     assert got == pytest.approx(inv, rel=1e-12)
+
+
+def test_one_thread_schemes_coincide_and_delayed_is_a_minibatch(loaded, mnist) -> None:
+    """On one thread, chaos, hogwild and delayed with k=1 give the sequential weights bit for
+    bit with momentum, weight decay and inv; delayed with k=4 is PyTorch mini-batch SGD with
+    batch 4 and lr = 4 x eta (the same mapping as averaged)."""
+    pytest.importorskip("torch")
+    images, labels = mnist[0][:200], mnist[1][:200]
+    rule = CASES["nesterov_inv"]
+    runs = {}
+    for scheme, k in (("sequential", 1), ("chaos", 1), ("hogwild", 1), ("delayed", 1)):
+        loaded.init_weights(5)
+        cfg = Config(scheme=scheme, threads=1, update_every=k, **rule)
+        runs[scheme] = _native_trajectory(loaded, images, labels, cfg, 0.003, 100, 1)[200]
+    for scheme, w in runs.items():
+        assert all(np.array_equal(w[k], runs["sequential"][k]) for k in w), scheme
+    fixed = CASES["momentum_fixed"]
+    loaded.init_weights(5)
+    w0 = loaded.get_weights()
+    cfg = Config(scheme="delayed", threads=1, update_every=4, **fixed)
+    got = _native_trajectory(loaded, images, labels, cfg, 0.003, 100, 1)
+    ref = _torch_trajectory(loaded.ir, w0, images, labels, fixed, 0.012, 4, set(got))
+    print(f"delayed k=4: worst scaled error {_compare(got, ref, 'delayed'):.2e}")
