@@ -185,7 +185,7 @@ def render_program(
             decay=repr(float(t.decay)),
             seed=t.seed,
             update_every=cfg.update_every,
-            batch=cfg.batch,
+            batch=t.batch or cfg.batch,  # the spec's batch= (chaosgen.update), as train's
         ),
         flags=shlex.join(compiler.program_flags(target, version)),
         mic=target.name == "knc",

@@ -219,8 +219,10 @@ class Runtime:
         if self.mults is not None:
             rule["mults"] = self.ffi.cast("const float *", self.mults.ctypes.data)
         if cfg.lr_policy in update.PER_ITERATION:
-            if cfg.lr_policy == "cosine" and max_iter <= 0:
-                raise ValueError("lr_policy cosine needs max_iter, the run's iterations")
+            if (cfg.lr_policy == "cosine" and max_iter <= 0) or (
+                cfg.lr_policy == "step" and cfg.step_size < 1
+            ):  # the runtime would divide by zero
+                raise ValueError(f"lr_policy {cfg.lr_policy}: max_iter or step_size missing")
             rule.update(lr_policy=update.POLICY_CODES[cfg.lr_policy], gamma=cfg.gamma,
                         power=cfg.power, step_size=cfg.step_size, iter0=iter0, max_iter=max_iter)
         return rule
@@ -498,8 +500,8 @@ class Trainer:
                 ) from None
             bar.close()
             self._check_finite(epoch, tr)
-            per_iter = cfg.lr_policy in update.PER_ITERATION  # else exp: x decay per epoch
-            self.eta = eta if per_iter else eta * cfg.decay
+            per_iter = cfg.lr_policy in update.PER_ITERATION  # else fixed, or exp: x decay per epoch
+            self.eta = eta * cfg.decay if cfg.lr_policy == "exp" else eta
             va, te = self._evaluate()
             f = _stat
             rec = {  # the order of the native program's log (chaosgen.native), key for key
