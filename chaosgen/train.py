@@ -500,7 +500,7 @@ class Trainer:
                 ) from None
             bar.close()
             self._check_finite(epoch, tr)
-            per_iter = cfg.lr_policy in update.PER_ITERATION  # else fixed, or exp: x decay per epoch
+            per_iter = cfg.lr_policy in update.PER_ITERATION  # else fixed, or exp
             self.eta = eta * cfg.decay if cfg.lr_policy == "exp" else eta
             va, te = self._evaluate()
             f = _stat
