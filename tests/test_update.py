@@ -263,3 +263,27 @@ def test_one_thread_schemes_coincide_and_delayed_is_a_minibatch(loaded, mnist) -
     got = _native_trajectory(loaded, images, labels, cfg, 0.003, 100, 1)
     ref = _torch_trajectory(loaded.ir, w0, images, labels, fixed, 0.012, 4, set(got))
     print(f"delayed k=4: worst scaled error {_compare(got, ref, 'delayed'):.2e}")
+
+
+@pytest.mark.parametrize("scheme", ["chaos", "hogwild"])
+def test_two_threads_with_momentum_learn_as_one_does(scheme, loaded) -> None:
+    """CHAOS (velocity under the segment locks) and hogwild on two threads with momentum and
+    weight decay reach the error of the sequential run within a few points (no exact trajectory
+    exists: the interleaving of the workers' updates is not reproducible)."""
+    from chaosgen.data import find_data_dir, load_mnist
+
+    try:
+        d = load_mnist(find_data_dir(os.environ.get("CHAOSGEN_DATA")))
+    except Exception as e:  # noqa: BLE001 - any missing data skips
+        pytest.skip(f"no MNIST: {e}")
+    rt = Runtime(loaded)
+    x, y = rt.images(d.train_images[:4000]), np.ascontiguousarray(d.train_labels[:4000], np.int32)
+    order = np.arange(3000, dtype=np.int32)
+    rates = {}
+    for sch, threads in (("sequential", 1), (scheme, 2)):
+        loaded.init_weights(6)
+        rt.velocity = None
+        cfg = Config(scheme=sch, threads=threads, **CASES["momentum_fixed"])
+        rt.train(x, y, order, cfg, 0.003)
+        rates[sch] = rt.evaluate(x[3000:], y[3000:], 1).error_rate
+    assert rates["sequential"] < 0.2 and rates[scheme] < rates["sequential"] + 0.05, rates
