@@ -544,7 +544,8 @@ class Trainer:
                     f"evaluation marked interrupted){where}"
                 )
             self.say(
-                f"epoch {epoch + 1:3d}  eta {eta:.3g}  train loss {rec['train_loss']:.4f}/img  "
+                f"epoch {epoch + 1:3d}  eta {rec['eta']:.3g}  "
+                f"train loss {rec['train_loss']:.4f}/img  "
                 f"val {rec['val_error_rate']:.2%} wrong (loss sum {rec['val_error']:.1f})  test "
                 f"{rec['test_error_rate']:.2%} wrong (loss sum {rec['test_error']:.1f})  "
                 f"s {tr.seconds:.1f}/{rec['seconds_val']:.1f}/{rec['seconds_test']:.1f}  "
