@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from reference import scaled_error, torch_run
+from reference import scaled_error
 
 import chaosgen
 from chaosgen.check import check
@@ -70,13 +70,39 @@ def loaded(tmp_path_factory):
     return chaosgen.compile(path, build_dir=path.parent / "build")
 
 
+_ACTS = {"tanh": "tanh", "relu": "relu", "sigmoid": "sigmoid", "linear": None}
+
+
+def _torch_loss(net, p: dict, x, y):
+    """The summed cross-entropy of images x (N, maps, h, w) with labels y through `net`, in
+    PyTorch (conv, max/avg pool, dense, softmax output: what NET uses)."""
+    import torch
+    import torch.nn.functional as F
+
+    for lay in net.layers:
+        if lay.kind == "conv":
+            x = F.conv2d(x, p[f"{lay.name}.weight"], p[f"{lay.name}.bias"], stride=lay.stride)
+        elif lay.kind in ("maxpool", "avgpool"):
+            pool = F.max_pool2d if lay.kind == "maxpool" else F.avg_pool2d
+            x = pool(x, kernel_size=(lay.wh, lay.ww))
+            continue
+        else:
+            x = F.linear(x.reshape(len(x), -1), p[f"{lay.name}.weight"], p[f"{lay.name}.bias"])
+        if lay.kind != "output" and _ACTS[lay.activation]:
+            x = getattr(torch, _ACTS[lay.activation])(x)
+    assert net.output.activation == "softmax" and net.output.loss == "cross_entropy"
+    return F.cross_entropy(x, y, reduction="sum")
+
+
 def _torch_trajectory(net, w0, images, labels, rule, eta, batch, checkpoints):
     """torch.optim.SGD in float64 on mini-batches of `batch` images (mean loss), one parameter
     group per weight or bias with lr x lr_mult and weight_decay x decay_mult, and a LambdaLR;
     returns the weights after each count of images in `checkpoints`."""
     import torch
 
-    params = {k: torch.tensor(np.asarray(v, np.float64)) for k, v in w0.items()}
+    torch.set_num_threads(1)
+    params = {k: torch.tensor(np.asarray(v, np.float64), requires_grad=True)
+              for k, v in w0.items()}
     groups = []
     for lay in net.trainable:
         for part, lr_m, wd_m in (("weight", lay.lr_mult, lay.decay_mult),
@@ -87,20 +113,18 @@ def _torch_trajectory(net, w0, images, labels, rule, eta, batch, checkpoints):
                           nesterov=rule.get("nesterov", False), dampening=0)
     steps = -(-len(labels) // batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _caffe_factor(rule, steps))
+    s_in = net.input
+    xs = torch.tensor(np.asarray(images, np.float64)).reshape(-1, s_in.maps, s_in.h, s_in.w)
+    ys = torch.tensor(np.asarray(labels, np.int64))
     out = {}
     for s in range(steps):
-        grads = None
-        idx = range(s * batch, min((s + 1) * batch, len(labels)))
-        for i in idx:
-            g = torch_run(net, {k: v.numpy() for k, v in params.items()}, images[i],
-                          int(labels[i])).grads
-            grads = g if grads is None else {k: grads[k] + g[k] for k in g}
-        for k, p in params.items():
-            p.grad = torch.tensor(grads[k] / len(idx))
+        opt.zero_grad()
+        x, y = xs[s * batch:(s + 1) * batch], ys[s * batch:(s + 1) * batch]
+        (_torch_loss(net, params, x, y) / len(y)).backward()  # the mean gradient
         opt.step()
         sched.step()
         if (s + 1) * batch in checkpoints:
-            out[(s + 1) * batch] = {k: v.numpy().copy() for k, v in params.items()}
+            out[(s + 1) * batch] = {k: v.detach().numpy().copy() for k, v in params.items()}
     return out
 
 
