@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import ir
+from . import ir, update
 from .errors import Diagnostic, SourceLoc, SpecError, shown
 from .parse import Attr, Spec, Statement, Value
 
@@ -42,6 +43,19 @@ _INIT = {
     "std": AttrSpec(("int", "float")),
     "range": AttrSpec(("int", "float")),
 }
+_NUM = ("int", "float")
+_MULTS = {k: AttrSpec(_NUM, default=1.0) for k in ir.MULTIPLIERS}  # on every trainable layer
+MAX_MULT = 1000.0  # a multiplier in [0, MAX_MULT]
+_UPDATE_ATTRS = {  # the update rule and the schedule (checked in _Checker.update_rule)
+    "momentum": AttrSpec(_NUM, default=0.0),
+    "nesterov": AttrSpec(("word",), default="false"),
+    "weight_decay": AttrSpec(_NUM, default=0.0),
+    "lr_policy": AttrSpec(("word",)),
+    "gamma": AttrSpec(_NUM),
+    "power": AttrSpec(_NUM),
+    "step_size": AttrSpec(("int",)),
+    "batch": AttrSpec(("int",)),
+}
 ATTRS: dict[str, dict[str, AttrSpec]] = {
     "input": {
         "maps": AttrSpec(("int",), default=1),
@@ -56,6 +70,7 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "stride": AttrSpec(("int",), default=1),
         "activation": AttrSpec(("word",), default="scaled_tanh"),
         **_INIT,
+        **_MULTS,
     },
     "maxpool": {"window": _SIZE},
     "avgpool": {"window": _SIZE},
@@ -64,12 +79,14 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "units": AttrSpec(("int",), required=True),
         "activation": AttrSpec(("word",), default="scaled_tanh"),
         **_INIT,
+        **_MULTS,
     },
     "output": {
         "classes": AttrSpec(("int",), required=True),
         "activation": AttrSpec(("word",), default="softmax"),
         "loss": AttrSpec(("word",), default="cross_entropy"),
         **_INIT,
+        **_MULTS,
     },
     "train": {
         # An instance: on a slots dataclass, ir.Training.epochs is a descriptor, not the default.
@@ -78,6 +95,7 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "decay": AttrSpec(("int", "float"), default=ir.Training().decay),
         "seed": AttrSpec(("int",), default=ir.Training().seed),
         **_INIT,
+        **_UPDATE_ATTRS,
     },
 }
 _KIND_WORDS = {
@@ -309,7 +327,8 @@ class _Checker:
             )
             ok = False
         init = self.init_of(st, "train", a, ir.Training())
-        if not ok or init is None:
+        rule = update.check_train(self, st, a)
+        if not ok or init is None or rule is None:
             return ir.Training()
         return ir.Training(
             epochs=int(a["epochs"]),
@@ -318,6 +337,7 @@ class _Checker:
             seed=int(a["seed"]),  # type: ignore[arg-type]
             init=init[0],
             **{ir.INIT_PARAM[init[0]]: init[1]} if init[0] in ir.INIT_PARAM else {},
+            **rule,
         )
 
     def init_of(
@@ -398,6 +418,9 @@ class _Checker:
             lay = make(
                 self, st, what, a, name=name, index=len(layers), in_shape=shape, offset=offset
             )
+            if isinstance(lay, ir.Trainable):
+                mults = update.check_multipliers(self, st, what, a)
+                lay = None if mults is None else dataclasses.replace(lay, **mults)
             if lay is None:
                 shape = None
                 continue

@@ -29,6 +29,7 @@ class Checkpoint:
     partial: bool = False  # written on an interrupt, in the middle of epoch `epoch + 1`
     records: list[dict] | None = None  # the log's record of every completed epoch (the truth)
     config: dict | None = None  # the run's settings (chaosgen.train.Config as a dict)
+    velocity: np.ndarray | None = None  # float32, n_params: momentum's (chaosgen.update)
 
 
 def save(path: str | Path, ck: Checkpoint) -> None:
@@ -45,6 +46,7 @@ def save(path: str | Path, ck: Checkpoint) -> None:
         partial=np.bool_(ck.partial),
         records=np.str_(json.dumps(ck.records) if ck.records is not None else ""),
         config=np.str_(json.dumps(ck.config) if ck.config is not None else ""),
+        **({} if ck.velocity is None else {"velocity": np.asarray(ck.velocity, np.float32)}),
     )
     atomic_write(Path(path), buf.getvalue())
 
@@ -62,9 +64,9 @@ def _field(z, name: str, kind: str, optional: bool = False):
     a = z[name]
     if kind == "params":
         if a.dtype != np.float32 or a.ndim != 1:
-            raise _Invalid(f"field 'params' is {a.dtype} of shape {a.shape}, expected float32 1-D")
+            raise _Invalid(f"field '{name}' is {a.dtype} of shape {a.shape}, expected float32 1-D")
         if not np.isfinite(a).all():
-            raise _Invalid(f"field 'params' holds {int((~np.isfinite(a)).sum())} NaN/inf values")
+            raise _Invalid(f"field '{name}' holds {int((~np.isfinite(a)).sum())} NaN/inf values")
         return a
     if a.ndim != 0:
         raise _Invalid(f"field '{name}' has shape {a.shape}, expected a single value")
@@ -105,7 +107,10 @@ def _read(path: str | Path) -> Checkpoint:
             partial=bool(_field(z, "partial", "bool", optional=True)),
             records=_json(z, "records", list),  # type: ignore[arg-type]
             config=_json(z, "config", dict),  # type: ignore[arg-type]
+            velocity=_field(z, "velocity", "params", optional=True),
         )
+    if ck.velocity is not None and ck.velocity.shape != ck.params.shape:
+        raise _Invalid(f"field 'velocity' has shape {ck.velocity.shape}, not the params'")
     if ck.epoch < 0:
         raise _Invalid(f"field 'epoch' is {ck.epoch}, expected at least 0")
     if not (math.isfinite(ck.eta) and ck.eta > 0):

@@ -14,6 +14,9 @@ LOSSES = ("cross_entropy", "mse")
 # Weight initialisations (`init=`): see chaosgen/loader.py initial_params for each law.
 INITS = ("default", "xavier", "he", "gaussian", "uniform")
 INIT_PARAM = {"gaussian": "std", "uniform": "range"}  # the init that takes each parameter
+LR_POLICIES = ("fixed", "exp", "step", "inv", "cosine")
+# Caffe's per-layer param multipliers (weights, then biases) of eta and weight_decay
+MULTIPLIERS = ("lr_mult", "decay_mult", "bias_lr_mult", "bias_decay_mult")
 PARAM_ALIGN = 16  # floats: each parameter block starts on a 64-byte boundary
 
 
@@ -78,6 +81,11 @@ class Trainable(Layer):
     # the layer's own or else the train statement's.
     init: str = "default"
     init_scale: float = 0.0
+    # MULTIPLIERS: training settings (the generated code does not depend on them)
+    lr_mult: float = field(compare=False, default=1.0)
+    decay_mult: float = field(compare=False, default=1.0)
+    bias_lr_mult: float = field(compare=False, default=1.0)
+    bias_decay_mult: float = field(compare=False, default=1.0)
 
     @property
     def n_bias(self) -> int:
@@ -177,11 +185,20 @@ class Training:
 
     epochs: int = 10
     eta: float = 0.001
-    decay: float = 1.0
+    decay: float = 1.0  # lr_policy exp: eta x decay after each epoch (its gamma)
     seed: int = 1
     init: str = "default"
     std: float = 0.0  # of init=gaussian (0: not given)
     range: float = 0.0  # of init=uniform (0: not given)
+    # the update rule (chaosgen.update; docs/language.md, "train"): torch.optim.SGD's
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_policy: str = "exp"
+    gamma: float = 0.0  # step, inv (exp's is `decay`)
+    power: float = 0.0  # inv
+    step_size: int = 0  # step: iterations (images; averaged: steps) per factor gamma
+    batch: int = 0  # the averaged scheme's step (0: the CLI's default)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,8 +241,8 @@ class Net:
         training defaults, so a checkpoint survives a change of epochs or eta)."""
         d = self.describe()
         del d["training"]
-        for lay in d["layers"]:  # the initialisation does not change the generated code
-            for key in _NOT_CODE:
+        for lay in d["layers"]:  # initialisation and multipliers do not change the code
+            for key in (*_NOT_CODE, *MULTIPLIERS):
                 lay.pop(key, None)
         return hashlib.sha256(repr(d).encode()).hexdigest()[:16]
 
@@ -238,6 +255,8 @@ class Net:
                 d.update({f.name: plain(getattr(obj, f.name)) for f in fields(obj) if f.compare})
                 if isinstance(obj, Layer):
                     d.update(n_weights=obj.n_weights, n_bias=obj.n_bias, macs=obj.macs)
+                if isinstance(obj, Trainable):
+                    d.update({k: getattr(obj, k) for k in MULTIPLIERS})
                 return d
             return obj
 

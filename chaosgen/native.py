@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, codegen, data, ir
+from . import __version__, codegen, data, ir, update
 from . import checkpoint as ckpt
 from .build import CPP_NAME, atomic_write, cache_root, locked, make_dir, run_and_publish, write
 from .errors import ChaosgenError, UsageError
@@ -216,7 +216,7 @@ def render_program(
             decay=repr(float(t.decay)),
             seed=t.seed,
             update_every=cfg.update_every,
-            batch=cfg.batch,
+            batch=t.batch or cfg.batch,  # the spec's batch= (chaosgen.update), as train's
         ),
         flags=shlex.join(compiler.program_flags(target, version)),
         mic=target.name == "knc",
@@ -257,6 +257,13 @@ def emit_program(
     """Write the program directory and build it if the compiler is here (else only emit it)."""
     t0 = time.perf_counter()
     spec, net, tgt, compiler = _front_end(spec_path, target, cc)
+    t = net.training
+    extras = update.uses_sgd_extras(net, t.momentum, t.weight_decay)
+    if extras or t.lr_policy in update.PER_ITERATION:
+        raise ChaosgenError(  # not silently trained with another rule
+            f"{spec_path}: the native program trains with the paper's rule only (eta x decay per "
+            f"epoch, no momentum, weight decay, multipliers or lr_policy); use `chaosgen train`"
+        )
     files = render_program(net, tgt, compiler, spec.lines)
     h = hashlib.sha256()
     for part in (

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import ir, rundir
+from . import ir, rundir, update
 from .errors import ChaosgenError, TrainingError, UsageError
 from .loader import Net, aligned_zeros
 from .threads import allowed_threads, resolve_threads, usable_cpus
@@ -47,6 +47,14 @@ class Config:
     seed: int = 1
     update_every: int = 8  # delayed
     batch: int = 16  # averaged
+    # the update rule and schedule (chaosgen.update): torch.optim.SGD's, Caffe's lr policies
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_policy: str = "exp"  # exp: eta x decay per epoch (Python); step, inv, cosine: native
+    gamma: float = 0.0
+    power: float = 0.0
+    step_size: int = 0
     limit: int | None = None  # training images per epoch (None: all)
     val_limit: int | None = None  # validation images (None: all training images, as the paper)
     test_limit: int | None = None
@@ -94,6 +102,8 @@ class Runtime:
         self.ffi, self.lib = net.ffi, net.lib
         self.stride = self.lib.cg_image_stride()
         self._warned = False
+        self.mults = update.multipliers(net.ir)  # float32 (blocks, 4) or None
+        self.velocity: np.ndarray | None = None  # momentum's, beside net.params (checkpointed)
 
     def threads(self, asked: int) -> int:
         """How many threads a phase asking for `asked` really runs (OMP_THREAD_LIMIT...)."""
@@ -159,9 +169,13 @@ class Runtime:
         eta: float,
         progress=None,
         epoch: int = 0,
+        iter0: int = 0,
+        max_iter: int = 0,
     ) -> PhaseStats:
         """One training pass over images[order] (native, GIL released; Ctrl-C stops it early).
-        Dropout masks hash (cfg.seed, epoch, each image's index in `images`)."""
+        Dropout masks hash (cfg.seed, epoch, each image's index in `images`). eta: this pass's,
+        or the base of a per-iteration lr_policy, whose iterations (images; averaged: steps) are
+        counted from iter0; cosine ends at max_iter."""
         lab = self._labels(labels)
         threads = allowed_threads(cfg.threads)
         order = np.ascontiguousarray(order, np.int32)
@@ -179,6 +193,7 @@ class Runtime:
                 progress=seen,
                 seed=cfg.seed,
                 epoch=epoch,
+                **self._rule(cfg, iter0, max_iter),
             ),
         )
         stats = self.ffi.new("cg_stats *")
@@ -207,6 +222,27 @@ class Runtime:
         if interrupted:
             raise _Interrupted(out)
         return out
+
+    def _rule(self, cfg: Config, iter0: int, max_iter: int) -> dict:
+        """The cg_config fields of the update rule (none: the paper's P -= eta g)."""
+        ptr, rule = self.net.ptr, {}
+        if cfg.momentum > 0:
+            if self.velocity is None:
+                self.velocity = aligned_zeros(self.net.ir.n_params)
+            rule.update(momentum=cfg.momentum, nesterov=int(cfg.nesterov),
+                        velocity=ptr(self.velocity))
+        if cfg.weight_decay > 0:
+            rule["weight_decay"] = cfg.weight_decay
+        if self.mults is not None:
+            rule["mults"] = self.ffi.cast("const float *", self.mults.ctypes.data)
+        if cfg.lr_policy in update.PER_ITERATION:
+            if (cfg.lr_policy == "cosine" and max_iter <= 0) or (
+                cfg.lr_policy == "step" and cfg.step_size < 1
+            ):  # the runtime would divide by zero
+                raise ValueError(f"lr_policy {cfg.lr_policy}: max_iter or step_size missing")
+            rule.update(lr_policy=update.POLICY_CODES[cfg.lr_policy], gamma=cfg.gamma,
+                        power=cfg.power, step_size=cfg.step_size, iter0=iter0, max_iter=max_iter)
+        return rule
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, threads: int) -> PhaseStats:
         """Forward only over all images: summed loss and errors."""
@@ -383,6 +419,9 @@ class Trainer:
         the next epoch on; `changed` settings are noted in the next record. The log is brought
         into agreement with the checkpoint first."""
         self.runtime.net.params[:] = ck.params
+        if ck.velocity is not None:  # momentum continues where it stood
+            self.runtime.velocity = aligned_zeros(ck.params.size)
+            self.runtime.velocity[:] = ck.velocity
         self.start_epoch, self.eta = ck.epoch, ck.eta if eta is None else eta
         self.saved_epoch = ck.epoch
         self.history = None if ck.records is None else list(ck.records)  # None: an old file
@@ -431,6 +470,7 @@ class Trainer:
                     partial=partial,
                     records=self.history,
                     config=asdict(self.cfg),
+                    velocity=self.runtime.velocity,
                 ),
             )
             if not partial:
@@ -459,6 +499,8 @@ class Trainer:
             rng_before = self.rng.bit_generator.state
             order = self.rng.permutation(len(self.train_y))[: self.n_train].astype(np.int32)
             eta = self.eta
+            per_epoch = update.iterations(len(order), cfg.scheme, cfg.batch)
+            at = (epoch * per_epoch, cfg.epochs * per_epoch)  # iter0, max_iter (lr policies)
             t0 = time.perf_counter()
             bar = _bar(f"epoch {epoch + 1} train", len(order), self.quiet)
             try:
@@ -470,6 +512,8 @@ class Trainer:
                     eta,
                     progress=lambda k, bar=bar: bar.update(k - bar.n),
                     epoch=epoch,
+                    iter0=at[0],
+                    max_iter=at[1],
                 )
             except _Interrupted as stop:
                 bar.close()
@@ -481,7 +525,8 @@ class Trainer:
                 ) from None
             bar.close()
             self._check_finite(epoch, tr)
-            self.eta = eta * cfg.decay
+            per_iter = cfg.lr_policy in update.PER_ITERATION  # else fixed, or exp
+            self.eta = eta * cfg.decay if cfg.lr_policy == "exp" else eta
             va, te = self._evaluate()
             f = _stat
             rec = {  # the order of the native program's log (chaosgen.native), key for key
@@ -505,6 +550,10 @@ class Trainer:
                 "seconds_val": f(va, "seconds"),
                 "seconds_test": f(te, "seconds"),
             }
+            if per_iter:  # the effective eta at the epoch's first and last iteration
+                sched = (cfg.lr_policy, eta, cfg.gamma, cfg.power, cfg.step_size, at[1])
+                rec["eta"] = update.eta_at(sched[0], eta, at[0], *sched[2:])
+                rec["eta_end"] = update.eta_at(sched[0], eta, at[0] + per_epoch - 1, *sched[2:])
             done = te is not None
             rec["seconds"] = time.perf_counter() - t0
             if tr.profile is not None:
@@ -520,7 +569,8 @@ class Trainer:
                     f"evaluation marked interrupted){where}"
                 )
             self.say(
-                f"epoch {epoch + 1:3d}  eta {eta:.3g}  train loss {rec['train_loss']:.4f}/img  "
+                f"epoch {epoch + 1:3d}  eta {rec['eta']:.3g}  "
+                f"train loss {rec['train_loss']:.4f}/img  "
                 f"{'held-out ' * bool(cfg.val_split)}val {rec['val_error_rate']:.2%} wrong "
                 f"(loss sum {rec['val_error']:.1f})  test "
                 + (
@@ -747,6 +797,10 @@ def open_run(
         raise
 
 
+# the update rule's settings: the spec's (no flags; a checkpoint's config keeps a run's own)
+UPDATE_KEYS = ("momentum", "nesterov", "weight_decay", "lr_policy", "gamma", "power", "step_size")
+
+
 def train_config(
     args: argparse.Namespace, threads: int, t: ir.Training, ck: ckpt.Checkpoint | None
 ) -> tuple[Config, dict]:
@@ -759,7 +813,8 @@ def train_config(
         "decay": t.decay,
         "seed": t.seed,
         "update_every": 8,
-        "batch": 16,
+        "batch": t.batch or 16,
+        **{k: getattr(t, k) for k in UPDATE_KEYS},
     }
     keys = (
         "epochs",
@@ -773,8 +828,14 @@ def train_config(
         "test_limit",
         "fit",
         "val_split",
+        *UPDATE_KEYS,
     )
-    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    given = {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
+    if "decay" in given and spec["lr_policy"] != "exp":
+        raise UsageError(
+            f"--decay is lr_policy exp's factor per epoch; the spec's lr_policy is "
+            f"{spec['lr_policy']}"
+        )
     if "seed" in given and "seed" in old and given["seed"] != old["seed"]:
         raise UsageError(
             f"--seed {given['seed']}: this run started with seed {old['seed']} and its shuffle "
@@ -836,7 +897,11 @@ def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | Non
             f"{net.ir.name} ({args.spec}): {cfg.scheme}, "
             f"{cfg.threads} thread{'s' * (cfg.threads != 1)}, "
             f"{cfg.epochs} epochs, "
-            f"eta {cfg.eta:g} x{cfg.decay:g}/epoch, library {net.library}"
+            + (f"eta {cfg.eta:g} x{cfg.decay:g}/epoch" if cfg.lr_policy not in
+               update.PER_ITERATION else f"eta {cfg.eta:g} lr_policy {cfg.lr_policy}")
+            + (f", momentum {cfg.momentum:g}" if cfg.momentum else "")
+            + (f", weight_decay {cfg.weight_decay:g}" if cfg.weight_decay else "")
+            + f", library {net.library}"
         )
         print(f"  data: {header.name} ({header.format}) from {header.source}")
         for row in summary_rows(net.ir):

@@ -11,6 +11,7 @@
 {% include "locks.hpp" %}
 {# dropout nets: each training image's mask key, from (seed, epoch, the image's dataset index) #}
 {% set drop_arg = ", cg_dropout_key(uint64_t(cfg.seed), uint64_t(cfg.epoch), uint64_t(order[i]))" if dropout else "" %}
+{% include "update.hpp" %}
 
 namespace chaos {
 
@@ -74,12 +75,18 @@ struct Tally {
 template <class Prof>
 static bool train_worker(float *P, const float *images, const int *labels, const int *order,
                          long n, const cg_config &cfg, std::atomic<long> &next,
-                         LayerLock *locks, Tally &tally, Prof &prof, volatile int &failed) {
+                         LayerLock *locks, Tally &tally, Prof &prof, volatile int &failed,
+                         float *S) {
     float *work = alloc_floats(net::WORK_FLOATS);
     float *G = alloc_floats(net::N_PARAMS);
     const bool ok = work && G;
     if (!ok) failed = 1;
-    const float eta = cfg.eta;
+    float eta = cfg.eta;
+    /* sgd: momentum, weight decay or multipliers (update.hpp), from G; else the paper's rule.
+       S (averaged + sgd only): the step's gradient summed over the workers, shared. */
+    const bool sgd = cfg.momentum > 0 || cfg.weight_decay > 0 || cfg.mults;
+    const bool per_iter = cfg.lr_policy != POLICY_CALL;
+    float wd_images = 1.0f;  // images in G: delayed's step takes that many images' weight decay
     auto image_of = [&](long i) { return images + static_cast<size_t>(order[i]) * net::IMAGE_STRIDE; };
     auto stopped = [&]() { return failed || (cfg.stop && *cfg.stop); };
     const int me = omp_get_thread_num(), team = omp_get_num_threads();
@@ -95,6 +102,8 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         auto update = [&](int k0, int k1) {
             if (fused)
                 net::update_block_fused(b, P, work, image, scale, k0, k1);
+            else if (sgd)
+                sgd_block(b, P, cfg.velocity, G, scale, wd_images, cfg, k0, k1);
             else
                 net::update_block(b, P, G, scale, k0, k1);
         };
@@ -117,6 +126,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         bool halt = false;
         for (long b0 = 0; b0 < n && !halt; b0 += B) {
             const long b1 = b0 + B < n ? b0 + B : n;
+            if (per_iter) eta = eta_at(cfg, cfg.iter0 + b0 / B);
 #pragma omp for schedule(dynamic, 1)
             for (long i = b0; i < b1; ++i) {
                 if (!ok) continue;
@@ -128,8 +138,31 @@ static bool train_worker(float *P, const float *images, const int *labels, const
             /* Each worker adds eta x its summed gradients: the step is B x eta x the average
                (the linear scaling rule), so an epoch of B-image steps makes about the progress
                of an epoch of per-image steps at the same eta. */
-            if (ok)
+            if (ok && !sgd)
                 for (int b = 0; b < net::N_BLOCKS; ++b) apply(b, eta, true, false);
+            if (sgd) {
+                /* Momentum and weight decay act once per step, on the summed gradient: the
+                   workers add their G into S (locked), then the blocks are updated from S with
+                   b1 - b0 images' weight decay, as B per-image steps would (to first order). */
+                for (int b = 0; ok && b < net::N_BLOCKS; ++b) {
+                    const int off = net::BLOCK_OFFSET[b], seg = net::SEGMENT_FLOATS[b], size = net::BLOCK_FLOATS[b];
+                    const int first = net::BLOCK_SEGMENT0[b], nseg = net::BLOCK_SEGMENT0[b + 1] - first;
+                    update_segments(
+                        locks + first, nseg, me * nseg / team,
+                        [&](int s) {
+                            const int k1 = (s + 1) * seg < size ? (s + 1) * seg : size;
+                            for (int k = off + s * seg; k < off + k1; ++k) S[k] += G[k];
+                        },
+                        [] {}, [] {});
+                    std::memset(G + off, 0, sizeof(float) * size);
+                }
+#pragma omp barrier
+#pragma omp for schedule(static, 1)
+                for (int b = 0; b < net::N_BLOCKS; ++b) {
+                    sgd_block(b, P, cfg.velocity, S, eta, float(b1 - b0), cfg, 0, net::BLOCK_FLOATS[b]);
+                    std::memset(S + net::BLOCK_OFFSET[b], 0, sizeof(float) * net::BLOCK_FLOATS[b]);
+                }
+            }
 #pragma omp barrier
 #pragma omp single
             {
@@ -145,20 +178,28 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         for (long i; !stopped() && (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
             const int label = labels[order[i]];
             image = image_of(i);
+            if (per_iter) eta = eta_at(cfg, cfg.iter0 + i);
             prof.start();
             float l;
-            if (every == 1)
+            if (every == 1 && !sgd)
                 l = net::train_image<true>(P, work, G, image, label,
                                            [&](int b) { apply(b, eta, locked, true); }, prof{{ drop_arg }});
+            else if (every == 1)  // the gradient in G: the SGD step reads it (no fused form)
+                l = net::train_image(P, work, G, image, label,
+                                     [&](int b) { apply(b, eta, locked, false); }, prof{{ drop_arg }});
             else
                 l = net::train_image(P, work, G, image, label, [](int) {}, prof{{ drop_arg }});
             tally.add(work, l, label);
             if (cfg.progress && (i & 63) == 0) *cfg.progress = i;  // a hint for progress bars
-            if (every > 1 && ++mine % every == 0)
+            if (every > 1 && ++mine % every == 0) {
+                wd_images = float(every);
                 for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
+            }
         }
-        if (every > 1 && mine % every != 0)
+        if (every > 1 && mine % every != 0) {
+            wd_images = float(mine % every);
             for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
+        }
     }
     free_floats(work);
     free_floats(G);
@@ -199,6 +240,9 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
     long errors = 0, done = 0;
     const int threads = config->threads > 0 ? config->threads : 1;
     int ran = 1;
+    const bool sgd = config->momentum > 0 || config->weight_decay > 0 || config->mults;
+    float *S = sgd && config->scheme == chaos::AVERAGED ? chaos::alloc_floats(net::N_PARAMS) : nullptr;
+    if (sgd && config->scheme == chaos::AVERAGED && !S) return -1;
 #pragma omp parallel num_threads(threads) reduction(+ : loss, errors, done)
     {
         if (omp_get_thread_num() == 0) ran = omp_get_num_threads();
@@ -206,12 +250,12 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
         if (profile) {
             double mine[net::N_LAYERS * net::N_PASSES] = {};
             chaos::Profile prof(mine);
-            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed);
+            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S);
 #pragma omp critical
             for (int k = 0; k < net::N_LAYERS * net::N_PASSES; ++k) profile[k] += mine[k];
         } else {
             chaos::NoProfile prof;
-            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed);
+            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S);
         }
         loss += tally.loss;
         errors += tally.errors;
@@ -222,6 +266,7 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
     stats->images = done;
     stats->seconds = omp_get_wtime() - t0;
     stats->threads = ran;
+    chaos::free_floats(S);
     return failed ? -1 : 0;
 }
 

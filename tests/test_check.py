@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from specgen import conv_positions, net_descs, plain_text
 
 from chaosgen import ir
-from chaosgen.check import MAX_DIM, MAX_FLOATS, check
+from chaosgen.check import ATTRS, MAX_DIM, MAX_FLOATS, check
 from chaosgen.errors import SpecError
 from chaosgen.parse import parse_text
 
@@ -223,8 +223,8 @@ def test_names_are_bounded_and_shortened_in_messages() -> None:
         f"3:7: layer name of 5000 characters is too long (at most {MAX_NAME}): {short}",
         f"3:5028: dense '{short}': unknown activation '{short}'; expected one of scaled_tanh, "
         "tanh, sigmoid, relu, linear",
-        f"4:15: dense 'dense1': unknown attribute '{short}'; expected one of units, activation, "
-        "init, std, range",
+        f"4:15: dense 'dense1': unknown attribute '{short}'; expected one of "
+        + ", ".join(ATTRS["dense"]),
         f"5:1: unknown statement '{short}'; expected one of input, conv, maxpool, avgpool, "
         "dropout, dense, output, train",
     ]

@@ -477,6 +477,10 @@ std::string config(const Options &o, const char *program) {
         .add("seed", integer(o.seed))
         .add("update_every", integer(o.update_every))
         .add("batch", integer(o.batch))
+        // the paper's update rule (chaosgen refuses to emit a program for a spec with another)
+        .add("momentum", num(0.0)).add("nesterov", "false").add("weight_decay", num(0.0))
+        .add("lr_policy", str("exp")).add("gamma", num(0.0)).add("power", num(0.0))
+        .add("step_size", integer(0))
         .add("limit", optional(o.limit))
         .add("val_limit", optional(o.val_limit))
         .add("test_limit", optional(o.test_limit))
@@ -591,7 +595,7 @@ int main(int argc, char **argv) {
     FILE *log = std::fopen(o.log.c_str(), o.resume ? "a" : "w");
     if (!log || std::fclose(log) != 0) die(1, "%s: %s", o.log.c_str(), std::strerror(errno));
     std::signal(SIGINT, on_interrupt);
-    cg_config cfg;
+    cg_config cfg = {};  // the update rule's fields 0: the paper's P -= eta g
     cfg.threads = o.threads;
     cfg.scheme = scheme_code(o.scheme);
     cfg.update_every = o.update_every;
