@@ -801,6 +801,8 @@ static const int BLOCK_FLOATS[N_BLOCKS] = { 136, 43296, 330 };
 static const int SEGMENT_FLOATS[N_BLOCKS] = { 2048, 2048, 2048 };
 static const int BLOCK_SEGMENT0[N_BLOCKS + 1] = { 0, 1, 23, 24 };
 constexpr int N_SEGMENTS = 24;
+// Where each block's biases start, from the block's start (their own multipliers: update.hpp).
+static const int BLOCK_BIAS0[N_BLOCKS] = { 128, 43264, 320 };
 
 /* Blocks whose gradient update_fused computes on the fly (dense layers: a rank-1 product). */
 static const bool BLOCK_FUSED[N_BLOCKS] = { false, true, true };
@@ -901,6 +903,72 @@ static void update_segments(LayerLock *locks, int n, int start, Update &&update,
 }
 
 }  // namespace chaos
+/* ---------------------------------------------------------------------------------------------
+   The update rule beyond the paper's P -= eta g (chaosgen/update.py, docs/language.md "train"):
+   torch.optim.SGD's momentum (dampening 0), Nesterov and L2 weight decay with Caffe's per-layer
+   multipliers, and the learning-rate policies as functions of the iteration count.
+   --------------------------------------------------------------------------------------------- */
+namespace chaos {
+
+enum Policy { POLICY_CALL = 0, POLICY_STEP = 1, POLICY_INV = 2, POLICY_COSINE = 3 };
+
+/* eta at iteration `it` of the run (images; the averaged scheme: steps), in double: Caffe's
+   SGDSolver::GetLearningRate (step: eta gamma^floor(it / step_size); inv: eta (1 + gamma
+   it)^-power) and PyTorch's CosineAnnealingLR closed form (eta_min 0, T_max max_iter). */
+static float eta_at(const cg_config &c, long it) {
+    const double eta = c.eta;
+    switch (c.lr_policy) {
+    case POLICY_STEP: return float(eta * std::pow(c.gamma, double(it / c.step_size)));
+    case POLICY_INV: return float(eta * std::pow(1.0 + c.gamma * double(it), -c.power));
+    case POLICY_COSINE:
+        return float(eta * 0.5 * (1.0 + std::cos(3.14159265358979323846 * double(it) / double(c.max_iter))));
+    default: return c.eta;
+    }
+}
+
+/* p[k0, k1) -= lr * step, torch.optim.SGD's: g = G + wd p; v = mu v + g (v == nullptr: no
+   momentum, step = g); step = v, or g + mu v (Nesterov). */
+static void sgd_step(float *__restrict p, float *__restrict v, const float *__restrict G, float lr,
+                     float wd, float mu, bool nesterov, int k0, int k1) {
+    if (!v) {
+        #pragma omp simd
+        for (int k = k0; k < k1; ++k) p[k] -= lr * (G[k] + wd * p[k]);
+    } else if (nesterov) {
+        #pragma omp simd
+        for (int k = k0; k < k1; ++k) {
+            const float g = G[k] + wd * p[k], vk = mu * v[k] + g;
+            v[k] = vk;
+            p[k] -= lr * (g + mu * vk);
+        }
+    } else {
+        #pragma omp simd
+        for (int k = k0; k < k1; ++k) {
+            const float vk = mu * v[k] + (G[k] + wd * p[k]);
+            v[k] = vk;
+            p[k] -= lr * vk;
+        }
+    }
+}
+
+/* The SGD step over floats [k0, k1) of block b (offsets from the block's start), the weights'
+   part and the biases' part each with their multipliers. wd_scale: the averaged scheme's
+   step applies B images' weight decay (chaosgen/update.py). */
+static void sgd_block(int b, float *P, float *V, const float *G, float eta, float wd_scale,
+                      const cg_config &c, int k0, int k1) {
+    const int off = net::BLOCK_OFFSET[b], b0 = net::BLOCK_BIAS0[b];
+    const float *m = c.mults ? c.mults + 4 * b : nullptr;
+    const float mu = c.momentum, wd = c.weight_decay * wd_scale;
+    float *v = V ? V + off : nullptr;
+    const int w1 = k1 < b0 ? k1 : b0, bb = k0 > b0 ? k0 : b0;
+    if (k0 < w1)
+        sgd_step(P + off, v, G + off, eta * (m ? m[0] : 1.0f), wd * (m ? m[1] : 1.0f), mu,
+                 c.nesterov, k0, w1);
+    if (bb < k1)
+        sgd_step(P + off, v, G + off, eta * (m ? m[2] : 1.0f), wd * (m ? m[3] : 1.0f), mu,
+                 c.nesterov, bb, k1);
+}
+
+}  // namespace chaos
 
 namespace chaos {
 
@@ -964,12 +1032,18 @@ struct Tally {
 template <class Prof>
 static bool train_worker(float *P, const float *images, const int *labels, const int *order,
                          long n, const cg_config &cfg, std::atomic<long> &next,
-                         LayerLock *locks, Tally &tally, Prof &prof, volatile int &failed) {
+                         LayerLock *locks, Tally &tally, Prof &prof, volatile int &failed,
+                         float *S) {
     float *work = alloc_floats(net::WORK_FLOATS);
     float *G = alloc_floats(net::N_PARAMS);
     const bool ok = work && G;
     if (!ok) failed = 1;
-    const float eta = cfg.eta;
+    float eta = cfg.eta;
+    /* sgd: momentum, weight decay or multipliers (update.hpp), from G; else the paper's rule.
+       S (averaged + sgd only): the step's gradient summed over the workers, shared. */
+    const bool sgd = cfg.momentum > 0 || cfg.weight_decay > 0 || cfg.mults;
+    const bool per_iter = cfg.lr_policy != POLICY_CALL;
+    float wd_images = 1.0f;  // images in G: delayed's step takes that many images' weight decay
     auto image_of = [&](long i) { return images + static_cast<size_t>(order[i]) * net::IMAGE_STRIDE; };
     auto stopped = [&]() { return failed || (cfg.stop && *cfg.stop); };
     const int me = omp_get_thread_num(), team = omp_get_num_threads();
@@ -985,6 +1059,8 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         auto update = [&](int k0, int k1) {
             if (fused)
                 net::update_block_fused(b, P, work, image, scale, k0, k1);
+            else if (sgd)
+                sgd_block(b, P, cfg.velocity, G, scale, wd_images, cfg, k0, k1);
             else
                 net::update_block(b, P, G, scale, k0, k1);
         };
@@ -1007,6 +1083,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         bool halt = false;
         for (long b0 = 0; b0 < n && !halt; b0 += B) {
             const long b1 = b0 + B < n ? b0 + B : n;
+            if (per_iter) eta = eta_at(cfg, cfg.iter0 + b0 / B);
 #pragma omp for schedule(dynamic, 1)
             for (long i = b0; i < b1; ++i) {
                 if (!ok) continue;
@@ -1018,8 +1095,31 @@ static bool train_worker(float *P, const float *images, const int *labels, const
             /* Each worker adds eta x its summed gradients: the step is B x eta x the average
                (the linear scaling rule), so an epoch of B-image steps makes about the progress
                of an epoch of per-image steps at the same eta. */
-            if (ok)
+            if (ok && !sgd)
                 for (int b = 0; b < net::N_BLOCKS; ++b) apply(b, eta, true, false);
+            if (sgd) {
+                /* Momentum and weight decay act once per step, on the summed gradient: the
+                   workers add their G into S (locked), then the blocks are updated from S with
+                   b1 - b0 images' weight decay, as B per-image steps would (to first order). */
+                for (int b = 0; ok && b < net::N_BLOCKS; ++b) {
+                    const int off = net::BLOCK_OFFSET[b], seg = net::SEGMENT_FLOATS[b], size = net::BLOCK_FLOATS[b];
+                    const int first = net::BLOCK_SEGMENT0[b], nseg = net::BLOCK_SEGMENT0[b + 1] - first;
+                    update_segments(
+                        locks + first, nseg, me * nseg / team,
+                        [&](int s) {
+                            const int k1 = (s + 1) * seg < size ? (s + 1) * seg : size;
+                            for (int k = off + s * seg; k < off + k1; ++k) S[k] += G[k];
+                        },
+                        [] {}, [] {});
+                    std::memset(G + off, 0, sizeof(float) * size);
+                }
+#pragma omp barrier
+#pragma omp for schedule(static, 1)
+                for (int b = 0; b < net::N_BLOCKS; ++b) {
+                    sgd_block(b, P, cfg.velocity, S, eta, float(b1 - b0), cfg, 0, net::BLOCK_FLOATS[b]);
+                    std::memset(S + net::BLOCK_OFFSET[b], 0, sizeof(float) * net::BLOCK_FLOATS[b]);
+                }
+            }
 #pragma omp barrier
 #pragma omp single
             {
@@ -1035,20 +1135,28 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         for (long i; !stopped() && (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
             const int label = labels[order[i]];
             image = image_of(i);
+            if (per_iter) eta = eta_at(cfg, cfg.iter0 + i);
             prof.start();
             float l;
-            if (every == 1)
+            if (every == 1 && !sgd)
                 l = net::train_image<true>(P, work, G, image, label,
                                            [&](int b) { apply(b, eta, locked, true); }, prof, cg_dropout_key(uint64_t(cfg.seed), uint64_t(cfg.epoch), uint64_t(order[i])));
+            else if (every == 1)  // the gradient in G: the SGD step reads it (no fused form)
+                l = net::train_image(P, work, G, image, label,
+                                     [&](int b) { apply(b, eta, locked, false); }, prof, cg_dropout_key(uint64_t(cfg.seed), uint64_t(cfg.epoch), uint64_t(order[i])));
             else
                 l = net::train_image(P, work, G, image, label, [](int) {}, prof, cg_dropout_key(uint64_t(cfg.seed), uint64_t(cfg.epoch), uint64_t(order[i])));
             tally.add(work, l, label);
             if (cfg.progress && (i & 63) == 0) *cfg.progress = i;  // a hint for progress bars
-            if (every > 1 && ++mine % every == 0)
+            if (every > 1 && ++mine % every == 0) {
+                wd_images = float(every);
                 for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
+            }
         }
-        if (every > 1 && mine % every != 0)
+        if (every > 1 && mine % every != 0) {
+            wd_images = float(mine % every);
             for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
+        }
     }
     free_floats(work);
     free_floats(G);
@@ -1089,6 +1197,9 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
     long errors = 0, done = 0;
     const int threads = config->threads > 0 ? config->threads : 1;
     int ran = 1;
+    const bool sgd = config->momentum > 0 || config->weight_decay > 0 || config->mults;
+    float *S = sgd && config->scheme == chaos::AVERAGED ? chaos::alloc_floats(net::N_PARAMS) : nullptr;
+    if (sgd && config->scheme == chaos::AVERAGED && !S) return -1;
 #pragma omp parallel num_threads(threads) reduction(+ : loss, errors, done)
     {
         if (omp_get_thread_num() == 0) ran = omp_get_num_threads();
@@ -1096,12 +1207,12 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
         if (profile) {
             double mine[net::N_LAYERS * net::N_PASSES] = {};
             chaos::Profile prof(mine);
-            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed);
+            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S);
 #pragma omp critical
             for (int k = 0; k < net::N_LAYERS * net::N_PASSES; ++k) profile[k] += mine[k];
         } else {
             chaos::NoProfile prof;
-            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed);
+            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S);
         }
         loss += tally.loss;
         errors += tally.errors;
@@ -1112,6 +1223,7 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
     stats->images = done;
     stats->seconds = omp_get_wtime() - t0;
     stats->threads = ran;
+    chaos::free_floats(S);
     return failed ? -1 : 0;
 }
 

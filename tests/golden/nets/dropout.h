@@ -12,6 +12,17 @@ typedef struct cg_config {
     volatile long *progress; /* if not NULL: images picked so far, updated now and then */
     long long seed;       /* dropout masks: hash of (seed, epoch, the image's index in images) */
     int epoch;            /* from 0 */
+    /* The update rule (chaosgen/update.py): all 0 and NULL is the paper's P -= eta g. */
+    float momentum;       /* in [0, 1): torch.optim.SGD's v = momentum v + g, P -= eta v */
+    int nesterov;         /* 1: P -= eta (g + momentum v) */
+    float weight_decay;   /* L2: g += weight_decay x decay_mult x P */
+    float *velocity;      /* n_params floats beside params when momentum > 0, else NULL */
+    const float *mults;   /* per block: lr_mult, decay_mult, bias_lr_mult, bias_decay_mult; NULL: 1 */
+    int lr_policy;        /* 0: eta for the whole call; 1 step, 2 inv, 3 cosine: eta(iter) */
+    double gamma, power;  /* step, inv */
+    long step_size;       /* step: iterations per factor gamma */
+    long iter0;           /* iterations (images; averaged: steps) of the run before this call */
+    long max_iter;        /* cosine: iterations of the whole run */
 } cg_config;
 
 typedef struct cg_stats {
