@@ -288,8 +288,11 @@ constexpr int WH = 3, WW = 3, SH = 2, SW = 2;  // windows SH x SW apart
 // window (i, j): rows i * SH .. min(i * SH + WH, IN_H) - 1, columns likewise (the last ones are clipped)
 static inline int row_end(int i) { return i * SH + WH < IN_H ? i * SH + WH : IN_H; }
 static inline int col_end(int j) { return j * SW + WW < IN_W ? j * SW + WW : IN_W; }
-// after the outputs: each window's choice, the offset r * IN_W + col of its first maximum in the plane (a float)
+// after the outputs: each window's choice, the offset r * IN_W + col of its first maximum in the
+// plane, an int's bits in a float's place (exact at any plane size, unlike a float's value)
 constexpr int CODES_FROM_Y = 8192;
+static inline float code_bits(int k) { float f; std::memcpy(&f, &k, sizeof f); return f; }
+static inline int code_of(float f) { int k; std::memcpy(&k, &f, sizeof k); return k; }
 
 /* y = relu(max over each window). */
 static void forward(const float *__restrict x, float *__restrict y) {
@@ -310,7 +313,7 @@ static void forward(const float *__restrict x, float *__restrict y) {
                         code = more ? r * IN_W + k : code;
                     }
                 y[w] = best;
-                y[CODES_FROM_Y + w] = static_cast<float>(code);
+                y[CODES_FROM_Y + w] = code_bits(code);
             }
         }
     }
@@ -326,7 +329,7 @@ static void backward_data(const float *__restrict x, const float *__restrict y,
     std::memset(dx, 0, sizeof(float) * MAPS * IN_H * IN_W);
     for (int c = 0; c < MAPS; ++c)
         for (int w = c * OUT_H * OUT_W; w < (c + 1) * OUT_H * OUT_W; ++w)
-            dx[c * IN_H * IN_W + static_cast<int>(y[CODES_FROM_Y + w])] += dy[w] * (y[w] > 0.0f ? 1.0f : 0.0f);
+            dx[c * IN_H * IN_W + code_of(y[CODES_FROM_Y + w])] += dy[w] * (y[w] > 0.0f ? 1.0f : 0.0f);
 }
 }  // namespace layer_pool1
 
@@ -919,8 +922,11 @@ constexpr int WH = 2, WW = 2, SH = 1, SW = 2;  // windows SH x SW apart
 // window (i, j): rows i * SH .. i * SH + WH - 1, columns likewise (every window inside the input)
 static inline int row_end(int i) { return i * SH + WH; }
 static inline int col_end(int j) { return j * SW + WW; }
-// after the outputs: each window's choice, the offset r * IN_W + col of its first maximum in the plane (a float)
+// after the outputs: each window's choice, the offset r * IN_W + col of its first maximum in the
+// plane, an int's bits in a float's place (exact at any plane size, unlike a float's value)
 constexpr int CODES_FROM_Y = 384;
+static inline float code_bits(int k) { float f; std::memcpy(&f, &k, sizeof f); return f; }
+static inline int code_of(float f) { int k; std::memcpy(&k, &f, sizeof k); return k; }
 
 /* y = max over each window. */
 static void forward(const float *__restrict x, float *__restrict y) {
@@ -941,7 +947,7 @@ static void forward(const float *__restrict x, float *__restrict y) {
                         code = more ? r * IN_W + k : code;
                     }
                 y[w] = best;
-                y[CODES_FROM_Y + w] = static_cast<float>(code);
+                y[CODES_FROM_Y + w] = code_bits(code);
             }
         }
     }
@@ -955,7 +961,7 @@ static void backward_data(const float *__restrict x, const float *__restrict y,
     std::memset(dx, 0, sizeof(float) * MAPS * IN_H * IN_W);
     for (int c = 0; c < MAPS; ++c)
         for (int w = c * OUT_H * OUT_W; w < (c + 1) * OUT_H * OUT_W; ++w)
-            dx[c * IN_H * IN_W + static_cast<int>(y[CODES_FROM_Y + w])] += dy[w];
+            dx[c * IN_H * IN_W + code_of(y[CODES_FROM_Y + w])] += dy[w];
 }
 }  // namespace layer_pool4
 
