@@ -186,7 +186,7 @@ FIXED = {
         output out: classes=5
     """,
     # floor pools with a rest, a stride larger than the window, overlapping average pooling,
-    # a pad larger along one axis, and a pool between two padded convs
+    # a padded conv after a pool, its pad larger along one axis
     "floor": """
         input maps=2 size=11x10
         conv c1: maps=3 kernel=3 activation=scaled_tanh
@@ -196,18 +196,6 @@ FIXED = {
         maxpool p3: window=2x1 stride=3x2 round=ceil
         dense f1: units=6 activation=relu
         output out: classes=4 activation=linear loss=mse
-    """,
-    # Caffe's cifar10_quick on a smaller image
-    "quick": """
-        input maps=3 size=16
-        conv conv1: maps=8 kernel=5 pad=2 activation=linear
-        maxpool pool1: window=3 stride=2 round=ceil
-        conv conv2: maps=8 kernel=5 pad=2 activation=relu
-        avgpool pool2: window=3 stride=2 round=ceil
-        conv conv3: maps=16 kernel=5 pad=2 activation=relu
-        avgpool pool3: window=3 stride=2 round=ceil
-        dense ip1: units=16 activation=linear
-        output ip2: classes=10
     """,
 }
 
