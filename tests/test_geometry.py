@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import chaosgen_run, compare, numpy_run, random_weights, torch_run
 from specgen import net_descs, plain_text, spec_texts
+from test_sanitize import _check as sanitized_run
+from test_sanitize import sanitizers  # noqa: F401 (the fixture)
 
 import chaosgen
 from chaosgen import codegen, tune
@@ -258,6 +260,13 @@ def test_golden_geometry_spec_matches_pytorch(build_dir) -> None:
     assert [lay.out_shape.h for lay in net.layers[:6]] == [32, 16, 16, 8, 8, 4]
     errors = _check_net(path, build_dir, seed=7)
     print(f"\ngeometry.net: largest scaled error vs PyTorch {max(errors.values()):.2e}")
+
+
+@pytest.mark.parametrize("name", sorted(FIXED))
+def test_fixed_nets_are_sanitizer_clean(name: str, tmp_path: Path, sanitizers) -> None:  # noqa: F811
+    """The zero-bordered buffers, the interior copies and the clipped windows under ASan and
+    UBSan (exact buffer sizes), trained with every scheme on 1 and 2 threads."""
+    print(sanitized_run(name, FIXED[name], tmp_path))
 
 
 def test_average_pool_border_divisor_is_pytorchs() -> None:
