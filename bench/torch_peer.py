@@ -35,13 +35,19 @@ def build_model(ir):
         if lay.kind == "conv":
             mods += [
                 nn.Conv2d(
-                    lay.in_shape.maps, lay.out_shape.maps, (lay.kh, lay.kw), stride=lay.stride
+                    lay.in_shape.maps,
+                    lay.out_shape.maps,
+                    (lay.kh, lay.kw),
+                    stride=lay.stride,
+                    padding=(lay.pad_h, lay.pad_w),
                 ),
                 acts[lay.activation](),
             ]
         elif lay.kind in ("maxpool", "avgpool"):
             pool = nn.MaxPool2d if lay.kind == "maxpool" else nn.AvgPool2d
-            mods.append(pool((lay.wh, lay.ww)))
+            mods.append(
+                pool((lay.wh, lay.ww), (lay.sh, lay.sw), ceil_mode=lay.round == "ceil")
+            )
         else:
             if not flat:
                 mods.append(nn.Flatten())
@@ -67,6 +73,12 @@ def _sgd(ir, model, x, y, batch: int, eta: float) -> None:
         opt.step()
 
 
+def _batch(ir, images: np.ndarray):
+    """(N, maps, h, w) float32 tensor of (N, h, w) or (N, maps, h, w) images."""
+    s = ir.input
+    return torch.from_numpy(np.ascontiguousarray(images, np.float32)).reshape(-1, s.maps, s.h, s.w)
+
+
 def train_rate(
     ir, images: np.ndarray, labels: np.ndarray, batch: int, threads: int, eta: float = 0.001
 ) -> float:
@@ -74,7 +86,7 @@ def train_rate(
     torch.set_num_threads(threads)
     torch.manual_seed(1)
     model = build_model(ir)
-    x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).unsqueeze(1)
+    x = _batch(ir, images)
     y = torch.from_numpy(np.ascontiguousarray(labels, np.int64))
     _sgd(ir, model, x[: 4 * batch], y[: 4 * batch], batch, eta)  # warm-up
     t0 = time.perf_counter()

@@ -56,6 +56,9 @@ _UPDATE_ATTRS = {  # the update rule and the schedule (checked in _Checker.updat
     "step_size": AttrSpec(("int",)),
     "batch": AttrSpec(("int",)),
 }
+# windows `stride` apart (default: the window); `round`: how a window that does not tile is sized
+_POOL_GEOMETRY = {"stride": AttrSpec(("int", "dims")), "round": AttrSpec(("word",))}
+ROUNDS = ("ceil", "floor")
 ATTRS: dict[str, dict[str, AttrSpec]] = {
     "input": {
         "maps": AttrSpec(("int",), default=1),
@@ -69,11 +72,12 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "kernel": _SIZE,
         "stride": AttrSpec(("int",), default=1),
         "activation": AttrSpec(("word",), default="scaled_tanh"),
+        "pad": AttrSpec(("int", "dims"), default=0),
         **_INIT,
         **_MULTS,
     },
-    "maxpool": {"window": _SIZE},
-    "avgpool": {"window": _SIZE},
+    "maxpool": {"window": _SIZE, **_POOL_GEOMETRY},
+    "avgpool": {"window": _SIZE, **_POOL_GEOMETRY},
     "dropout": {"rate": AttrSpec(("int", "float"), required=True)},
     "dense": {
         "units": AttrSpec(("int",), required=True),
@@ -494,18 +498,28 @@ class _Checker:
         k = self.pair(st, what, "kernel", a["kernel"])
         ok = self.count(st, what, "maps", a["maps"]) & self.count(st, what, "stride", a["stride"])
         ok &= self.word(st, what, "activation", a["activation"], ir.ACTIVATIONS)
-        if k and in_shape is not None and (k[0] > in_shape.h or k[1] > in_shape.w):
-            self.error(
-                self.loc_of(st, "kernel"),
-                f"{what}: kernel {k[0]}x{k[1]} is larger than its input {in_shape.h}x{in_shape.w}",
-            )
-            return None
+        pad = self.padding(st, what, a["pad"], k)
+        if k and pad and in_shape is not None:
+            ph, pw = in_shape.h + 2 * pad[0], in_shape.w + 2 * pad[1]
+            if k[0] > ph or k[1] > pw:
+                padded = f" (padded {ph}x{pw})" if pad != (0, 0) else ""
+                self.error(
+                    self.loc_of(st, "kernel"),
+                    f"{what}: kernel {k[0]}x{k[1]} is larger than its input "
+                    f"{in_shape.h}x{in_shape.w}{padded}",
+                )
+                return None
         init = self.init_of(st, what, a, self.train_settings)
-        if not (k and ok and init) or in_shape is None:
+        if not (k and ok and pad and init) or in_shape is None:
             return None
         kh, kw = k
         s = a["stride"]
-        out = ir.Shape(maps=a["maps"], h=(in_shape.h - kh) // s + 1, w=(in_shape.w - kw) // s + 1)
+        # PyTorch's and Caffe's size: floor((H + 2 * pad - kernel) / stride) + 1
+        out = ir.Shape(
+            maps=a["maps"],
+            h=(in_shape.h + 2 * pad[0] - kh) // s + 1,
+            w=(in_shape.w + 2 * pad[1] - kw) // s + 1,
+        )
         n_w = out.maps * in_shape.maps * kh * kw
         return ir.Conv(
             name=name,
@@ -521,11 +535,16 @@ class _Checker:
             stride=s,
             init=init[0],
             init_scale=init[1],
+            pad_h=pad[0],
+            pad_w=pad[1],
         )
 
     def pool(self, st, what, a, *, name, index, in_shape, offset):
         win = self.pair(st, what, "window", a["window"])
-        if not win or in_shape is None:
+        stride = self.pair(st, what, "stride", a["stride"]) if a["stride"] is not None else win
+        rnd = a["round"]
+        ok = rnd is None or self.word(st, what, "round", rnd, ROUNDS)
+        if not (win and stride and ok) or in_shape is None:
             return None
         wh, ww = win
         if wh > in_shape.h or ww > in_shape.w:
@@ -534,14 +553,25 @@ class _Checker:
                 f"{what}: window {wh}x{ww} is larger than its input {in_shape.h}x{in_shape.w}",
             )
             return None
-        if in_shape.h % wh or in_shape.w % ww:
+        sh, sw = stride
+        if rnd is None and ((in_shape.h - wh) % sh or (in_shape.w - ww) % sw):
+            how = (
+                "pooling windows do not overlap and must divide the input exactly"
+                if (sh, sw) == (wh, ww)
+                else f"windows {sh}x{sw} apart must end exactly at the input's edge"
+            )
             self.error(
                 self.loc_of(st, "window"),
                 f"{what}: window {wh}x{ww} does not tile its input {in_shape.h}x{in_shape.w} "
-                f"(pooling windows do not overlap and must divide the input exactly)",
+                f"({how}); add round=floor to drop the rest (PyTorch, Keras) or round=ceil "
+                f"for a last, partial window (Caffe)",
             )
             return None
-        out = ir.Shape(maps=in_shape.maps, h=in_shape.h // wh, w=in_shape.w // ww)
+        out = ir.Shape(
+            maps=in_shape.maps,
+            h=pool_size(in_shape.h, wh, sh, rnd or "floor"),
+            w=pool_size(in_shape.w, ww, sw, rnd or "floor"),
+        )
         return ir.Pool(
             name=name,
             index=index,
@@ -551,7 +581,25 @@ class _Checker:
             op=st.kind[:3],
             wh=wh,
             ww=ww,
+            stride_h=sh if a["stride"] is not None else 0,
+            stride_w=sw if a["stride"] is not None else 0,
+            round=rnd or "",
         )
+
+    def padding(self, st, what, value, kernel) -> tuple[int, int] | None:
+        """`pad=P` or `pad=PHxPW`: 0 <= each < its kernel side (a larger pad only adds outputs
+        that see nothing but zeros; PyTorch allows it, Caffe too, but it is never meant)."""
+        dims = (value, value) if isinstance(value, int) else tuple(value)
+        loc = self.loc_of(st, "pad")
+        if len(dims) != 2:
+            self.error(loc, f"{what}: 'pad' must be P or PHxPW, found {len(dims)} sizes")
+            return None
+        for d, k, side in zip(dims, kernel or (None, None), ("height", "width"), strict=True):
+            if d < 0 or (k is not None and d >= k) or d > MAX_DIM:
+                top = f"{k - 1} (the kernel {side} {k} less one)" if k is not None else MAX_DIM
+                self.error(loc, f"{what}: 'pad' must be between 0 and {top}, found {d}")
+                return None
+        return dims  # type: ignore[return-value]
 
     def dense(self, st, what, a, *, name, index, in_shape, offset):
         is_out = st.kind == "output"
@@ -622,6 +670,16 @@ _BUILDERS: dict[str, Callable] = {
     "dense": _Checker.dense,
     "output": _Checker.dense,
 }
+
+
+def pool_size(n: int, k: int, s: int, rnd: str) -> int:
+    """Windows of k, s apart, over n values: floor((n - k) / s) + 1 (PyTorch, Keras), or with
+    "ceil" ceil((n - k) / s) + 1 (Caffe), less a last window that would start past the input
+    (PyTorch's ceil_mode rule; Caffe applies it only with padding, which pools here lack)."""
+    if rnd == "floor":
+        return (n - k) // s + 1
+    out = -(-(n - k) // s) + 1
+    return out - 1 if (out - 1) * s >= n else out
 
 
 def _stem(path: str) -> str:

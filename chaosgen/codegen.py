@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import shlex
@@ -112,8 +113,14 @@ def summary_rows(net: ir.Net) -> list[str]:
         kernel = ""
         if isinstance(lay, ir.Conv):
             kernel = f"{lay.kh}x{lay.kw}" + (f" /{lay.stride}" if lay.stride > 1 else "")
+            if lay.pad_h or lay.pad_w:
+                kernel += f" pad {lay.pad_h}x{lay.pad_w}"
         elif isinstance(lay, ir.Pool):
             kernel = f"{lay.wh}x{lay.ww}"
+            if (lay.sh, lay.sw) != (lay.wh, lay.ww):
+                kernel += f" /{lay.sh}x{lay.sw}"
+            if lay.round:
+                kernel += f" {lay.round}"
         elif isinstance(lay, ir.Dropout):
             kernel = f"rate {lay.rate:g}"
         size = f"{o.h}x{o.w}" if not isinstance(lay, ir.Dense) else "1"
@@ -460,8 +467,8 @@ def _dense_view(lay: ir.Dense, target: Target) -> dict:
 def _reads_past(lay: ir.Layer | None, target: Target,
                 forms: Mapping[str, str] | None = None) -> int:
     """How many floats past the end of its input `lay` may read (wide-row vector spans)."""
-    if not isinstance(lay, ir.Conv):
-        return 0
+    if not isinstance(lay, ir.Conv) or lay.pad_h or lay.pad_w:
+        return 0  # a padded conv reads its input once, to copy it into its zero-bordered buffer
     return _conv_view(lay, target, grad_form=(forms or {}).get(lay.name))["reads_past_x"]
 
 
@@ -475,7 +482,7 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
     for k, lay in enumerate(net.layers):
         nxt = net.layers[k + 1] if k + 1 < len(net.layers) else None
         needs_dx = lay.index > first_trainable
-        conv = (_conv_view(lay, target, needs_dx, (forms or {}).get(lay.name))
+        conv = (_conv_view(padded_core(lay), target, needs_dx, (forms or {}).get(lay.name))
                 if isinstance(lay, ir.Conv) else None)
         # Work layout: Y (with room for the next layer's reads past its end), then D, then the
         # conv kernels' scratch.
@@ -486,6 +493,9 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             codes = ir.align(lay.out_shape.size)
         y_size = y_data + (conv["xc_floats"] if conv else 0) + codes
         d_size = conv["d_floats"] if conv else ir.align(lay.out_shape.size)
+        pad = _pad_layout(lay, conv, y_size, d_size, needs_dx) if conv else None
+        if pad:
+            y_size, d_size = pad["y_size"], pad["d_size"]
         prev = views[-1]["name"] if views else None
         has_src = 0 < lay.loc.line <= len(lines)
         src = lines[lay.loc.line - 1].split("#")[0].strip() if has_src else ""
@@ -523,11 +533,15 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             v["segments"] = -(-v["block_size"] // v["segment"])
         if conv:
             v.update(conv, xc_from_y=y_data)
+        if pad:
+            v.update(pad)
         if isinstance(lay, ir.Pool):
             # rows of a quarter vector or less waste most lanes: max-pool backward then goes
             # window by window, one store each, to the input forward chose
             v.update(op=lay.op, wh=lay.wh, ww=lay.ww, codes_from_y=y_data,
                      scatter=lay.out_shape.w * 4 <= target.vector_width)
+            if not lay.tiles:
+                v.update(pool_view(lay))
         if isinstance(lay, ir.Dense):
             v.update(_dense_view(lay, target))
         if isinstance(lay, ir.Dropout):
@@ -535,6 +549,10 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
         v["activation_in_pool"] = False
         views.append(v)
     _activation_into_max_pool(views)
+    for v in views:
+        if v.get("pad_h") or v.get("pad_w"):
+            # the unpadded kernels, on the zero-bordered input, in a namespace of their own
+            v["core"] = dict(v, ns="core", template="conv.j2")
     return views
 
 
@@ -549,6 +567,46 @@ def dropout_view(lay: ir.Dropout, net: ir.Net, mask_from_y: int) -> dict:
         rate=lay.rate, ordinal=net.dropouts.index(lay), mask_from_y=mask_from_y,
         size=lay.out_shape.size, threshold=round(lay.rate * (1 << DROPOUT_BITS)),
         scale=f"{1.0 / (1.0 - lay.rate):#.9g}f",  # 2 -> 2.00000000f
+    )
+
+
+def pool_view(lay: ir.Pool) -> dict:
+    """A pool whose windows overlap, leave a rest (round=floor) or run past the edge (ceil):
+    window (i, j) covers rows i * SH .. min(i * SH + WH, IN_H) - 1 (likewise columns); the
+    average divides by that clipped count (Caffe; PyTorch's avg_pool2d with ceil_mode)."""
+    return dict(sh=lay.sh, sw=lay.sw, template="pool_window.j2",
+                clipped=(lay.out_shape.h - 1) * lay.sh + lay.wh > lay.in_shape.h
+                or (lay.out_shape.w - 1) * lay.sw + lay.ww > lay.in_shape.w)
+
+
+def padded_core(lay: ir.Conv) -> ir.Conv:
+    """The valid (unpadded) conv that a padded one runs on its zero-bordered input buffer of
+    (H + 2 pad_h) x (W + 2 pad_w): same weights, same outputs."""
+    if not (lay.pad_h or lay.pad_w):
+        return lay
+    i = lay.in_shape
+    padded = ir.Shape(maps=i.maps, h=i.h + 2 * lay.pad_h, w=i.w + 2 * lay.pad_w)
+    return dataclasses.replace(lay, in_shape=padded, pad_h=0, pad_w=0)
+
+
+def _pad_layout(lay: ir.Conv, conv: dict, y_size: int, d_size: int, needs_dx: bool) -> dict:
+    """A padded conv's buffers: after its activations (and the core's scratch) the padded input
+    XP, with room for the core's reads past its end (zero, like the border); after its deltas
+    (and the core's scratch) the padded input's deltas DXP, whose interior goes to dx."""
+    if not (lay.pad_h or lay.pad_w):
+        return {}
+    i, ph, pw = lay.in_shape, lay.pad_h, lay.pad_w
+    xp_h, xp_w = i.h + 2 * ph, i.w + 2 * pw
+    xp_floats = ir.align(i.maps * xp_h * xp_w + conv["reads_past_x"])
+    dxp_floats = ir.align(i.maps * xp_h * xp_w) if needs_dx else 0
+    return dict(
+        pad_h=ph, pad_w=pw, x_h=i.h, x_w=i.w, x_maps=i.maps, xp_h=xp_h, xp_w=xp_w,
+        in_h=xp_h, in_w=xp_w, in_size=i.maps * xp_h * xp_w,
+        xp_from_y=y_size, xp_floats=xp_floats, dxp_from_d=d_size,
+        # XP ends where the deltas begin: backward_weights finds it from them
+        xp_before_d=xp_floats,
+        y_size=y_size + xp_floats, d_size=d_size + dxp_floats,
+        template="conv_pad.j2",
     )
 
 

@@ -100,6 +100,9 @@ class Conv(Trainable):
     kh: int
     kw: int
     stride: int = 1
+    # zeros around the input (PyTorch's `padding`, Caffe's `pad`); 0 keeps today's valid conv
+    pad_h: int = field(default=0, metadata={"omit_default": True})
+    pad_w: int = field(default=0, metadata={"omit_default": True})
     kind = "conv"
 
     @property
@@ -117,11 +120,34 @@ class Conv(Trainable):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pool(Layer):
-    """Non-overlapping max or average pooling (the window tiles the input)."""
+    """Max or average pooling; windows `stride_h` x `stride_w` apart (0: the window, which then
+    tiles the input). `round` says how a window that does not tile was sized: "" (it tiles),
+    "floor" (PyTorch, Keras: the rest is dropped) or "ceil" (Caffe: a last, partial window)."""
 
     op: str  # "max" | "avg"
     wh: int
     ww: int
+    stride_h: int = field(default=0, metadata={"omit_default": True})
+    stride_w: int = field(default=0, metadata={"omit_default": True})
+    round: str = field(default="", metadata={"omit_default": True})
+
+    @property
+    def sh(self) -> int:
+        """Rows between window starts."""
+        return self.stride_h or self.wh
+
+    @property
+    def sw(self) -> int:
+        """Columns between window starts."""
+        return self.stride_w or self.ww
+
+    @property
+    def tiles(self) -> bool:
+        """The windows cut the input into whole tiles (today's kernels)."""
+        return (self.sh, self.sw) == (self.wh, self.ww) and (
+            self.in_shape.h == self.out_shape.h * self.wh
+            and self.in_shape.w == self.out_shape.w * self.ww
+        )
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -252,7 +278,11 @@ class Net:
         def plain(obj):
             if isinstance(obj, (Shape, Layer, Training)):
                 d = {"kind": obj.kind} if isinstance(obj, Layer) else {}
-                d.update({f.name: plain(getattr(obj, f.name)) for f in fields(obj) if f.compare})
+                # a field marked omit_default shows only when used: the IR (and its hash) of a
+                # net that does not use it stays what it was before the field existed
+                d.update({f.name: plain(getattr(obj, f.name)) for f in fields(obj) if f.compare
+                          and not (f.metadata.get("omit_default")
+                                   and getattr(obj, f.name) == f.default)})
                 if isinstance(obj, Layer):
                     d.update(n_weights=obj.n_weights, n_bias=obj.n_bias, macs=obj.macs)
                 if isinstance(obj, Trainable):
@@ -296,8 +326,15 @@ def verify(net: Net) -> None:
         if isinstance(lay, Dropout):
             assert lay.out_shape == lay.in_shape and 0 <= lay.rate < 1, lay
         if isinstance(lay, Pool):
-            assert lay.in_shape.h == lay.out_shape.h * lay.wh
-            assert lay.in_shape.w == lay.out_shape.w * lay.ww
+            i = lay.in_shape
+            assert lay.round or ((i.h - lay.wh) % lay.sh == 0 and (i.w - lay.ww) % lay.sw == 0)
+            # every window starts inside the input
+            assert (lay.out_shape.h - 1) * lay.sh < lay.in_shape.h, lay
+            assert (lay.out_shape.w - 1) * lay.sw < lay.in_shape.w, lay
+        if isinstance(lay, Conv):
+            ph, pw = lay.in_shape.h + 2 * lay.pad_h, lay.in_shape.w + 2 * lay.pad_w
+            assert lay.out_shape.h == (ph - lay.kh) // lay.stride + 1, lay
+            assert lay.out_shape.w == (pw - lay.kw) // lay.stride + 1, lay
         prev = lay.out_shape
     assert isinstance(net.layers[-1], Output)
     assert sum(isinstance(lay, Output) for lay in net.layers) == 1

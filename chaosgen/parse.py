@@ -100,10 +100,39 @@ class Spec:
         return "\n".join(out) + "\n"
 
 
+class _Continuation(lark.lark.PostLex):
+    """Joins continuation lines: a line indented by more characters (a tab counts as one) than
+    the line where its statement begins continues that statement, so the line end before it is
+    dropped. Comment lines and blank lines between do not count; the first statement's own
+    indentation is its base, so there is nothing for it to continue."""
+
+    # a line may break wherever a statement could end (between attributes), so the lexer needs
+    # no line ends where the parser takes none
+    always_accept = ()
+
+    def process(self, stream):
+        base = None  # indentation of the line where the current statement began
+        for tok in stream:
+            if tok.type == "_NL":
+                indent = len(tok.value) - tok.value.rfind("\n") - 1
+                if base is not None and indent > base:
+                    continue  # a continuation line: the statement goes on
+                base = indent  # the next statement begins on that line
+                yield tok
+                continue
+            if base is None:  # the first token of the file
+                base = tok.column - 1
+            yield tok
+
+
 @functools.cache
 def _parser() -> lark.Lark:
     return lark.Lark(
-        GRAMMAR.read_text(), parser="lalr", propagate_positions=True, maybe_placeholders=False
+        GRAMMAR.read_text(),
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=False,
+        postlex=_Continuation(),
     )
 
 
@@ -144,6 +173,9 @@ def _syntax_error(
     expected = sorted({_EXPECT_NAMES.get(t, repr(t.lower())) for t in _expected(err)})
     if expected:
         msg += f"; expected {' or '.join(expected)}"
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    if col > 1 and not text[: col - 1].strip() and "end of line" in expected:
+        msg += " (a line indented further than the statement above continues it)"
     src = lines[line - 1] if 0 < line <= len(lines) else None
     return SpecError([Diagnostic(SourceLoc(path, line, col), msg, src)])
 

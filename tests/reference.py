@@ -75,6 +75,50 @@ def _unblocks(lay: ir.Pool, blocks: np.ndarray) -> np.ndarray:
     return b.reshape(lay.in_shape.maps, lay.in_shape.h, lay.in_shape.w)
 
 
+def _pad(lay: ir.Conv, x: np.ndarray) -> np.ndarray:
+    return np.pad(x, ((0, 0), (lay.pad_h, lay.pad_h), (lay.pad_w, lay.pad_w)))
+
+
+def _pool_windows(lay: ir.Pool) -> list[tuple[int, int, slice, slice]]:
+    """Every window (i, j, rows, cols), clipped to the input, from its stride alone."""
+    h, w = lay.in_shape.h, lay.in_shape.w
+    return [
+        (i, j, slice(i * lay.sh, min(i * lay.sh + lay.wh, h)),
+         slice(j * lay.sw, min(j * lay.sw + lay.ww, w)))
+        for i in range(lay.out_shape.h)
+        for j in range(lay.out_shape.w)
+    ]
+
+
+def _pool_forward(lay: ir.Pool, x: np.ndarray) -> tuple[np.ndarray, list]:
+    """Overlapping or clipped windows, one at a time: max (first maximum) or mean over the part
+    inside the input; also each window's (rows, cols, argmax) for the backward pass."""
+    y = np.zeros((lay.out_shape.maps, lay.out_shape.h, lay.out_shape.w))
+    tape = []
+    for i, j, rows, cols in _pool_windows(lay):
+        part = x[:, rows, cols].reshape(x.shape[0], -1)
+        if lay.op == "max":
+            pick = part.argmax(axis=1)
+            y[:, i, j] = part[np.arange(x.shape[0]), pick]
+        else:
+            pick = None
+            y[:, i, j] = part.mean(axis=1)
+        tape.append((i, j, rows, cols, pick))
+    return y, tape
+
+
+def _pool_backward(lay: ir.Pool, tape: list, d: np.ndarray) -> np.ndarray:
+    dx = np.zeros((lay.in_shape.maps, lay.in_shape.h, lay.in_shape.w))
+    for i, j, rows, cols, pick in tape:
+        n_r, n_c = rows.stop - rows.start, cols.stop - cols.start
+        if lay.op == "max":
+            for c in range(dx.shape[0]):
+                dx[c, rows.start + pick[c] // n_c, cols.start + pick[c] % n_c] += d[c, i, j]
+        else:
+            dx[:, rows, cols] += d[:, i, j][:, None, None] / (n_r * n_c)
+    return dx
+
+
 @dataclass
 class Result:
     """What one image gives: the output activations, the loss and d loss / d every parameter."""
@@ -99,9 +143,13 @@ def numpy_run(
     tape = []  # (layer, input, pre-activation, extra)
     for lay in net.layers:
         if isinstance(lay, ir.Conv):
-            z = _conv_forward(lay, x, p[f"{lay.name}.weight"], p[f"{lay.name}.bias"])
+            z = _conv_forward(lay, _pad(lay, x), p[f"{lay.name}.weight"], p[f"{lay.name}.bias"])
             tape.append((lay, x, z, None))
             x = ACTIVATIONS[lay.activation][0](z)
+        elif isinstance(lay, ir.Pool) and not lay.tiles:
+            y, windows = _pool_forward(lay, x)
+            tape.append((lay, x, None, windows))
+            x = y
         elif isinstance(lay, ir.Pool):
             blocks = _blocks(lay, x)
             if lay.op == "max":
@@ -144,12 +192,17 @@ def numpy_run(
         if delta is not None and isinstance(lay, ir.Trainable):
             dz = delta.reshape(z.shape) * ACTIVATIONS[lay.activation][1](z)
         if isinstance(lay, ir.Conv):
-            dx, dw, db = _conv_backward(lay, x_in, p[f"{lay.name}.weight"], dz)
+            dx, dw, db = _conv_backward(lay, _pad(lay, x_in), p[f"{lay.name}.weight"], dz)
+            _, h, w = x_in.shape
+            dx = dx[:, lay.pad_h : lay.pad_h + h, lay.pad_w : lay.pad_w + w]
             grads[f"{lay.name}.weight"], grads[f"{lay.name}.bias"] = dw, db
         elif isinstance(lay, ir.Dense):
             grads[f"{lay.name}.weight"] = np.outer(dz, x_in.reshape(-1))
             grads[f"{lay.name}.bias"] = dz.copy()
             dx = (p[f"{lay.name}.weight"].T @ dz).reshape(x_in.shape)
+        elif not lay.tiles:
+            d = delta.reshape(lay.out_shape.maps, lay.out_shape.h, lay.out_shape.w)
+            dx = _pool_backward(lay, extra, d)
         else:
             d = delta.reshape(lay.out_shape.maps, lay.out_shape.h, lay.out_shape.w)
             if lay.op == "max":
@@ -223,11 +276,24 @@ def torch_run(
     )
     for lay in net.layers:
         if isinstance(lay, ir.Conv):
-            x = F.conv2d(x, p[f"{lay.name}.weight"], p[f"{lay.name}.bias"], stride=lay.stride)
+            x = F.conv2d(
+                x,
+                p[f"{lay.name}.weight"],
+                p[f"{lay.name}.bias"],
+                stride=lay.stride,
+                padding=(lay.pad_h, lay.pad_w),
+            )
             x = acts[lay.activation](x)
         elif isinstance(lay, ir.Pool):
             pool = F.max_pool2d if lay.op == "max" else F.avg_pool2d
-            x = pool(x, kernel_size=(lay.wh, lay.ww), stride=(lay.wh, lay.ww))
+            # ceil_mode: PyTorch's last, partial windows; avg_pool2d divides by the part of the
+            # window inside the (unpadded) input, count_include_pad or not
+            x = pool(
+                x,
+                kernel_size=(lay.wh, lay.ww),
+                stride=(lay.sh, lay.sw),
+                ceil_mode=lay.round == "ceil",
+            )
         elif isinstance(lay, ir.Dropout):
             if masks is not None:
                 keep = torch.tensor(np.asarray(masks[lay.name], np.float64)).reshape(x.shape)

@@ -26,6 +26,22 @@ def conv_positions(n: int, k: int, stride: int) -> list[range]:
         start += stride
 
 
+def pool_windows(n: int, k: int, stride: int, rnd: str | None) -> list[range] | None:
+    """Windows of k moving by `stride` over 0..n-1, clipped to it. None: without `rnd`, the
+    windows must end exactly at n. "floor": only whole windows. "ceil": windows until one
+    reaches index n-1 (a window starting past n-1 would hold nothing and is never placed)."""
+    whole = conv_positions(n, k, stride)
+    if rnd is None:
+        return whole if whole and whole[-1][-1] == n - 1 else None
+    if rnd == "floor":
+        return whole or None
+    placed, start = [], 0
+    while start < n and (not placed or placed[-1][-1] < n - 1):
+        placed.append(range(start, min(start + k, n)))
+        start += stride
+    return placed if k <= n else None
+
+
 def pool_tiles(n: int, k: int) -> list[range] | None:
     """Cut 0..n-1 into consecutive k-wide windows; None if the last one would be short."""
     tiles, rest = [], list(range(n))
@@ -70,8 +86,16 @@ def brute_shape(shape: tuple[int, int, int], lay: LayerDesc) -> tuple[int, int, 
     if lay.kind == "conv":
         kh, kw = _hw(a["kernel"])
         stride = int(a.get("stride", "1"))
-        rows, cols = conv_positions(h, kh, stride), conv_positions(w, kw, stride)
+        ph, pw = _hw(a.get("pad", "0"))  # the zeros are indices like any other
+        rows = conv_positions(h + 2 * ph, kh, stride)
+        cols = conv_positions(w + 2 * pw, kw, stride)
         return (int(a["maps"]), len(rows), len(cols)) if rows and cols else None
+    if lay.kind in ("maxpool", "avgpool") and ("stride" in a or "round" in a):
+        wh, ww = _hw(a["window"])
+        sh, sw = _hw(a.get("stride", a["window"]))
+        rnd = a.get("round")
+        rows, cols = pool_windows(h, wh, sh, rnd), pool_windows(w, ww, sw, rnd)
+        return (maps, len(rows), len(cols)) if rows and cols else None
     if lay.kind in ("maxpool", "avgpool"):
         wh, ww = _hw(a["window"])
         rows, cols = pool_tiles(h, wh), pool_tiles(w, ww)
@@ -108,6 +132,7 @@ def net_descs(
     max_maps: int = 3,
     always_valid: bool = True,
     dropout: bool = False,
+    geometry: bool = False,
 ) -> NetDesc:
     """A random stack of conv / maxpool / avgpool / dense layers ending in an output layer.
 
@@ -115,6 +140,8 @@ def net_descs(
     they are drawn freely and may be too large or fail to tile, for the shape-inference test.
     With dropout, a dropout layer may follow each hidden layer and one always precedes the output
     (only then: the other tests keep their distribution).
+    With geometry, convs may have `pad=` and pools `stride=` and `round=` (overlapping windows,
+    rests dropped or partial windows); without, the draws are exactly those of before.
     """
     shape = (
         draw(st.integers(1, max_maps)),
@@ -129,7 +156,30 @@ def net_descs(
             h, w = max_side, max_side
         else:
             _, h, w = cur
-        if kind == "conv":
+        if kind == "conv" and geometry:
+            ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+            kh, kw = draw(st.integers(ph + 1, h + 2 * ph)), draw(st.integers(pw + 1, w + 2 * pw))
+            attrs = {
+                "maps": str(draw(st.integers(1, 4))),
+                "kernel": _size_text(draw, kh, kw),
+                "stride": str(draw(st.integers(1, 3))),
+                "pad": _size_text(draw, ph, pw),
+                "activation": draw(st.sampled_from(HIDDEN_ACTIVATIONS)),
+            }
+            omit = set()
+        elif kind in ("maxpool", "avgpool") and geometry:
+            wh, ww = draw(st.integers(1, h)), draw(st.integers(1, w))
+            sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+            attrs = {"window": _size_text(draw, wh, ww), "stride": _size_text(draw, sh, sw)}
+            rnd = draw(st.sampled_from(("floor", "ceil", None)))
+            if rnd is None and always_valid and cur is not None and not (
+                pool_windows(h, wh, sh, None) and pool_windows(w, ww, sw, None)
+            ):
+                rnd = draw(st.sampled_from(("floor", "ceil")))  # without it, no fit
+            if rnd is not None:
+                attrs["round"] = rnd
+            omit = set()
+        elif kind == "conv":
             if always_valid:
                 kh, kw = draw(st.integers(1, h)), draw(st.integers(1, w))
             else:
@@ -205,9 +255,10 @@ def _dropout_desc(draw, cur: tuple[int, int, int] | None) -> LayerDesc:
 
 
 @st.composite
-def spec_texts(draw, descs=None) -> tuple[NetDesc, str]:
+def spec_texts(draw, descs=None, continuation: bool = False) -> tuple[NetDesc, str]:
     """A NetDesc and its text, written with random layout: spacing, tabs, comments, blank lines,
-    CRLF line ends, attribute order, defaults omitted, square sizes as one integer."""
+    CRLF line ends, attribute order, defaults omitted, square sizes as one integer; with
+    continuation, a layer's attributes may also go on further-indented continuation lines."""
     desc = draw(descs if descs is not None else net_descs())
     space = st.sampled_from((" ", "  ", "\t", " \t "))
     comment = st.sampled_from(("", "", "  # a comment", "\t#x=1 kernel=4x4", "#"))
@@ -224,7 +275,12 @@ def spec_texts(draw, descs=None) -> tuple[NetDesc, str]:
     for lay in desc.layers:
         attrs = [f"{k}={v}" for k, v in lay.attrs.items() if k not in lay.omit]
         head = [lay.kind] if lay.name is None else [lay.kind, f"{lay.name}:"]
-        lines.append(draw(space).join([*head, *draw(st.permutations(attrs))]) + draw(comment))
+        attrs = draw(st.permutations(attrs))
+        cut = draw(st.integers(0, len(attrs))) if continuation else len(attrs)
+        lines.append(draw(space).join([*head, *attrs[:cut]]) + draw(comment))
+        for a in attrs[cut:]:  # one attribute per continuation line, indented 1 to 8
+            indent = draw(st.sampled_from((" ", "\t", "        ")))
+            lines.append(indent + a + draw(comment))
         if draw(st.integers(0, 4)) == 0:
             lines.append(draw(st.sampled_from(("", "   ", "# between layers"))))
     if desc.train is not None:

@@ -323,3 +323,16 @@ def test_odd_source_text_compiles_and_trains(tmp_path: Path, monkeypatch) -> Non
     assert f"odd ({ODD_DIR}/spec.net, target".encode() in proc.stdout
     record = json.loads((out / "run.jsonl").read_text().splitlines()[0])
     assert record["config"]["spec"] == rel
+
+
+# --- a spec with the geometry of published nets (pad, stride, round; tests/nets/) ----------------
+NETS = ("geometry",)
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("spec", NETS)
+def test_nets_cpp_matches_golden(spec: str, target: str, update_golden: bool, in_repo) -> None:
+    """tests/nets/<spec>.net's translation unit is byte-identical to tests/golden/nets/."""
+    parsed, net = front_end(f"tests/nets/{spec}.net")
+    cpp = codegen.render(net, TARGETS[target], parsed.lines).cpp
+    _compare(GOLDEN / "nets" / f"{spec}.{target}.cpp", cpp, update_golden)

@@ -45,11 +45,12 @@ def test_random_spec_round_trips(spec) -> None:
 
 def test_value_kinds_and_positions() -> None:
     """Values are typed as written; lines and columns are 1-based and point at the token."""
-    text = "# header\n\nnetwork n\n  conv\tc1: maps=5 kernel=4x3 eta=1e-3 act=relu k=7\n"
+    # (the statements equally indented: a line indented further would continue the one above)
+    text = "# header\n\n  network n\n  conv\tc1: maps=5 kernel=4x3 eta=1e-3 act=relu k=7\n"
     spec = parse_text(text, "x.net")
     (st,) = spec.statements
     assert (st.kind, st.name) == ("conv", "c1")
-    assert str(spec.network_loc) == "x.net:3:1"
+    assert str(spec.network_loc) == "x.net:3:3"
     assert str(st.loc) == "x.net:4:3" and str(st.name_loc) == "x.net:4:8"
     kinds = {a.key: (a.value.kind, a.value.text, str(a.value.loc)) for a in st.attrs}
     assert kinds == {
