@@ -385,6 +385,8 @@ def fetch(
 
 def add_parser(sub) -> None:
     """`chaosgen data fetch` and `chaosgen data info`."""
+    from .cli import bounded
+
     p = sub.add_parser("data", help="get MNIST, or show where it is and what it holds")
     data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,info}", required=True)
     f = data_sub.add_parser("fetch", help="download the four MNIST files, checked by MD5")
@@ -400,7 +402,12 @@ def add_parser(sub) -> None:
         help="base URL to download from instead of the public mirrors (repeat to try several in "
         "order; file:// works)",
     )
-    f.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    f.add_argument(
+        "--timeout",
+        type=bounded(float, 0, 3600, low_open=True),
+        default=30.0,
+        help="seconds per request (default 30)",
+    )
     f.set_defaults(func=cmd_fetch)
     i = data_sub.add_parser("info", help="where the data is, how many images, label counts")
     i.add_argument("--data", default=None, help="MNIST directory (default $CHAOSGEN_DATA)")
