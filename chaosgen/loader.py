@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import cffi
@@ -121,6 +123,9 @@ class Net:
     # --- weights ------------------------------------------------------------------------------
     def init_weights(self, seed: int) -> None:
         """Start from `initial_params(ir, seed)`."""
+        from .check import MAX_SEED
+
+        seed = _integer("init_weights: seed", seed, 0, MAX_SEED)
         self.params[:] = initial_params(self.ir, seed)
 
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -129,6 +134,11 @@ class Net:
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Copy weights in; every key must be present with its exact shape."""
+        if not isinstance(weights, Mapping):
+            raise ChaosgenError(
+                f"set_weights: expected a dict of arrays (as get_weights() returns), found "
+                f"{type(weights).__name__}"
+            )
         expected = {k: v.shape for k, v in self.get_weights().items()}
         missing = [k for k in expected if k not in weights]
         extra = [k for k in weights if k not in expected]
@@ -140,31 +150,15 @@ class Net:
         blocks = [b for lay in self.ir.trainable for b in _blocks(lay)]
         cast = {}
         for key, _, shape in blocks:  # check everything first: a rejected call changes nothing
-            arr = np.asarray(weights[key])
-            if arr.dtype.kind not in "iuf":
-                raise ChaosgenError(
-                    f"set_weights: {key} has dtype {arr.dtype}, expected real numbers (float32)"
-                )
-            if arr.shape != shape:
-                raise ChaosgenError(f"set_weights: {key} has shape {arr.shape}, expected {shape}")
-            # Cast first: a float64 beyond float32's range becomes inf only here.
-            with np.errstate(over="ignore"):
-                cast[key] = arr.astype(np.float32).ravel()
-            if not np.all(np.isfinite(cast[key])):
-                raise ChaosgenError(
-                    f"set_weights: {key} contains NaN or inf, or values beyond float32's range "
-                    f"(|x| > {float(np.finfo(np.float32).max):.4g})"
-                )
+            cast[key] = _finite_float32(f"set_weights: {key}", weights[key], (shape,))
         for key, off, _ in blocks:
             self.params[off : off + cast[key].size] = cast[key]
 
     # --- one image ----------------------------------------------------------------------------
     def _load_image(self, x: np.ndarray) -> None:
         s = self.ir.input
-        x = np.asarray(x, dtype=np.float32)
-        if x.shape not in ((s.maps, s.h, s.w), (s.h, s.w) if s.maps == 1 else None, (s.size,)):
-            raise ChaosgenError(f"input has shape {x.shape}, expected ({s.maps}, {s.h}, {s.w})")
-        self._image[: s.size] = x.ravel()
+        shapes = ((s.maps, s.h, s.w), (s.h, s.w) if s.maps == 1 else None, (s.size,))
+        self._image[: s.size] = _finite_float32("input", x, shapes)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Output-layer activations for one image."""
@@ -177,16 +171,14 @@ class Net:
 
     def gradients(self, x: np.ndarray, label: int) -> dict[str, np.ndarray]:
         """d loss / d parameter for one image, same keys and shapes as get_weights()."""
-        n_out = self.ir.output.out_shape.size
-        if not 0 <= int(label) < n_out:
-            raise ChaosgenError(f"label {label} is out of range 0..{n_out - 1}")
+        label = _integer("label", label, 0, self.ir.output.out_shape.size - 1)
         self._load_image(x)
         g = aligned_zeros(self.ir.n_params)
         self.last_loss = self.lib.cg_gradients(
             self.ptr(self.params),
             self.ptr(self._work),
             self.ptr(self._image),
-            int(label),
+            label,
             self.ptr(g),
         )
         return _unflatten(self.ir, g)
@@ -195,6 +187,37 @@ class Net:
         """The loss of one image (computed by the gradient pass)."""
         self.gradients(x, label)
         return float(self.last_loss)
+
+
+def _finite_float32(
+    what: str, a: object, shapes: tuple[tuple[int, ...] | None, ...]
+) -> np.ndarray:
+    """`a` as flat float32, checked: real numbers, one of `shapes`, finite after the cast (a
+    float64 beyond float32's range becomes inf only there, so cast first)."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iuf":
+        raise ChaosgenError(f"{what} has dtype {arr.dtype}, expected real numbers (float32)")
+    if arr.shape not in shapes:
+        raise ChaosgenError(f"{what} has shape {arr.shape}, expected {shapes[0]}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(np.float32).ravel()
+    if not np.all(np.isfinite(out)):
+        raise ChaosgenError(
+            f"{what} contains NaN or inf, or values beyond float32's range "
+            f"(|x| > {float(np.finfo(np.float32).max):.4g})"
+        )
+    return out
+
+
+def _integer(what: str, v: object, low: int, high: int) -> int:
+    """An integer (int, numpy integer; not 2.5, not '3') in [low, high], else a clear error."""
+    try:
+        i = operator.index(v)  # type: ignore[arg-type]
+    except TypeError:
+        raise ChaosgenError(f"{what} must be an integer in {low}..{high}, found {v!r}") from None
+    if not low <= i <= high:
+        raise ChaosgenError(f"{what} {i} is out of range {low}..{high}")
+    return i
 
 
 def initial_params(net: ir.Net, seed: int) -> np.ndarray:

@@ -4,9 +4,13 @@ a hang or a silently wrong result."""
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 
 from chaosgen.cli import main
+from chaosgen.errors import ChaosgenError
 
 
 @pytest.mark.parametrize(
@@ -36,3 +40,51 @@ def test_numeric_flags_outside_train_are_range_checked(argv, flag, what, value, 
     verb = "must be" if parses else "expected"
     assert line.startswith(f"chaosgen: error: argument {flag}: {verb} {what}, found "), line
     assert value in line
+
+
+BIG = np.full((29, 29), 1e300)  # finite float64, inf as float32
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        # Before: 2.5 trained silently on class 2, "3" on class 3; nan/inf/None/"a" raised raw
+        # ValueError, OverflowError or TypeError.
+        (lambda n: n.gradients(np.zeros((29, 29)), 2.5), "label must be an integer in 0..9"),
+        (lambda n: n.gradients(np.zeros((29, 29)), "3"), "label must be an integer in 0..9"),
+        (lambda n: n.gradients(np.zeros((29, 29)), float("nan")), "label must be an integer"),
+        (lambda n: n.loss(np.zeros((29, 29)), None), "label must be an integer in 0..9"),
+        (lambda n: n.gradients(np.zeros((29, 29)), np.int64(10)), "label 10 is out of range"),
+        # Before: NaN, inf and float64 overflow gave NaN outputs (or NaN gradients) silently.
+        (lambda n: n.forward(np.full((29, 29), np.nan)), "input contains NaN or inf"),
+        (lambda n: n.forward(np.full(841, np.inf)), "input contains NaN or inf"),
+        (lambda n: n.forward(BIG), "input contains NaN or inf, or values beyond float32"),
+        (lambda n: n.gradients(BIG, 3), "input contains NaN or inf"),
+        # Before: a string was a raw ValueError, complex silently dropped its imaginary part.
+        (lambda n: n.forward("abc"), "input has dtype <U3, expected real numbers"),
+        (lambda n: n.forward(np.zeros((29, 29), complex)), "input has dtype complex128"),
+        # Before: raw ValueError / TypeError from numpy's SeedSequence.
+        (lambda n: n.init_weights(-1), "init_weights: seed -1 is out of range 0.."),
+        (lambda n: n.init_weights(1.5), "init_weights: seed must be an integer"),
+        # Before: TypeError "argument of type 'NoneType' is not iterable".
+        (lambda n: n.set_weights(None), "set_weights: expected a dict of arrays"),
+    ],
+)
+def test_python_api_misuse_is_a_clear_error(shipped_nets: dict, call, message) -> None:
+    net = shipped_nets["small"]
+    before = net.params.copy()
+    with pytest.raises(ChaosgenError, match=re.escape(message)):
+        call(net)
+    np.testing.assert_array_equal(net.params, before)  # a rejected call changes nothing
+
+
+def test_integer_labels_and_seeds_still_work(shipped_nets: dict) -> None:
+    """numpy integers (labels as read from MNIST) and bools are integers; the result is the
+    same as for the plain int."""
+    net = shipped_nets["small"]
+    x = np.zeros((29, 29), np.float32)
+    assert net.loss(x, np.uint8(3)) == net.loss(x, 3)
+    net.init_weights(np.int64(7))
+    seven = net.params.copy()
+    net.init_weights(7)
+    np.testing.assert_array_equal(net.params, seven)
