@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import ir
-from .errors import ChaosgenError, UsageError
+from .errors import ChaosgenError, UsageError, refuse_special_file
 
 DEFAULT_THREADS = (1, 2, 15, 30, 60, 120, 240, 480, 960, 1920, 3840)
 MACHINE_ENV = "CHAOSGEN_MACHINE"
@@ -230,6 +230,7 @@ def shipped_profiles() -> list[str]:
 
 def read_profile(path: Path) -> Machine:
     """A profile from a JSON file."""
+    refuse_special_file(path, "a machine profile")
     try:
         d = json.loads(Path(path).read_text())
     except FileNotFoundError:

@@ -4,7 +4,11 @@ a hang or a silently wrong result."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,3 +92,51 @@ def test_integer_labels_and_seeds_still_work(shipped_nets: dict) -> None:
     seven = net.params.copy()
     net.init_weights(7)
     np.testing.assert_array_equal(net.params, seven)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "what"),
+    [
+        (["compile", "{fifo}"], "a spec"),
+        (["import-weights", "specs/small.net", "{fifo}", "-o", "{tmp}/w.npz"], "a CGW1 weights"),
+        (["export-weights", "specs/small.net", "{fifo}", "-o", "{tmp}/w.cgw"], "a checkpoint"),
+        (["eval", "specs/small.net", "--weights", "{fifo}"], "a checkpoint"),
+        (["plot", "{fifo}", "--out", "{tmp}"], "a log or benchmark result"),
+        (["plot", "--speedup", "{fifo}", "--out", "{tmp}"], "a log or benchmark result"),
+        (["predict", "specs/small.net", "--machine", "{tmp}/m.json"], "a machine profile"),
+        (["train", "specs/small.net", "--log", "{fifo}", "--checkpoint-dir", "{tmp}/ck"], "--log"),
+    ],
+)
+def test_a_fifo_given_as_an_input_file_is_refused_not_waited_on(tmp_path, argv, what):
+    """Before: every one of these blocked for ever in open() or read() (only the MNIST reader
+    checked for a FIFO). A subprocess with a timeout, so that the old hang fails the test."""
+    fifo = tmp_path / ("m.json" if "a machine profile" == what else "named.pipe")
+    os.mkfifo(fifo)
+    args = [a.format(fifo=fifo, tmp=tmp_path) for a in argv]
+    proc = subprocess.run(
+        [sys.executable, "-m", "chaosgen.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == (
+        f"chaosgen: error: {fifo}: a FIFO (named pipe), not a regular file; {what}"
+        + (" file" if what == "a CGW1 weights" else "")
+        + " must be a file\n"
+    )
+
+
+def test_a_device_given_as_a_checkpoint_is_refused(tmp_path, capsys, in_repo):
+    """Before: /dev/zero as --weights read as "contains pickled data"; a spec read as binary."""
+    assert main(["eval", "specs/small.net", "--weights", "/dev/zero"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "chaosgen: error: /dev/zero: a device or socket, not a regular file; "
+        "a checkpoint must be a file\n"
+    )
