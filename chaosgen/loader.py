@@ -16,7 +16,7 @@ import numpy as np
 
 from . import ir
 from .build import atomic_write, loaded_copy_name
-from .errors import ChaosgenError
+from .errors import ChaosgenError, printable
 
 ALIGN = 64
 
@@ -35,9 +35,23 @@ def _open(library: str, header: str) -> tuple[cffi.FFI, object]:
     ffi = cffi.FFI()
     ffi.cdef(header)  # the same header the C++ compiler checked
     try:
-        return ffi, ffi.dlopen(library)
+        return ffi, ffi.dlopen(_utf8(library))
     except OSError as e:  # cffi's message names the library and what dlopen said
         raise ChaosgenError(str(e)) from None
+
+
+def _utf8(library: str | Path) -> str:
+    """The path as cffi's dlopen takes it: it encodes as UTF-8, so a path with other bytes (a
+    surrogate escape from os.fsdecode) cannot be loaded; say so instead of a UnicodeEncodeError."""
+    path = str(library)
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        raise ChaosgenError(
+            f"{printable(path)}: the library's path is not valid UTF-8, which cffi cannot load; "
+            "build under a UTF-8 path (--build-dir or $CHAOSGEN_CACHE)"
+        ) from None
+    return path
 
 
 def probe(library: str | Path, net: ir.Net, header: str) -> None:
@@ -46,7 +60,7 @@ def probe(library: str | Path, net: ir.Net, header: str) -> None:
     ffi = cffi.FFI()
     ffi.cdef(header)
     try:
-        lib = ffi.dlopen(str(library))
+        lib = ffi.dlopen(_utf8(library))
     except OSError as e:
         raise ChaosgenError(f"the library cannot be loaded ({e})") from None
     try:

@@ -140,3 +140,17 @@ def test_a_device_given_as_a_checkpoint_is_refused(tmp_path, capsys, in_repo):
         "chaosgen: error: /dev/zero: a device or socket, not a regular file; "
         "a checkpoint must be a file\n"
     )
+
+
+def test_a_build_dir_that_is_not_utf8_is_a_clear_error(tmp_path, capsys, in_repo):
+    """cffi encodes a library path as UTF-8. Before: internal error (UnicodeEncodeError)."""
+    build = os.path.join(os.fsdecode(bytes(tmp_path) + b"/bad\xff\xfe"), "b")
+    rc = main(["compile", "specs/small.net", "--build-dir", build, "--rebuild"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert err.count("\n") == 1 and "internal error" not in err
+    assert "bad<U+DCFF><U+DCFE>/b/small-native-" in err
+    assert (
+        "the library's path is not valid UTF-8, which cffi cannot load; build under a UTF-8 "
+        "path (--build-dir or $CHAOSGEN_CACHE); nothing was published"
+    ) in err
