@@ -13,7 +13,7 @@ import numpy as np
 
 from . import ir
 from .build import atomic_write
-from .errors import ChaosgenError
+from .errors import ChaosgenError, refuse_special_file
 
 
 @dataclass
@@ -126,6 +126,7 @@ def _read(path: str | Path) -> Checkpoint:
 
 def load(path: str | Path, net: ir.Net | None = None) -> Checkpoint:
     """Read and validate a checkpoint; with `net`, refuse one written for a different network."""
+    refuse_special_file(path, "a checkpoint")
     try:
         ck = _read(path)
     except FileNotFoundError:

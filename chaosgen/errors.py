@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import unicodedata
 from dataclasses import dataclass
 
@@ -29,7 +31,7 @@ def shown(text: str, limit: int = MAX_SHOWN) -> str:
     and its length (a 5,000-digit number is not echoed whole)."""
     if len(text) > limit:
         keep = limit // 2
-        text = f"{text[:keep]}...{text[-keep // 2:]} ({len(text)} characters)"
+        text = f"{text[:keep]}...{text[-keep // 2 :]} ({len(text)} characters)"
     return printable(text)
 
 
@@ -125,3 +127,19 @@ class DataError(ChaosgenError):
 
 class TrainingError(ChaosgenError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+def refuse_special_file(path: str | os.PathLike[str], what: str) -> None:
+    """A FIFO, socket or device where chaosgen reads a file is an error now, not a read that
+    blocks for ever (a FIFO without a writer) or never ends (/dev/zero). A missing file or a
+    directory is left to the caller, which says so in its own words."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+    raise ChaosgenError(
+        f"{printable(os.fsdecode(path))}: {kind}, not a regular file; {what} must be a file"
+    )

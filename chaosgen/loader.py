@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import cffi
@@ -14,7 +16,7 @@ import numpy as np
 
 from . import ir
 from .build import atomic_write, loaded_copy_name
-from .errors import ChaosgenError
+from .errors import ChaosgenError, printable
 
 ALIGN = 64
 
@@ -33,9 +35,23 @@ def _open(library: str, header: str) -> tuple[cffi.FFI, object]:
     ffi = cffi.FFI()
     ffi.cdef(header)  # the same header the C++ compiler checked
     try:
-        return ffi, ffi.dlopen(library)
+        return ffi, ffi.dlopen(_utf8(library))
     except OSError as e:  # cffi's message names the library and what dlopen said
         raise ChaosgenError(str(e)) from None
+
+
+def _utf8(library: str | Path) -> str:
+    """The path as cffi's dlopen takes it: it encodes as UTF-8, so a path with other bytes (a
+    surrogate escape from os.fsdecode) cannot be loaded; say so instead of a UnicodeEncodeError."""
+    path = str(library)
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        raise ChaosgenError(
+            f"{printable(path)}: the library's path is not valid UTF-8, which cffi cannot load; "
+            "build under a UTF-8 path (--build-dir or $CHAOSGEN_CACHE)"
+        ) from None
+    return path
 
 
 def probe(library: str | Path, net: ir.Net, header: str) -> None:
@@ -44,7 +60,7 @@ def probe(library: str | Path, net: ir.Net, header: str) -> None:
     ffi = cffi.FFI()
     ffi.cdef(header)
     try:
-        lib = ffi.dlopen(str(library))
+        lib = ffi.dlopen(_utf8(library))
     except OSError as e:
         raise ChaosgenError(f"the library cannot be loaded ({e})") from None
     try:
@@ -121,6 +137,9 @@ class Net:
     # --- weights ------------------------------------------------------------------------------
     def init_weights(self, seed: int) -> None:
         """Start from `initial_params(ir, seed)`."""
+        from .check import MAX_SEED
+
+        seed = _integer("init_weights: seed", seed, 0, MAX_SEED)
         self.params[:] = initial_params(self.ir, seed)
 
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -129,6 +148,11 @@ class Net:
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Copy weights in; every key must be present with its exact shape."""
+        if not isinstance(weights, Mapping):
+            raise ChaosgenError(
+                f"set_weights: expected a dict of arrays (as get_weights() returns), found "
+                f"{type(weights).__name__}"
+            )
         expected = {k: v.shape for k, v in self.get_weights().items()}
         missing = [k for k in expected if k not in weights]
         extra = [k for k in weights if k not in expected]
@@ -140,31 +164,15 @@ class Net:
         blocks = [b for lay in self.ir.trainable for b in _blocks(lay)]
         cast = {}
         for key, _, shape in blocks:  # check everything first: a rejected call changes nothing
-            arr = np.asarray(weights[key])
-            if arr.dtype.kind not in "iuf":
-                raise ChaosgenError(
-                    f"set_weights: {key} has dtype {arr.dtype}, expected real numbers (float32)"
-                )
-            if arr.shape != shape:
-                raise ChaosgenError(f"set_weights: {key} has shape {arr.shape}, expected {shape}")
-            # Cast first: a float64 beyond float32's range becomes inf only here.
-            with np.errstate(over="ignore"):
-                cast[key] = arr.astype(np.float32).ravel()
-            if not np.all(np.isfinite(cast[key])):
-                raise ChaosgenError(
-                    f"set_weights: {key} contains NaN or inf, or values beyond float32's range "
-                    f"(|x| > {float(np.finfo(np.float32).max):.4g})"
-                )
+            cast[key] = _finite_float32(f"set_weights: {key}", weights[key], (shape,))
         for key, off, _ in blocks:
             self.params[off : off + cast[key].size] = cast[key]
 
     # --- one image ----------------------------------------------------------------------------
     def _load_image(self, x: np.ndarray) -> None:
         s = self.ir.input
-        x = np.asarray(x, dtype=np.float32)
-        if x.shape not in ((s.maps, s.h, s.w), (s.h, s.w) if s.maps == 1 else None, (s.size,)):
-            raise ChaosgenError(f"input has shape {x.shape}, expected ({s.maps}, {s.h}, {s.w})")
-        self._image[: s.size] = x.ravel()
+        shapes = ((s.maps, s.h, s.w), (s.h, s.w) if s.maps == 1 else None, (s.size,))
+        self._image[: s.size] = _finite_float32("input", x, shapes)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Output-layer activations for one image."""
@@ -181,9 +189,7 @@ class Net:
         """d loss / d parameter for one image, same keys and shapes as get_weights(). Dropout
         layers are the identity unless `dropout` = (seed, epoch, index) gives the training mask
         of that image (the one `dropout_masks(seed, epoch, index)` returns)."""
-        n_out = self.ir.output.out_shape.size
-        if not 0 <= int(label) < n_out:
-            raise ChaosgenError(f"label {label} is out of range 0..{n_out - 1}")
+        label = _integer("label", label, 0, self.ir.output.out_shape.size - 1)
         self._load_image(x)
         g = aligned_zeros(self.ir.n_params)
         args = (self.ptr(self.params), self.ptr(self._work), self.ptr(self._image), int(label))
@@ -230,6 +236,37 @@ def fans(lay: ir.Trainable) -> tuple[int, int]:
     shape = lay.weight_shape
     taps = int(np.prod(shape[2:])) if len(shape) > 2 else 1
     return shape[1] * taps, shape[0] * taps
+
+
+def _finite_float32(
+    what: str, a: object, shapes: tuple[tuple[int, ...] | None, ...]
+) -> np.ndarray:
+    """`a` as flat float32, checked: real numbers, one of `shapes`, finite after the cast (a
+    float64 beyond float32's range becomes inf only there, so cast first)."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iuf":
+        raise ChaosgenError(f"{what} has dtype {arr.dtype}, expected real numbers (float32)")
+    if arr.shape not in shapes:
+        raise ChaosgenError(f"{what} has shape {arr.shape}, expected {shapes[0]}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(np.float32).ravel()
+    if not np.all(np.isfinite(out)):
+        raise ChaosgenError(
+            f"{what} contains NaN or inf, or values beyond float32's range "
+            f"(|x| > {float(np.finfo(np.float32).max):.4g})"
+        )
+    return out
+
+
+def _integer(what: str, v: object, low: int, high: int) -> int:
+    """An integer (int, numpy integer; not 2.5, not '3') in [low, high], else a clear error."""
+    try:
+        i = operator.index(v)  # type: ignore[arg-type]
+    except TypeError:
+        raise ChaosgenError(f"{what} must be an integer in {low}..{high}, found {v!r}") from None
+    if not low <= i <= high:
+        raise ChaosgenError(f"{what} {i} is out of range {low}..{high}")
+    return i
 
 
 def initial_params(net: ir.Net, seed: int) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 from . import __version__, codegen, data, ir, update
 from . import checkpoint as ckpt
 from .build import CPP_NAME, atomic_write, cache_root, locked, make_dir, run_and_publish, write
-from .errors import ChaosgenError, UsageError
+from .errors import ChaosgenError, UsageError, refuse_special_file
 from .loader import initial_params
 from .targets import (
     Compiler,
@@ -80,6 +80,7 @@ def write_cgw(path: str | Path, w: Weights) -> None:
 
 def read_cgw(path: str | Path) -> Weights:
     """Read and check a CGW1 file (magic, size); the network is checked by `checked_for`."""
+    refuse_special_file(path, "a CGW1 weights file")
     try:
         raw = Path(path).read_bytes()
     except OSError as e:

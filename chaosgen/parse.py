@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lark
 
-from .errors import Diagnostic, SourceLoc, SpecError, shown
+from .errors import Diagnostic, SourceLoc, SpecError, refuse_special_file, shown
 
 MAX_INT_DIGITS = 20  # beyond every bound of the language (seeds < 2**63 have 19 digits)
 # The parser (Lark, LALR in Python) needs about 0.1 ms per token: a bound on the tokens outside
@@ -333,6 +333,7 @@ def read_spec_text(path: str | Path) -> str:
     """Read a spec file, turning unreadable, empty or binary files into located errors."""
     p = Path(path)
     where = SourceLoc(str(path), 1, 1)
+    refuse_special_file(p, "a spec")
     try:
         with p.open("rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)

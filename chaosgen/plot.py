@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .build import atomic_write
-from .errors import ChaosgenError, UsageError
+from .errors import ChaosgenError, UsageError, refuse_special_file
 
 INSTALL_HINT = "plotting needs matplotlib: pip install 'chaosgen[plot]'"
 # (key prefix, name, line style, colour when one run is drawn: a split keeps its colour everywhere)
@@ -23,6 +23,7 @@ SPLITS = (
 
 # --- inputs -------------------------------------------------------------------------------------
 def _read_text(path: Path) -> str:
+    refuse_special_file(path, "a log or benchmark result")
     try:
         return path.read_text()
     except FileNotFoundError:

@@ -23,10 +23,12 @@ from importlib import resources
 from pathlib import Path
 
 from . import ir
-from .errors import ChaosgenError, UsageError
+from .errors import ChaosgenError, UsageError, refuse_special_file
 
 DEFAULT_THREADS = (1, 2, 15, 30, 60, 120, 240, 480, 960, 1920, 3840)
 MACHINE_ENV = "CHAOSGEN_MACHINE"
+MAX_IMAGES = 2**31 - 1  # a C int in the native runtime, as for `train`
+MAX_SECONDS = 3600.0  # calibrate --seconds: an hour per network is already far more than needed
 LINE_FLOATS = 16  # 64-byte cache lines
 
 
@@ -228,6 +230,7 @@ def shipped_profiles() -> list[str]:
 
 def read_profile(path: Path) -> Machine:
     """A profile from a JSON file."""
+    refuse_special_file(path, "a machine profile")
     try:
         d = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -458,6 +461,9 @@ def parse_threads(text: str) -> list[int]:
 
 def add_parser(sub) -> None:
     """`chaosgen predict` and `chaosgen calibrate`."""
+    from .check import MAX_EPOCHS
+    from .cli import bounded
+
     p = sub.add_parser(
         "predict", help="predict training time and energy with the performance model"
     )
@@ -472,10 +478,16 @@ def add_parser(sub) -> None:
         default="this",
         help="this (calibrated; default), knc (the paper's Xeon Phi 7120P) or a .json",
     )
-    p.add_argument("--epochs", type=int, default=None, help="default: the spec's train epochs")
-    p.add_argument("--images", type=int, default=60000, help="training images per epoch")
-    p.add_argument("--val-images", type=int, default=None, help="default: the training images")
-    p.add_argument("--test-images", type=int, default=10000)
+    images = bounded(int, 0, MAX_IMAGES)
+    p.add_argument(
+        "--epochs",
+        type=bounded(int, 1, MAX_EPOCHS),
+        default=None,
+        help="default: the spec's train epochs",
+    )
+    p.add_argument("--images", type=images, default=60000, help="training images per epoch")
+    p.add_argument("--val-images", type=images, default=None, help="default: the training images")
+    p.add_argument("--test-images", type=images, default=10000)
     p.add_argument(
         "--compare-paper",
         action="store_true",
@@ -491,7 +503,12 @@ def add_parser(sub) -> None:
         default=None,
         help=f"profile file (default ${MACHINE_ENV} or ~/.cache/chaosgen/machine.json)",
     )
-    c.add_argument("--seconds", type=float, default=2.0, help="measuring time per network")
+    c.add_argument(
+        "--seconds",
+        type=bounded(float, 0, MAX_SECONDS, low_open=True),
+        default=2.0,
+        help="measuring time per network",
+    )
     c.add_argument(
         "--data", default=None, help="MNIST directory (default: synthetic images if none)"
     )
@@ -532,10 +549,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .pipeline import front_end
 
     threads = parse_threads(args.threads)
-    for opt in ("epochs", "images", "val_images", "test_images"):
-        v = getattr(args, opt)
-        if v is not None and v < (1 if opt == "epochs" else 0):
-            raise UsageError(f"--{opt.replace('_', '-')} must be positive, found {v}")
     _, net = front_end(args.spec)
     if args.compare_paper and args.machine == "this":
         raise UsageError("--compare-paper compares with the paper's machine: add --machine knc")
@@ -676,8 +689,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     specs = args.specs or calibrate.shipped_specs()
     if not specs:
         raise UsageError("no specs to calibrate: name one or more .net files")
-    if args.seconds <= 0:
-        raise UsageError(f"--seconds must be positive, found {args.seconds}")
     calibrate.run(
         specs,
         out=out,

@@ -19,7 +19,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .build import atomic_write
-from .errors import ChaosgenError
+from .errors import ChaosgenError, refuse_special_file
 
 LOCK_NAME = ".lock"
 OWNER_NAME = ".lock.owner"  # who holds the lock: pid, host, command, since when
@@ -103,6 +103,7 @@ def check_log_path(log: Path) -> None:
     """The log must be a writable file (appending to it creates nothing if it exists)."""
     if log.is_dir():
         raise ChaosgenError(f"{log}: is a directory; --log wants a file")
+    refuse_special_file(log, "--log")
     existed = log.exists()
     try:
         with open(log, "a"):

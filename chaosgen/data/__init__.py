@@ -455,6 +455,8 @@ def fetch_dataset(
 
 def add_parser(sub) -> None:
     """`chaosgen data fetch` and `chaosgen data info`."""
+    from ..cli import bounded
+
     p = sub.add_parser("data", help="get a data set, or show what a data directory holds")
     data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,info}", required=True)
     f = data_sub.add_parser("fetch", help="download MNIST, Fashion-MNIST or CIFAR-10, checked")
@@ -471,7 +473,12 @@ def add_parser(sub) -> None:
         help="base URL to download from instead of the public mirrors (repeat to try several in "
         "order; file:// works)",
     )
-    f.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    f.add_argument(
+        "--timeout",
+        type=bounded(float, 0, 3600, low_open=True),
+        default=30.0,
+        help="seconds per request (default 30)",
+    )
     f.set_defaults(func=cmd_fetch)
     i = data_sub.add_parser("info", help="format, shapes, classes, counts and checksums")
     i.add_argument("dir", nargs="?", default=None, help="data directory or .npz file")
