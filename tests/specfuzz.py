@@ -18,7 +18,12 @@ from chaosgen.parse import parse_text
 from chaosgen.targets import TARGETS
 
 ROOT = Path(__file__).resolve().parent.parent
-SEEDS = {p.name: p.read_text() for p in sorted((ROOT / "specs").glob("*.net"))}
+# The shipped specs, and the test nets that use every construct the paper's nets do not (pad,
+# strided and ceil/floor pools, continuation lines, dropout, init=, the update rule).
+SEEDS = {
+    p.name: p.read_text()
+    for p in sorted([*(ROOT / "specs").glob("*.net"), *(ROOT / "tests" / "nets").glob("*.net")])
+}
 
 EXTREME = [
     "0", "-1", "1", "2", "65536", "65537", "2147483648", "9223372036854775808", "1" + "0" * 5000,
