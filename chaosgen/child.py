@@ -14,12 +14,15 @@ import contextlib
 import ctypes
 import errno
 import functools
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+
+from .errors import ChaosgenError
 
 _PR_SET_PDEATHSIG = 1
 GRACE_S = 1  # after SIGTERM (on which gcc's driver deletes its temporary files), then SIGKILL
@@ -88,6 +91,31 @@ def run(
         kill_group(proc)
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run_json(
+    cmd: Sequence[str],
+    what: str,
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    error: type[Exception] = ChaosgenError,
+) -> object:
+    """Run a helper program of chaosgen's (a microbenchmark, a timing harness) that prints one
+    JSON value, with `run`'s guarantees; its JSON decoded. Raises `error` naming `what` if it
+    cannot start, runs past `timeout` seconds, exits non-zero or prints no valid JSON."""
+    try:
+        proc = run(cmd, env=env, timeout=timeout)
+    except OSError as e:
+        raise error(f"{what}: cannot run {cmd[0]}: {e.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise error(f"{what} did not finish in {timeout:g} s") from None
+    if proc.returncode != 0:
+        raise error(f"{what} failed (exit {proc.returncode}): {proc.stderr.strip()[:200]}")
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise error(f"{what} wrote no valid JSON: {proc.stdout.strip()[:200]!r}") from None
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,18 +129,10 @@ def _time_form(
         compiler.program_flags(target),
         f"building the tuning program of {net.name}",
     )
-    try:  # the timing program dies with chaosgen, and is stopped if it hangs
-        proc = child.run([exe], env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=RUN_TIMEOUT_S)
-    except OSError as e:
-        raise BuildError(f"{exe}: cannot run the tuning program: {e.strerror}") from None
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"{exe}: the tuning program ran past {RUN_TIMEOUT_S:g} s") from None
-    if proc.returncode != 0:
-        raise BuildError(f"{exe} failed (exit {proc.returncode}): {proc.stderr.strip()[:200]}")
-    try:
-        return json.loads(proc.stdout)
-    except ValueError:
-        raise BuildError(f"{exe} wrote no valid JSON: {proc.stdout.strip()[:200]!r}") from None
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # it dies with chaosgen; stopped if it hangs
+    return child.run_json(
+        [exe], f"{exe}: the tuning program", timeout=RUN_TIMEOUT_S, env=env, error=BuildError
+    )
 
 
 def tune(
