@@ -194,6 +194,23 @@ def test_shipped_spec_matches_oracle(name: str, oracle: str, shipped_nets: dict)
     )
 
 
+@pytest.mark.parametrize("oracle", ["numpy", "torch"])
+def test_published_lenet_matches_oracle(oracle: str, tmp_path_factory) -> None:
+    """specs/lenet.net (Caffe's LeNet: linear convs, stride-2 pools, ReLU, 28x28 input): forward
+    output, loss and every gradient, for 3 images."""
+    if oracle == "torch":
+        pytest.importorskip("torch")
+    run = numpy_run if oracle == "numpy" else torch_run
+    loaded = chaosgen.compile(
+        ROOT / "specs" / "lenet.net", build_dir=tmp_path_factory.mktemp("lenet-build")
+    )
+    rng = np.random.default_rng(11)
+    loaded.set_weights(random_weights(loaded.ir, rng))
+    for label in (1, 4, 7):
+        x = rng.uniform(-1, 1, (28, 28)).astype(np.float32)
+        compare(chaosgen_run(loaded, x, label), run(loaded.ir, loaded.get_weights(), x, label))
+
+
 # --- random networks, compiled and built --------------------------------------------------------
 @pytest.fixture(scope="module")
 def random_build(tmp_path_factory: pytest.TempPathFactory):
