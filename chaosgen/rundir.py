@@ -123,15 +123,6 @@ def refuse_used_log(log: Path) -> None:
         )
 
 
-def refuse_used_checkpoint(path: Path) -> None:
-    """A fresh run never replaces another run's checkpoint: an existing one is refused."""
-    if path.exists():
-        raise ChaosgenError(
-            f"{path}: a checkpoint of an earlier run is there; continue that run with --resume, "
-            "or give another --checkpoint-dir (chaosgen never replaces a run's checkpoint)"
-        )
-
-
 def read_log(log: Path) -> tuple[list[dict], int]:
     """The log's epoch records and the byte length of its whole lines (a torn tail after it)."""
     try:

@@ -783,12 +783,11 @@ def open_run(
     log = Path(args.log) if args.log else None
     run = rundir.RunDir(ck_dir, log).open()
     try:
-        path = ck_dir / "last.npz"
         if not args.resume:
             if log is not None:
                 rundir.refuse_used_log(log)
-            rundir.refuse_used_checkpoint(path)
             return run, None
+        path = ck_dir / "last.npz"
         if not path.exists():
             raise ChaosgenError(f"--resume: no checkpoint at {path}; train without --resume first")
         return run, ckpt.load(path, net)

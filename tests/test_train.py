@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import numpy_run
+from runs import sigint_after_start
 
 import chaosgen
 from chaosgen import checkpoint
@@ -20,7 +21,6 @@ from chaosgen.cli import main
 from chaosgen.data import load_mnist
 from chaosgen.loader import initial_params
 from chaosgen.train import Config, Runtime, Trainer
-from runs import sigint_after_start
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CHAOSGEN_DATA") or ROOT.parent / "shared" / "data" / "mnist")
@@ -212,19 +212,13 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
             "--data",
             str(DATA),
             "--checkpoint-dir",
-            str(tmp_path / "ck2"),
+            str(tmp_path / "ck"),
         ]
     )
     err = capsys.readouterr().err
     assert rc == 1 and "diverged in epoch 1" in err and "Traceback" not in err
+    # The checkpoint there is another run's: not called this run's last good one.
     assert "this run wrote no checkpoint; try a smaller eta" in err
-    assert not (tmp_path / "ck2" / "last.npz").exists()
-    # A fresh run never replaces another run's checkpoint (before: it did, silently).
-    rc = main(["train", str(spec), "--quiet", "--data", str(DATA), "--checkpoint-dir",
-               str(tmp_path / "ck")])  # fmt: skip
-    err = capsys.readouterr().err
-    assert rc == 1 and err.count("\n") == 1, err
-    assert "last.npz: a checkpoint of an earlier run is there; continue that run with" in err
     assert (tmp_path / "ck" / "last.npz").read_bytes() == good
 
 
