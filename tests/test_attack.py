@@ -95,6 +95,9 @@ def test_integer_labels_and_seeds_still_work(shipped_nets: dict) -> None:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+# The data the tests read (README: $CHAOSGEN_DATA, else ../shared/data/mnist): a command given no
+# --data would look in ~/.cache, and the data is checked before the checkpoint is read.
+DATA = os.environ.get("CHAOSGEN_DATA") or str(ROOT.parent / "shared" / "data" / "mnist")
 
 
 @pytest.mark.parametrize(
@@ -103,7 +106,7 @@ ROOT = Path(__file__).resolve().parents[1]
         (["compile", "{fifo}"], "a spec"),
         (["import-weights", "specs/small.net", "{fifo}", "-o", "{tmp}/w.npz"], "a CGW1 weights"),
         (["export-weights", "specs/small.net", "{fifo}", "-o", "{tmp}/w.cgw"], "a checkpoint"),
-        (["eval", "specs/small.net", "--weights", "{fifo}"], "a checkpoint"),
+        (["eval", "specs/small.net", "--weights", "{fifo}", "--data", DATA], "a checkpoint"),
         (["plot", "{fifo}", "--out", "{tmp}"], "a log or benchmark result"),
         (["plot", "--speedup", "{fifo}", "--out", "{tmp}"], "a log or benchmark result"),
         (["predict", "specs/small.net", "--machine", "{tmp}/m.json"], "a machine profile"),
@@ -134,7 +137,7 @@ def test_a_fifo_given_as_an_input_file_is_refused_not_waited_on(tmp_path, argv, 
 
 def test_a_device_given_as_a_checkpoint_is_refused(tmp_path, capsys, in_repo):
     """Before: /dev/zero as --weights read as "contains pickled data"; a spec read as binary."""
-    assert main(["eval", "specs/small.net", "--weights", "/dev/zero"]) == 1
+    assert main(["eval", "specs/small.net", "--weights", "/dev/zero", "--data", DATA]) == 1
     err = capsys.readouterr().err
     assert err == (
         "chaosgen: error: /dev/zero: a device or socket, not a regular file; "
