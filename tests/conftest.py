@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 SHIPPED = ("small", "medium", "large")
+# MNIST as the README's test command finds it: $CHAOSGEN_DATA, else ../shared/data/mnist. A
+# command that a test runs without --data would look in ~/.cache instead.
+DATA = os.environ.get("CHAOSGEN_DATA") or str(ROOT.parent / "shared" / "data" / "mnist")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA  # the data is checked before the checkpoint is read
 
 from chaosgen.cli import main
 from chaosgen.errors import ChaosgenError
@@ -95,9 +96,6 @@ def test_integer_labels_and_seeds_still_work(shipped_nets: dict) -> None:
 
 
 ROOT = Path(__file__).resolve().parents[1]
-# The data the tests read (README: $CHAOSGEN_DATA, else ../shared/data/mnist): a command given no
-# --data would look in ~/.cache, and the data is checked before the checkpoint is read.
-DATA = os.environ.get("CHAOSGEN_DATA") or str(ROOT.parent / "shared" / "data" / "mnist")
 
 
 @pytest.mark.parametrize(

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT
-from runs import sigint_after_start
 
 import chaosgen
 from chaosgen import checkpoint
 from chaosgen.cli import main
 from chaosgen.errors import ChaosgenError
+from runs import sigint_after_start
 
 DATA = Path(os.environ.get("CHAOSGEN_DATA") or ROOT.parent / "shared" / "data" / "mnist")
 SMALL = "specs/small.net"

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import numpy_run
-from runs import sigint_after_start
 
 import chaosgen
 from chaosgen import checkpoint
@@ -21,6 +20,7 @@ from chaosgen.cli import main
 from chaosgen.data import load_mnist
 from chaosgen.loader import initial_params
 from chaosgen.train import Config, Runtime, Trainer
+from runs import sigint_after_start
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CHAOSGEN_DATA") or ROOT.parent / "shared" / "data" / "mnist")
