@@ -17,7 +17,13 @@ sys.path.insert(0, str(ROOT))
 import chaosgen  # noqa: E402
 from chaosgen.train import Config, Runtime, _profile_table  # noqa: E402
 
-NETS = ("small", "medium", "large")
+NETS = ("small", "medium", "large")  # the CHAOS paper's
+
+
+def shipped_nets() -> list[str]:
+    """Every specs/*.net of the checkout: the paper's three first, then the others by name."""
+    names = sorted(p.stem for p in (ROOT / "specs").glob("*.net"))
+    return [n for n in NETS if n in names] + [n for n in names if n not in NETS]
 SCHEMES = ("chaos", "sequential", "hogwild", "delayed", "averaged")
 
 
@@ -55,6 +61,34 @@ def spec_path(net: str) -> str:
     """specs/<net>.net of the checkout (or a path as given)."""
     p = Path(net)
     return str(p) if p.suffix == ".net" else str(ROOT / "specs" / f"{net}.net")
+
+
+def net_images(ir, data: Data) -> tuple:
+    """Images for `ir` from `data`, with the fitting the runtime applies (None, 'pad' or 'crop'):
+    MNIST for a one-map input of 10 or more classes (the paper's 29x29 cropped to LeNet's 28x28,
+    as `--fit crop`; ReLU sparsity, hence speed, depends on the pixels), else random images of the
+    input's shape and random labels (speed does not depend on them otherwise). Returns train x, y,
+    test x, y, the fitting and where the images came from."""
+    s, classes = ir.input, ir.output.out_shape.maps
+    h, w = data.train_images.shape[1:]
+    if s.maps == 1 and data.train_images.ndim == 3 and classes >= 10:
+        fit = None if (h, w) == (s.h, s.w) else "pad" if h <= s.h and w <= s.w else (
+            "crop" if h >= s.h and w >= s.w else "neither")
+        if fit != "neither":
+            return (data.train_images, data.train_labels, data.test_images, data.test_labels,
+                    fit, data.source + (f" (--fit {fit})" if fit else ""))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (70000, s.maps, s.h, s.w)).astype(np.float32)
+    y = rng.integers(0, classes, 70000).astype(np.int32)
+    return x[:60000], y[:60000], x[60000:], y[60000:], None, f"random {s.maps}x{s.h}x{s.w}"
+
+
+def recipe(ir) -> dict:
+    """The Config fields of the spec's update rule (momentum, Nesterov, weight decay), which
+    `chaosgen train` would use: the speed of a published net is the speed of its recipe. The
+    learning-rate policy stays a constant eta (a per-image scalar, not a cost)."""
+    t = ir.training
+    return {"momentum": t.momentum, "nesterov": t.nesterov, "weight_decay": t.weight_decay}
 
 
 def compile_net(net: str, tuned: bool = True):
@@ -114,13 +148,14 @@ class Bench:
     """One compiled network with its data in native layout, timed through the runtime."""
 
     def __init__(self, net: str, data: Data):
-        self.name = net
         self.net = compile_net(net)
+        self.name = self.net.ir.name
         self.rt = Runtime(self.net)
-        self.x = self.rt.images(data.train_images)
-        self.y = np.ascontiguousarray(data.train_labels, np.int32)
-        self.test_x = self.rt.images(data.test_images)
-        self.test_y = np.ascontiguousarray(data.test_labels, np.int32)
+        x, y, tx, ty, fit, self.source = net_images(self.net.ir, data)
+        self.x = self.rt.images(x, fit)
+        self.y = np.ascontiguousarray(y, np.int32)
+        self.test_x = self.rt.images(tx, fit)
+        self.test_y = np.ascontiguousarray(ty, np.int32)
         self.flops = train_flops(self.net.ir)
         # the generated code's own line on its kernel choices (tuned or the cost model's)
         cpp = (self.net.library.parent / "net.cpp").read_text().splitlines()
@@ -129,8 +164,9 @@ class Bench:
         self.rng = np.random.default_rng(1)
 
     def reset(self) -> None:
-        """The spec's seeded initial weights."""
+        """The spec's seeded initial weights (and no momentum yet)."""
         self.net.init_weights(self.net.ir.training.seed)
+        self.rt.velocity = None
 
     def order(self, images: int) -> np.ndarray:
         """`images` training indices: a fresh shuffle, repeated if more than the training set."""
@@ -143,8 +179,8 @@ class Bench:
     def train(
         self, scheme: str, threads: int, images: int, eta: float = 0.001, profile: bool = False
     ):
-        """One timed training pass (PhaseStats, with .cpu_share set)."""
-        cfg = Config(scheme=scheme, threads=threads, profile=profile)
+        """One timed training pass with the spec's update rule (PhaseStats, .cpu_share set)."""
+        cfg = Config(scheme=scheme, threads=threads, profile=profile, **recipe(self.net.ir))
         order = self.order(images)
         return _with_share(lambda: self.rt.train(self.x, self.y, order, cfg, eta), threads)
 

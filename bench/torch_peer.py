@@ -1,6 +1,7 @@
-"""The PyTorch peer: the same networks (built from chaosgen's IR) trained with plain SGD on the
-CPU, at batch 1 and batch 64 with N intra-op threads, and PyTorch's Hogwild recipe (N processes
-sharing the model through share_memory(), one thread each, batch 1)."""
+"""The PyTorch peer: the same networks (built from chaosgen's IR) trained with the spec's SGD
+(torch.optim.SGD with its momentum, Nesterov and weight decay; plain SGD for the paper's nets) on
+the CPU, at batch 1 and batch 64 with N intra-op threads, and PyTorch's Hogwild recipe (N
+processes sharing the model through share_memory(), one thread each, batch 1)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def build_model(ir):
                 ),
                 acts[lay.activation](),
             ]
+        elif lay.kind == "dropout":
+            mods.append(nn.Dropout(lay.rate))
         elif lay.kind in ("maxpool", "avgpool"):
             pool = nn.MaxPool2d if lay.kind == "maxpool" else nn.AvgPool2d
             mods.append(
@@ -66,7 +69,9 @@ def _loss(ir, out, y):
 
 
 def _sgd(ir, model, x, y, batch: int, eta: float) -> None:
-    opt = torch.optim.SGD(model.parameters(), lr=eta)
+    t = ir.training  # the spec's update rule, as chaosgen trains it (bench/common.recipe)
+    opt = torch.optim.SGD(model.parameters(), lr=eta, momentum=t.momentum,
+                          nesterov=t.nesterov, weight_decay=t.weight_decay)
     for b in range(0, len(y), batch):
         opt.zero_grad(set_to_none=True)
         _loss(ir, model(x[b : b + batch]), y[b : b + batch]).backward()
@@ -112,7 +117,7 @@ def hogwild_rate(
     torch.manual_seed(1)
     model = build_model(ir)
     model.share_memory()
-    x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).unsqueeze(1)
+    x = _batch(ir, images)
     y = torch.from_numpy(np.ascontiguousarray(labels, np.int64))
     ctx = mp.get_context("spawn")  # fork after OpenMP has started threads can deadlock
     barrier, out = ctx.Barrier(procs), ctx.Queue()
