@@ -24,6 +24,8 @@ def shipped_nets() -> list[str]:
     """Every specs/*.net of the checkout: the paper's three first, then the others by name."""
     names = sorted(p.stem for p in (ROOT / "specs").glob("*.net"))
     return [n for n in NETS if n in names] + [n for n in names if n not in NETS]
+
+
 SCHEMES = ("chaos", "sequential", "hogwild", "delayed", "averaged")
 
 
@@ -72,11 +74,22 @@ def net_images(ir, data: Data) -> tuple:
     s, classes = ir.input, ir.output.out_shape.maps
     h, w = data.train_images.shape[1:]
     if s.maps == 1 and data.train_images.ndim == 3 and classes >= 10:
-        fit = None if (h, w) == (s.h, s.w) else "pad" if h <= s.h and w <= s.w else (
-            "crop" if h >= s.h and w >= s.w else "neither")
+        fit = (
+            None
+            if (h, w) == (s.h, s.w)
+            else "pad"
+            if h <= s.h and w <= s.w
+            else ("crop" if h >= s.h and w >= s.w else "neither")
+        )
         if fit != "neither":
-            return (data.train_images, data.train_labels, data.test_images, data.test_labels,
-                    fit, data.source + (f" (--fit {fit})" if fit else ""))
+            return (
+                data.train_images,
+                data.train_labels,
+                data.test_images,
+                data.test_labels,
+                fit,
+                data.source + (f" (--fit {fit})" if fit else ""),
+            )
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (70000, s.maps, s.h, s.w)).astype(np.float32)
     y = rng.integers(0, classes, 70000).astype(np.int32)

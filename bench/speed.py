@@ -1,11 +1,12 @@
 """Training and inference speed of chaosgen against the FP32 peak and PyTorch, in one run.
 
-For every shipped network (specs/*.net; or --nets: names or spec paths), thread count and scheme: training and inference images/s
-(median, min and max of --repeats runs of --images images), GFLOP/s (3 x forward FLOPs per
-training image), % of the measured FP32 peak, and the ratio to each PyTorch configuration
-(batch 1 and batch 64 with 2 threads, Hogwild with 2 processes), each training with the spec's
-update rule (momentum, weight decay). Images: MNIST for one-map nets (fitted), else random. Prints one table; --json
-writes the same numbers (the format `chaosgen plot --speedup` reads).
+For every shipped network (specs/*.net; or --nets: names or spec paths), thread count and
+scheme: training and inference images/s (median, min and max of --repeats runs of --images
+images), GFLOP/s (3 x forward FLOPs per training image), % of the measured FP32 peak, the ratio
+to 1 thread and to each PyTorch configuration (batch 1 and batch 64 with 2 threads, Hogwild with
+2 processes), both sides training with the spec's update rule (momentum, weight decay). Images:
+MNIST for one-map nets (fitted), else random. Prints one table; --json writes the same numbers
+(the format `chaosgen plot --speedup` reads).
 
     python bench/speed.py                                  # all nets, 1 and 2 threads, chaos
     python bench/speed.py --nets lenet,/tmp/cifar10_quick.net --images 5000

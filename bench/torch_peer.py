@@ -48,9 +48,7 @@ def build_model(ir):
             mods.append(nn.Dropout(lay.rate))
         elif lay.kind in ("maxpool", "avgpool"):
             pool = nn.MaxPool2d if lay.kind == "maxpool" else nn.AvgPool2d
-            mods.append(
-                pool((lay.wh, lay.ww), (lay.sh, lay.sw), ceil_mode=lay.round == "ceil")
-            )
+            mods.append(pool((lay.wh, lay.ww), (lay.sh, lay.sw), ceil_mode=lay.round == "ceil"))
         else:
             if not flat:
                 mods.append(nn.Flatten())
@@ -70,8 +68,13 @@ def _loss(ir, out, y):
 
 def _sgd(ir, model, x, y, batch: int, eta: float) -> None:
     t = ir.training  # the spec's update rule, as chaosgen trains it (bench/common.recipe)
-    opt = torch.optim.SGD(model.parameters(), lr=eta, momentum=t.momentum,
-                          nesterov=t.nesterov, weight_decay=t.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=eta,
+        momentum=t.momentum,
+        nesterov=t.nesterov,
+        weight_decay=t.weight_decay,
+    )
     for b in range(0, len(y), batch):
         opt.zero_grad(set_to_none=True)
         _loss(ir, model(x[b : b + batch]), y[b : b + batch]).backward()
