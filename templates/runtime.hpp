@@ -82,7 +82,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
     const bool ok = work && G;
     if (!ok) failed = 1;
     float eta = cfg.eta;
-    /* sgd: momentum, weight decay or multipliers (update.hpp), from G; else the paper's rule.
+    /* sgd: momentum, weight decay or multipliers (update.hpp); else the paper's rule.
        S (averaged + sgd only): the step's gradient summed over the workers, shared. */
     const bool sgd = cfg.momentum > 0 || cfg.weight_decay > 0 || cfg.mults;
     const bool per_iter = cfg.lr_policy != POLICY_CALL;
@@ -100,7 +100,9 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         const int first = net::BLOCK_SEGMENT0[b], n = net::BLOCK_SEGMENT0[b + 1] - first;
         fused = fused && net::BLOCK_FUSED[b];
         auto update = [&](int k0, int k1) {
-            if (fused)
+            if (fused && sgd)
+                sgd_block_fused(b, P, cfg.velocity, work, image, scale, cfg, k0, k1);
+            else if (fused)
                 net::update_block_fused(b, P, work, image, scale, k0, k1);
             else if (sgd)
                 sgd_block(b, P, cfg.velocity, G, scale, wd_images, cfg, k0, k1);
@@ -181,12 +183,9 @@ static bool train_worker(float *P, const float *images, const int *labels, const
             if (per_iter) eta = eta_at(cfg, cfg.iter0 + i);
             prof.start();
             float l;
-            if (every == 1 && !sgd)
+            if (every == 1)
                 l = net::train_image<true>(P, work, G, image, label,
                                            [&](int b) { apply(b, eta, locked, true); }, prof{{ drop_arg }});
-            else if (every == 1)  // the gradient in G: the SGD step reads it (no fused form)
-                l = net::train_image(P, work, G, image, label,
-                                     [&](int b) { apply(b, eta, locked, false); }, prof{{ drop_arg }});
             else
                 l = net::train_image(P, work, G, image, label, [](int) {}, prof{{ drop_arg }});
             tally.add(work, l, label);

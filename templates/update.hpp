@@ -21,46 +21,37 @@ static float eta_at(const cg_config &c, long it) {
     }
 }
 
-/* p[k0, k1) -= lr * step, torch.optim.SGD's: g = G + wd p; v = mu v + g (v == nullptr: no
-   momentum, step = g); step = v, or g + mu v (Nesterov). */
-static void sgd_step(float *__restrict p, float *__restrict v, const float *__restrict G, float lr,
-                     float wd, float mu, bool nesterov, int k0, int k1) {
-    if (!v) {
-        #pragma omp simd
-        for (int k = k0; k < k1; ++k) p[k] -= lr * (G[k] + wd * p[k]);
-    } else if (nesterov) {
-        #pragma omp simd
-        for (int k = k0; k < k1; ++k) {
-            const float g = G[k] + wd * p[k], vk = mu * v[k] + g;
-            v[k] = vk;
-            p[k] -= lr * (g + mu * vk);
-        }
-    } else {
-        #pragma omp simd
-        for (int k = k0; k < k1; ++k) {
-            const float vk = mu * v[k] + (G[k] + wd * p[k]);
-            v[k] = vk;
-            p[k] -= lr * vk;
-        }
-    }
+/* The SGD step over floats [k0, k1) of block b (offsets from the block's start), the weights'
+   part and the biases' part each with their multipliers: step(k0, k1, lr, wd) for each part.
+   wd_scale: the averaged scheme's step applies B images' weight decay (chaosgen/update.py). */
+template <class Step>
+static void sgd_parts(int b, float eta, float wd_scale, const cg_config &c, int k0, int k1, Step &&step) {
+    const int b0 = net::BLOCK_BIAS0[b];
+    const float *m = c.mults ? c.mults + 4 * b : nullptr;
+    const float wd = c.weight_decay * wd_scale;
+    const int w1 = k1 < b0 ? k1 : b0, bb = k0 > b0 ? k0 : b0;
+    if (k0 < w1) step(k0, w1, eta * (m ? m[0] : 1.0f), wd * (m ? m[1] : 1.0f));
+    if (bb < k1) step(bb, k1, eta * (m ? m[2] : 1.0f), wd * (m ? m[3] : 1.0f));
 }
 
-/* The SGD step over floats [k0, k1) of block b (offsets from the block's start), the weights'
-   part and the biases' part each with their multipliers. wd_scale: the averaged scheme's
-   step applies B images' weight decay (chaosgen/update.py). */
+/* The SGD step of block b from its gradient in G (G, P and V indexed alike). */
 static void sgd_block(int b, float *P, float *V, const float *G, float eta, float wd_scale,
                       const cg_config &c, int k0, int k1) {
-    const int off = net::BLOCK_OFFSET[b], b0 = net::BLOCK_BIAS0[b];
-    const float *m = c.mults ? c.mults + 4 * b : nullptr;
-    const float mu = c.momentum, wd = c.weight_decay * wd_scale;
+    const int off = net::BLOCK_OFFSET[b];
     float *v = V ? V + off : nullptr;
-    const int w1 = k1 < b0 ? k1 : b0, bb = k0 > b0 ? k0 : b0;
-    if (k0 < w1)
-        sgd_step(P + off, v, G + off, eta * (m ? m[0] : 1.0f), wd * (m ? m[1] : 1.0f), mu,
-                 c.nesterov, k0, w1);
-    if (bb < k1)
-        sgd_step(P + off, v, G + off, eta * (m ? m[2] : 1.0f), wd * (m ? m[3] : 1.0f), mu,
-                 c.nesterov, bb, k1);
+    const float *g = G + off;
+    sgd_parts(b, eta, wd_scale, c, k0, k1, [&](int a, int z, float lr, float wd) {
+        sgd_step(P + off, v, [g](int k) { return g[k]; }, lr, wd, c.momentum, c.nesterov, a, z);
+    });
+}
+
+/* The SGD step of a BLOCK_FUSED block with this image's gradient computed on the fly from work
+   (net::update_block_fused_sgd): no G written, read or cleared. */
+static void sgd_block_fused(int b, float *P, float *V, const float *work, const float *image,
+                            float eta, const cg_config &c, int k0, int k1) {
+    sgd_parts(b, eta, 1.0f, c, k0, k1, [&](int a, int z, float lr, float wd) {
+        net::update_block_fused_sgd(b, P, V, work, image, lr, wd, c.momentum, c.nesterov, a, z);
+    });
 }
 
 }  // namespace chaos

@@ -57,7 +57,10 @@ def _train(net, mnist, **kw) -> tuple[np.ndarray, list[dict]]:
 def test_sequential_is_bitwise_reproducible_and_one_thread_schemes_coincide(small, mnist):
     a, rec = _train(small, mnist, scheme="sequential", threads=1, limit=3000)
     b, _ = _train(small, mnist, scheme="sequential", threads=1, limit=3000)
-    assert np.array_equal(a, b)
+    if rule:
+        assert np.abs(a - b).max() <= 1e-5, np.abs(a - b).max()
+    else:
+        assert np.array_equal(a, b)
     assert rec[0]["train_images"] == 3000
     # With one thread, the schemes whose maths coincide give identical weights.
     for scheme, extra in (
@@ -70,19 +73,33 @@ def test_sequential_is_bitwise_reproducible_and_one_thread_schemes_coincide(smal
         assert np.array_equal(a, c), scheme
 
 
-def test_fused_dense_updates_equal_gradient_then_update_for_a_dense_first_net(mnist, tmp_path):
-    """A net whose first layer is dense (its fused update reads the image itself) and whose
-    dense blocks span several lock segments: chaos (fused) == averaged, B=1 (through G),
-    bitwise."""
+@pytest.mark.parametrize(
+    "rule",
+    [{}, {"momentum": 0.9, "weight_decay": 0.0005}, {"momentum": 0.5, "nesterov": True}],
+    ids=["plain", "momentum_decay", "nesterov"],
+)
+def test_fused_dense_updates_equal_gradient_then_update_for_a_dense_first_net(
+    rule, mnist, tmp_path
+):
+    """A net whose first layer is dense (its fused update reads the image itself), whose dense
+    blocks span several lock segments and whose ReLU rows are skipped when their delta is zero,
+    with per-layer multipliers: chaos (fused, the SGD step computing the gradient as it goes)
+    == averaged, B=1 (through G): bitwise for the paper's rule; with momentum, weight decay or
+    Nesterov within rounding (g = dz x + wd w: gcc may fuse the product into the addition, an
+    FMA the stored gradient cannot have; measured 1.8e-7 after 2000 images, weights up to 0.65)."""
     spec = tmp_path / "mlp.net"
     spec.write_text(
         "network mlp\ninput size=29x29\ndense h: units=40 activation=relu\n"
+        "dense h2: units=30 activation=relu lr_mult=0.5 bias_decay_mult=0\n"
         "output out: classes=10\ntrain epochs=1 eta=0.01 seed=3\n"
     )
     net = chaosgen.compile(spec, build_dir=tmp_path / "build")
-    a, _ = _train(net, mnist, scheme="chaos", threads=1, limit=2000)
-    b, _ = _train(net, mnist, scheme="averaged", threads=1, batch=1, limit=2000)
-    assert np.array_equal(a, b)
+    a, _ = _train(net, mnist, scheme="chaos", threads=1, limit=2000, **rule)
+    b, _ = _train(net, mnist, scheme="averaged", threads=1, batch=1, limit=2000, **rule)
+    if rule:
+        assert np.abs(a - b).max() <= 1e-5, np.abs(a - b).max()
+    else:
+        assert np.array_equal(a, b)
     assert not np.array_equal(a, initial_params(net.ir, 3))  # it trained
 
 
