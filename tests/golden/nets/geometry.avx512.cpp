@@ -120,6 +120,34 @@ static inline void cg_correlate(const float *__restrict w, const float *__restri
         }
     }
 }
+/* One step of torch.optim.SGD (dampening 0) over p[k0, k1), written once for every caller: the
+   runtime's update from a stored gradient (update.hpp) and the dense layers' fused update, which
+   computes each gradient value as it goes (dense.j2). G(k): the gradient at k. g = G(k) + wd p;
+   v = mu v + g (v == nullptr: no momentum, step = g); p -= lr * (v, or g + mu v with Nesterov). */
+namespace chaos {
+template <class Grad>
+static inline void sgd_step(float *__restrict p, float *__restrict v, Grad G, float lr, float wd,
+                            float mu, bool nesterov, int k0, int k1) {
+    if (!v) {
+        #pragma omp simd
+        for (int k = k0; k < k1; ++k) p[k] -= lr * (G(k) + wd * p[k]);
+    } else if (nesterov) {
+        #pragma omp simd
+        for (int k = k0; k < k1; ++k) {
+            const float g = G(k) + wd * p[k], vk = mu * v[k] + g;
+            v[k] = vk;
+            p[k] -= lr * (g + mu * vk);
+        }
+    } else {
+        #pragma omp simd
+        for (int k = k0; k < k1; ++k) {
+            const float vk = mu * v[k] + (G(k) + wd * p[k]);
+            v[k] = vk;
+            p[k] -= lr * vk;
+        }
+    }
+}
+}  // namespace chaos
 
 extern "C" {
 #include "chaosgen_api.h"
@@ -1247,14 +1275,17 @@ static void activation_gradient(const float *__restrict y, float *__restrict d) 
     for (int u = 0; u < OUT; ++u) d[u] *= 1.0f;
 }
 
-/* dx = W^T dz, COLS inputs at a time: their sums over all units stay in registers. Lanes past
-   IN read the next row of W and are never stored. */
+/* dx = W^T dz, COLS inputs at a time: their sums over the units stay in registers. Only the
+   units whose delta is not exactly zero are read (after a ReLU or a dropout most are zero; the
+   sum is the same, term for term). Lanes past IN read the next row of W and are never stored. */
 constexpr int COLS = 16, COLS_FULL = 16;
 
 template <int N>
-static inline void backward_cols(const float *__restrict W, const float *__restrict dz, float *__restrict dx, int k0) {
+static inline void backward_cols(const float *__restrict W, const float *__restrict dz,
+                                 const int *__restrict live, int n_live, float *__restrict dx, int k0) {
     float acc[N] = {};
-    for (int u = 0; u < OUT; ++u) {
+    for (int j = 0; j < n_live; ++j) {
+        const int u = live[j];
         const float d = dz[u];
         #pragma omp simd
         for (int l = 0; l < N; ++l) acc[l] += d * W[u * IN + k0 + l];
@@ -1266,7 +1297,12 @@ static inline void backward_cols(const float *__restrict W, const float *__restr
 
 static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
-    for (int k0 = 0; k0 < COLS_FULL; k0 += COLS) backward_cols<COLS>(P + W_OFFSET, dz, dx, k0);
+    int live[OUT], n_live = 0;  // the units with a nonzero delta, in order
+    for (int u = 0; u < OUT; ++u) {
+        live[n_live] = u;
+        n_live += dz[u] != 0.0f;
+    }
+    for (int k0 = 0; k0 < COLS_FULL; k0 += COLS) backward_cols<COLS>(P + W_OFFSET, dz, live, n_live, dx, k0);
 }
 
 /* G += dz x^T, db += dz. */
@@ -1277,6 +1313,7 @@ static void backward_weights(const float *__restrict x, const float *__restrict 
     for (int u = 0; u < OUT; ++u) {
         float *__restrict g = GW + u * IN;
         const float d = dz[u];
+        if (d == 0.0f) continue;  // adds nothing (ReLU off, dropped)
         #pragma omp simd
         for (int k = 0; k < IN; ++k) g[k] += d * x[k];
         GB[u] += d;
@@ -1297,15 +1334,17 @@ static void update(float *__restrict P, const float *__restrict G, float scale, 
 /* The gradient and the update in one pass, for schemes that apply each image's gradient at once
    (no G): W -= scale * (dz x^T), b -= scale * dz, over floats [k0, k1) of the block. The product
    is rounded before it is scaled, as in backward_weights then update: the same result, bit for
-   bit, without writing, reading and clearing G. */
+   bit, without writing, reading and clearing G. A unit whose delta is exactly zero (ReLU off,
+   dropped) leaves its row as it is: its whole row is skipped. */
 static void update_fused(float *__restrict P, const float *__restrict x, const float *__restrict dz,
                          float scale, int k0, int k1) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz);
     float *__restrict W = P + W_OFFSET;
     const int w1 = k1 < OUT * IN ? k1 : OUT * IN;  // the weights' part of [k0, k1)
     for (int u = k0 / IN; u * IN < w1; ++u) {
-        const int i0 = k0 > u * IN ? k0 - u * IN : 0, i1 = w1 < (u + 1) * IN ? w1 - u * IN : IN;
         const float d = dz[u];
+        if (d == 0.0f) continue;
+        const int i0 = k0 > u * IN ? k0 - u * IN : 0, i1 = w1 < (u + 1) * IN ? w1 - u * IN : IN;
         float *__restrict w = W + u * IN;
         #pragma omp simd
         for (int i = i0; i < i1; ++i) {
@@ -1315,6 +1354,29 @@ static void update_fused(float *__restrict P, const float *__restrict x, const f
     }
     constexpr int B0 = B_OFFSET - W_OFFSET;  // the biases' part
     for (int k = k0 > B0 ? k0 : B0; k < k1; ++k) W[k] -= scale * dz[k - B0];
+}
+
+/* The same with the SGD step of sgd_step.hpp (momentum, weight decay; V: the velocity, indexed
+   as P, or nullptr), over floats [k0, k1) of the block lying wholly in the weights or wholly in
+   the biases, with lr and wd of that part: the gradient dz[u] x[i] is computed where the step
+   reads it, so no G is written, read or cleared (two passes over OUT x IN floats fewer). */
+static void update_fused_sgd(float *__restrict P, float *__restrict V, const float *__restrict x,
+                             const float *__restrict dz, float lr, float wd, float mu, bool nesterov,
+                             int k0, int k1) {
+    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz);
+    float *__restrict W = P + W_OFFSET;
+    float *__restrict VW = V ? V + W_OFFSET : nullptr;
+    const int w1 = k1 < OUT * IN ? k1 : OUT * IN;
+    for (int u = k0 / IN; u * IN < w1; ++u) {
+        const int i0 = k0 > u * IN ? k0 - u * IN : 0, i1 = w1 < (u + 1) * IN ? w1 - u * IN : IN;
+        const float d = dz[u];
+        chaos::sgd_step(W + u * IN, VW ? VW + u * IN : nullptr, [d, x](int i) { return d * x[i]; },
+                        lr, wd, mu, nesterov, i0, i1);
+    }
+    constexpr int B0 = B_OFFSET - W_OFFSET;
+    if (k1 > B0)
+        chaos::sgd_step(W, VW, [dz](int k) { return dz[k - B0]; }, lr, wd, mu, nesterov,
+                        k0 > B0 ? k0 : B0, k1);
 }
 }  // namespace layer_ip1
 
@@ -1363,14 +1425,17 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
     for (int u = 0; u < OUT; ++u) y[u] /= sum;
 }
 
-/* dx = W^T dz, COLS inputs at a time: their sums over all units stay in registers. Lanes past
-   IN read the next row of W and are never stored. */
+/* dx = W^T dz, COLS inputs at a time: their sums over the units stay in registers. Only the
+   units whose delta is not exactly zero are read (after a ReLU or a dropout most are zero; the
+   sum is the same, term for term). Lanes past IN read the next row of W and are never stored. */
 constexpr int COLS = 64, COLS_FULL = 64;
 
 template <int N>
-static inline void backward_cols(const float *__restrict W, const float *__restrict dz, float *__restrict dx, int k0) {
+static inline void backward_cols(const float *__restrict W, const float *__restrict dz,
+                                 const int *__restrict live, int n_live, float *__restrict dx, int k0) {
     float acc[N] = {};
-    for (int u = 0; u < OUT; ++u) {
+    for (int j = 0; j < n_live; ++j) {
+        const int u = live[j];
         const float d = dz[u];
         #pragma omp simd
         for (int l = 0; l < N; ++l) acc[l] += d * W[u * IN + k0 + l];
@@ -1382,7 +1447,12 @@ static inline void backward_cols(const float *__restrict W, const float *__restr
 
 static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
-    for (int k0 = 0; k0 < COLS_FULL; k0 += COLS) backward_cols<COLS>(P + W_OFFSET, dz, dx, k0);
+    int live[OUT], n_live = 0;  // the units with a nonzero delta, in order
+    for (int u = 0; u < OUT; ++u) {
+        live[n_live] = u;
+        n_live += dz[u] != 0.0f;
+    }
+    for (int k0 = 0; k0 < COLS_FULL; k0 += COLS) backward_cols<COLS>(P + W_OFFSET, dz, live, n_live, dx, k0);
 }
 
 /* G += dz x^T, db += dz. */
@@ -1393,6 +1463,7 @@ static void backward_weights(const float *__restrict x, const float *__restrict 
     for (int u = 0; u < OUT; ++u) {
         float *__restrict g = GW + u * IN;
         const float d = dz[u];
+        if (d == 0.0f) continue;  // adds nothing (ReLU off, dropped)
         #pragma omp simd
         for (int k = 0; k < IN; ++k) g[k] += d * x[k];
         GB[u] += d;
@@ -1413,15 +1484,17 @@ static void update(float *__restrict P, const float *__restrict G, float scale, 
 /* The gradient and the update in one pass, for schemes that apply each image's gradient at once
    (no G): W -= scale * (dz x^T), b -= scale * dz, over floats [k0, k1) of the block. The product
    is rounded before it is scaled, as in backward_weights then update: the same result, bit for
-   bit, without writing, reading and clearing G. */
+   bit, without writing, reading and clearing G. A unit whose delta is exactly zero (ReLU off,
+   dropped) leaves its row as it is: its whole row is skipped. */
 static void update_fused(float *__restrict P, const float *__restrict x, const float *__restrict dz,
                          float scale, int k0, int k1) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz);
     float *__restrict W = P + W_OFFSET;
     const int w1 = k1 < OUT * IN ? k1 : OUT * IN;  // the weights' part of [k0, k1)
     for (int u = k0 / IN; u * IN < w1; ++u) {
-        const int i0 = k0 > u * IN ? k0 - u * IN : 0, i1 = w1 < (u + 1) * IN ? w1 - u * IN : IN;
         const float d = dz[u];
+        if (d == 0.0f) continue;
+        const int i0 = k0 > u * IN ? k0 - u * IN : 0, i1 = w1 < (u + 1) * IN ? w1 - u * IN : IN;
         float *__restrict w = W + u * IN;
         #pragma omp simd
         for (int i = i0; i < i1; ++i) {
@@ -1431,6 +1504,29 @@ static void update_fused(float *__restrict P, const float *__restrict x, const f
     }
     constexpr int B0 = B_OFFSET - W_OFFSET;  // the biases' part
     for (int k = k0 > B0 ? k0 : B0; k < k1; ++k) W[k] -= scale * dz[k - B0];
+}
+
+/* The same with the SGD step of sgd_step.hpp (momentum, weight decay; V: the velocity, indexed
+   as P, or nullptr), over floats [k0, k1) of the block lying wholly in the weights or wholly in
+   the biases, with lr and wd of that part: the gradient dz[u] x[i] is computed where the step
+   reads it, so no G is written, read or cleared (two passes over OUT x IN floats fewer). */
+static void update_fused_sgd(float *__restrict P, float *__restrict V, const float *__restrict x,
+                             const float *__restrict dz, float lr, float wd, float mu, bool nesterov,
+                             int k0, int k1) {
+    CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz);
+    float *__restrict W = P + W_OFFSET;
+    float *__restrict VW = V ? V + W_OFFSET : nullptr;
+    const int w1 = k1 < OUT * IN ? k1 : OUT * IN;
+    for (int u = k0 / IN; u * IN < w1; ++u) {
+        const int i0 = k0 > u * IN ? k0 - u * IN : 0, i1 = w1 < (u + 1) * IN ? w1 - u * IN : IN;
+        const float d = dz[u];
+        chaos::sgd_step(W + u * IN, VW ? VW + u * IN : nullptr, [d, x](int i) { return d * x[i]; },
+                        lr, wd, mu, nesterov, i0, i1);
+    }
+    constexpr int B0 = B_OFFSET - W_OFFSET;
+    if (k1 > B0)
+        chaos::sgd_step(W, VW, [dz](int k) { return dz[k - B0]; }, lr, wd, mu, nesterov,
+                        k0 > B0 ? k0 : B0, k1);
 }
 }  // namespace layer_ip2
 
@@ -1571,6 +1667,17 @@ static void update_block_fused(int block, float *P, const float *work, const flo
     }
 }
 
+/* The SGD step (sgd_step.hpp) over floats [k0, k1) of a BLOCK_FUSED block, which lies wholly
+   in its weights or wholly in its biases, with this image's gradient computed from work. */
+static void update_block_fused_sgd(int block, float *P, float *V, const float *work, const float *image,
+                                   float lr, float wd, float mu, bool nesterov, int k0, int k1) {
+    (void)image;
+    switch (block) {
+    case 4: layer_ip1::update_fused_sgd(P, V, work + Y_conv4, work + D_ip1, lr, wd, mu, nesterov, k0, k1); break;
+    case 5: layer_ip2::update_fused_sgd(P, V, work + Y_ip1, work + D_ip2, lr, wd, mu, nesterov, k0, k1); break;
+    }
+}
+
 /* P -= scale * G over floats [k0, k1) of one block of parameters. */
 static void update_block(int block, float *P, const float *G, float scale, int k0, int k1) {
     switch (block) {
@@ -1672,46 +1779,37 @@ static float eta_at(const cg_config &c, long it) {
     }
 }
 
-/* p[k0, k1) -= lr * step, torch.optim.SGD's: g = G + wd p; v = mu v + g (v == nullptr: no
-   momentum, step = g); step = v, or g + mu v (Nesterov). */
-static void sgd_step(float *__restrict p, float *__restrict v, const float *__restrict G, float lr,
-                     float wd, float mu, bool nesterov, int k0, int k1) {
-    if (!v) {
-        #pragma omp simd
-        for (int k = k0; k < k1; ++k) p[k] -= lr * (G[k] + wd * p[k]);
-    } else if (nesterov) {
-        #pragma omp simd
-        for (int k = k0; k < k1; ++k) {
-            const float g = G[k] + wd * p[k], vk = mu * v[k] + g;
-            v[k] = vk;
-            p[k] -= lr * (g + mu * vk);
-        }
-    } else {
-        #pragma omp simd
-        for (int k = k0; k < k1; ++k) {
-            const float vk = mu * v[k] + (G[k] + wd * p[k]);
-            v[k] = vk;
-            p[k] -= lr * vk;
-        }
-    }
+/* The SGD step over floats [k0, k1) of block b (offsets from the block's start), the weights'
+   part and the biases' part each with their multipliers: step(k0, k1, lr, wd) for each part.
+   wd_scale: the averaged scheme's step applies B images' weight decay (chaosgen/update.py). */
+template <class Step>
+static void sgd_parts(int b, float eta, float wd_scale, const cg_config &c, int k0, int k1, Step &&step) {
+    const int b0 = net::BLOCK_BIAS0[b];
+    const float *m = c.mults ? c.mults + 4 * b : nullptr;
+    const float wd = c.weight_decay * wd_scale;
+    const int w1 = k1 < b0 ? k1 : b0, bb = k0 > b0 ? k0 : b0;
+    if (k0 < w1) step(k0, w1, eta * (m ? m[0] : 1.0f), wd * (m ? m[1] : 1.0f));
+    if (bb < k1) step(bb, k1, eta * (m ? m[2] : 1.0f), wd * (m ? m[3] : 1.0f));
 }
 
-/* The SGD step over floats [k0, k1) of block b (offsets from the block's start), the weights'
-   part and the biases' part each with their multipliers. wd_scale: the averaged scheme's
-   step applies B images' weight decay (chaosgen/update.py). */
+/* The SGD step of block b from its gradient in G (G, P and V indexed alike). */
 static void sgd_block(int b, float *P, float *V, const float *G, float eta, float wd_scale,
                       const cg_config &c, int k0, int k1) {
-    const int off = net::BLOCK_OFFSET[b], b0 = net::BLOCK_BIAS0[b];
-    const float *m = c.mults ? c.mults + 4 * b : nullptr;
-    const float mu = c.momentum, wd = c.weight_decay * wd_scale;
+    const int off = net::BLOCK_OFFSET[b];
     float *v = V ? V + off : nullptr;
-    const int w1 = k1 < b0 ? k1 : b0, bb = k0 > b0 ? k0 : b0;
-    if (k0 < w1)
-        sgd_step(P + off, v, G + off, eta * (m ? m[0] : 1.0f), wd * (m ? m[1] : 1.0f), mu,
-                 c.nesterov, k0, w1);
-    if (bb < k1)
-        sgd_step(P + off, v, G + off, eta * (m ? m[2] : 1.0f), wd * (m ? m[3] : 1.0f), mu,
-                 c.nesterov, bb, k1);
+    const float *g = G + off;
+    sgd_parts(b, eta, wd_scale, c, k0, k1, [&](int a, int z, float lr, float wd) {
+        sgd_step(P + off, v, [g](int k) { return g[k]; }, lr, wd, c.momentum, c.nesterov, a, z);
+    });
+}
+
+/* The SGD step of a BLOCK_FUSED block with this image's gradient computed on the fly from work
+   (net::update_block_fused_sgd): no G written, read or cleared. */
+static void sgd_block_fused(int b, float *P, float *V, const float *work, const float *image,
+                            float eta, const cg_config &c, int k0, int k1) {
+    sgd_parts(b, eta, 1.0f, c, k0, k1, [&](int a, int z, float lr, float wd) {
+        net::update_block_fused_sgd(b, P, V, work, image, lr, wd, c.momentum, c.nesterov, a, z);
+    });
 }
 
 }  // namespace chaos
@@ -1785,7 +1883,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
     const bool ok = work && G;
     if (!ok) failed = 1;
     float eta = cfg.eta;
-    /* sgd: momentum, weight decay or multipliers (update.hpp), from G; else the paper's rule.
+    /* sgd: momentum, weight decay or multipliers (update.hpp); else the paper's rule.
        S (averaged + sgd only): the step's gradient summed over the workers, shared. */
     const bool sgd = cfg.momentum > 0 || cfg.weight_decay > 0 || cfg.mults;
     const bool per_iter = cfg.lr_policy != POLICY_CALL;
@@ -1803,7 +1901,9 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         const int first = net::BLOCK_SEGMENT0[b], n = net::BLOCK_SEGMENT0[b + 1] - first;
         fused = fused && net::BLOCK_FUSED[b];
         auto update = [&](int k0, int k1) {
-            if (fused)
+            if (fused && sgd)
+                sgd_block_fused(b, P, cfg.velocity, work, image, scale, cfg, k0, k1);
+            else if (fused)
                 net::update_block_fused(b, P, work, image, scale, k0, k1);
             else if (sgd)
                 sgd_block(b, P, cfg.velocity, G, scale, wd_images, cfg, k0, k1);
@@ -1884,12 +1984,9 @@ static bool train_worker(float *P, const float *images, const int *labels, const
             if (per_iter) eta = eta_at(cfg, cfg.iter0 + i);
             prof.start();
             float l;
-            if (every == 1 && !sgd)
+            if (every == 1)
                 l = net::train_image<true>(P, work, G, image, label,
                                            [&](int b) { apply(b, eta, locked, true); }, prof);
-            else if (every == 1)  // the gradient in G: the SGD step reads it (no fused form)
-                l = net::train_image(P, work, G, image, label,
-                                     [&](int b) { apply(b, eta, locked, false); }, prof);
             else
                 l = net::train_image(P, work, G, image, label, [](int) {}, prof);
             tally.add(work, l, label);
