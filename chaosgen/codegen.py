@@ -543,7 +543,11 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             if not lay.tiles:
                 v.update(pool_view(lay))
         if isinstance(lay, ir.Dense):
-            v.update(_dense_view(lay, target))
+            # deltas often exactly zero (ReLU off, dropped units): backward data reads only the
+            # rows of the others; elsewhere the unit loop keeps its constant trip count
+            sparse = not isinstance(lay, ir.Output) and (
+                v["activation"] == "relu" or isinstance(nxt, ir.Dropout))
+            v.update(_dense_view(lay, target), sparse_delta=sparse)
         if isinstance(lay, ir.Dropout):
             v.update(dropout_view(lay, net, y_data))
         v["activation_in_pool"] = False
