@@ -645,17 +645,14 @@ static void activation_gradient(const float *__restrict y, float *__restrict d) 
     for (int u = 0; u < OUT; ++u) d[u] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[u] * y[u]);
 }
 
-/* dx = W^T dz, COLS inputs at a time: their sums over the units stay in registers. Only the
-   units whose delta is not exactly zero are read (after a ReLU or a dropout most are zero; the
-   sum is the same, term for term). Lanes past IN read the next row of W and are never stored. */
+/* dx = W^T dz, COLS inputs at a time: their sums over the units stay in registers. Lanes past
+   IN read the next row of W and are never stored. */
 constexpr int COLS = 96, COLS_FULL = 96;
 
 template <int N>
-static inline void backward_cols(const float *__restrict W, const float *__restrict dz,
-                                 const int *__restrict live, int n_live, float *__restrict dx, int k0) {
+static inline void backward_cols(const float *__restrict W, const float *__restrict dz, float *__restrict dx, int k0) {
     float acc[N] = {};
-    for (int j = 0; j < n_live; ++j) {
-        const int u = live[j];
+    for (int u = 0; u < OUT; ++u) {
         const float d = dz[u];
         #pragma omp simd
         for (int l = 0; l < N; ++l) acc[l] += d * W[u * IN + k0 + l];
@@ -667,12 +664,7 @@ static inline void backward_cols(const float *__restrict W, const float *__restr
 
 static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
-    int live[OUT], n_live = 0;  // the units with a nonzero delta, in order
-    for (int u = 0; u < OUT; ++u) {
-        live[n_live] = u;
-        n_live += dz[u] != 0.0f;
-    }
-    for (int k0 = 0; k0 < COLS_FULL; k0 += COLS) backward_cols<COLS>(P + W_OFFSET, dz, live, n_live, dx, k0);
+    for (int k0 = 0; k0 < COLS_FULL; k0 += COLS) backward_cols<COLS>(P + W_OFFSET, dz, dx, k0);
 }
 
 /* G += dz x^T, db += dz. */
@@ -800,17 +792,14 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
     for (int u = 0; u < OUT; ++u) y[u] /= sum;
 }
 
-/* dx = W^T dz, COLS inputs at a time: their sums over the units stay in registers. Only the
-   units whose delta is not exactly zero are read (after a ReLU or a dropout most are zero; the
-   sum is the same, term for term). Lanes past IN read the next row of W and are never stored. */
+/* dx = W^T dz, COLS inputs at a time: their sums over the units stay in registers. Lanes past
+   IN read the next row of W and are never stored. */
 constexpr int COLS = 64, COLS_FULL = 64;
 
 template <int N>
-static inline void backward_cols(const float *__restrict W, const float *__restrict dz,
-                                 const int *__restrict live, int n_live, float *__restrict dx, int k0) {
+static inline void backward_cols(const float *__restrict W, const float *__restrict dz, float *__restrict dx, int k0) {
     float acc[N] = {};
-    for (int j = 0; j < n_live; ++j) {
-        const int u = live[j];
+    for (int u = 0; u < OUT; ++u) {
         const float d = dz[u];
         #pragma omp simd
         for (int l = 0; l < N; ++l) acc[l] += d * W[u * IN + k0 + l];
@@ -822,12 +811,7 @@ static inline void backward_cols(const float *__restrict W, const float *__restr
 
 static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
-    int live[OUT], n_live = 0;  // the units with a nonzero delta, in order
-    for (int u = 0; u < OUT; ++u) {
-        live[n_live] = u;
-        n_live += dz[u] != 0.0f;
-    }
-    for (int k0 = 0; k0 < COLS_FULL; k0 += COLS) backward_cols<COLS>(P + W_OFFSET, dz, live, n_live, dx, k0);
+    for (int k0 = 0; k0 < COLS_FULL; k0 += COLS) backward_cols<COLS>(P + W_OFFSET, dz, dx, k0);
 }
 
 /* G += dz x^T, db += dz. */
