@@ -578,9 +578,14 @@ def pool_view(lay: ir.Pool) -> dict:
     """A pool whose windows overlap, leave a rest (round=floor) or run past the edge (ceil):
     window (i, j) covers rows i * SH .. min(i * SH + WH, IN_H) - 1 (likewise columns); the
     average divides by that clipped count (Caffe; PyTorch's avg_pool2d with ceil_mode)."""
+    i, o = lay.in_shape, lay.out_shape
+    # windows wholly inside the input: the first i_full rows and j_full columns of windows (with
+    # round=ceil only the last row and column of windows can run past the edge, to rh/cw)
+    i_full, j_full = (i.h - lay.wh) // lay.sh + 1, (i.w - lay.ww) // lay.sw + 1
     return dict(sh=lay.sh, sw=lay.sw, template="pool_window.j2",
-                clipped=(lay.out_shape.h - 1) * lay.sh + lay.wh > lay.in_shape.h
-                or (lay.out_shape.w - 1) * lay.sw + lay.ww > lay.in_shape.w)
+                clipped=i_full < o.h or j_full < o.w,
+                i_full=min(i_full, o.h), j_full=min(j_full, o.w),
+                last_rh=i.h - (o.h - 1) * lay.sh, last_cw=i.w - (o.w - 1) * lay.sw)
 
 
 def padded_core(lay: ir.Conv) -> ir.Conv:
