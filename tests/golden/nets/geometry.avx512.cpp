@@ -313,6 +313,9 @@ namespace layer_pool1 {
 constexpr int MAPS = 32, IN_H = 32, IN_W = 32;
 constexpr int OUT_H = 16, OUT_W = 16;
 constexpr int WH = 3, WW = 3, SH = 2, SW = 2;  // windows SH x SW apart
+// windows wholly inside the input: rows 0 .. I_FULL - 1, columns 0 .. J_FULL - 1 of them; the
+// last row (column) of windows may be clipped to LAST_RH rows (LAST_CW columns)
+constexpr int I_FULL = 15, J_FULL = 15, LAST_RH = 2, LAST_CW = 2;
 // window (i, j): rows i * SH .. min(i * SH + WH, IN_H) - 1, columns likewise (the last ones are clipped)
 static inline int row_end(int i) { return i * SH + WH < IN_H ? i * SH + WH : IN_H; }
 static inline int col_end(int j) { return j * SW + WW < IN_W ? j * SW + WW : IN_W; }
@@ -322,29 +325,47 @@ constexpr int CODES_FROM_Y = 8192;
 static inline float code_bits(int k) { float f; std::memcpy(&f, &k, sizeof f); return f; }
 static inline int code_of(float f) { int k; std::memcpy(&k, &f, sizeof k); return k; }
 
+/* Window (i, j) of map plane xc with RH rows and CW columns into yr[j] (and its code: the plane
+   offset of its first maximum, scanning rows then columns). */
+template <int RH, int CW>
+static inline void window(const float *__restrict xc, float *__restrict yr, float *__restrict cr, int i, int j) {
+    float best = xc[i * SH * IN_W + j * SW];
+    int code = i * SH * IN_W + j * SW;
+    CG_UNROLL(3)
+    for (int r = 0; r < RH; ++r) {
+        CG_UNROLL(3)
+        for (int k = 0; k < CW; ++k) {
+            const int at = (i * SH + r) * IN_W + j * SW + k;
+            const float v = xc[at];
+            const bool more = v > best;  // strictly: the first maximum stays
+            best = more ? v : best;
+            code = more ? at : code;
+        }
+    }
+    yr[j] = best;
+    cr[j] = code_bits(code);
+}
+
+/* Output row i of every map, its windows RH rows high: the J_FULL windows inside the columns as
+   one vector loop (a lane per window, each scanned in the scalar order: the same results), then
+   the clipped last one. */
+template <int RH>
+static inline void forward_row(const float *__restrict x, float *__restrict y, int i) {
+    for (int c = 0; c < MAPS; ++c) {
+        const float *__restrict xc = x + c * IN_H * IN_W;
+        float *__restrict yr = y + (c * OUT_H + i) * OUT_W;
+        float *__restrict cr = yr + CODES_FROM_Y;
+        #pragma omp simd
+        for (int j = 0; j < J_FULL; ++j) window<RH, WW>(xc, yr, cr, i, j);
+        window<RH, LAST_CW>(xc, yr, cr, i, OUT_W - 1);
+    }
+}
+
 /* y = relu(max over each window). */
 static void forward(const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
-    for (int c = 0; c < MAPS; ++c) {
-        const float *__restrict xc = x + c * IN_H * IN_W;
-        for (int i = 0; i < OUT_H; ++i) {
-            const int r1 = row_end(i);
-            for (int j = 0; j < OUT_W; ++j) {
-                const int c1 = col_end(j), w = (c * OUT_H + i) * OUT_W + j;
-                float best = xc[i * SH * IN_W + j * SW];
-                int code = i * SH * IN_W + j * SW;
-                for (int r = i * SH; r < r1; ++r)
-                    for (int k = j * SW; k < c1; ++k) {
-                        const float v = xc[r * IN_W + k];
-                        const bool more = v > best;  // strictly: the first maximum stays
-                        best = more ? v : best;
-                        code = more ? r * IN_W + k : code;
-                    }
-                y[w] = best;
-                y[CODES_FROM_Y + w] = code_bits(code);
-            }
-        }
-    }
+    for (int i = 0; i < I_FULL; ++i) forward_row<WH>(x, y, i);
+    forward_row<LAST_RH>(x, y, OUT_H - 1);
     #pragma omp simd
     for (int k = 0; k < MAPS * OUT_H * OUT_W; ++k) y[k] = (y[k] > 0.0f ? y[k] : 0.0f);
 }
@@ -609,26 +630,47 @@ namespace layer_pool2 {
 constexpr int MAPS = 32, IN_H = 16, IN_W = 16;
 constexpr int OUT_H = 8, OUT_W = 8;
 constexpr int WH = 3, WW = 3, SH = 2, SW = 2;  // windows SH x SW apart
+// windows wholly inside the input: rows 0 .. I_FULL - 1, columns 0 .. J_FULL - 1 of them; the
+// last row (column) of windows may be clipped to LAST_RH rows (LAST_CW columns)
+constexpr int I_FULL = 7, J_FULL = 7, LAST_RH = 2, LAST_CW = 2;
 // window (i, j): rows i * SH .. min(i * SH + WH, IN_H) - 1, columns likewise (the last ones are clipped)
 static inline int row_end(int i) { return i * SH + WH < IN_H ? i * SH + WH : IN_H; }
 static inline int col_end(int j) { return j * SW + WW < IN_W ? j * SW + WW : IN_W; }
 
+/* Window (i, j) of map plane xc with RH rows and CW columns into yr[j] (and its code: the plane
+   offset of its first maximum, scanning rows then columns; avg: the sum in that order over RH x CW). */
+template <int RH, int CW>
+static inline void window(const float *__restrict xc, float *__restrict yr, float *__restrict cr, int i, int j) {
+    (void)cr;
+    float sum = 0.0f;
+    CG_UNROLL(3)
+    for (int r = 0; r < RH; ++r) {
+        CG_UNROLL(3)
+        for (int k = 0; k < CW; ++k) sum += xc[(i * SH + r) * IN_W + j * SW + k];
+    }
+    yr[j] = sum / static_cast<float>(RH * CW);
+}
+
+/* Output row i of every map, its windows RH rows high: the J_FULL windows inside the columns as
+   one vector loop (a lane per window, each scanned in the scalar order: the same results), then
+   the clipped last one. */
+template <int RH>
+static inline void forward_row(const float *__restrict x, float *__restrict y, int i) {
+    for (int c = 0; c < MAPS; ++c) {
+        const float *__restrict xc = x + c * IN_H * IN_W;
+        float *__restrict yr = y + (c * OUT_H + i) * OUT_W;
+        float *__restrict cr = nullptr;
+        #pragma omp simd
+        for (int j = 0; j < J_FULL; ++j) window<RH, WW>(xc, yr, cr, i, j);
+        window<RH, LAST_CW>(xc, yr, cr, i, OUT_W - 1);
+    }
+}
+
 /* y = avg over each window, the sum divided by the window's count inside the input. */
 static void forward(const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
-    for (int c = 0; c < MAPS; ++c) {
-        const float *__restrict xc = x + c * IN_H * IN_W;
-        for (int i = 0; i < OUT_H; ++i) {
-            const int r1 = row_end(i);
-            for (int j = 0; j < OUT_W; ++j) {
-                const int c1 = col_end(j), w = (c * OUT_H + i) * OUT_W + j;
-                float sum = 0.0f;
-                for (int r = i * SH; r < r1; ++r)
-                    for (int k = j * SW; k < c1; ++k) sum += xc[r * IN_W + k];
-                y[w] = sum / static_cast<float>((r1 - i * SH) * (c1 - j * SW));
-            }
-        }
-    }
+    for (int i = 0; i < I_FULL; ++i) forward_row<WH>(x, y, i);
+    forward_row<LAST_RH>(x, y, OUT_H - 1);
 }
 
 /* dx: each window's delta shared by its inputs inside the input, added where windows overlap. */
@@ -899,26 +941,47 @@ namespace layer_pool3 {
 constexpr int MAPS = 64, IN_H = 8, IN_W = 8;
 constexpr int OUT_H = 4, OUT_W = 4;
 constexpr int WH = 3, WW = 3, SH = 2, SW = 2;  // windows SH x SW apart
+// windows wholly inside the input: rows 0 .. I_FULL - 1, columns 0 .. J_FULL - 1 of them; the
+// last row (column) of windows may be clipped to LAST_RH rows (LAST_CW columns)
+constexpr int I_FULL = 3, J_FULL = 3, LAST_RH = 2, LAST_CW = 2;
 // window (i, j): rows i * SH .. min(i * SH + WH, IN_H) - 1, columns likewise (the last ones are clipped)
 static inline int row_end(int i) { return i * SH + WH < IN_H ? i * SH + WH : IN_H; }
 static inline int col_end(int j) { return j * SW + WW < IN_W ? j * SW + WW : IN_W; }
 
+/* Window (i, j) of map plane xc with RH rows and CW columns into yr[j] (and its code: the plane
+   offset of its first maximum, scanning rows then columns; avg: the sum in that order over RH x CW). */
+template <int RH, int CW>
+static inline void window(const float *__restrict xc, float *__restrict yr, float *__restrict cr, int i, int j) {
+    (void)cr;
+    float sum = 0.0f;
+    CG_UNROLL(3)
+    for (int r = 0; r < RH; ++r) {
+        CG_UNROLL(3)
+        for (int k = 0; k < CW; ++k) sum += xc[(i * SH + r) * IN_W + j * SW + k];
+    }
+    yr[j] = sum / static_cast<float>(RH * CW);
+}
+
+/* Output row i of every map, its windows RH rows high: the J_FULL windows inside the columns as
+   one vector loop (a lane per window, each scanned in the scalar order: the same results), then
+   the clipped last one. */
+template <int RH>
+static inline void forward_row(const float *__restrict x, float *__restrict y, int i) {
+    for (int c = 0; c < MAPS; ++c) {
+        const float *__restrict xc = x + c * IN_H * IN_W;
+        float *__restrict yr = y + (c * OUT_H + i) * OUT_W;
+        float *__restrict cr = nullptr;
+        #pragma omp simd
+        for (int j = 0; j < J_FULL; ++j) window<RH, WW>(xc, yr, cr, i, j);
+        window<RH, LAST_CW>(xc, yr, cr, i, OUT_W - 1);
+    }
+}
+
 /* y = avg over each window, the sum divided by the window's count inside the input. */
 static void forward(const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
-    for (int c = 0; c < MAPS; ++c) {
-        const float *__restrict xc = x + c * IN_H * IN_W;
-        for (int i = 0; i < OUT_H; ++i) {
-            const int r1 = row_end(i);
-            for (int j = 0; j < OUT_W; ++j) {
-                const int c1 = col_end(j), w = (c * OUT_H + i) * OUT_W + j;
-                float sum = 0.0f;
-                for (int r = i * SH; r < r1; ++r)
-                    for (int k = j * SW; k < c1; ++k) sum += xc[r * IN_W + k];
-                y[w] = sum / static_cast<float>((r1 - i * SH) * (c1 - j * SW));
-            }
-        }
-    }
+    for (int i = 0; i < I_FULL; ++i) forward_row<WH>(x, y, i);
+    forward_row<LAST_RH>(x, y, OUT_H - 1);
 }
 
 /* dx: each window's delta shared by its inputs inside the input, added where windows overlap. */
@@ -947,6 +1010,9 @@ namespace layer_pool4 {
 constexpr int MAPS = 64, IN_H = 4, IN_W = 4;
 constexpr int OUT_H = 3, OUT_W = 2;
 constexpr int WH = 2, WW = 2, SH = 1, SW = 2;  // windows SH x SW apart
+// windows wholly inside the input: rows 0 .. I_FULL - 1, columns 0 .. J_FULL - 1 of them; the
+// last row (column) of windows may be clipped to LAST_RH rows (LAST_CW columns)
+constexpr int I_FULL = 3, J_FULL = 2, LAST_RH = 2, LAST_CW = 2;
 // window (i, j): rows i * SH .. i * SH + WH - 1, columns likewise (every window inside the input)
 static inline int row_end(int i) { return i * SH + WH; }
 static inline int col_end(int j) { return j * SW + WW; }
@@ -956,29 +1022,45 @@ constexpr int CODES_FROM_Y = 384;
 static inline float code_bits(int k) { float f; std::memcpy(&f, &k, sizeof f); return f; }
 static inline int code_of(float f) { int k; std::memcpy(&k, &f, sizeof k); return k; }
 
+/* Window (i, j) of map plane xc with RH rows and CW columns into yr[j] (and its code: the plane
+   offset of its first maximum, scanning rows then columns). */
+template <int RH, int CW>
+static inline void window(const float *__restrict xc, float *__restrict yr, float *__restrict cr, int i, int j) {
+    float best = xc[i * SH * IN_W + j * SW];
+    int code = i * SH * IN_W + j * SW;
+    CG_UNROLL(2)
+    for (int r = 0; r < RH; ++r) {
+        CG_UNROLL(2)
+        for (int k = 0; k < CW; ++k) {
+            const int at = (i * SH + r) * IN_W + j * SW + k;
+            const float v = xc[at];
+            const bool more = v > best;  // strictly: the first maximum stays
+            best = more ? v : best;
+            code = more ? at : code;
+        }
+    }
+    yr[j] = best;
+    cr[j] = code_bits(code);
+}
+
+/* Output row i of every map, its windows RH rows high: the J_FULL windows inside the columns as
+   one vector loop (a lane per window, each scanned in the scalar order: the same results), then
+   the clipped last one. */
+template <int RH>
+static inline void forward_row(const float *__restrict x, float *__restrict y, int i) {
+    for (int c = 0; c < MAPS; ++c) {
+        const float *__restrict xc = x + c * IN_H * IN_W;
+        float *__restrict yr = y + (c * OUT_H + i) * OUT_W;
+        float *__restrict cr = yr + CODES_FROM_Y;
+        #pragma omp simd
+        for (int j = 0; j < J_FULL; ++j) window<RH, WW>(xc, yr, cr, i, j);
+    }
+}
+
 /* y = max over each window. */
 static void forward(const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
-    for (int c = 0; c < MAPS; ++c) {
-        const float *__restrict xc = x + c * IN_H * IN_W;
-        for (int i = 0; i < OUT_H; ++i) {
-            const int r1 = row_end(i);
-            for (int j = 0; j < OUT_W; ++j) {
-                const int c1 = col_end(j), w = (c * OUT_H + i) * OUT_W + j;
-                float best = xc[i * SH * IN_W + j * SW];
-                int code = i * SH * IN_W + j * SW;
-                for (int r = i * SH; r < r1; ++r)
-                    for (int k = j * SW; k < c1; ++k) {
-                        const float v = xc[r * IN_W + k];
-                        const bool more = v > best;  // strictly: the first maximum stays
-                        best = more ? v : best;
-                        code = more ? r * IN_W + k : code;
-                    }
-                y[w] = best;
-                y[CODES_FROM_Y + w] = code_bits(code);
-            }
-        }
-    }
+    for (int i = 0; i < I_FULL; ++i) forward_row<WH>(x, y, i);
 }
 
 /* dx: each window's delta added to the input forward chose (overlapping windows may share it). */
