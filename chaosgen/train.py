@@ -660,7 +660,7 @@ class Trainer:
 # --- command line -------------------------------------------------------------------------------
 def add_parser(sub) -> None:
     """`chaosgen train` and `chaosgen eval`."""
-    from .cli import add_compile_options
+    from .options import add_compile_options
 
     p = sub.add_parser("train", help="train a network on MNIST with CHAOS (or another scheme)")
     add_compile_options(p)
