@@ -80,3 +80,17 @@ def compile(
         raise UsageError(f"target {c.target.name} does not run on this host; it cannot be loaded")
     assert c.build is not None
     return LoadedNet(c.net, c.build.library, c.source.header)
+
+
+def load(
+    spec: str | Path,
+    weights: str | Path,
+    target: str = "native",
+    cc: str | None = None,
+    build_dir: str | Path | None = None,
+) -> LoadedNet:
+    """compile(spec) with its weights from `weights` (a chaosgen checkpoint or an .npz keyed like
+    get_weights(); see Net.load): ready for forward() and evaluate()."""
+    net = compile(spec, target=target, cc=cc, build_dir=build_dir)
+    net.load(weights)
+    return net
