@@ -72,7 +72,10 @@ def compile(
     cc: str | None = None,
     build_dir: str | Path | None = None,
 ) -> LoadedNet:
-    """Build (cached) for this machine and load with cffi: the Python API's entry point."""
+    """Build (cached) for this machine and load with cffi: the Python API's entry point. The Net
+    starts from the spec's initial weights. Errors: SpecError (every problem of the spec, at
+    file:line:col), BuildError (the compiler, the cache), UsageError (an unknown target or
+    compiler, or a target that does not run here)."""
     c = compile_spec(path, target=target, cc=cc, build_dir=build_dir)
     if not c.target.host:
         from .errors import UsageError

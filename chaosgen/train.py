@@ -1,5 +1,8 @@
 """Training and evaluation: Python drives epochs, data, schedule, metrics and files; each phase
-(training, validation, test) is one call into the native CHAOS runtime with the GIL released."""
+(training, validation, test) is one call into the native CHAOS runtime with the GIL released.
+
+The module is callable: `chaosgen.train(spec, data=..., epochs=...)` is `train()` below, the
+Python API's way to run what `chaosgen train` runs."""
 
 from __future__ import annotations
 
