@@ -450,6 +450,9 @@ def lock_segment(block_size: int) -> int:
 
 
 DENSE_ROWS = 8  # units per dense forward block: independent dot products hide the FMA latency
+# rows of W added into dx together by the sparse backward data: one load and store of dx per
+# BD_ROWS multiply-adds (the loads of W stream; dx stays in cache)
+DENSE_BD_ROWS = 4
 
 
 def _dense_view(lay: ir.Dense, target: Target) -> dict:
@@ -547,7 +550,7 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             # rows of the others; elsewhere the unit loop keeps its constant trip count
             sparse = not isinstance(lay, ir.Output) and (
                 v["activation"] == "relu" or isinstance(nxt, ir.Dropout))
-            v.update(_dense_view(lay, target), sparse_delta=sparse)
+            v.update(_dense_view(lay, target), sparse_delta=sparse, bd_rows=DENSE_BD_ROWS)
         if isinstance(lay, ir.Dropout):
             v.update(dropout_view(lay, net, y_data))
         v["activation_in_pool"] = False
