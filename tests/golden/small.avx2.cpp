@@ -652,7 +652,7 @@ static void activation_gradient(const float *__restrict y, float *__restrict d) 
     for (int u = 0; u < OUT; ++u) d[u] *= CG_STANH_DSCALE * (CG_STANH_A * CG_STANH_A - y[u] * y[u]);
 }
 
-/* dx = W^T dz, COLS inputs at a time: their sums over the units stay in registers. Lanes past
+/* dx = W^T dz, COLS inputs at a time: their sums over all units stay in registers. Lanes past
    IN read the next row of W and are never stored. */
 constexpr int COLS = 96, COLS_FULL = 96;
 
@@ -799,7 +799,7 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
     for (int u = 0; u < OUT; ++u) y[u] /= sum;
 }
 
-/* dx = W^T dz, COLS inputs at a time: their sums over the units stay in registers. Lanes past
+/* dx = W^T dz, COLS inputs at a time: their sums over all units stay in registers. Lanes past
    IN read the next row of W and are never stored. */
 constexpr int COLS = 56, COLS_FULL = 56;
 

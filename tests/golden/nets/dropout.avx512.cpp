@@ -506,34 +506,44 @@ static void activation_gradient(const float *__restrict y, float *__restrict d) 
     for (int u = 0; u < OUT; ++u) d[u] *= (y[u] > 0.0f ? 1.0f : 0.0f);
 }
 
-/* dx = W^T dz, COLS inputs at a time: their sums over the units stay in registers. Lanes past
-   IN read the next row of W and are never stored. Only the units whose delta is not exactly
-   zero are read (after a ReLU or a dropout most are): the sum is the same, term for term. */
-constexpr int COLS = 384, COLS_FULL = 1152;
-
-template <int N>
-static inline void backward_cols(const float *__restrict W, const float *__restrict dz, const int *__restrict live, int n_live, float *__restrict dx, int k0) {
-    float acc[N] = {};
-    for (int j = 0; j < n_live; ++j) {
-        const int u = live[j];
-        const float d = dz[u];
-        #pragma omp simd
-        for (int l = 0; l < N; ++l) acc[l] += d * W[u * IN + k0 + l];
-    }
-    const int n = IN - k0 < N ? IN - k0 : N;
-    #pragma omp simd
-    for (int l = 0; l < n; ++l) dx[k0 + l] = acc[l];
-}
+/* dx = W^T dz over the units whose delta is not exactly zero (after a ReLU or a dropout most
+   are): their rows of W streamed in order, BD_ROWS at a time into dx (which stays in cache), each
+   element summed unit by unit in ascending order as the column form does. Rows of zero-delta
+   units are never read; a column-blocked form would read every row in short strided pieces. */
+constexpr int BD_ROWS = 4;
 
 static void backward_data(const float *__restrict P, const float *__restrict dz, float *__restrict dx) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
+    const float *__restrict W = P + W_OFFSET;
     int live[OUT], n_live = 0;  // the units with a nonzero delta, in order
     for (int u = 0; u < OUT; ++u) {
         live[n_live] = u;
         n_live += dz[u] != 0.0f;
     }
-    for (int k0 = 0; k0 < COLS_FULL; k0 += COLS) backward_cols<COLS>(P + W_OFFSET, dz, live, n_live, dx, k0);
-    backward_cols<208>(P + W_OFFSET, dz, live, n_live, dx, COLS_FULL);
+    #pragma omp simd
+    for (int i = 0; i < IN; ++i) dx[i] = 0.0f;
+    int j = 0;
+    for (; j + BD_ROWS <= n_live; j += BD_ROWS) {
+        const float *__restrict w[BD_ROWS];
+        float d[BD_ROWS];
+        for (int r = 0; r < BD_ROWS; ++r) {
+            w[r] = W + live[j + r] * IN;
+            d[r] = dz[live[j + r]];
+        }
+        #pragma omp simd
+        for (int i = 0; i < IN; ++i) {
+            float s = dx[i];
+            CG_UNROLL(BD_ROWS)
+            for (int r = 0; r < BD_ROWS; ++r) s += d[r] * w[r][i];
+            dx[i] = s;
+        }
+    }
+    for (; j < n_live; ++j) {
+        const float *__restrict w = W + live[j] * IN;
+        const float d = dz[live[j]];
+        #pragma omp simd
+        for (int i = 0; i < IN; ++i) dx[i] += d * w[i];
+    }
 }
 
 /* G += dz x^T, db += dz. */
@@ -697,7 +707,7 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
     for (int u = 0; u < OUT; ++u) y[u] /= sum;
 }
 
-/* dx = W^T dz, COLS inputs at a time: their sums over the units stay in registers. Lanes past
+/* dx = W^T dz, COLS inputs at a time: their sums over all units stay in registers. Lanes past
    IN read the next row of W and are never stored. */
 constexpr int COLS = 32, COLS_FULL = 32;
 
