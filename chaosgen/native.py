@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, codegen, data, ir, update
+from . import __version__, codegen, ir, update
 from . import checkpoint as ckpt
 from .build import CPP_NAME, atomic_write, cache_root, locked, make_dir, run_and_publish, write
-from .errors import ChaosgenError, UsageError, refuse_special_file
+from .errors import ChaosgenError, refuse_special_file
 from .loader import initial_params
 from .targets import (
     Compiler,
