@@ -399,3 +399,207 @@ def test_program_takes_28x28_and_normalisation_as_chaosgen_train(raw_mnist, tmp_
     st = rt.evaluate(rt.images(test.test_images[:n_test]), test.test_labels[:n_test], 1)
     assert st.errors == rec["test_errors"]
     assert st.loss == pytest.approx(rec["test_error"], rel=1e-5)
+
+
+# --- the program trains as chaosgen train does ----------------------------------------------
+# Three nets on small files in the real formats (tests/test_datasets.py's writers): each program
+# is run, then `chaosgen train` on the same data, seed and scheme, and the weights compared.
+PARITY_NETS = {
+    # momentum, weight decay, lr_policy inv, multipliers, dropout, normalisation, 28x28 IDX
+    "mnist_sgd": (
+        "input size=28x28 mean=0.1307 std=0.3081\n"
+        "conv c1: maps=4 kernel=5 activation=relu bias_lr_mult=2\nmaxpool window=2\n"
+        "dropout d1: rate=0.25\ndense ip1: units=16 activation=relu decay_mult=0.5\n"
+        "output classes=10\ntrain epochs=2 eta=0.01 momentum=0.9 weight_decay=0.0005\n"
+        "    lr_policy=inv gamma=0.0001 power=0.75 seed=3\n",
+        "idx",
+    ),
+    # 3x32x32 (padding, strided ceil pooling), Nesterov, step policy, CIFAR-10 python batches
+    "cifar_nesterov": (
+        "input maps=3 size=32x32 mean=0.4914,0.4822,0.4465 std=0.2470,0.2435,0.2616\n"
+        "conv c1: maps=6 kernel=5 pad=2 activation=relu\nmaxpool window=3 stride=2 round=ceil\n"
+        "dense ip1: units=16 activation=relu\noutput classes=10\ntrain epochs=2 eta=0.01 "
+        "momentum=0.9 nesterov=true weight_decay=0.004 lr_policy=step gamma=0.5 step_size=200 "
+        "seed=5\n",
+        "cifar10-python",
+    ),
+    # float images of another size (--fit center), 7 classes, no test split, cosine policy
+    "npz_float": (
+        "input maps=3 size=12x12 mean=0.1 std=2\nconv c1: maps=4 kernel=3 activation=tanh\n"
+        "dense ip1: units=8 activation=relu\noutput classes=7\n"
+        "train epochs=2 eta=0.02 lr_policy=cosine seed=2\n",
+        "npz-float",
+    ),
+}
+
+
+def _parity_data(fmt: str, d: Path) -> Path:
+    """Write data set `fmt` into d; returns what `chaosgen train --data` takes."""
+    from test_datasets import write_cifar_py, write_idx
+
+    if fmt == "idx":
+        write_idx(d, gz=False)
+        return d
+    if fmt == "cifar10-python":
+        write_cifar_py(d)
+        return d
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 3, 10, 12)).astype(np.float32)
+    np.savez(d / "f.npz", x_train=x, y_train=np.arange(120) % 7)
+    return d / "f.npz"
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory: pytest.TempPathFactory, build_dir: Path):
+    """parity(name): the spec, its program directory and its data (converted for the program
+    where the format needs it), built and written once per module."""
+    made: dict[str, tuple[Path, Path, Path, Path]] = {}
+
+    def get(name: str) -> tuple[Path, Path, Path, Path]:
+        if name not in made:
+            tmp = tmp_path_factory.mktemp(name)
+            text, fmt = PARITY_NETS[name]
+            spec = tmp / f"{name}.net"
+            spec.write_text(text)
+            out = tmp / "prog"
+            argv = ["compile", str(spec), "--program", "--cc", "gcc", "--out", str(out)]
+            assert cli.main([*argv, "--build-dir", str(build_dir)]) == 0
+            source = _parity_data(fmt, tmp / "data")
+            native_data = source
+            if fmt != "idx":
+                native_data = tmp / "converted"
+                assert cli.main(["data", "convert", str(source), "--out", str(native_data)]) == 0
+            made[name] = (spec, out, source, native_data)
+        return made[name]
+
+    return get
+
+
+def _run_program(out: Path, *args: str) -> list[dict]:
+    exe = next(p for p in out.iterdir() if p.name.startswith("chaosgen-"))
+    proc = subprocess.run([str(exe), "--quiet", *args], cwd=out, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in (out / "run.jsonl").read_text().splitlines()]
+
+
+VOLATILE = ("seconds", "seconds_train", "seconds_val", "seconds_test", "train_images_per_s",
+            "val_images_per_s", "test_images_per_s", "machine")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("mnist_sgd", ["--limit", "300", "--val-limit", "100", "--test-limit", "100"]),
+        ("cifar_nesterov", ["--limit", "300", "--val-split", "100"]),
+        ("npz_float", ["--fit", "center"]),
+    ],
+)
+def test_program_follows_chaosgen_train(name, args, parity, build_dir, tmp_path) -> None:
+    """Sequential scheme, 2 epochs: the program's weights (and momentum's velocity) after every
+    image equal those of `chaosgen train` on the same data, seed and flags, and so does every
+    figure of its log but the timings and the paths. Tolerance: 1e-6 of the largest weight; both
+    run the same generated kernels and the same shuffle, and agree bit for bit on gcc here (a
+    program and a library built with other flags may round differently, hence not exactly 0).
+    The first program run stops after epoch 1 and continues with --resume (but under cosine,
+    whose length is the run's): the velocity travels in the weights file and the shuffle resumes
+    where it stood."""
+    spec, out, source, native_data = parity(name)
+    common = ["--scheme", "sequential", *args]
+    resume = name != "npz_float"  # cosine's length is the run's --epochs: not split in two
+    if resume:
+        _run_program(out, "--data", str(native_data), "--epochs", "1", *common)
+    again = ["--resume"] if resume else []
+    got = _run_program(out, "--data", str(native_data), "--epochs", "2", *again, *common)
+    log, ck_dir = tmp_path / "train.jsonl", tmp_path / "ck"
+    argv = ["train", str(spec), "--cc", "gcc", "--build-dir", str(build_dir), "--data",
+            str(source), "--log", str(log), "--checkpoint-dir", str(ck_dir), "--quiet"]  # fmt: skip
+    assert cli.main([*argv, "--epochs", "2", *common]) == 0
+    want = [json.loads(line) for line in log.read_text().splitlines()]
+
+    _, net = front_end(spec)
+    mine = native.checked_for(native.read_cgw(out / "weights.cgw"), net, "weights.cgw")
+    theirs = checkpoint.load(ck_dir / "last.npz", net)
+    tol = 1e-6 * float(np.abs(theirs.params).max())
+    np.testing.assert_allclose(mine.params, theirs.params, rtol=0, atol=tol)
+    assert (mine.velocity is None) == (theirs.velocity is None)
+    if theirs.velocity is not None:
+        np.testing.assert_allclose(mine.velocity, theirs.velocity, rtol=0, atol=tol)
+    assert (mine.epochs, mine.eta) == (theirs.epoch, pytest.approx(theirs.eta))
+    assert [list(r) for r in got] == [list(r) for r in want]  # the same keys in the same order
+    for g, w in zip(got, want, strict=True):
+        assert list(g["config"]) == list(w["config"])
+        for k in set(w) - set(VOLATILE) - {"config"}:
+            assert g[k] == pytest.approx(w[k], rel=1e-5, nan_ok=True), k
+        for k in set(w["config"]) - {"spec", "library", "epochs"}:  # epochs: 1, then resumed
+            assert g["config"][k] == w["config"][k], k
+    if name == "mnist_sgd":
+        assert got[1]["eta"] < got[0]["eta"] and "eta_end" in got[0]  # inv, per image
+    if name == "npz_float":
+        assert got[0]["test_images"] == 0 and got[0]["test_error"] is None
+        assert got[0]["config"]["fit"] == "center"
+
+
+def test_program_refuses_bad_data_in_one_line(parity, tmp_path: Path) -> None:
+    """Every problem with the data: one line naming the file and what is wrong, exit 1."""
+    _, out, source, converted = parity("cifar_nesterov")
+    exe = str(out / "chaosgen-cifar_nesterov")
+
+    def refused(d: Path, *words: str) -> None:
+        proc = subprocess.run([exe, "--data", str(d)], cwd=out, capture_output=True, text=True)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        for w in words:
+            assert w in proc.stderr, proc.stderr
+
+    refused(source, str(source), "chaosgen data convert")  # pickles: converted first
+    bad = tmp_path / "bad"
+    shutil.copytree(converted, bad)
+    images = bad / "train-images.idx"
+    images.write_bytes(images.read_bytes()[:-5])
+    refused(bad, f"{images}: the header promises 1536000 bytes, the file holds 1535995")
+    images.write_bytes(b"\0\0\x09\x04" + (converted / "train-images.idx").read_bytes()[4:])
+    refused(bad, f"{images}: not an IDX image file")
+    shutil.copy(converted / "train-images.idx", images)
+    labels = bad / "test-labels.idx"
+    raw = bytearray(labels.read_bytes())
+    raw[8 + 17] = 12  # the 18th test label: 12, and the net has 10 classes
+    labels.write_bytes(bytes(raw))
+    refused(bad, f"{labels}: label 12 at index 17", "has 10 classes")
+    shutil.copy(converted / "test-labels.idx", labels)
+    gray = tmp_path / "gray"
+    assert cli.main(["data", "convert", str(parity("mnist_sgd")[2]), "--out", str(gray)]) == 0
+    refused(gray, "the data has 1 channel (1x28x28)", "takes 3", "input maps=1")
+
+
+def test_convert_is_lossless_and_refuses_unsafe_pickles(tmp_path: Path, capsys) -> None:
+    """The IDX files hold exactly what chaosgen.data.sets reads (uint8 pixels kept as bytes,
+    float ones as float32); a pickle that names a callable is refused, nothing written."""
+    from test_datasets import cifar_pickle, write_cifar_py
+
+    from chaosgen.data import convert, sets
+
+    def idx(path: Path) -> np.ndarray:
+        raw = path.read_bytes()
+        dtype = {0x08: np.uint8, 0x0C: ">i4", 0x0D: ">f4"}[raw[2]]
+        dims = [int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(raw[3])]
+        return np.frombuffer(raw, dtype, offset=4 + 4 * raw[3]).reshape(dims)
+
+    write_cifar_py(tmp_path / "c")
+    assert cli.main(["data", "convert", str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 0
+    d = sets.load_dataset(tmp_path / "c")
+    x = idx(tmp_path / "o" / "train-images.idx")
+    assert x.dtype == np.uint8 and x.shape == d.train_images.shape
+    np.testing.assert_array_equal(sets._scaled(x), d.train_images)
+    np.testing.assert_array_equal(idx(tmp_path / "o" / "test-labels.idx"), d.test_labels)
+    floats = np.float32([[[[0.5, -3.25e-8]]]])
+    np.testing.assert_array_equal(convert.stored_images(floats).astype(np.float32), floats)
+    big = convert.stored_labels(np.array([3, 70000]))
+    assert big.dtype == np.dtype(">i4") and list(big) == [3, 70000]
+
+    evil = tmp_path / "c" / "data_batch_2"
+    evil.write_bytes(cifar_pickle(np.zeros((1, 3, 32, 32), np.uint8), np.zeros(1, np.uint8))
+                     .replace(b"batch_label", b"batch_labeX")[:-1] + b"cos\nsystem\n.")  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["data", "convert", str(tmp_path / "c"), "--out", str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(evil) in err and not (tmp_path / "p").exists()
