@@ -367,7 +367,7 @@ def cmd_compile_program(args: argparse.Namespace) -> int:
     for row in codegen.summary_rows(net):
         print("  " + row)
     print(f"program directory: {d}/ ({', '.join(prog.files)})")
-    run = f"DATA=/path/to/mnist {d}/run.sh"
+    run = f"DATA=/path/to/data {d}/run.sh"
     if prog.built:
         how = "cached" if prog.cached else f"built in {prog.seconds:.2f} s"
         print(f"program: {prog.executable} ({how})")
@@ -378,7 +378,7 @@ def cmd_compile_program(args: argparse.Namespace) -> int:
     else:
         print(f"not built: {compiler.cxx} ({compiler.name}) is not installed here. Elsewhere:")
         print(f"  get it: {compiler.install}")
-        print(f"  copy {d}/ there, then: ./build.sh && DATA=/path/to/mnist ./run.sh")
+        print(f"  copy {d}/ there, then: ./build.sh && DATA=/path/to/data ./run.sh")
         print(f"  the build command: {shlex.join(prog.command)}   (docs/xeon-phi.md)")
     print(f"results back: chaosgen import-weights {args.spec} weights.cgw -o {net.name}.npz")
     return 0

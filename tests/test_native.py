@@ -9,8 +9,10 @@ import gzip
 import json
 import os
 import pickle
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,19 +148,23 @@ def test_knc_program_is_emitted_without_icc(tmp_path: Path, in_repo, capsys) -> 
     proc = subprocess.run(["sh", str(out / "build.sh")], capture_output=True, text=True)
     assert proc.returncode == 1 and "icpc not found" in proc.stderr
     # What icc -std=c++11 would compile, checked with g++ taking icc's side of every #if
-    # (__assume_aligned stubbed): C++11 only, _mm_malloc declared, no AVX intrinsics needed.
+    # (__assume_aligned stubbed): C++11 only, _mm_malloc declared, no AVX intrinsics needed; also
+    # for Caffe's LeNet (momentum, weight decay, multipliers, lr_policy inv, 28x28, scale=).
     icc_side = ["-D__INTEL_COMPILER=1700", "-D__assume_aligned(p,a)=((void)0)"]
-    for extra, files in (
-        (icc_side + ["-Wno-unknown-pragmas"], ["main.cpp", "net.cpp"]),
-        (["-Wall", "-Wextra", "-pedantic", "-Werror"], ["main.cpp"]),
-    ):
-        proc = subprocess.run(
-            ["g++", "-std=c++11", "-fopenmp", "-fsyntax-only", *extra, *files],
-            cwd=out,
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    lenet = tmp_path / "knc-lenet"
+    assert cli.main(["compile", "specs/lenet.net", "--target", "knc", "--out", str(lenet)]) == 0
+    for folder in (out, lenet):
+        for extra, files in (
+            (icc_side + ["-Wno-unknown-pragmas"], ["main.cpp", "net.cpp"]),
+            (["-Wall", "-Wextra", "-pedantic", "-Werror"], ["main.cpp"]),
+        ):
+            proc = subprocess.run(
+                ["g++", "-std=c++11", "-fopenmp", "-fsyntax-only", *extra, *files],
+                cwd=folder,
+                capture_output=True,
+                text=True,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_knl_routes_to_the_program(in_repo, capsys) -> None:
@@ -588,6 +594,31 @@ def test_program_refuses_bad_data_in_one_line(parity, tmp_path: Path) -> None:
     gray = tmp_path / "gray"
     assert cli.main(["data", "convert", str(parity("mnist_sgd")[2]), "--out", str(gray)]) == 0
     refused(gray, "the data has 1 channel (1x28x28)", "takes 3", "input maps=1")
+
+
+def test_run_sh_converts_other_formats_with_chaosgen(parity, tmp_path: Path) -> None:
+    """DATA in a format the program does not read (CIFAR-10 python batches): run.sh converts it
+    with the chaosgen on PATH (here this checkout's), once, and runs; without chaosgen it says
+    where to convert, in one line."""
+    _, out, source, _ = parity("cifar_nesterov")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    shim = tools / "chaosgen"
+    shim.write_text(f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))} exec '
+                    f'{shlex.quote(sys.executable)} -m chaosgen.cli "$@"\n')  # fmt: skip
+    shim.chmod(0o755)
+    args = ["--epochs", "1", "--limit", "50", "--val-limit", "20", "--test-limit", "20", "--quiet"]
+    env = {**os.environ, "DATA": str(source), "THREADS": "1", "PATH": f"{tools}:/usr/bin:/bin"}
+    proc = subprocess.run([out / "run.sh", *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "data" / "train-images.idx").is_file()
+    (rec,) = [json.loads(line) for line in (out / "run.jsonl").read_text().splitlines()]
+    assert (rec["train_images"], rec["test_images"]) == (50, 20)
+    shim.unlink()
+    shutil.rmtree(out / "data")
+    proc = subprocess.run([out / "run.sh", *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert f"chaosgen data convert {source} --out DIR" in proc.stderr
 
 
 def test_convert_is_lossless_and_refuses_unsafe_pickles(tmp_path: Path, capsys) -> None:
