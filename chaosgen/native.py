@@ -225,7 +225,7 @@ def render_program(
     version: Version | None | str = "installed",
 ) -> dict[str, str | bytes]:
     """Every file of the program directory, by name (`version`: see Compiler.flags)."""
-    from .train import PASSES, SCHEMES, Config
+    from .train import MAX_LOSS_FACTOR, MAX_WEIGHT, PASSES, SCHEMES, Config
 
     s = net.input
     source = codegen.render(net, target, lines)
@@ -245,6 +245,11 @@ def render_program(
         **_input_tables(net),
         rule=_update_rule(net),
         row_names=[lay.name for lay in net.trainable],
+        divergence=dict(  # chaosgen train's bounds (Trainer._check_finite)
+            max_weight=repr(float(MAX_WEIGHT)),
+            max_loss_factor=repr(float(MAX_LOSS_FACTOR)),
+            cross_entropy=net.output.loss == "cross_entropy",
+        ),
         defaults=dict(
             epochs=t.epochs,
             eta=repr(float(t.eta)),

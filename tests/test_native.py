@@ -366,6 +366,13 @@ def test_program_refuses_bad_input(program, raw_mnist: Path, tmp_path: Path) -> 
     native.write_cgw(tmp_path / "nan.cgw", native.Weights(nan, small.digest(), 1, 0.01))
     bad = run("--init", "nan.cgw", "--data", str(raw_mnist), "--limit", "10")
     assert bad.returncode == 1 and "nan.cgw: the weights hold NaN or inf" in bad.stderr
+    # chaosgen train's divergence bounds: eta 10 saturates the loss near 60 per image, no NaN
+    limits = ["--limit", "2000", "--val-limit", "10", "--test-limit", "10", "--threads", "1"]
+    bad = run("--init", init, "--data", str(raw_mnist), "--eta", "10", *limits)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "diverged in epoch 1: the mean loss per image was" in bad.stderr
+    assert "above 6.9 (3 x ln 10, the loss of chance) (eta 10)" in bad.stderr
+    assert not (tmp_path / "weights.cgw").exists()
 
 
 # --- gcc and clang, avx2 and generic, against PyTorch --------------------------------------
