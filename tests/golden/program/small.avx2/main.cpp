@@ -876,6 +876,27 @@ bool all_finite(const float *P) {
     return true;
 }
 
+/* chaosgen.train.Trainer._check_finite: why training diverged in this epoch, or "" if it did
+   not (NaN/inf, a weight past MAX_WEIGHT, or over a whole epoch a cross-entropy per image above
+   MAX_LOSS_FACTOR x ln(classes), the loss of chance). */
+const double MAX_WEIGHT = 1000000.0, MAX_LOSS_FACTOR = 3.0;
+const bool CROSS_ENTROPY = true;
+std::string diverged(const float *P, const cg_stats &tr, bool whole) {
+    char why[160] = "";
+    double big = 0.0;
+    for (int k = 0; k < cg_n_params(); ++k) big = std::max(big, double(std::fabs(P[k])));
+    const double limit = MAX_LOSS_FACTOR * std::log(double(cg_output_size()));
+    if (!std::isfinite(tr.loss) || !all_finite(P))
+        std::snprintf(why, sizeof why, "the loss or the weights became NaN/inf");
+    else if (big > MAX_WEIGHT)
+        std::snprintf(why, sizeof why, "a weight reached %.3g (the bound is %g)", big, MAX_WEIGHT);
+    else if (whole && CROSS_ENTROPY && tr.images && tr.loss / double(tr.images) > limit)
+        std::snprintf(why, sizeof why, "the mean loss per image was %.1f, above %.1f (%g x ln %d, "
+                      "the loss of chance)", tr.loss / double(tr.images), limit, MAX_LOSS_FACTOR,
+                      cg_output_size());
+    return why;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -954,10 +975,10 @@ int main(int argc, char **argv) {
         if (cg_train(P, train.images, train.labels.data(), order.data(), n_train, &cfg, &tr,
                      o.profile ? prof.data() : nullptr) != 0)
             die(1, "the runtime could not allocate its buffers (out of memory)");
-        if (!std::isfinite(tr.loss) || !all_finite(P))
-            die(1, "training diverged in epoch %d: the loss or the weights became NaN/inf (eta "
-                   "%g); the last good weights are in %s; try a smaller eta", epoch + 1, eta,
-                o.weights.c_str());
+        const std::string why = diverged(P, tr, !g_stop);
+        if (!why.empty())
+            die(1, "training diverged in epoch %d: %s (eta %g); the last good weights are in %s; "
+                   "try a smaller eta", epoch + 1, why.c_str(), eta, o.weights.c_str());
         if (g_stop) {  // as chaosgen train on Ctrl-C: keep the weights, say where
             const CgwMeta partial = {uint32_t(epoch), CGW_PARTIAL, eta};
             write_cgw(o.weights, P, V, partial);
