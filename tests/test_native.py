@@ -598,6 +598,10 @@ def test_program_refuses_bad_data_in_one_line(parity, tmp_path: Path) -> None:
     labels.write_bytes(bytes(raw))
     refused(bad, f"{labels}: label 12 at index 17", "has 10 classes")
     shutil.copy(converted / "test-labels.idx", labels)
+    both = tmp_path / "both"
+    shutil.copytree(converted, both)
+    (both / "data_batch_1.bin").write_bytes(bytes(3073))
+    refused(both, f"{both} holds more than one data set (CIFAR-10 batches converted .idx files)")
     gray = tmp_path / "gray"
     assert cli.main(["data", "convert", str(parity("mnist_sgd")[2]), "--out", str(gray)]) == 0
     refused(gray, "the data has 1 channel (1x28x28)", "takes 3", "input maps=1")
