@@ -441,8 +441,13 @@ struct DataSet {
 DataSet read_data(const std::string &dir, int classes) {
     DataSet d;
     const std::string p = dir + "/";
-    const bool cifar = is_file(p + "data_batch_1.bin"), mnist = is_file(p + "train-images-idx3-ubyte") ||
-                       is_file(p + "train-images-idx3-ubyte.gz");
+    const bool cifar = is_file(p + "data_batch_1.bin");
+    const bool mnist = is_file(p + "train-images-idx3-ubyte") || is_file(p + "train-images-idx3-ubyte.gz");
+    const bool converted = is_file(p + "train-images.idx");
+    if (int(cifar) + int(mnist) + int(converted) > 1)  // as chaosgen.data.sets: never a guess
+        die(1, "%s holds more than one data set (%s%s%s); keep one per directory", dir.c_str(),
+            cifar ? "CIFAR-10 batches " : "", mnist ? "MNIST IDX files " : "",
+            converted ? "converted .idx files" : "");
     if (cifar) {
         d.format = "cifar10-binary";
         d.train = read_cifar(dir, {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
@@ -455,7 +460,7 @@ DataSet read_data(const std::string &dir, int classes) {
         d.test = read_idx_split(p + "t10k-images-idx3-ubyte", p + "t10k-labels-idx1-ubyte", 10, what);
         for (const Raw *r : {&d.train, &d.test})
             if (r->n == 0) die(1, "%s: holds no images (its header says 0)", r->file.c_str());
-    } else if (is_file(p + "train-images.idx")) {
+    } else if (converted) {
         d.format = "converted";  // chaosgen data convert: any format, any number of classes
         char what[128];
         std::snprintf(what, sizeof what, "network %s has %d classes (labels 0..%d)", NETWORK,
