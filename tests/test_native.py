@@ -350,6 +350,8 @@ def test_program_refuses_bad_input(program, raw_mnist: Path, tmp_path: Path) -> 
     assert gz.returncode == 1 and "is gzip-compressed: gunzip it first" in gz.stderr
     bad = run("--threads", "0")
     assert bad.returncode == 2 and "--threads must be an integer >= 1" in bad.stderr
+    bad = run("--batch", "8", "--scheme", "delayed")  # as chaosgen train: the averaged scheme's
+    assert bad.returncode == 2 and "--batch is the averaged scheme's" in bad.stderr
     _, medium = front_end(ROOT / "specs" / "medium.net")
     native.write_cgw(
         tmp_path / "m.cgw", native.Weights(np.zeros(medium.n_params), medium.digest())
