@@ -232,7 +232,7 @@ long usable_cpus() { return omp_get_num_procs(); }
 
 Options parse_options(int argc, char **argv) {
     Options o;
-    bool threads_given = false;
+    bool threads_given = false, update_every_given = false, batch_given = false;
     for (int i = 1; i < argc; ++i) {
         std::string opt = argv[i], v;
         const size_t eq = opt.find('=');
@@ -266,8 +266,9 @@ Options parse_options(int argc, char **argv) {
             die(2, "--decay is lr_policy exp's factor per epoch; the spec's lr_policy is %s",
                 LR_POLICY);
         else if (opt == "--seed") o.seed = parse_long(name, v, 0);
-        else if (opt == "--update-every") o.update_every = int(parse_long(name, v, 1));
-        else if (opt == "--batch") o.batch = int(parse_long(name, v, 1));
+        else if (opt == "--update-every")
+            o.update_every = int(parse_long(name, v, 1)), update_every_given = true;
+        else if (opt == "--batch") o.batch = int(parse_long(name, v, 1)), batch_given = true;
         else if (opt == "--limit") o.limit = parse_long(name, v, 1);
         else if (opt == "--val-limit") o.val_limit = parse_long(name, v, 1);
         else if (opt == "--test-limit") o.test_limit = parse_long(name, v, 1);
@@ -276,6 +277,13 @@ Options parse_options(int argc, char **argv) {
         else if (opt == "--fit") die(2, "--fit must be pad, center or crop, found '%s'", v.c_str());
         else die(2, "unknown option '%s' (see --help)", name);
     }
+    // As chaosgen train: a scheme's knob given to another scheme is a mistake, not ignored.
+    if (update_every_given && o.scheme != "delayed")
+        die(2, "--update-every is the delayed scheme's (images between updates); this run's "
+               "scheme is %s: add --scheme delayed, or drop --update-every", o.scheme.c_str());
+    if (batch_given && o.scheme != "averaged")
+        die(2, "--batch is the averaged scheme's (images per synchronous step); this run's scheme "
+               "is %s: add --scheme averaged, or drop --batch", o.scheme.c_str());
     if (o.scheme == "sequential") {
         if (threads_given && o.threads != 1)
             die(2, "--scheme sequential runs on one thread; drop --threads");
