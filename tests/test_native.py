@@ -537,18 +537,22 @@ def test_program_follows_chaosgen_train(name, args, parity, build_dir, tmp_path)
     program and a library built with other flags may round differently, hence not exactly 0).
     The first program run stops after epoch 1 and continues with --resume (but under cosine,
     whose length is the run's): the velocity travels in the weights file and the shuffle resumes
-    where it stood."""
+    where it stood; `chaosgen train --resume` from that epoch's imported weights ends with the
+    same weights too."""
     spec, out, source, native_data = parity(name)
     common = [*(["--threads", "1"] if "--scheme" in args else ["--scheme", "sequential"]), *args]
     resume = name != "npz_float"  # cosine's length is the run's --epochs: not split in two
+    handed = tmp_path / "handed"  # the program's first epoch, continued by chaosgen train
     if resume:
         _run_program(out, "--data", str(native_data), "--epochs", "1", *common)
+        imported = ["import-weights", str(spec), str(out / "weights.cgw")]
+        assert cli.main([*imported, "-o", str(handed / "last.npz")]) == 0
     again = ["--resume"] if resume else []
     got = _run_program(out, "--data", str(native_data), "--epochs", "2", *again, *common)
     log, ck_dir = tmp_path / "train.jsonl", tmp_path / "ck"
-    argv = ["train", str(spec), "--cc", "gcc", "--build-dir", str(build_dir), "--quiet"]
-    argv += ["--data", str(source), "--log", str(log), "--checkpoint-dir", str(ck_dir)]
-    assert cli.main([*argv, "--epochs", "2", *common]) == 0
+    train = ["train", str(spec), "--cc", "gcc", "--build-dir", str(build_dir), "--quiet"]
+    train += ["--data", str(source), "--epochs", "2", *common]
+    assert cli.main([*train, "--log", str(log), "--checkpoint-dir", str(ck_dir)]) == 0
     want = [json.loads(line) for line in log.read_text().splitlines()]
 
     _, net = front_end(spec)
@@ -567,6 +571,10 @@ def test_program_follows_chaosgen_train(name, args, parity, build_dir, tmp_path)
             assert g[k] == pytest.approx(w[k], rel=1e-5, nan_ok=True), k
         for k in set(w["config"]) - {"spec", "library", "epochs"}:  # epochs: 1, then resumed
             assert g["config"][k] == w["config"][k], k
+    if resume:  # and chaosgen train, resumed from the program's weights, ends there too
+        assert cli.main([*train, "--checkpoint-dir", str(handed), "--resume"]) == 0
+        also = checkpoint.load(handed / "last.npz", net)
+        np.testing.assert_allclose(also.params, theirs.params, rtol=0, atol=tol)
     if name == "mnist_sgd":
         assert got[1]["eta"] < got[0]["eta"] and "eta_end" in got[0]  # inv, per image
     if name == "npz_float":
