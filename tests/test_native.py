@@ -667,6 +667,12 @@ def test_convert_is_lossless_and_refuses_unsafe_pickles(tmp_path: Path, capsys) 
     big = convert.stored_labels(np.array([3, 70000]))
     assert big.dtype == np.dtype(">i4") and list(big) == [3, 70000]
 
+    capsys.readouterr()
+    (tmp_path / "file").write_text("")
+    assert cli.main(["data", "convert", str(tmp_path / "c"), "--out", str(tmp_path / "file")]) == 1
+    assert "--out " + str(tmp_path / "file") + ": exists and is not a directory" in (
+        capsys.readouterr().err
+    )
     evil = tmp_path / "c" / "data_batch_2"
     evil.write_bytes(pickle.dumps({b"data": os.system, b"labels": [0]}, protocol=2))
     capsys.readouterr()
