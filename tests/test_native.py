@@ -549,6 +549,8 @@ def test_program_follows_chaosgen_train(name, args, parity, build_dir, tmp_path)
         assert cli.main([*imported, "-o", str(handed / "last.npz")]) == 0
     again = ["--resume"] if resume else []
     got = _run_program(out, "--data", str(native_data), "--epochs", "2", *again, *common)
+    if resume:  # as chaosgen train: nothing to do, nothing changed
+        assert _run_program(out, "--epochs", "2", "--resume") == got
     log, ck_dir = tmp_path / "train.jsonl", tmp_path / "ck"
     train = ["train", str(spec), "--cc", "gcc", "--build-dir", str(build_dir), "--quiet"]
     train += ["--data", str(source), "--epochs", "2", *common]
