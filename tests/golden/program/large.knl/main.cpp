@@ -931,6 +931,11 @@ int main(int argc, char **argv) {
         die(1, "%s: no run to resume (%u epochs done, eta %g: initial weights); drop --resume, or "
                "give --init the weights file a run wrote", o.init.c_str(), start.epochs, start.eta);
 
+    if (o.resume && int(start.epochs) >= o.epochs) {  // as chaosgen train
+        std::printf("nothing to do: %u epochs done, --epochs %d; raise --epochs\n", start.epochs,
+                    o.epochs);
+        return 0;
+    }
     DataSet d = read_data(o.data, cg_output_size());
     const std::string fit = choose_fit(d.train.h, d.train.w, o.fit);
     const long held = o.val_split < 0 ? 0 : o.val_split;  // the last `held` images validate
