@@ -17,7 +17,9 @@ fi
 # The program reads raw files (no zlib, no Python on a card): MNIST/Fashion-MNIST IDX files are
 # unpacked here and CIFAR-10 binary batches copied, once; other formats (CIFAR-10 python batches,
 # .npz) are converted by `chaosgen data convert` (docs/data.md).
-if [ "$(cat data/.source 2>/dev/null)" != "$DATA" ]; then rm -rf data; fi
+if [ "$(cat data/.source 2>/dev/null)" != "$DATA" ]; then  # another data set: only its files go
+    rm -f data/*-ubyte data/*.bin data/*.idx data/.source
+fi
 mkdir -p data
 if [ -f "$DATA/data_batch_1.bin" ]; then
     FILES="data_batch_1.bin data_batch_2.bin data_batch_3.bin data_batch_4.bin data_batch_5.bin test_batch.bin"
