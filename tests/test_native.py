@@ -595,7 +595,10 @@ def test_program_refuses_bad_data_in_one_line(parity, tmp_path: Path) -> None:
         for w in words:
             assert w in proc.stderr, proc.stderr
 
-    refused(source, str(source), "chaosgen data convert")  # pickles: converted first
+    refused(source, f"{source}: this program reads CIFAR-10 python batches and .npz arrays "
+            f"once converted: chaosgen data convert {source} --out DIR")  # fmt: skip
+    refused(tmp_path, f"no data set found in {tmp_path}: expected MNIST")
+    refused(tmp_path / "nowhere", f"{tmp_path / 'nowhere'}: No such file or directory")
     bad = tmp_path / "bad"
     shutil.copytree(converted, bad)
     images = bad / "train-images.idx"
