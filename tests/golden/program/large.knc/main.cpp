@@ -28,6 +28,8 @@
 #include <cstring>
 #include <string>
 #include <vector>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <omp.h>
 
@@ -309,7 +311,21 @@ Options parse_options(int argc, char **argv) {
 }
 
 /* ---- data: read raw, checked as chaosgen.data checks it (docs/data.md) ------------------- */
-bool is_file(const std::string &path) { return access(path.c_str(), R_OK) == 0; }
+bool is_file(const std::string &path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool has_npz(const std::string &dir) {  // an .npz file in dir (chaosgen data convert reads it)
+    DIR *d = opendir(dir.c_str());
+    bool found = false;
+    for (dirent *e; d && !found && (e = readdir(d)) != nullptr;) {
+        const std::string name = e->d_name;
+        found = name.size() > 4 && name.compare(name.size() - 4, 4, ".npz") == 0;
+    }
+    if (d) closedir(d);
+    return found;
+}
 
 std::vector<unsigned char> read_file(const std::string &path) {
     FILE *f = std::fopen(path.c_str(), "rb");
@@ -480,13 +496,16 @@ DataSet read_data(const std::string &dir, int classes) {
         d.test = read_idx_split(p + "test-images.idx", p + "test-labels.idx", classes, what);
         if (d.train.n == 0) die(1, "%s: holds no images", d.train.file.c_str());
     } else {
-        const bool other = is_file(p + "data_batch_1") || is_file(dir) ||
+        struct stat st;
+        if (stat(dir.c_str(), &st) != 0) die(1, "%s: %s", dir.c_str(), std::strerror(errno));
+        const bool other = is_file(dir) || is_file(p + "data_batch_1") || has_npz(dir) ||
                            is_file(p + "cifar-10-batches-py/data_batch_1");
-        die(1, "%s: %s; this program reads MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte "
-               "...), CIFAR-10 binary batches (data_batch_1.bin ...) and what `chaosgen data "
-               "convert %s --out DIR` writes (CIFAR-10 python batches, .npz: docs/data.md)",
-            dir.c_str(), other ? "a format read through `chaosgen data convert`" : "no data set found",
-            dir.c_str());
+        if (other)  // CIFAR-10 python batches or .npz: read on the host (docs/data.md)
+            die(1, "%s: this program reads CIFAR-10 python batches and .npz arrays once converted: "
+                   "chaosgen data convert %s --out DIR, then --data DIR", dir.c_str(), dir.c_str());
+        die(1, "no data set found in %s: expected MNIST/Fashion-MNIST IDX files "
+               "(train-images-idx3-ubyte ...), CIFAR-10 binary batches (data_batch_1.bin ...) or "
+               "the .idx files of `chaosgen data convert` (docs/data.md)", dir.c_str());
     }
     if (d.format != std::string("converted") && classes != 10)
         die(1, "the data has 10 classes, network %s has %d outputs; write `output classes=10` in "
