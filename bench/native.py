@@ -25,14 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import loadavg  # noqa: E402
+
 from chaosgen import data, native  # noqa: E402
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def _raw_mnist(source: str | None, out: Path) -> Path:
@@ -69,7 +64,7 @@ def main() -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     """Build, run interleaved, print."""
-    out: dict = {"load_before": _loadavg(), "threads": args.threads, "limit": args.limit}
+    out: dict = {"load_before": loadavg(), "threads": args.threads, "limit": args.limit}
     with tempfile.TemporaryDirectory(prefix="bench-native-") as tmp:
         tmp = Path(tmp)
         raw = _raw_mnist(args.data, tmp)
@@ -93,7 +88,7 @@ def _bench(args: argparse.Namespace) -> int:
             med = {k: statistics.median(v) for k, v in rates.items()}
             out[ir_net.name] = {"img_per_s": med, "runs": rates,
                                 "ratio": med["program"] / med["chaosgen train"]}  # fmt: skip
-    out["load_after"] = _loadavg()
+    out["load_after"] = loadavg()
     if args.json:
         print(json.dumps(out))
         return 0
