@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "chaosgen.predict",
     "chaosgen.plot",
     "chaosgen.tune",
+    "chaosgen.interop",
 )
 
 

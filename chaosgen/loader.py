@@ -148,25 +148,10 @@ class Net:
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Copy weights in; every key must be present with its exact shape."""
-        if not isinstance(weights, Mapping):
-            raise ChaosgenError(
-                f"set_weights: expected a dict of arrays (as get_weights() returns), found "
-                f"{type(weights).__name__}"
-            )
-        expected = {k: v.shape for k, v in self.get_weights().items()}
-        missing = [k for k in expected if k not in weights]
-        extra = [k for k in weights if k not in expected]
-        if missing or extra:
-            raise ChaosgenError(
-                f"set_weights: keys do not match network {self.ir.name}: "
-                f"missing {missing or 'none'}, unexpected {extra or 'none'}"
-            )
-        blocks = [b for lay in self.ir.trainable for b in _blocks(lay)]
-        cast = {}
-        for key, _, shape in blocks:  # check everything first: a rejected call changes nothing
-            cast[key] = _finite_float32(f"set_weights: {key}", weights[key], (shape,))
-        for key, off, _ in blocks:
-            self.params[off : off + cast[key].size] = cast[key]
+        cast = checked_weights(self.ir, weights, "set_weights")  # a rejected call changes nothing
+        for lay in self.ir.trainable:
+            for key, off, _ in _blocks(lay):
+                self.params[off : off + cast[key].size] = cast[key].ravel()
 
     # --- one image ----------------------------------------------------------------------------
     def _load_image(self, x: np.ndarray) -> None:
@@ -220,6 +205,27 @@ class Net:
         """The loss of one image (computed by the gradient pass)."""
         self.gradients(x, label)
         return float(self.last_loss)
+
+
+def checked_weights(net: ir.Net, weights: object, what: str) -> dict[str, np.ndarray]:
+    """`weights` checked against `net`: a mapping of exactly get_weights()'s keys, each array of
+    its shape, finite once cast; returns them as float32 arrays of those shapes. Else a ChaosgenError that
+    starts with `what` and says what is wrong."""
+    if not isinstance(weights, Mapping):
+        raise ChaosgenError(
+            f"{what}: expected a dict of arrays (as get_weights() returns), found "
+            f"{type(weights).__name__}"
+        )
+    blocks = [b for lay in net.trainable for b in _blocks(lay)]
+    missing = [k for k, _, _ in blocks if k not in weights]
+    extra = [k for k in weights if k not in {k for k, _, _ in blocks}]
+    if missing or extra:
+        raise ChaosgenError(
+            f"{what}: keys do not match network {net.name}: "
+            f"missing {missing or 'none'}, unexpected {extra or 'none'}"
+        )
+    return {key: _finite_float32(f"{what}: {key}", weights[key], (shape,)).reshape(shape)
+            for key, _, shape in blocks}
 
 
 def _key(dropout: tuple[int, int, int]) -> tuple[int, int, int]:
