@@ -138,7 +138,7 @@ def _same_network(a, b) -> None:
     assert a.digest() == b.digest()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(desc=net_descs(max_hidden=5, max_side=9, max_maps=3, dropout=True, geometry=True),
        norm=NORMS, seed=st.integers(0, 2**32 - 1))
 def test_round_trip_same_network_bitwise_weights(desc, norm, seed, tmp_path_factory) -> None:

@@ -12,7 +12,7 @@ comes from (`c1`, `c1.z`, ...), and every weight initializer as `get_weights()` 
 |---|---|
 | `input mean= std= scale=` | Sub(mean), Div(std), Mul(scale) (per channel: shape (1, C, 1, 1)) |
 | `conv` | Conv (pads, strides; group 1, dilation 1) |
-| `maxpool`, `avgpool` | MaxPool, AveragePool (count_include_pad 0); ceil_mode 1 only where round=ceil adds a partial window |
+| `maxpool`, `avgpool` | MaxPool, AveragePool (count_include_pad 0); round=ceil's partial last windows as end pads (ceil_mode 0) |
 | `dense`, `output` | Flatten (after a 4-D tensor), Gemm (transB 1, PyTorch's weight layout) |
 | a conv or pool after a dense | Reshape to (N, units, 1, 1) |
 | `dropout` | Dropout with its ratio, in inference form (training_mode absent: the identity) |
@@ -60,12 +60,13 @@ class _Graph:
         return out
 
 
-def _pool_ceil_mode(lay: ir.Pool) -> int:
-    """1 where the output has a last, partial window (round=ceil sizes beyond floor's): floor
-    and ceil agree otherwise, and ceil_mode 0 then says it without ONNX's edge cases."""
-    floor_h = (lay.in_shape.h - lay.wh) // lay.sh + 1
-    floor_w = (lay.in_shape.w - lay.ww) // lay.sw + 1
-    return int((lay.out_shape.h, lay.out_shape.w) != (floor_h, floor_w))
+def _pool_end_pads(lay: ir.Pool) -> tuple[int, int]:
+    """Rows and columns to add after the input so that whole windows reach round=ceil's last,
+    partial one (0 where the windows fit). Written as pads, not as ceil_mode: ONNX's shape
+    inference sizes ceil_mode without PyTorch's rule that a last window starts inside the input,
+    per axis, so one axis's ceil may not be another's."""
+    return (max(0, (lay.out_shape.h - 1) * lay.sh + lay.wh - lay.in_shape.h),
+            max(0, (lay.out_shape.w - 1) * lay.sw + lay.ww - lay.in_shape.w))
 
 
 def _activation(g: _Graph, act: str, z: str, name: str, out: str) -> str:
@@ -113,8 +114,8 @@ def to_onnx(net: ir.Net, weights: dict[str, np.ndarray]):
             x = _activation(g, lay.activation, z, n, out)
         elif isinstance(lay, ir.Pool):
             attrs = dict(kernel_shape=[lay.wh, lay.ww], strides=[lay.sh, lay.sw],
-                         pads=[0, 0, 0, 0], ceil_mode=_pool_ceil_mode(lay))
-            if lay.op == "avg":  # the divisor: the inputs inside the window (chaosgen's, Caffe's)
+                         pads=[0, 0, *_pool_end_pads(lay)])
+            if lay.op == "avg":  # the divisor: the inputs inside the window, pads not counted
                 x = g.node("AveragePool", [x], out, n, count_include_pad=0, **attrs)
             else:
                 x = g.node("MaxPool", [x], out, n, **attrs)

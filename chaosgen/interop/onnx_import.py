@@ -53,6 +53,15 @@ def _square(values: list[int], node, what: str) -> int:
     return values[0]
 
 
+def _windows(n: int, k: int, s: int, end_pad: int, ceil_mode: bool) -> int:
+    """Windows of k, s apart, over n inputs and end_pad after them: floor, or ceil with PyTorch's
+    rule that the last window starts inside the input (Caffe's and chaosgen's sizes)."""
+    if not ceil_mode:
+        return (n + end_pad - k) // s + 1
+    out = -(-(n + end_pad - k) // s) + 1
+    return out - ((out - 1) * s >= n)
+
+
 class _Reader:
     """Walks the chain node by node, collecting statements and weights."""
 
@@ -251,20 +260,29 @@ class _Reader:
                               "count_include_pad": 0, "auto_pad": "NOTSET"})
         if self.rank != 4:
             raise _fail(node, "a pool on a flat (N, features) tensor")
-        if any(a["pads"]) or a["auto_pad"] not in ("NOTSET", "VALID"):
-            raise _fail(node, f"pads {list(a['pads'])}: chaosgen's pools have no padding")
+        pads = list(a["pads"])
+        if pads[0] or pads[1] or a["auto_pad"] not in ("NOTSET", "VALID"):
+            raise _fail(node, f"pads {pads}: chaosgen's pools have no padding (only end pads "
+                              "that make round=ceil's last, partial window)")
         if list(a["dilations"]) != [1, 1] or a["storage_order"] != 0:
             raise _fail(node, "dilations and storage_order must be the defaults")
+        if node.op_type == "AveragePool" and a["count_include_pad"] and any(pads):
+            raise _fail(node, "count_include_pad 1 with pads: chaosgen divides by the inputs "
+                              "inside the window")
         (wh, ww) = a["kernel_shape"]
         (sh, sw) = a["strides"] or [1, 1]
         maps, h, w = self.shape
-        floor = ((h - wh) // sh + 1, (w - ww) // sw + 1)
-        size = floor
-        if a["ceil_mode"]:  # PyTorch's rule: a last window must start inside the input
-            size = tuple(-(-(n - k) // s) + 1 for n, k, s in ((h, wh, sh), (w, ww, sw)))
-            size = tuple(o - ((o - 1) * s >= n) for o, n, s in zip(size, (h, w), (sh, sw)))
-        if min(floor) < 1 or wh > h or ww > w:
+        if wh > h or ww > w:
             raise _fail(node, f"window {wh}x{ww} is larger than its input {h}x{w}")
+        axes = ((h, wh, sh, pads[2]), (w, ww, sw, pads[3]))
+        floor = tuple(_windows(n, k, s, 0, False) for n, k, s, _ in axes)
+        ceil = tuple(_windows(n, k, s, 0, True) for n, k, s, _ in axes)
+        size = tuple(_windows(n, k, s, e, bool(a["ceil_mode"])) for n, k, s, e in axes)
+        if size not in (floor, ceil):
+            raise _fail(node, f"pads {pads} and ceil_mode {a['ceil_mode']} make "
+                              f"{size[0]}x{size[1]} windows over {h}x{w}; chaosgen's are "
+                              f"{floor[0]}x{floor[1]} (round=floor) or {ceil[0]}x{ceil[1]} "
+                              "(round=ceil)")
         attrs = {"window": f"{wh}x{ww}"}
         if (sh, sw) != (wh, ww):
             attrs["stride"] = f"{sh}x{sw}"
