@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -102,7 +103,10 @@ def cmd_import(args: argparse.Namespace) -> int:
             raise UsageError(
                 "Caffe weights (.caffemodel) are not imported; import the net without --weights"
             )
-        text, net = import_caffe(src, out, solver=args.solver, input_shape=args.input_shape)
+        text, net, warnings = import_caffe(src, out, solver=args.solver,
+                                           input_shape=args.input_shape)
+        for w in warnings:
+            print(f"chaosgen: warning: {w}", file=sys.stderr)
         saved = ""
     try:
         atomic_write(out, text)
