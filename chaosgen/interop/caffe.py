@@ -139,24 +139,24 @@ class _Located(Exception):
         self.loc = loc
 
 
-def _int(msg: Message, name: str, default: int | None = None) -> int | None:
+def _read(msg: Message, name: str, kind: type, default=None):
+    """A scalar field as `kind` (int or float), else `default`; a wrong value is located."""
     v = msg.get(name)
     if v is None:
         return default
     try:
-        return int(str(v))
+        return kind(str(v))
     except ValueError:
-        raise _Located(msg.where(name), f"{name}: expected an integer, found '{v}'") from None
+        what = "an integer" if kind is int else "a number"
+        raise _Located(msg.where(name), f"{name}: expected {what}, found '{v}'") from None
+
+
+def _int(msg: Message, name: str, default: int | None = None) -> int | None:
+    return _read(msg, name, int, default)
 
 
 def _number(msg: Message, name: str, default: float | None = None) -> float | None:
-    v = msg.get(name)
-    if v is None:
-        return default
-    try:
-        return float(str(v))
-    except ValueError:
-        raise _Located(msg.where(name), f"{name}: expected a number, found '{v}'") from None
+    return _read(msg, name, float, default)
 
 
 def _text(v: float) -> str:
