@@ -148,7 +148,8 @@ class Net:
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Copy weights in; every key must be present with its exact shape."""
-        cast = checked_weights(self.ir, weights, "set_weights")  # a rejected call changes nothing
+        # everything is checked first: a rejected call changes nothing
+        cast = checked_weights(self.ir, weights, "set_weights")
         for lay in self.ir.trainable:
             for key, off, _ in _blocks(lay):
                 self.params[off : off + cast[key].size] = cast[key].ravel()
@@ -209,8 +210,8 @@ class Net:
 
 def checked_weights(net: ir.Net, weights: object, what: str) -> dict[str, np.ndarray]:
     """`weights` checked against `net`: a mapping of exactly get_weights()'s keys, each array of
-    its shape, finite once cast; returns them as float32 arrays of those shapes. Else a ChaosgenError that
-    starts with `what` and says what is wrong."""
+    its shape, finite once cast; returns them as float32 arrays of those shapes. Else a
+    ChaosgenError that starts with `what` and says what is wrong."""
     if not isinstance(weights, Mapping):
         raise ChaosgenError(
             f"{what}: expected a dict of arrays (as get_weights() returns), found "
@@ -224,8 +225,10 @@ def checked_weights(net: ir.Net, weights: object, what: str) -> dict[str, np.nda
             f"{what}: keys do not match network {net.name}: "
             f"missing {missing or 'none'}, unexpected {extra or 'none'}"
         )
-    return {key: _finite_float32(f"{what}: {key}", weights[key], (shape,)).reshape(shape)
-            for key, _, shape in blocks}
+    return {
+        key: _finite_float32(f"{what}: {key}", weights[key], (shape,)).reshape(shape)
+        for key, _, shape in blocks
+    }
 
 
 def _key(dropout: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -14,7 +14,6 @@ from reference import random_weights
 import chaosgen
 from chaosgen import cli
 from chaosgen.check import check
-from chaosgen.errors import SpecError
 from chaosgen.interop.caffe import import_caffe, parse_prototxt
 from chaosgen.parse import parse_text
 from chaosgen.pipeline import front_end

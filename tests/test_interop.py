@@ -112,8 +112,8 @@ NORMS = st.sampled_from(("", "mean=0.5 std=0.5", "mean=0.1307 std=0.3081 scale=1
 def test_random_net_export_matches_onnxruntime(desc, norm, seed, build_dir, mnist) -> None:
     """Random nets of the test generator (pad, strides, floor and ceil pools, dropout, every
     activation and output), with an input normalisation: onnxruntime equals chaosgen."""
-    text = re.sub(r"^input .*$", lambda m: f"{m.group(0)} {norm}", plain_text(desc), 1,
-                  flags=re.M)
+    text = re.sub(r"^input .*$", lambda m: f"{m.group(0)} {norm}", plain_text(desc),
+                  count=1, flags=re.M)
     path = build_dir / f"r{hashlib.sha256(text.encode()).hexdigest()[:12]}.net"
     path.write_text(text)
     loaded = chaosgen.compile(path, build_dir=build_dir)
@@ -143,8 +143,8 @@ def _same_network(a, b) -> None:
        norm=NORMS, seed=st.integers(0, 2**32 - 1))
 def test_round_trip_same_network_bitwise_weights(desc, norm, seed, tmp_path_factory) -> None:
     """export -> import gives the same network and bitwise the same weights (no compiler)."""
-    text = re.sub(r"^input .*$", lambda m: f"{m.group(0)} {norm}", plain_text(desc), 1,
-                  flags=re.M)
+    text = re.sub(r"^input .*$", lambda m: f"{m.group(0)} {norm}", plain_text(desc),
+                  count=1, flags=re.M)
     net = check(parse_text(text, "r.net"))
     weights = random_weights(net, np.random.default_rng(seed))
     folder = tmp_path_factory.mktemp("rt")
@@ -184,31 +184,28 @@ def test_cli_round_trip_with_checkpoint(tmp_path, in_repo, capsys) -> None:
 
 
 # --- import: models written by PyTorch's exporter -----------------------------------------------
-torch = pytest.importorskip("torch")
-nn = torch.nn
+def torch_models(torch) -> dict:
+    """Plain Sequential models of every supported layer, in PyTorch's default init, with their
+    input shapes."""
+    nn = torch.nn
 
+    class ScaledTanh(nn.Module):
+        """LeCun's 1.7159 tanh(2x/3), written as a user would."""
 
-class ScaledTanh(nn.Module):
-    """LeCun's 1.7159 tanh(2x/3), written as a user would."""
+        def forward(self, x):
+            return 1.7159 * torch.tanh(x * (2.0 / 3.0))
 
-    def forward(self, x):
-        return 1.7159 * torch.tanh(x * (2.0 / 3.0))
+    class Normalise(nn.Module):
+        """torchvision's Normalize as a module: (x - mean) / std per channel."""
 
+        def __init__(self, mean, std):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
-class Normalise(nn.Module):
-    """torchvision's Normalize as a module: (x - mean) / std per channel."""
+        def forward(self, x):
+            return (x - self.mean) / self.std
 
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
-def torch_models() -> dict:
-    """Plain Sequential models of every supported layer, in PyTorch's default init."""
     torch.manual_seed(0)
     return {
         "lenet": (nn.Sequential(
@@ -229,7 +226,7 @@ def torch_models() -> dict:
     }
 
 
-def export_torch(model, shape, path: Path) -> None:
+def export_torch(torch, model, shape, path: Path) -> None:
     """torch.onnx.export's TorchScript exporter (dynamo=False: the default dynamo exporter needs
     onnxscript, which is not installed here); a dynamic batch."""
     torch.onnx.export(model.eval(), (torch.zeros(1, *shape),), str(path), dynamo=False,
@@ -242,8 +239,9 @@ def export_torch(model, shape, path: Path) -> None:
 def test_pytorch_model_imported_gives_pytorch_outputs(name, tmp_path, build_dir, mnist) -> None:
     """PyTorch model -> torch.onnx.export -> chaosgen import -> compile -> forward on real MNIST:
     PyTorch's own outputs within 1e-5."""
-    model, shape = torch_models()[name]
-    export_torch(model, shape, tmp_path / "m.onnx")
+    torch = pytest.importorskip("torch")
+    model, shape = torch_models(torch)[name]
+    export_torch(torch, model, shape, tmp_path / "m.onnx")
     assert cli.main(["import", str(tmp_path / "m.onnx"), "-o", str(tmp_path / f"{name}.net"),
                      "--weights", str(tmp_path / "w.npz")]) == 0
     loaded = chaosgen.compile(tmp_path / f"{name}.net", build_dir=build_dir)
@@ -260,25 +258,26 @@ def test_pytorch_model_imported_gives_pytorch_outputs(name, tmp_path, build_dir,
 # --- import: what cannot be imported ------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("layers, shape, message", [
-    (lambda: [nn.Conv2d(1, 2, 3), nn.LeakyReLU(), nn.Flatten(),
+    (lambda nn: [nn.Conv2d(1, 2, 3), nn.LeakyReLU(), nn.Flatten(),
               nn.Linear(2 * 6 * 6, 3)], (1, 8, 8),
      r"node '/1/LeakyRelu' \(LeakyRelu\): operator not supported \(supported: Conv, MaxPool"),
-    (lambda: [nn.Conv2d(1, 2, 3, dilation=2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)], (1, 8, 8),
+    (lambda nn: [nn.Conv2d(1, 2, 3, dilation=2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)], (1, 8, 8),
      r"node '/0/Conv' \(Conv\): dilations \[2, 2\] and group 1: chaosgen convolutions have "
      r"dilation 1"),
-    (lambda: [nn.Conv2d(1, 2, 3, padding=(1, 0)), nn.MaxPool2d(2, padding=1), nn.Flatten(),
+    (lambda nn: [nn.Conv2d(1, 2, 3, padding=(1, 0)), nn.MaxPool2d(2, padding=1), nn.Flatten(),
               nn.Linear(2 * 5 * 4, 3)], (1, 8, 8),
      r"node '/1/MaxPool' \(MaxPool\): pads \[1, 1, 1, 1\]: chaosgen's pools have no padding"),
-    (lambda: [nn.Flatten(), nn.Linear(64, 3), nn.LogSoftmax(dim=1)], (1, 8, 8),
+    (lambda nn: [nn.Flatten(), nn.Linear(64, 3), nn.LogSoftmax(dim=1)], (1, 8, 8),
      r"node '/2/LogSoftmax' \(LogSoftmax\): operator not supported"),
-    (lambda: [nn.Conv2d(1, 2, 3)], (1, 8, 8),
+    (lambda nn: [nn.Conv2d(1, 2, 3)], (1, 8, 8),
      r"the network must end in a Gemm \(Linear\)"),
 ])
 def test_unsupported_model_is_one_line_naming_the_node(layers, shape, message, tmp_path,
                                                        capsys) -> None:
     """An operator or attribute chaosgen cannot express: exit 1, one line naming the node, the
     operator and what is supported; nothing written."""
-    export_torch(nn.Sequential(*layers()), shape, tmp_path / "m.onnx")
+    torch = pytest.importorskip("torch")
+    export_torch(torch, torch.nn.Sequential(*layers(torch.nn)), shape, tmp_path / "m.onnx")
     rc = cli.main(["import", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.net"),
                    "--weights", str(tmp_path / "w.npz")])
     err = capsys.readouterr().err

@@ -1,19 +1,12 @@
 """A Caffe net .prototxt (and its solver) as a .net file: the architecture, fillers, multipliers
 and the solver's settings; Caffe's weights (.caffemodel) are not read.
 
-| Caffe | chaosgen |
-|---|---|
-| `Input` (`input_param { shape }`), top-level `input_dim`/`input_shape`, or a data layer with `--input-shape` | `input maps= size=` |
-| data layer `transform_param { scale mean_value }` (raw bytes) | `input scale=` (x 255) `mean=` (/ 255): chaosgen's pixels are bytes / 255 |
-| `Convolution` (`num_output kernel_size stride pad`; group 1, dilation 1, bias) | `conv` |
-| `Pooling` MAX / AVE (no pad; Caffe sizes with ceil) | `maxpool` / `avgpool stride= round=ceil` |
-| `InnerProduct` | `dense`; the last one `output` |
-| `ReLU` (slope 0), `TanH`, `Sigmoid` (in place) | the layer's `activation=` (also after a max pool: Caffe's cifar10_quick order) |
-| `Dropout` | `dropout rate=` |
-| `SoftmaxWithLoss`, `Softmax` / `EuclideanLoss` | `output activation=softmax loss=cross_entropy` / `loss=mse` |
-| `Accuracy`, layers of the TEST phase only | nothing |
-| fillers `xavier`, `msra`, `gaussian std`, `uniform min max`; `param { lr_mult decay_mult }` | `init=xavier|he|gaussian std=|uniform range=`; `lr_mult decay_mult bias_lr_mult bias_decay_mult` |
-| solver `base_lr momentum weight_decay lr_policy gamma power stepsize`, the data layer's `batch_size` | `train eta=base_lr/batch batch= momentum= weight_decay= lr_policy= ...`: Caffe's mini-batch steps are chaosgen's `--scheme averaged` steps |
+Data layers (or `Input`, or `--input-shape`) give the input and its scale and mean;
+Convolution, Pooling (MAX, AVE; Caffe's ceil sizing), InnerProduct, ReLU, TanH, Sigmoid (in
+place, also after a max pool), Dropout and the loss (SoftmaxWithLoss, Softmax, EuclideanLoss)
+the layers; fillers and `param` multipliers their init= and multipliers; the solver's SGD
+settings the `train` statement, as averaged steps of the data layer's batch (Caffe's mini-batch
+steps). The table of every field: docs/interop.md, "Import (Caffe)".
 
 Caffe's `xavier` filler is U(+-sqrt(3 / fan_in)), chaosgen's Glorot's U(+-sqrt(6 / (fan_in +
 fan_out))): the import keeps the name and says so in the file (as specs/lenet.net does).
@@ -328,7 +321,7 @@ class _Net:
         for (w_key, b_key), src in (
             (("lr_mult", "bias_lr_mult"), "lr_mult"), (("decay_mult", "bias_decay_mult"),
                                                        "decay_mult")):
-            for key, param in zip((w_key, b_key), params):
+            for key, param in zip((w_key, b_key), params, strict=False):
                 v = _number(param, src) if isinstance(param, Message) else None
                 if v is not None and v != 1:
                     attrs[key] = _text(v)
@@ -372,9 +365,9 @@ class _Net:
         if not kh or kh > h or kw > w:
             raise _Located(p.loc, f"window {kh}x{kw} over a {h}x{w} input")
         caffe = tuple(-(-(n - k) // s) + 1 for n, k, s in ((h, kh, sh), (w, kw, sw)))
-        if any((o - 1) * s >= n for o, n, s in zip(caffe, (h, w), (sh, sw))):
-            raise _Located(p.where("stride"), f"stride {sh}x{sw} beyond window {kh}x{kw}: Caffe's last "
-                           "window starts past the input; chaosgen cannot size it so")
+        if any((o - 1) * s >= n for o, n, s in zip(caffe, (h, w), (sh, sw), strict=True)):
+            raise _Located(p.where("stride"), f"stride {sh}x{sw} beyond window {kh}x{kw}: "
+                           "Caffe's last window starts past the input; chaosgen cannot size it so")
         attrs = {"window": f"{kh}x{kw}", "stride": f"{sh}x{sw}" if sh != sw else str(sh)}
         if (h - kh) % sh or (w - kw) % sw:
             attrs["round"] = "ceil"
@@ -489,7 +482,7 @@ def import_caffe(path: Path, out: Path, solver: str | None = None,
         except ValueError:
             from ..errors import UsageError
 
-            raise UsageError(f"--input-shape {input_shape}: expected CxHxW, e.g. 1x28x28") from None
+            raise UsageError(f"--input-shape {input_shape}: expected CxHxW (1x28x28)") from None
     proto, lines = parse_prototxt(path)
     net = _Net(path, proto, shape)
     try:

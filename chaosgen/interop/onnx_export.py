@@ -8,17 +8,11 @@ One image batch in, the output layer's activations out:
 Each layer becomes the operators below; every node and tensor is named after the layer it
 comes from (`c1`, `c1.z`, ...), and every weight initializer as `get_weights()` keys it.
 
-| chaosgen | ONNX |
-|---|---|
-| `input mean= std= scale=` | Sub(mean), Div(std), Mul(scale) (per channel: shape (1, C, 1, 1)) |
-| `conv` | Conv (pads, strides; group 1, dilation 1) |
-| `maxpool`, `avgpool` | MaxPool, AveragePool (count_include_pad 0); round=ceil's partial last windows as end pads (ceil_mode 0) |
-| `dense`, `output` | Flatten (after a 4-D tensor), Gemm (transB 1, PyTorch's weight layout) |
-| a conv or pool after a dense | Reshape to (N, units, 1, 1) |
-| `dropout` | Dropout with its ratio, in inference form (training_mode absent: the identity) |
-| `relu`, `tanh`, `sigmoid` | Relu, Tanh, Sigmoid |
-| `scaled_tanh` | Mul(2/3), Tanh, Mul(1.7159) (LeCun; the generated code's CG_STANH_S, CG_STANH_A) |
-| `softmax` | Softmax (axis 1) |
+Conv (pads, strides), MaxPool and AveragePool (count_include_pad 0; round=ceil's partial
+windows as end pads), Flatten and Gemm (transB 1) for dense layers, Reshape to (N, units, 1, 1)
+before a conv or pool that follows a dense, Dropout in inference form, Relu, Tanh, Sigmoid,
+Identity, Mul-Tanh-Mul for scaled tanh, Softmax, and Sub/Div/Mul for the input's mean, std and
+scale. The table, and why end pads rather than ceil_mode: docs/interop.md, "Export".
 """
 
 from __future__ import annotations

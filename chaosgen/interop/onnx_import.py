@@ -3,16 +3,11 @@ into a .net file and its weights.
 
 The graph must be one chain from its one image input (N, C, H, W) to its one output. Supported:
 
-| ONNX | chaosgen |
-|---|---|
-| Sub, Div, Mul by constants, before the first layer | `input mean= std= scale=` (in that order) |
-| Conv (symmetric pads, one stride, dilation 1, group 1) | `conv` |
-| MaxPool, AveragePool (no pads) | `maxpool`, `avgpool` (`round=` from ceil_mode where it matters) |
-| Gemm (alpha 1, transA 0), after Flatten or Reshape to (N, -1) | `dense`; the last one: `output` |
-| Relu, Tanh, Sigmoid; Mul(2/3), Tanh, Mul(1.7159) | the layer's `activation=` (also across a MaxPool: max commutes with these) |
-| Softmax (axis 1) after the last Gemm | `output activation=softmax loss=cross_entropy`; without it `loss=mse` (a chaosgen export's metadata `chaosgen.loss` names its loss) |
-| Dropout (inference form) | `dropout rate=` |
-| Identity, Constant | nothing |
+input normalisation (Sub, Div, Mul by constants, before the first layer), Conv, MaxPool,
+AveragePool, Gemm after Flatten or Reshape (the last Gemm is the output), Relu, Tanh, Sigmoid
+and scaled tanh (Mul 2/3, Tanh, Mul 1.7159) as the preceding layer's activation (also across a
+max pool), Softmax after the last Gemm, Dropout, Identity, Constant. The table of every
+attribute: docs/interop.md, "Import (ONNX)".
 
 An average pool with count_include_pad 1 and no pads is read as chaosgen's avgpool: at a
 ceil-mode edge onnxruntime divides by the inputs inside the window either way (as PyTorch does).
@@ -29,8 +24,8 @@ import numpy as np
 from .. import ir
 from ..errors import ChaosgenError, printable
 from . import need
-from .onnx_export import LOSS_KEY, POOLS_KEY
 from .nettext import Statement, f32, name_or_none, write
+from .onnx_export import LOSS_KEY, POOLS_KEY
 
 SUPPORTED = ("Conv", "MaxPool", "AveragePool", "Gemm", "Flatten", "Reshape", "Relu", "Tanh",
              "Sigmoid", "Mul (scaled tanh)", "Softmax", "Dropout", "Identity", "Constant",
@@ -380,7 +375,8 @@ class _Reader:
             return float(v.ravel()[0]) if v is not None and v.size == 1 else None
 
         tanh = self.next_node(node.output[0])
-        last = self.next_node(tanh.output[0]) if tanh is not None and tanh.op_type == "Tanh" else None
+        is_tanh = tanh is not None and tanh.op_type == "Tanh"
+        last = self.next_node(tanh.output[0]) if is_tanh else None
         s, a = factor(node), factor(last)
         if s is None or a is None or not np.allclose((s, a), STANH, rtol=1e-6):
             raise _fail(node, "a Mul that is not part of a scaled tanh (Mul 2/3, Tanh, Mul "

@@ -12,8 +12,8 @@ import numpy as np
 
 from .. import checkpoint, ir
 from ..build import atomic_write
-from ..loader import _unflatten, checked_weights
 from ..errors import ChaosgenError, printable, refuse_special_file
+from ..loader import _unflatten, checked_weights
 
 
 def from_params(net: ir.Net, params: np.ndarray) -> dict[str, np.ndarray]:
