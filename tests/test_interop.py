@@ -349,3 +349,58 @@ def test_branching_graph_is_refused(tmp_path, capsys) -> None:
                      "--weights", str(tmp_path / "r.npz")]) == 1
     err = capsys.readouterr().err
     assert "tensor 'f' is read by 2 nodes (Relu, Add" in err and len(err.splitlines()) == 1, err
+
+
+MUTANT_SPEC = """
+input   maps=2 size=12x11 mean=0.5 std=0.25
+conv    c1: maps=3 kernel=3 pad=1 stride=2 activation=scaled_tanh
+maxpool p1: window=2 stride=2x1 round=ceil
+dropout d1: rate=0.25
+avgpool p2: window=2 round=floor
+dense   f1: units=5 activation=relu
+conv    c2: maps=2 kernel=1 activation=sigmoid
+output  out: classes=3
+"""
+
+
+@settings(max_examples=int(os.environ.get("CHAOSGEN_TEST_ONNX_MUTANTS", "200")), deadline=None)
+@given(data=st.data())
+def test_mutated_models_import_or_fail_cleanly(data, tmp_path_factory) -> None:
+    """Mutants of an exported model (an attribute changed, removed or added; an operator
+    renamed; an input rewired; an initializer dropped): the import succeeds with a network
+    chaosgen's checker accepted, or fails with one ChaosgenError, never another exception."""
+    from chaosgen.errors import ChaosgenError
+
+    net = check(parse_text(MUTANT_SPEC, "m.net"))
+    model = to_onnx(net, random_weights(net, np.random.default_rng(0)))
+    nodes = model.graph.node
+    node = nodes[data.draw(st.integers(0, len(nodes) - 1))]
+    values = st.one_of(
+        st.integers(-3, 5), st.floats(-2, 2, allow_nan=False),
+        st.lists(st.integers(-1, 4), min_size=1, max_size=5), st.sampled_from(["SAME_UPPER", "x"]))
+    how = data.draw(st.sampled_from(("set", "remove", "op", "rewire", "drop_init")))
+    if how == "set":
+        name = data.draw(st.sampled_from(("kernel_shape", "strides", "pads", "ceil_mode", "axis",
+                                          "transB", "alpha", "group", "auto_pad", "dilations")))
+        for a in [a for a in node.attribute if a.name == name]:
+            node.attribute.remove(a)
+        node.attribute.append(onnx.helper.make_attribute(name, data.draw(values)))
+    elif how == "remove" and node.attribute:
+        node.attribute.remove(node.attribute[data.draw(st.integers(0, len(node.attribute) - 1))])
+    elif how == "op":
+        node.op_type = data.draw(st.sampled_from(("Relu", "Tanh", "Gemm", "Conv", "MaxPool",
+                                                  "Flatten", "Softmax", "Identity", "Dropout")))
+    elif how == "rewire" and node.input:
+        tensors = [t for n in nodes for t in n.output] + ["input"]
+        node.input[0] = data.draw(st.sampled_from(tensors))
+    elif how == "drop_init":
+        inits = model.graph.initializer
+        inits.remove(inits[data.draw(st.integers(0, len(inits) - 1))])
+    folder = tmp_path_factory.mktemp("mutant")
+    (folder / "m.onnx").write_bytes(model.SerializeToString())
+    try:
+        text, net2, _ = import_onnx(folder / "m.onnx", folder / "m.net")
+    except ChaosgenError as e:
+        assert "\n" not in str(e)
+    else:
+        assert check(parse_text(text, str(folder / "m.net"))) == net2

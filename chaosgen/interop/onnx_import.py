@@ -48,6 +48,10 @@ def _square(values: list[int], node, what: str) -> int:
     return values[0]
 
 
+# list attributes of 2-D convolutions and pools: (length, smallest value)
+_INT_LISTS = {"kernel_shape": (2, 1), "strides": (2, 1), "pads": (4, 0), "dilations": (2, 1)}
+
+
 def _windows(n: int, k: int, s: int, end_pad: int, ceil_mode: bool) -> int:
     """Windows of k, s apart, over n inputs and end_pad after them: floor, or ceil with PyTorch's
     rule that the last window starts inside the input (Caffe's and chaosgen's sizes)."""
@@ -84,6 +88,15 @@ class _Reader:
             )
         self.input, self.output = inputs[0], g.output[0].name
         self.graph_name = g.name
+        self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                         default=0)
+        # a chaosgen export's metadata: the loss, each pool's stride= and round= as written
+        self.props = {p.key: p.value for p in model.metadata_props}
+        try:
+            pools = json.loads(self.props.get(POOLS_KEY, "{}"))
+        except ValueError:
+            pools = {}
+        self.pools: dict = pools if isinstance(pools, dict) else {}
         self.statements: list[Statement] = []
         self.weights: list[dict[str, np.ndarray]] = []  # per statement: weight, bias
         self.norm: dict[str, str] = {}
@@ -123,6 +136,13 @@ class _Reader:
         for k, v in out.items():
             if isinstance(v, bytes):
                 out[k] = v.decode()
+            n, low = _INT_LISTS.get(k, (0, 0))
+            if n and v is not None and not (
+                isinstance(v, list) and len(v) == n and all(isinstance(i, int) and i >= low
+                                                            for i in v)):
+                raise _fail(node, f"{k} {v}: expected {n} integers >= {low} (a 2-D image op)")
+        if "kernel_shape" in allowed and out["kernel_shape"] is None and node.op_type != "Conv":
+            raise _fail(node, "kernel_shape is required")
         return out
 
     def const(self, node, i: int, what: str) -> np.ndarray | None:
@@ -234,6 +254,10 @@ class _Reader:
                               f"(out, {self.shape[0]}, kh, kw)")
         b = self.const(node, 2, "bias")
         maps, _, kh, kw = w.shape
+        if b is not None and b.shape != (maps,):
+            raise _fail(node, f"bias of shape {b.shape}, expected ({maps},)")
+        if a["kernel_shape"] not in (None, [kh, kw]):
+            raise _fail(node, f"kernel_shape {a['kernel_shape']} is not the weight's {kh}x{kw}")
         stride = _square(list(a["strides"]), node, "strides")
         p = list(a["pads"])
         if p[0] != p[2] or p[1] != p[3]:
@@ -244,7 +268,7 @@ class _Reader:
         attrs["activation"] = "linear"
         _, h, wd = self.shape
         self.shape = (maps, (h + 2 * p[0] - kh) // stride + 1, (wd + 2 * p[1] - kw) // stride + 1)
-        self.add(Statement("conv", attrs, self._name(node, w), self._note(node)),
+        self.add(Statement("conv", attrs, self._name(node), self._note(node)),
                  {"weight": w, "bias": b if b is not None else np.zeros(maps, w.dtype)})
         self.act_slot = len(self.statements) - 1
         return node.output[0]
@@ -301,6 +325,8 @@ class _Reader:
         if a["alpha"] != 1.0 or a["transA"] != 0:
             raise _fail(node, f"alpha {a['alpha']}, transA {a['transA']}: expected 1 and 0")
         w = self.const(node, 1, "weight")
+        if w is None or w.ndim != 2:
+            raise _fail(node, f"weight of shape {None if w is None else w.shape}: expected 2-D")
         w = w.T if not a["transB"] else w
         n_in = self.shape[0] * self.shape[1] * self.shape[2]
         if w.ndim != 2 or w.shape[1] != n_in:
@@ -314,7 +340,7 @@ class _Reader:
                               f"({units},)")
         self.shape = (units, 1, 1)
         self.add(Statement("dense", {"units": str(units), "activation": "linear"},
-                           self._name(node, self.const(node, 1, "weight"), 1), self._note(node)),
+                           self._name(node), self._note(node)),
                  {"weight": np.ascontiguousarray(w), "bias": b.reshape(units)})
         self.act_slot = len(self.statements) - 1
         return node.output[0]
@@ -329,6 +355,8 @@ class _Reader:
     def reshape(self, node) -> str:
         self.attrs(node, {"allowzero": 0})
         shape = self.const(node, 1, "shape")
+        if shape is None:
+            raise _fail(node, "no shape input")
         size = self.shape[0] * self.shape[1] * self.shape[2]
         target = [int(v) for v in np.asarray(shape).ravel()]
         rest = target[1:]
@@ -346,9 +374,11 @@ class _Reader:
     def dropout(self, node) -> str:
         a = self.attrs(node, {"ratio": 0.5, "seed": 0, "is_test": 1})
         ratio = self.const(node, 1, "ratio")
-        rate = float(ratio) if ratio is not None else float(a["ratio"])
+        if ratio is not None and ratio.size != 1:
+            raise _fail(node, f"ratio of shape {ratio.shape}: expected one number")
+        rate = float(ratio.ravel()[0]) if ratio is not None else float(a["ratio"])
         mode = self.const(node, 2, "training_mode")
-        if mode is not None and bool(mode):
+        if mode is not None and bool(np.any(mode)):
             raise _fail(node, "training_mode is true; export the model in eval() mode")
         self.add(Statement("dropout", {"rate": f32(rate)}, name_or_none(node.name),
                            self._note(node)))
@@ -411,10 +441,10 @@ class _Reader:
         return out
 
     # --- names --------------------------------------------------------------------------------
-    def _name(self, node, w: np.ndarray, i: int = 1) -> str | None:
+    def _name(self, node) -> str | None:
         """The layer's name: its weight's initializer name without `.weight` if that is a
         name (chaosgen's exports, PyTorch's named modules), else the node's, else none."""
-        init = node.input[i]
+        init = node.input[1]
         if init.endswith(".weight") and name_or_none(init[: -len(".weight")]):
             return init[: -len(".weight")]
         return name_or_none(node.name)
@@ -432,17 +462,8 @@ def import_onnx(path: Path, out: Path) -> tuple[str, ir.Net, dict[str, np.ndarra
         model = onnx.load(str(path))
     except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
         raise ChaosgenError(f"{shown} is not an ONNX model ({type(e).__name__}: {e})") from None
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    reader = _Reader(onnx, model)
-    reader.opset = opset
-    props = {p.key: p.value for p in model.metadata_props}
     try:
-        reader.pools = json.loads(props.get(POOLS_KEY, "{}"))
-    except ValueError:
-        reader.pools = {}
-    if not isinstance(reader.pools, dict):
-        reader.pools = {}
-    try:
+        reader = _Reader(onnx, model)
         reader.run()
     except _Unsupported as e:
         raise ChaosgenError(f"{shown}: {e}") from None
@@ -450,13 +471,13 @@ def import_onnx(path: Path, out: Path) -> tuple[str, ir.Net, dict[str, np.ndarra
     act = last.attrs.pop("activation")
     last.kind = "output"
     # cross-entropy needs a softmax; a chaosgen export names its loss in the metadata
-    loss = props.get(LOSS_KEY)
+    loss = reader.props.get(LOSS_KEY)
     if loss not in ir.LOSSES or (loss == "cross_entropy" and act != "softmax"):
         loss = "cross_entropy" if act == "softmax" else "mse"
     last.attrs = {"classes": last.attrs["units"], "activation": act, "loss": loss}
     m, h, w = reader._input_shape()
     inp = Statement("input", {"maps": str(m), "size": f"{h}x{w}", **reader.norm})
-    header = (f"Imported by chaosgen from {Path(path).name} (ONNX opset {opset}, "
+    header = (f"Imported by chaosgen from {Path(path).name} (ONNX opset {reader.opset}, "
               f"producer {model.producer_name or 'unknown'} {model.producer_version})")
     name = reader.graph_name if reader.graph_name not in ("main_graph", "torch_jit") else None
     text, net = write([inp, *reader.statements], header, name, out, shown)
