@@ -4,16 +4,21 @@ a PyTorch transcription of the Caffe net, and the located errors."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference import random_weights
 
 import chaosgen
 from chaosgen import cli
 from chaosgen.check import check
+from chaosgen.errors import ChaosgenError
 from chaosgen.interop.caffe import import_caffe, parse_prototxt
 from chaosgen.parse import parse_text
 from chaosgen.pipeline import front_end
@@ -111,9 +116,9 @@ def test_protobuf_text_format(tmp_path) -> None:
         "l: [1, 2 ,3] s: 'q' x: 4 x: 5f\n")
     msg, _ = parse_prototxt(tmp_path / "a.prototxt")
     assert msg.get("name") == 'ab"c'
-    assert msg.get("m").get("x") == "1" and msg.get("m").get("y") == "-2.5e-3"
-    assert msg.get("n").get("z") == "WORD"
-    assert msg.get("l") == ["1", "2", "3"] and msg.get("s") == "q"
+    assert msg.sub("m").get("x") == "1" and msg.sub("m").get("y") == "-2.5e-3"
+    assert msg.sub("n").get("z") == "WORD"
+    assert msg.ints("l", 0) == [1, 2, 3] and msg.get("s") == "q"
     assert [f.value for f in msg.all("x")] == ["4", "5"] and msg.get("x") == "5"
 
 
@@ -155,3 +160,86 @@ def test_weights_refused_for_caffe(tmp_path, capsys) -> None:
     assert cli.main(["import", str(CAFFE / "lenet_train_test.prototxt"), "-o",
                      str(tmp_path / "l.net"), "--weights", str(tmp_path / "l.npz")]) == 2
     assert "not imported" in capsys.readouterr().err
+
+
+@settings(max_examples=int(os.environ.get("CHAOSGEN_TEST_CAFFE_MUTANTS", "200")), deadline=None)
+@given(data=st.data())
+def test_mutated_prototxt_imports_or_fails_cleanly(data, tmp_path_factory) -> None:
+    """Mutants of the cifar10_quick fixture (a token deleted, duplicated or replaced by another
+    value): a net chaosgen's checker accepted, or one ChaosgenError (a located one for the
+    file), never another exception."""
+    text = (CAFFE / "cifar10_quick_train_test.prototxt").read_text()
+    tokens = re.findall(r'"[^"]*"|[^\s{}:<>\[\]]+|[{}:<>\[\]]', text)
+    i = data.draw(st.integers(0, len(tokens) - 1))
+    how = data.draw(st.sampled_from(("delete", "duplicate", "replace")))
+    if how == "delete":
+        tokens[i] = ""
+    elif how == "duplicate":
+        tokens[i] = f"{tokens[i]} {tokens[i]}"
+    else:
+        tokens[i] = data.draw(st.sampled_from(
+            ("0", "-1", "1.5", "99999", '"x"', "MAX", "AVE", '"ReLU"', '"LRN"', "{ }", "[1, 2]",
+             "true", '"Pooling"', '"InnerProduct"', "kernel_h: 2")))
+    folder = tmp_path_factory.mktemp("caffe-mutant")
+    (folder / "m.prototxt").write_text(" ".join(tokens))
+    try:
+        out, net, _ = import_caffe(folder / "m.prototxt", folder / "m.net", input_shape="3x32x32")
+    except ChaosgenError:
+        pass
+    else:
+        assert check(parse_text(out, str(folder / "m.net"))) == net
+
+
+DEPLOY = """name: "deploy"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: [1, 3, 12, 10] } } }
+layer { name: "c" type: "Convolution" bottom: "data" top: "c"
+        convolution_param { num_output: 4 kernel_h: 3 kernel_w: 1 stride: 2 pad_h: 1 pad_w: 0
+                            weight_filler { type: "msra" } } }
+layer { name: "s" type: "Sigmoid" bottom: "c" top: "c" }
+layer { name: "g" type: "Pooling" bottom: "c" top: "g"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "d" type: "Dropout" bottom: "g" top: "g" dropout_param { dropout_ratio: 0.3 } }
+layer { name: "fc" type: "InnerProduct" bottom: "g" top: "fc"
+        param { lr_mult: 0.5 decay_mult: 0 } inner_product_param { num_output: 6 } }
+layer { name: "t" type: "TanH" bottom: "fc" top: "fc" }
+layer { name: "out" type: "InnerProduct" bottom: "fc" top: "out"
+        inner_product_param { num_output: 3 weight_filler { type: "uniform" min: -0.1 max: 0.1 } } }
+layer { name: "prob" type: "Softmax" bottom: "out" top: "prob" }
+"""
+
+
+def test_deploy_net_with_every_layer_kind(tmp_path) -> None:
+    """An Input layer's shape, kernel_h/_w and pad_h/_w, msra and uniform fillers, a global
+    average pool, dropout, multipliers, TanH and Sigmoid, a deploy Softmax."""
+    (tmp_path / "d.prototxt").write_text(DEPLOY)
+    text, net, warnings = import_caffe(tmp_path / "d.prototxt", tmp_path / "d.net")
+    want = check(parse_text("""
+        network deploy
+        input   maps=3 size=12x10
+        conv    c: maps=4 kernel=3x1 stride=2 pad=1x0 activation=sigmoid init=he
+        avgpool g: window=6x5 stride=1
+        dropout d: rate=0.3
+        dense   fc: units=6 activation=tanh lr_mult=0.5 decay_mult=0
+        output  out: classes=3 init=uniform range=0.1
+    """, "w.net"))
+    assert _layers(net) == _layers(want) and not warnings
+    for lay, expected in zip(net.trainable, want.trainable, strict=True):
+        assert (lay.lr_mult, lay.decay_mult) == (expected.lr_mult, expected.decay_mult)
+
+
+def test_transform_param_scale_and_mean_value(tmp_path) -> None:
+    """Caffe's (raw - mean_value) x scale on bytes is chaosgen's (x - mean) / std x scale on
+    x = bytes / 255: mean = mean_value / 255, scale = scale x 255."""
+    (tmp_path / "t.prototxt").write_text(
+        'layer { name: "d" type: "Data" top: "data" transform_param { scale: 0.017 '
+        "mean_value: 104 mean_value: 117 mean_value: 123 } }\n"
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+        "inner_product_param { num_output: 2 } }\n")
+    _, net, _ = import_caffe(tmp_path / "t.prototxt", tmp_path / "t.net", input_shape="3x2x2")
+    raw = np.array([[[0, 255], [104, 7]], [[117, 1], [2, 3]], [[123, 9], [8, 200]]], np.float64)
+    mean = np.array([104, 117, 123], np.float64)[:, None, None]
+    caffe = (raw - mean) * 0.017
+    norm = net.norm
+    ours = (raw / 255 - np.array(norm.mean)[:, None, None]) / np.array(norm.std) * norm.scale
+    np.testing.assert_allclose(ours, caffe, rtol=1e-12, atol=1e-12)

@@ -37,6 +37,14 @@ XAVIER_NOTE = ("Caffe's xavier filler is U(+-sqrt(3/fan_in)); chaosgen's xavier 
 
 
 # --- protobuf text format -------------------------------------------------------------------
+class _Located(Exception):
+    """An error at a place in the prototxt."""
+
+    def __init__(self, loc: SourceLoc, message: str):
+        super().__init__(message)
+        self.loc = loc
+
+
 @dataclass(frozen=True, slots=True)
 class Field:
     """One field as written: its name, its value (text of a scalar, a Message, or a list of
@@ -57,15 +65,53 @@ class Message:
         """Every value of a field."""
         return [f for f in self.fields if f.name == name]
 
-    def get(self, name: str, default: object = None) -> object:
-        """The last value of a field (protobuf's rule for a repeated singular field)."""
-        found = self.all(name)
-        return found[-1].value if found else default
-
     def where(self, name: str) -> SourceLoc:
         """Where a field is written (else where the message is)."""
         found = self.all(name)
         return found[-1].loc if found else self.loc
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The last value of a scalar field (protobuf's rule for a repeated singular field)."""
+        texts = self.texts(name)
+        return texts[-1] if texts else default
+
+    def texts(self, name: str) -> list[str]:
+        """Every value of a repeated scalar field (`[a, b]` lists included); a message there is
+        a located error."""
+        return [text for _, text in self._located_texts(name)]
+
+    def _located_texts(self, name: str) -> list[tuple[SourceLoc, str]]:
+        out: list[tuple[SourceLoc, str]] = []
+        for f in self.all(name):
+            if isinstance(f.value, Message):
+                raise _Located(f.loc, f"{name}: expected a value, found a message")
+            out += [(f.loc, v) for v in (f.value if isinstance(f.value, list) else [f.value])]
+        return out
+
+    def subs(self, name: str) -> list[Message]:
+        """Every value of a repeated message field; a scalar there is a located error."""
+        for f in self.all(name):
+            if not isinstance(f.value, Message):
+                raise _Located(f.loc, f"{name}: expected a message {{ ... }}")
+        return [f.value for f in self.all(name)]  # type: ignore[misc]
+
+    def sub(self, name: str) -> Message:
+        """The last value of a message field (an empty message when absent)."""
+        found = self.subs(name)
+        return found[-1] if found else Message([], self.loc)
+
+    def ints(self, name: str, low: int) -> list[int]:
+        """Every value of a repeated integer field, each at least `low`."""
+        out = []
+        for loc, text in self._located_texts(name):
+            try:
+                v = int(text)
+            except ValueError:
+                raise _Located(loc, f"{name}: expected an integer, found '{text}'") from None
+            if v < low:
+                raise _Located(loc, f"{name}: {v} is less than {low}")
+            out.append(v)
+        return out
 
 
 @functools.cache
@@ -124,14 +170,6 @@ def _scalar(tree) -> str:
 
 
 # --- the net ----------------------------------------------------------------------------------
-class _Located(Exception):
-    """An error at a place in the prototxt."""
-
-    def __init__(self, loc: SourceLoc, message: str):
-        super().__init__(message)
-        self.loc = loc
-
-
 def _read(msg: Message, name: str, kind: type, default=None):
     """A scalar field as `kind` (int or float), else `default`; a wrong value is located."""
     v = msg.get(name)
@@ -145,7 +183,10 @@ def _read(msg: Message, name: str, kind: type, default=None):
 
 
 def _int(msg: Message, name: str, default: int | None = None) -> int | None:
-    return _read(msg, name, int, default)
+    v = _read(msg, name, int, default)
+    if v is not None and v < 0:
+        raise _Located(msg.where(name), f"{name}: {v} is negative")
+    return v
 
 
 def _number(msg: Message, name: str, default: float | None = None) -> float | None:
@@ -157,21 +198,21 @@ def _text(v: float) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
 
 
-def _hw(p: Message, what: str, default: int | None) -> tuple[int, int] | None:
-    """Caffe's `what_size` / `what_h`, `what_w` (or `kernel_size` etc.; `pad`, `stride`)."""
+def _hw(p: Message, what: str, default: int | None, low: int) -> tuple[int, int] | None:
+    """Caffe's `what` (`kernel_size`, `stride`, `pad`: one value, or height and width) or
+    `what_h` and `what_w`, each at least `low`."""
     base = {"kernel": "kernel_size"}.get(what, what)
-    h, w = _int(p, f"{what}_h"), _int(p, f"{what}_w")
-    if h is not None or w is not None:
-        if h is None or w is None:
+    h, w = p.ints(f"{what}_h", low), p.ints(f"{what}_w", low)
+    if h or w:
+        if not (h and w):
             raise _Located(p.loc, f"{what}_h and {what}_w go together")
-        return h, w
-    vals = p.all(base)
-    if len(vals) > 2:
-        raise _Located(vals[2].loc, f"{base}: at most two values (height, width)")
-    if not vals:
+        return h[-1], w[-1]
+    nums = p.ints(base, low)
+    if len(nums) > 2:
+        raise _Located(p.all(base)[2].loc, f"{base}: at most two values (height, width)")
+    if not nums:
         return None if default is None else (default, default)
-    nums = [int(str(f.value)) for f in vals]
-    return (nums[0], nums[-1])
+    return nums[0], nums[-1]
 
 
 class _Net:
@@ -192,10 +233,10 @@ class _Net:
         self.warnings: list[str] = []  # what was left out, for the user and the file
 
     def _declared_shape(self) -> tuple[int, int, int] | None:
-        dims = [int(str(f.value)) for f in self.proto.all("input_dim")]
-        shapes = self.proto.all("input_shape")
-        if shapes and isinstance(shapes[0].value, Message):
-            dims = [int(str(f.value)) for f in shapes[0].value.all("dim")]
+        dims = self.proto.ints("input_dim", 1)
+        shapes = self.proto.subs("input_shape")
+        if shapes:
+            dims = shapes[0].ints("dim", 1)
         return self._nchw(dims, self.proto.loc) if dims else None
 
     def _nchw(self, dims: list[int], loc: SourceLoc) -> tuple[int, int, int]:
@@ -207,10 +248,7 @@ class _Net:
         if self.proto.all("layers"):
             raise _Located(self.proto.where("layers"), "the V1 `layers` format (before 2015); "
                            "upgrade it with Caffe's upgrade_net_proto_text")
-        for f in self.proto.all("layer"):
-            layer = f.value
-            if not isinstance(layer, Message):
-                raise _Located(f.loc, "`layer` must be a message { ... }")
+        for layer in self.proto.subs("layer"):
             if self._phase(layer) == "TEST":
                 continue
             self.layer(layer)
@@ -222,19 +260,16 @@ class _Net:
 
     @staticmethod
     def _phase(layer: Message) -> str | None:
-        inc = layer.get("include")
-        return str(inc.get("phase")) if isinstance(inc, Message) and inc.get("phase") else None
+        return layer.sub("include").get("phase")
 
     def _param(self, layer: Message, key: str) -> Message:
-        p = layer.get(key)
-        return p if isinstance(p, Message) else Message([], layer.loc)
+        return layer.sub(key)
 
     def layer(self, layer: Message) -> None:
-        kind = str(layer.get("type", ""))
-        name = str(layer.get("name", ""))
+        kind = layer.get("type", "") or ""
+        name = layer.get("name", "") or ""
         at = layer.where("type")
-        tops = [str(f.value) for f in layer.all("top")]
-        bottoms = [str(f.value) for f in layer.all("bottom")]
+        tops, bottoms = layer.texts("top"), layer.texts("bottom")
         if kind in ("Input", *DATA_LAYERS):
             return self.data(layer, kind, tops, at)
         if kind == "Accuracy":
@@ -263,20 +298,19 @@ class _Net:
             raise _Located(at, "a second input layer")
         self.blob = tops[0] if tops else "data"
         if kind == "Input":
-            shape = self._param(layer, "input_param").get("shape")
-            if isinstance(shape, Message):
-                self.shape = self._nchw([int(str(f.value)) for f in shape.all("dim")],
-                                        shape.loc)
+            shapes = self._param(layer, "input_param").subs("shape")
+            if shapes:
+                self.shape = self._nchw(shapes[0].ints("dim", 1), shapes[0].loc)
         if self.shape is None:
             raise _Located(at, f"the {kind} layer does not give the images' shape; add "
                            "--input-shape CxHxW (e.g. 1x28x28 for MNIST)")
         self.input = self.shape
         t = self._param(layer, "transform_param")
         scale = _number(t, "scale")
-        means = [float(str(f.value)) for f in t.all("mean_value")]
+        means = [_number(Message([f], f.loc), "mean_value") or 0.0 for f in t.all("mean_value")]
         if t.get("mean_file") is not None:  # the architecture still comes in; say what not
             self.warnings.append(
-                f"{t.where('mean_file')}: mean_file {printable(str(t.get('mean_file')))} (a mean "
+                f"{t.where('mean_file')}: mean_file {printable(t.get('mean_file') or '')} (a mean "
                 "image) is not imported: chaosgen subtracts a mean per channel; add "
                 "mean=R,G,B (pixels in [0, 1]) to the input statement")
         for key in ("crop_size", "mirror"):
@@ -293,15 +327,15 @@ class _Net:
 
     def _trainable(self, layer: Message, p: Message, attrs: dict[str, str]) -> None:
         """Fillers and param multipliers, as chaosgen attributes."""
-        wf = p.get("weight_filler")
-        if isinstance(wf, Message):
-            ftype = str(wf.get("type", "constant"))
+        wf = p.sub("weight_filler")
+        if wf.fields:
+            ftype = wf.get("type", "constant")
             if ftype == "xavier":
                 attrs["init"] = "xavier"
             elif ftype == "msra":
                 attrs["init"] = "he"
             elif ftype == "gaussian":
-                attrs.update(init="gaussian", std=str(wf.get("std", "1")))
+                attrs.update(init="gaussian", std=_text(_number(wf, "std", 1.0)))
             elif ftype == "uniform":
                 lo, hi = _number(wf, "min", 0.0), _number(wf, "max", 1.0)
                 if lo != -hi:
@@ -311,31 +345,31 @@ class _Net:
             else:
                 raise _Located(wf.where("type"), f"weight_filler {ftype}: not supported "
                                "(xavier, msra, gaussian, uniform)")
-        bf = p.get("bias_filler")
-        if isinstance(bf, Message) and (_number(bf, "value", 0.0) != 0.0 or
-                                        str(bf.get("type", "constant")) != "constant"):
+        bf = p.sub("bias_filler")
+        if bf.fields and (_number(bf, "value", 0.0) != 0.0 or
+                          bf.get("type", "constant") != "constant"):
             raise _Located(bf.loc, "bias_filler: chaosgen's biases start at 0 (constant 0)")
         if p.get("bias_term") in ("false", "0"):
             raise _Located(p.where("bias_term"), "bias_term false: chaosgen's layers have biases")
-        params = [f.value for f in layer.all("param")]
+        params = layer.subs("param")
         for (w_key, b_key), src in (
             (("lr_mult", "bias_lr_mult"), "lr_mult"), (("decay_mult", "bias_decay_mult"),
                                                        "decay_mult")):
             for key, param in zip((w_key, b_key), params, strict=False):
-                v = _number(param, src) if isinstance(param, Message) else None
+                v = _number(param, src)
                 if v is not None and v != 1:
                     attrs[key] = _text(v)
 
     def conv(self, layer: Message, kind: str, name: str, at: SourceLoc) -> None:
         p = self._param(layer, "convolution_param")
-        if _int(p, "group", 1) != 1 or any(int(str(f.value)) != 1 for f in p.all("dilation")):
+        if _int(p, "group", 1) != 1 or any(d != 1 for d in p.ints("dilation", 1)):
             raise _Located(p.loc, "group and dilation must be 1")
-        kh, kw = _hw(p, "kernel", None) or (0, 0)
-        sh, sw = _hw(p, "stride", 1)
-        ph, pw = _hw(p, "pad", 0)
+        kh, kw = _hw(p, "kernel", None, 1) or (0, 0)
+        sh, sw = _hw(p, "stride", 1, 1)
+        ph, pw = _hw(p, "pad", 0, 0)
         if sh != sw:
             raise _Located(p.loc, f"stride {sh}x{sw}: chaosgen's conv stride is one number")
-        maps = _int(p, "num_output")
+        maps = _int(p, "num_output", 0)
         if not maps or not kh:
             raise _Located(p.loc, "num_output and kernel_size are required")
         attrs = {"maps": str(maps), "kernel": f"{kh}x{kw}"}
@@ -351,16 +385,16 @@ class _Net:
 
     def pool(self, layer: Message, kind: str, name: str, at: SourceLoc) -> None:
         p = self._param(layer, "pooling_param")
-        op = str(p.get("pool", "MAX"))
+        op = p.get("pool", "MAX")
         if op not in ("MAX", "AVE"):
             raise _Located(p.where("pool"), f"pool {op}: chaosgen pools are MAX and AVE")
         maps, h, w = self.shape
-        if str(p.get("global_pooling", "false")) in ("true", "1"):
+        if p.get("global_pooling", "false") in ("true", "1"):
             (kh, kw), (sh, sw) = (h, w), (1, 1)
         else:
-            kh, kw = _hw(p, "kernel", None) or (0, 0)
-            sh, sw = _hw(p, "stride", 1)
-        if _hw(p, "pad", 0) != (0, 0):
+            kh, kw = _hw(p, "kernel", None, 1) or (0, 0)
+            sh, sw = _hw(p, "stride", 1, 1)
+        if _hw(p, "pad", 0, 0) != (0, 0):
             raise _Located(p.where("pad"), "pooling pad: chaosgen's pools have no padding")
         if not kh or kh > h or kw > w:
             raise _Located(p.loc, f"window {kh}x{kw} over a {h}x{w} input")
@@ -378,9 +412,9 @@ class _Net:
 
     def dense(self, layer: Message, kind: str, name: str, at: SourceLoc) -> None:
         p = self._param(layer, "inner_product_param")
-        if _int(p, "axis", 1) != 1 or str(p.get("transpose", "false")) != "false":
+        if _int(p, "axis", 1) != 1 or p.get("transpose", "false") != "false":
             raise _Located(p.loc, "axis must be 1 and transpose false")
-        units = _int(p, "num_output")
+        units = _int(p, "num_output", 0)
         if not units:
             raise _Located(p.loc, "num_output is required")
         attrs = {"units": str(units), "activation": "linear"}
@@ -444,7 +478,7 @@ def _solver(path: Path, batch: int | None) -> tuple[dict[str, str], list[str]]:
         v = _number(proto, key)
         if v:
             attrs[key] = _text(v)
-    policy = str(proto.get("lr_policy", "fixed"))
+    policy = proto.get("lr_policy", "fixed")
     if policy not in POLICIES:
         raise _Located(proto.where("lr_policy"), f"lr_policy {policy}: chaosgen takes "
                        f"{', '.join(POLICIES)} from Caffe (its exp is per epoch)")
@@ -455,10 +489,10 @@ def _solver(path: Path, batch: int | None) -> tuple[dict[str, str], list[str]]:
         attrs["power"] = _text(_number(proto, "power", 0.0) or 0.0)
     if policy == "step":
         attrs["step_size"] = str(_int(proto, "stepsize", 0))
-    if str(proto.get("type", proto.get("solver_type", "SGD"))) not in ("SGD", "Nesterov"):
+    if proto.get("type", proto.get("solver_type", "SGD")) not in ("SGD", "Nesterov"):
         raise _Located(proto.where("type"), "solver type: chaosgen's update is SGD (momentum, "
                        "Nesterov)")
-    if str(proto.get("type", "")) == "Nesterov":
+    if proto.get("type") == "Nesterov":
         attrs["nesterov"] = "true"
     max_iter = _int(proto, "max_iter")
     if max_iter:
@@ -510,5 +544,5 @@ def import_caffe(path: Path, out: Path, solver: str | None = None,
                         *([XAVIER_NOTE] if any(st.attrs.get("init") == "xavier"
                                                for st in net.statements) else []), *notes,
                         *(f"warning: {w}" for w in net.warnings)])
-    name = str(proto.get("name", "")) or None
+    name = proto.get("name") or None
     return (*write(stmts, header, name, out, printable(str(path))), net.warnings)
