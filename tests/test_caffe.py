@@ -204,7 +204,8 @@ layer { name: "fc" type: "InnerProduct" bottom: "g" top: "fc"
         param { lr_mult: 0.5 decay_mult: 0 } inner_product_param { num_output: 6 } }
 layer { name: "t" type: "TanH" bottom: "fc" top: "fc" }
 layer { name: "out" type: "InnerProduct" bottom: "fc" top: "out"
-        inner_product_param { num_output: 3 weight_filler { type: "uniform" min: -0.1 max: 0.1 } } }
+        inner_product_param { num_output: 3
+                              weight_filler { type: "uniform" min: -0.1 max: 0.1 } } }
 layer { name: "prob" type: "Softmax" bottom: "out" top: "prob" }
 """
 
