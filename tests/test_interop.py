@@ -294,8 +294,8 @@ def test_unsupported_model_is_one_line_naming_the_node(layers, shape, message, t
 
 
 def test_bad_files_are_one_line(tmp_path, in_repo, capsys) -> None:
-    """A file that is not ONNX, weights of another network, an .npz with the wrong keys, an
-    unwritable output: one line each, exit 1."""
+    """A file that is not ONNX, an .npz with the wrong keys, a missing file, an output that
+    cannot be written (checked before any work): one line each, exit 1, nothing written."""
     (tmp_path / "junk.onnx").write_bytes(b"\x00\x01not a model")
     np.savez(tmp_path / "wrong.npz", x=np.zeros(3, np.float32))
     cases = [
@@ -305,6 +305,10 @@ def test_bad_files_are_one_line(tmp_path, in_repo, capsys) -> None:
           str(tmp_path / "a.onnx")], "keys do not match network small: missing ['c1.weight'"),
         (["export", "specs/small.net", "--weights", str(tmp_path / "none.npz"), "-o",
           str(tmp_path / "a.onnx")], "not found"),
+        (["export", "specs/small.net", "--weights", str(tmp_path / "wrong.npz"), "-o",
+          str(tmp_path / "wrong.npz" / "a.onnx")], "cannot write -o there"),
+        (["import", str(tmp_path / "junk.onnx"), "-o", str(tmp_path / "a.net"), "--weights",
+          str(tmp_path / "wrong.npz" / "a.npz")], "cannot write --weights there"),
     ]
     for argv, message in cases:
         assert cli.main(argv) == 1

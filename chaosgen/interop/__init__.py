@@ -26,6 +26,30 @@ def need(module: str, what: str) -> ModuleType:
         ) from None
 
 
+def check_output(path: str, option: str) -> Path:
+    """A file chaosgen will write (atomically, at the end): refuse now, before any work, a
+    directory or a FIFO there, or a folder that cannot be written (one line saying which)."""
+    import tempfile
+
+    from ..errors import refuse_special_file
+
+    out = Path(path)
+    if out.is_dir():
+        raise ChaosgenError(f"{printable(path)}: is a directory; {option} wants a file name")
+    refuse_special_file(out, option)
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".tmp"):
+            pass
+    except OSError as e:
+        raise ChaosgenError(
+            f"{printable(str(folder))}: cannot write {option} there ({e.strerror or e}); "
+            "give a path in a writable folder"
+        ) from None
+    return out
+
+
 def add_parser(sub) -> None:
     """`chaosgen export` and `chaosgen import`."""
     p = sub.add_parser("export", help="write a network and its weights as an ONNX model")
@@ -53,6 +77,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .onnx_export import OPSET, export
     from .weights import read_weights
 
+    check_output(args.output, "-o")
     _, net = front_end(args.spec)
     weights = read_weights(args.weights, net)
     size = export(net, weights, args.output)
@@ -84,7 +109,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     refuse_special_file(src, "a model")
     if not src.is_file():
         raise ChaosgenError(f"{printable(args.model)}: no such file")
-    out = Path(args.output)
+    out = check_output(args.output, "-o")
+    if args.weights:
+        check_output(args.weights, "--weights")
     if _is_onnx(src):
         from .onnx_import import import_onnx
         from .weights import write_weights
