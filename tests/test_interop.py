@@ -409,3 +409,22 @@ def test_mutated_models_import_or_fail_cleanly(data, tmp_path_factory) -> None:
         assert "\n" not in str(e)
     else:
         assert check(parse_text(text, str(folder / "m.net"))) == net2
+
+
+def test_round_trip_keeps_names_that_look_like_ours(tmp_path) -> None:
+    """Layers called `input`, `output`, `network` or `N` (the batch dimension's name) and an
+    output named otherwise: the round trip keeps every name, so the IR digest."""
+    text = """
+        input maps=1 size=8x8 mean=0.5 std=0.5 scale=2
+        conv input: maps=2 kernel=3
+        conv output: maps=2 kernel=3 activation=relu
+        conv network: maps=2 kernel=1 activation=linear
+        dense N: units=3
+        output out: classes=2 loss=mse
+    """
+    net = check(parse_text(text, str(tmp_path / "names.net")))
+    weights = random_weights(net, np.random.default_rng(1))
+    (tmp_path / "m.onnx").write_bytes(to_onnx(net, weights).SerializeToString())
+    _, back, _ = import_onnx(tmp_path / "m.onnx", tmp_path / "names.net")
+    assert [lay.name for lay in back.layers] == ["input", "output", "network", "N", "out"]
+    _same_network(net, back)

@@ -26,7 +26,7 @@ def f32(x: float) -> str:
 def name_or_none(text: str) -> str | None:
     """`text` as a layer name if it is one (an identifier of at most 64 characters), else None
     (chaosgen then names the layer after its kind)."""
-    return text if _NAME.fullmatch(text) and text not in ("network",) else None
+    return text if _NAME.fullmatch(text) else None
 
 
 @dataclass
@@ -52,7 +52,7 @@ def write(statements: list[Statement], header: str, network: str | None,
     beyond the language, reported as one line naming the source."""
     seen: set[str] = set()
     for st in statements:
-        if st.name is not None and (st.name in seen or st.name in ("input",)):
+        if st.name is not None and st.name in seen:
             st.name = None
         if st.name is not None:
             seen.add(st.name)
