@@ -198,13 +198,17 @@ class _Reader:
         handler = {
             "Conv": self.conv, "MaxPool": self.pool, "AveragePool": self.pool,
             "Gemm": self.gemm, "Flatten": self.flatten, "Reshape": self.reshape,
-            "Dropout": self.dropout, "Identity": lambda n: (self.attrs(n, {}), n.output[0])[1],
+            "Dropout": self.dropout, "Identity": self.identity,
             "Softmax": self.softmax_node,
             **{a: self.activation for a in ACTIVATIONS},
         }.get(op)
         if handler is None:
             raise _fail(node, f"operator not supported (supported: {', '.join(SUPPORTED)})")
         return handler(node)
+
+    def identity(self, node) -> str:
+        self.attrs(node, {})
+        return node.output[0]
 
     def normalisation(self, node) -> str:
         """Sub(mean), Div(std), Mul(scale) by constants at the input, in that order."""
