@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import __version__, child, ir
-from .build import atomic_write, cached_program
+from .build import atomic_write, cached_program, check_writable
 from .codegen import lock_segment
 from .errors import ChaosgenError, UsageError
 from .options import bounded
@@ -330,7 +330,9 @@ def run(
     build_dir: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Measure, then merge into the profile at `out` (networks measured before are kept)."""
+    """Measure, then merge into the profile at `out` (networks measured before are kept).
+    Raises ChaosgenError before measuring when `out` cannot be written."""
+    check_writable(out, "the machine profile")
     t_start = time.perf_counter()
     cores = usable_cpus()  # threads beyond the affinity mask would only time-slice
     clock = cpu_hz()
