@@ -21,7 +21,16 @@ import json
 import sys
 from pathlib import Path
 
-from common import SCHEMES, Bench, fmt_spread, load_data, machine, shipped_nets, spread
+from common import (
+    SCHEMES,
+    Bench,
+    fmt_spread,
+    load_data,
+    loadavg,
+    machine,
+    shipped_nets,
+    spread,
+)
 from peak import peak_gflops
 
 from chaosgen.build import atomic_write  # common put the checkout on sys.path
@@ -94,6 +103,8 @@ def print_table(result: dict) -> None:
         f"\n{result['machine']['cpu']}, {result['machine']['cores']} cores; FP32 peak "
         + ", ".join(f"{v:.0f} GFLOP/s ({t} thr)" for t, v in peak.items())
     )
+    load = f"{result['load_before']} before, {result['load_after']} after"
+    print(f"load average (1, 5, 15 min): {load}")
     for net, source in result["data"].items():
         print(f"{net}: images {source}")
     head = (
@@ -170,6 +181,7 @@ def main() -> int:
     peak = {str(t): round(peak_gflops(t), 1) for t in sorted(set(threads) | {1})}
     result = {
         "machine": machine(),
+        "load_before": loadavg(),
         "peak_gflops": peak,
         "data": {},
         "chaosgen": [],
@@ -211,6 +223,7 @@ def main() -> int:
                     f"  torch {net} {mode}: {fmt_spread(row['train_images_per_s'])} img/s",
                     file=sys.stderr,
                 )
+    result["load_after"] = loadavg()
     print_table(result)
     if args.json:
         atomic_write(Path(args.json), json.dumps(result, indent=1))
