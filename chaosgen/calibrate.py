@@ -99,13 +99,14 @@ def microbenchmark(build_dir: str | Path | None = None) -> Path:
     )
 
 
-def code_key(spec: str | Path) -> str:
-    """A digest of the network's generated code without its comments, the compiler and its
-    flags: it changes when the code generator or the toolchain does (a calibration of other code
-    is stale), not with the spelling of the spec's path (which only comments mention)."""
+def code_key(spec: str | Path, target: str = "native", cc: str | None = None) -> str:
+    """A digest of the network's generated code for `target` with compiler `cc` (default: the
+    target's) without its comments, the compiler and its flags: it changes when the code
+    generator or the toolchain does (a calibration of other code is stale), not with the
+    spelling of the spec's path (which only comments mention)."""
     from .pipeline import compile_spec
 
-    c = compile_spec(spec, build=False)
+    c = compile_spec(spec, target=target, cc=cc, build=False)
     code, header = (
         re.sub(r"//[^\n]*|/\*.*?\*/", "", t, flags=re.S) for t in (c.source.cpp, c.source.header)
     )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import platform
@@ -373,8 +374,12 @@ class Trainer:
     checkpoint_dir: Path | None = None
     quiet: bool = False
     meta: dict = field(default_factory=dict)
+    cluster: object | None = None  # chaosgen.mpi.Cluster: one rank of an MPI job
 
     def __post_init__(self):
+        if self.cluster is not None and not self.cluster.root:  # rank 0 alone writes and says
+            self.log_path = self.checkpoint_dir = None
+            self.quiet = True
         d, rt = self.data, self.runtime
         n_tr = (
             len(d.train_labels)
@@ -503,8 +508,9 @@ class Trainer:
             at = (epoch * per_epoch, cfg.epochs * per_epoch)  # iter0, max_iter (lr policies)
             t0 = time.perf_counter()
             bar = _bar(f"epoch {epoch + 1} train", len(order), self.quiet)
+            train = rt.train if self.cluster is None else functools.partial(self.cluster.train, rt)
             try:
-                tr = rt.train(
+                tr = train(
                     self.train_x,
                     self.train_y,
                     order,
@@ -559,6 +565,8 @@ class Trainer:
             if tr.profile is not None:
                 rec["profile_us_per_image"] = _profile_table(rt.net, tr.profile, tr.images)
             rec.update(config={**asdict(cfg), **self.meta}, machine=machine())
+            if self.cluster is not None:
+                rec["mpi"] = self.cluster.record(rt.net.ir.n_params, tr.images, tr.threads)
             if not done:
                 rec["evaluation"] = "interrupted"
             self._commit(rec, self.eta)
@@ -589,12 +597,14 @@ class Trainer:
 
     def _evaluate(self) -> tuple[PhaseStats | None, PhaseStats | None]:
         """Validation and test; None for what Ctrl-C stopped or kept from running."""
+        rt = self.runtime
+        run = rt.evaluate if self.cluster is None else functools.partial(self.cluster.evaluate, rt)
         try:
-            va = self.runtime.evaluate(self.val_x, self.val_y, self.cfg.threads)
+            va = run(self.val_x, self.val_y, self.cfg.threads)
         except KeyboardInterrupt:
             return None, None
         try:
-            return va, self.runtime.evaluate(self.test_x, self.test_y, self.cfg.threads)
+            return va, run(self.test_x, self.test_y, self.cfg.threads)
         except KeyboardInterrupt:
             return va, None
 
@@ -604,6 +614,8 @@ class Trainer:
         classes = out.out_shape.size
         chance = 1 - 1 / classes
         rate = rec["val_error_rate"]
+        if self.cluster is not None and not self.cluster.root:
+            return
         if rate < chance - CHANCE_MARGIN / classes:
             return
         # Clearly above chance's loss (that of an untrained net) the weights run away; near it
@@ -696,6 +708,14 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--profile", action="store_true", help="time every layer and pass")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.add_argument(
+        "--sync-every", type=int, default=None, metavar="K",
+        help="under mpirun: average the ranks' models every K images per rank (default 1000)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mpi", action="store_true",
+        help="run as an MPI rank (implied under mpirun; needs mpi4py: pip install '.[mpi]')",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate saved weights on the MNIST test set")
@@ -857,11 +877,15 @@ def train_config(
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Check the flags and the run directory before any work, then train (directory locked)."""
+    from . import mpi
     from .pipeline import front_end
 
     check_train_flags(args)
+    mpi.check_flags(args)
     resolve_threads(args.threads)  # an absurd --threads is a usage error before any work
     _, spec_net = front_end(args.spec)  # its name is the default checkpoint directory's
+    if mpi.wanted(args):
+        return mpi.cmd_train(args, spec_net)
     run, ck = open_run(args, spec_net)
     try:
         return _train(args, spec_net, ck)
@@ -869,8 +893,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         run.close()
 
 
-def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | None) -> int:
-    """Compile the spec, load MNIST, train, log and checkpoint."""
+def _train(
+    args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | None, cluster=None
+) -> int:
+    """Compile the spec, load MNIST, train, log and checkpoint (as one rank of `cluster`, a
+    chaosgen.mpi.Cluster: each step checked on every rank)."""
     from . import compile as compile_net
     from .codegen import summary_rows
     from .data.sets import load
@@ -884,13 +911,19 @@ def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | Non
     if ck is not None and ck.epoch >= cfg.epochs:
         print(f"nothing to do: {ck.epoch} epochs done, --epochs {cfg.epochs}; raise --epochs")
         return 0
-    header, cfg.fit = checked_data(args, spec_net)  # what runs: pad when smaller, if not given
-    net = compile_net(args.spec, target=args.target, cc=args.cc, build_dir=args.build_dir)
+    each = cluster.agree if cluster is not None else lambda _what, fn, *a: fn(*a)
+    # what runs: pad when smaller, if not given
+    header, cfg.fit = each("reading the data's header", checked_data, args, spec_net)
+    net = each("compiling", compile_net, args.spec, args.target, args.cc, args.build_dir)
     rt = Runtime(net)
     cfg.threads = rt.threads(asked)  # what runs: the banner and the log say so
     if args.seed is not None and ck is None:
         net.init_weights(cfg.seed)
-    data = load(header)
+    data = each("loading the data", load, header)
+    if cluster is not None:
+        cluster.check_same_code(net, args)
+        cluster.check_same_data(data)
+        cluster.broadcast_params(net)
     if not args.quiet:
         print(
             f"{net.ir.name} ({args.spec}): {cfg.scheme}, "
@@ -902,6 +935,9 @@ def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | Non
             + (f", weight_decay {cfg.weight_decay:g}" if cfg.weight_decay else "")
             + f", library {net.library}"
         )
+        if cluster is not None:
+            print(f"  mpi: {cluster.size} ranks x {cfg.threads} threads, models averaged every "
+                  f"{cluster.sync_every} images per rank")
         print(f"  data: {header.name} ({header.format}) from {header.source}")
         for row in summary_rows(net.ir):
             print("  " + row)
@@ -921,6 +957,7 @@ def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | Non
             "library": str(net.library),
             "threads_asked": asked,
         },
+        cluster=cluster,
     )
     if ck is not None:
         trainer.resume(ck, args.eta, changed)
