@@ -710,7 +710,12 @@ def add_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.add_argument(
         "--sync-every", type=int, default=None, metavar="K",
-        help="under mpirun: average the ranks' models every K images per rank (default 1000)",
+        help="under mpirun: join the ranks' models every K images per rank (default 100)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sync-rule", choices=("sum", "average"), default=None,
+        help="under mpirun: add the ranks' changes since the last sync (sum, default) or average "
+        "their models (average)",
     )  # fmt: skip
     p.add_argument(
         "--mpi", action="store_true",
@@ -912,6 +917,8 @@ def _train(
         print(f"nothing to do: {ck.epoch} epochs done, --epochs {cfg.epochs}; raise --epochs")
         return 0
     each = cluster.agree if cluster is not None else lambda _what, fn, *a: fn(*a)
+    if cluster is not None:
+        cluster.check_same_code(spec_net, args)
     # what runs: pad when smaller, if not given
     header, cfg.fit = each("reading the data's header", checked_data, args, spec_net)
     net = each("compiling", compile_net, args.spec, args.target, args.cc, args.build_dir)
@@ -921,7 +928,6 @@ def _train(
         net.init_weights(cfg.seed)
     data = each("loading the data", load, header)
     if cluster is not None:
-        cluster.check_same_code(net, args)
         cluster.check_same_data(data)
         cluster.broadcast_params(net)
     if not args.quiet:
