@@ -1,0 +1,129 @@
+"""CHAOS across MPI ranks against CHAOS on threads, on this machine, through `chaosgen train`.
+
+For each network: 1 rank x 1 thread, 1 rank x 2 threads (CHAOS), and 2 ranks x 1 thread under
+`mpirun` for each K (--sync-every); each run trains --epochs epochs (the full training set unless
+--limit) from the same seed and reports training img/s (all epochs' images over their training
+seconds), the speed-up over 1 x 1, the test error after the last epoch and the bytes each image
+costs the network (the ring allreduce's 2 (N - 1) / N of the float32 weights per sync, per K
+images of a rank; CHAOS on threads shares every weight through the caches instead). The ranks
+talk over TCP on the loopback interface (`--mca btl self,tcp`), the path `chaosgen
+calibrate-network` measures, so that the model's predictions can be checked against these runs.
+Prints a markdown table and the load average before and after (the machine may be shared:
+timings then say little); --json keeps every row (bench/mpi.py --json is what
+docs/performance-model.md's validation reads).
+
+    python bench/mpi.py                                   # 3 nets x 5 configurations, 2 epochs
+    python bench/mpi.py --nets small --ks 100,1000 --limit 20000 --epochs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+TCP = ("--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo")
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> dict:
+    """One `chaosgen train` job; its figures from its log."""
+    name = f"{net}-{ranks}x{threads}-{k or 0}"
+    log = work / f"{name}.jsonl"
+    train = [
+        sys.executable, "-m", "chaosgen.cli", "train", str(ROOT / "specs" / f"{net}.net"),
+        "--threads", str(threads), "--epochs", str(args.epochs), "--quiet", "--log", str(log),
+        "--checkpoint-dir", str(work / name), "--build-dir", str(work / "build"),
+    ]  # fmt: skip
+    if args.data:
+        train += ["--data", str(Path(args.data).resolve())]
+    if args.limit:
+        train += ["--limit", str(args.limit)]
+    if ranks > 1:
+        cmd = [shutil.which("mpirun") or "mpirun", "--oversubscribe", *TCP, "-np", str(ranks),
+               *train, "--sync-every", str(k), "--sync-rule", args.rule]  # fmt: skip
+    else:
+        cmd = train
+    env = {**os.environ, **MPI_ENV, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    images = sum(r["train_images"] for r in recs)
+    seconds = sum(r["seconds_train"] for r in recs)
+    mpi = recs[-1].get("mpi") or {}
+    return {
+        "net": net,
+        "ranks": ranks,
+        "threads": threads,
+        "sync_every": k,
+        "sync_rule": args.rule if ranks > 1 else None,
+        "epochs": len(recs),
+        "train_images": images,
+        "seconds_train": seconds,
+        "images_per_s": images / seconds,
+        "test_error_rate": recs[-1]["test_error_rate"],
+        "bytes_per_image": mpi.get("bytes_per_image", 0.0),
+        "sync_seconds": sum((r.get("mpi") or {}).get("sync_seconds", 0.0) for r in recs),
+        "syncs": sum((r.get("mpi") or {}).get("syncs", 0) for r in recs),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nets", default="small,medium,large")
+    ap.add_argument("--ks", default="100,1000,10000", help="--sync-every values of the 2x1 runs")
+    ap.add_argument("--rule", default="sum", choices=("sum", "average"))
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=None, help="training images per epoch")
+    ap.add_argument("--data", default=os.environ.get("CHAOSGEN_DATA"))
+    ap.add_argument("--json", default=None, help="write the rows here")
+    args = ap.parse_args()
+    if shutil.which("mpirun") is None:
+        sys.exit("bench: mpirun not found: apt-get install openmpi-bin libopenmpi-dev")
+    ks = [int(k) for k in args.ks.split(",")]
+    before, rows = loadavg(), []
+    with tempfile.TemporaryDirectory(prefix="bench-mpi-") as tmp:
+        for net in args.nets.split(","):
+            configs = [(1, 1, None), (1, 2, None), *((2, 1, k) for k in ks)]
+            for ranks, threads, k in configs:
+                rows.append(run(net, ranks, threads, k, args, Path(tmp)))
+                print(f"bench: {rows[-1]}", file=sys.stderr, flush=True)
+    after = loadavg()
+    base = {r["net"]: r["images_per_s"] for r in rows if r["ranks"] == r["threads"] == 1}
+    print(f"load average before {before}, after {after} (2 cores; other jobs may share them)")
+    print(
+        f"{args.epochs} epochs of {args.limit or 'all'} training images; 2x1: --sync-rule "
+        f"{args.rule}, TCP over loopback\n"
+    )
+    print("| net | ranks x threads | K | img/s | speed-up | test error | bytes/image |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        k = f"{r['sync_every']:,}" if r["sync_every"] else "-"
+        moved = f"{r['bytes_per_image']:,.0f}" if r["ranks"] > 1 else "(caches)"
+        print(
+            f"| {r['net']} | {r['ranks']} x {r['threads']} | {k} | {r['images_per_s']:,.0f} | "
+            f"{r['images_per_s'] / base[r['net']]:.2f}x | {r['test_error_rate']:.2%} | {moved} |"
+        )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"load_before": before, "load_after": after, "rows": rows}, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
