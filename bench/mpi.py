@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 TCP = ("--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo")
 
@@ -82,6 +83,34 @@ def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> 
     }
 
 
+def calibrated(nets: list[str], data: str | None, tmp: Path):
+    """This machine's profile (`chaosgen calibrate` of the nets) and its loopback network's
+    (`chaosgen calibrate-network`), measured now into scratch files, as bench/model.py does."""
+    from chaosgen import calibrate, netmodel
+    from chaosgen.predict import read_profile
+
+    path = tmp / "machine.json"
+    specs = [str(ROOT / "specs" / f"{n}.net") for n in nets]
+    calibrate.run(specs, out=path, data_dir=data, build_dir=str(tmp / "build"))
+    return read_profile(path), netmodel.calibrate(tmp / "network.json")
+
+
+def predicted_seconds(row: dict, machine, network) -> float:
+    """The model's training seconds for a row: each rank's shard of the epochs' images on its
+    threads (chaosgen.predict), plus its syncs over the loopback network (chaosgen.netmodel);
+    validation, test and the epochs' preparation are not in the measured training seconds, so
+    not here either."""
+    from chaosgen.pipeline import front_end
+    from chaosgen.predict import predict, work_of
+
+    _, net = front_end(str(ROOT / "specs" / f"{row['net']}.net"))
+    shard = -(-row["train_images"] // row["epochs"] // row["ranks"])
+    p = predict(work_of(net), machine, row["threads"], net=net.name, epochs=row["epochs"],
+                images=shard, val_images=0, test_images=0)  # fmt: skip
+    comm = row["syncs"] * network.allreduce_s(4 * net.n_params, row["ranks"])
+    return p.t_train + p.t_mem + comm
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nets", default="small,medium,large")
@@ -91,17 +120,27 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="training images per epoch")
     ap.add_argument("--data", default=os.environ.get("CHAOSGEN_DATA"))
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument(
+        "--no-predict", action="store_true",
+        help="leave out the model's prediction (for which the machine and its loopback are "
+        "calibrated first, into scratch profiles)",
+    )  # fmt: skip
     args = ap.parse_args()
     if shutil.which("mpirun") is None:
         sys.exit("bench: mpirun not found: apt-get install openmpi-bin libopenmpi-dev")
     ks = [int(k) for k in args.ks.split(",")]
     before, rows = loadavg(), []
+    data = str(Path(args.data).resolve()) if args.data else None
     with tempfile.TemporaryDirectory(prefix="bench-mpi-") as tmp:
+        if not args.no_predict:
+            machine, network = calibrated(args.nets.split(","), data, Path(tmp))
         for net in args.nets.split(","):
             configs = [(1, 1, None), (1, 2, None), *((2, 1, k) for k in ks)]
             for ranks, threads, k in configs:
                 rows.append(run(net, ranks, threads, k, args, Path(tmp)))
                 print(f"bench: {rows[-1]}", file=sys.stderr, flush=True)
+        for r in rows if not args.no_predict else ():
+            r["predicted_seconds_train"] = predicted_seconds(r, machine, network)
     after = loadavg()
     base = {r["net"]: r["images_per_s"] for r in rows if r["ranks"] == r["threads"] == 1}
     print(f"load average before {before}, after {after} (2 cores; other jobs may share them)")
@@ -109,15 +148,20 @@ def main() -> int:
         f"{args.epochs} epochs of {args.limit or 'all'} training images; 2x1: --sync-rule "
         f"{args.rule}, TCP over loopback\n"
     )
-    print("| net | ranks x threads | K | img/s | speed-up | test error | bytes/image |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    model = "" if args.no_predict else " predicted img/s | error |"
+    print("| net | ranks x threads | K | img/s | speed-up | test error | bytes/image |" + model)
+    print("|---|---|---:|---:|---:|---:|---:|" + "---:|---:|" * bool(model))
     for r in rows:
         k = f"{r['sync_every']:,}" if r["sync_every"] else "-"
         moved = f"{r['bytes_per_image']:,.0f}" if r["ranks"] > 1 else "(caches)"
-        print(
+        line = (
             f"| {r['net']} | {r['ranks']} x {r['threads']} | {k} | {r['images_per_s']:,.0f} | "
             f"{r['images_per_s'] / base[r['net']]:.2f}x | {r['test_error_rate']:.2%} | {moved} |"
         )
+        if "predicted_seconds_train" in r:
+            rate = r["train_images"] / r["predicted_seconds_train"]
+            line += f" {rate:,.0f} | {rate / r['images_per_s'] - 1:+.1%} |"
+        print(line)
     if args.json:
         Path(args.json).write_text(
             json.dumps({"load_before": before, "load_after": after, "rows": rows}, indent=1)

@@ -54,6 +54,7 @@ import numpy as np
 
 from .errors import ChaosgenError, UsageError
 from .loader import aligned_zeros
+from .netmodel import FLOAT_BYTES, ring_bytes
 
 # Environment variables by which MPI launchers tell a process it is one of a job's ranks: Open
 # MPI's mpirun, MPICH/Intel MPI's Hydra, PMIx launchers (Open MPI 5, Slurm's srun --mpi=pmix).
@@ -68,7 +69,6 @@ INSTALL = (
     "pip install 'chaosgen[mpi]' (mpi4py), with an MPI library from the system "
     "(Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev)"
 )
-FLOAT_BYTES = 4
 MAX_SYNC_EVERY = 2**31 - 1  # images are C ints in the native runtime
 
 
@@ -101,12 +101,6 @@ def world():
 
 class RankError(ChaosgenError):
     """A check that failed on some rank, raised on every rank alike (each exits by itself)."""
-
-
-def ring_bytes(n_params: int, ranks: int) -> float:
-    """Bytes each rank sends (and receives) in a ring allreduce of n_params float32 values:
-    2 (N - 1) / N of the buffer (reduce-scatter, then allgather; Patarasuk and Yuan 2009)."""
-    return 2 * (ranks - 1) / ranks * n_params * FLOAT_BYTES
 
 
 @dataclass
@@ -304,7 +298,7 @@ class Cluster:
 
     def record(self, n_params: int, images: int, threads: int) -> dict:
         """The log's `mpi` entry of an epoch: ranks, threads per rank, K and what syncing cost."""
-        per_sync = ring_bytes(n_params, self.size)
+        per_sync = ring_bytes(FLOAT_BYTES * n_params, self.size)
         return {
             "ranks": self.size,
             "threads_per_rank": threads,

@@ -448,14 +448,15 @@ def human_energy(j: float) -> str:
     return f"{j / 3.6e6:,.3g} kWh" if j < 3.6e9 else f"{j / 3.6e6:,.0f} kWh"
 
 
-def parse_threads(text: str) -> list[int]:
+def parse_threads(text: str, flag: str = "--threads") -> list[int]:
     """'1,2,15' -> [1, 2, 15]."""
+    what = "thread" if flag == "--threads" else "node"
     try:
         out = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise UsageError(f"--threads: expected comma-separated integers, found '{text}'") from None
+        raise UsageError(f"{flag}: expected comma-separated integers, found '{text}'") from None
     if not out or min(out) < 1:
-        raise UsageError(f"--threads: every thread count must be at least 1, found '{text}'")
+        raise UsageError(f"{flag}: every {what} count must be at least 1, found '{text}'")
     return out
 
 
@@ -494,7 +495,23 @@ def add_parser(sub) -> None:
         help="with --machine knc: the paper's published times beside the model's",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--nodes", default=None,
+        help="comma-separated node counts: one rank of --threads threads per node, joined over "
+        "--network every --sync-every images (chaosgen/netmodel.py)",
+    )  # fmt: skip
+    p.add_argument(
+        "--network", default="10GbE", help="with --nodes: 10GbE (default), ib-edr, this "
+        "(chaosgen calibrate-network) or a .json",
+    )  # fmt: skip
+    p.add_argument("--sync-every", type=bounded(int, 1, MAX_IMAGES), default=100, metavar="K",
+                   help="with --nodes: images per node between two model syncs (default 100)")
     p.set_defaults(func=cmd_predict)
+    n = sub.add_parser("calibrate-network",
+                       help="measure MPI's allreduce over loopback TCP for --network this")
+    n.add_argument("--out", default=None, help="default $CHAOSGEN_NETWORK or "
+                   "~/.cache/chaosgen/network.json")  # fmt: skip
+    n.set_defaults(func=cmd_calibrate_network)
 
     c = sub.add_parser("calibrate", help="measure this machine for the performance model (~15 s)")
     c.add_argument("specs", nargs="*", help="networks to calibrate (default: the shipped specs)")
@@ -562,6 +579,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     epochs = args.epochs or net.training.epochs
     work = work_of(net)
+    if args.nodes:
+        return _predict_nodes(args, net, machine, work, threads)
     preds = [
         predict(
             work,
@@ -597,6 +616,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         return 0
     print_table(net, machine, work, preds, own)
+    return 0
+
+
+def _predict_nodes(args, net: ir.Net, machine: Machine, work: Work, threads: list[int]) -> int:
+    """`predict --nodes`: the cluster model's table (one thread count per node)."""
+    from . import netmodel
+
+    nodes = parse_threads(args.nodes, "--nodes")
+    if len(threads) != 1:
+        raise UsageError("--nodes: give one --threads count (the threads of every node)")
+    network = netmodel.load_network(args.network)
+    kw = dict(images=args.images, val_images=args.val_images, test_images=args.test_images)
+    if args.json:
+        rows = [
+            asdict(netmodel.predict_nodes(work, machine, threads[0], n, args.sync_every, network,
+                                          net.n_params, net=net.name, **kw))
+            for n in nodes
+        ]  # fmt: skip
+        print(json.dumps({"net": net.name, "network": asdict(network), "rows": rows}, indent=2))
+        return 0
+    netmodel.print_cluster(net, machine, work, threads[0], nodes, args.sync_every, network, **kw)
+    return 0
+
+
+def cmd_calibrate_network(args: argparse.Namespace) -> int:
+    """`chaosgen calibrate-network`: alpha and beta of this machine's loopback."""
+    from . import netmodel
+
+    net = netmodel.calibrate(Path(args.out) if args.out else None)
+    print(f"loopback TCP, 2 ranks: alpha {net.alpha_s * 1e6:.3g} us, beta "
+          f"{net.beta_bytes_per_s / 1e9:.3g} GB/s -> {args.out or netmodel.default_path()}")
     return 0
 
 
