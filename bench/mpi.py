@@ -111,6 +111,52 @@ def predicted_seconds(row: dict, machine, network) -> float:
     return p.t_train + p.t_mem + comm
 
 
+def model_plot(path: str) -> None:
+    """The model's speed-up against nodes (1 to 1,024) for the large net on KNC nodes (240
+    threads) and the small net on this machine's kind of node (2 threads, profile `this`), over
+    10GbE and InfiniBand EDR, K = 100 and 10,000 (docs/performance-model.md)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from chaosgen import netmodel
+    from chaosgen.build import atomic_write
+    from chaosgen.pipeline import front_end
+    from chaosgen.predict import _machine_for, load_machine, work_of
+
+    nodes = [2**i for i in range(11)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    cases = (("large", "knc", 240), ("small", "this", 2))
+    for ax, (name, machine_name, threads) in zip(axes, cases, strict=True):
+        spec = str(ROOT / "specs" / f"{name}.net")
+        _, net = front_end(spec)
+        machine = load_machine("knc") if machine_name == "knc" else _machine_for("this", spec, net)
+        work = work_of(net)
+        for network in ("10GbE", "ib-edr"):
+            for k, style in ((100, "-"), (10000, "--")):
+                t = [
+                    netmodel.predict_nodes(work, machine, threads, n, k,
+                                           netmodel.NETWORKS[network], net.n_params,
+                                           net=net.name).per_epoch
+                    for n in nodes
+                ]  # fmt: skip
+                ax.plot(nodes, [t[0] / x for x in t], style, marker="o", ms=3,
+                        label=f"{network}, K = {k:,}")  # fmt: skip
+        ax.plot(nodes, nodes, ":", color="grey", label="linear")
+        ax.set(xscale="log", yscale="log", xlabel="nodes", title=f"{name} net, {threads} "
+               f"threads per node ({machine_name})")  # fmt: skip
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("speed-up per epoch (model)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    atomic_write(Path(path), buf.getvalue())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nets", default="small,medium,large")
@@ -125,7 +171,12 @@ def main() -> int:
         help="leave out the model's prediction (for which the machine and its loopback are "
         "calibrated first, into scratch profiles)",
     )  # fmt: skip
+    ap.add_argument("--model-plot", default=None, metavar="PNG",
+                    help="only draw the model's speed-up against nodes into PNG")  # fmt: skip
     args = ap.parse_args()
+    if args.model_plot:
+        model_plot(args.model_plot)
+        return 0
     if shutil.which("mpirun") is None:
         sys.exit("bench: mpirun not found: apt-get install openmpi-bin libopenmpi-dev")
     ks = [int(k) for k in args.ks.split(",")]

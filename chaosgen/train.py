@@ -942,7 +942,8 @@ def _train(
             + f", library {net.library}"
         )
         if cluster is not None:
-            print(f"  mpi: {cluster.size} ranks x {cfg.threads} threads, models averaged every "
+            print(f"  mpi: {cluster.size} rank{'s' * (cluster.size != 1)} x {cfg.threads} "
+                  f"thread{'s' * (cfg.threads != 1)}, models joined ({cluster.rule}) every "
                   f"{cluster.sync_every} images per rank")
         print(f"  data: {header.name} ({header.format}) from {header.source}")
         for row in summary_rows(net.ir):
