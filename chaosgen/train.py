@@ -797,6 +797,16 @@ def check_train_flags(args: argparse.Namespace) -> None:
         v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and low < v <= high):
             raise UsageError(f"--{name.replace('_', '-')} must be {what}, found {v}")
+    scheme = getattr(args, "scheme", None) or "chaos"
+    for flag, owner, what in (
+        ("update_every", "delayed", "images between updates"),
+        ("batch", "averaged", "images per synchronous step"),
+    ):
+        if getattr(args, flag, None) is not None and scheme != owner:
+            raise UsageError(
+                f"--{flag.replace('_', '-')} is the {owner} scheme's ({what}); this run's scheme "
+                f"is {scheme}: add --scheme {owner}, or drop --{flag.replace('_', '-')}"
+            )
 
 
 def open_run(

@@ -576,6 +576,23 @@ def test_numeric_flags_out_of_range_are_usage_errors(tmp_path, capsys, flag, val
     assert not (tmp_path / "ck").exists()
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--update-every", "4"], "--update-every is the delayed scheme's"),
+        (["--update-every", "4", "--scheme", "hogwild"], "this run's scheme is hogwild"),
+        (["--batch", "64", "--scheme", "delayed"], "--batch is the averaged scheme's"),
+    ],
+)
+def test_a_flag_of_another_scheme_is_a_usage_error(tmp_path, capsys, argv, message):
+    """--update-every (delayed) and --batch (averaged) with a scheme that never reads them: exit
+    2 naming the scheme that does, before any file is made (they were silently ignored)."""
+    rc = main(["train", SMALL, *argv, "--checkpoint-dir", str(tmp_path / "ck")])
+    assert rc == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "ck").exists()
+
+
 def test_flag_ranges_are_the_specs(tmp_path, capsys):
     """One definition: the spec checker reports the same bounds as the flags."""
     spec = tmp_path / "s.net"
