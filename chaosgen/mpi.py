@@ -230,17 +230,20 @@ class Cluster:
         """This rank's images of an epoch's order: positions rank, rank + N, ..."""
         return np.ascontiguousarray(order[self.rank :: self.size])
 
+    def longest(self, n: int) -> int:
+        """The images of the longest shard (rank 0's) of an epoch of n."""
+        return -(-n // self.size)
+
     def train(self, rt, x, y, order, cfg, eta, progress=None, epoch=0, iter0=0, max_iter=0):
         """Runtime.train's contract over all ranks: this rank's shard in chunks of sync_every
-        images, the models averaged after each; the stats summed over the ranks. A per-iteration
-        lr_policy counts this rank's iterations (an epoch is one shard)."""
+        images, the models joined after each; the stats summed over the ranks. A per-iteration
+        lr_policy counts this rank's iterations from iter0 (an epoch is one shard: Trainer.run
+        counts so), as Caffe's multi-GPU solvers count theirs."""
         from . import update
         from .train import PhaseStats, _Interrupted
 
         shard = self.shard(order)
-        longest = -(-len(order) // self.size)  # rank 0's shard
-        chunks = -(-longest // self.sync_every)
-        per_rank = update.iterations(longest, cfg.scheme, cfg.batch)
+        chunks = -(-self.longest(len(order)) // self.sync_every)
         self.syncs, self.sync_seconds = 0, 0.0
         loss = errors = images = 0.0
         threads, prof = cfg.threads, None
@@ -261,8 +264,8 @@ class Cluster:
                         x, y, part, cfg, eta,
                         progress=seen if progress is not None else None,
                         epoch=epoch,
-                        iter0=epoch * per_rank + update.iterations(done, cfg.scheme, cfg.batch),
-                        max_iter=cfg.epochs * per_rank,
+                        iter0=iter0 + update.iterations(done, cfg.scheme, cfg.batch),
+                        max_iter=max_iter,
                     )  # fmt: skip
                 except _Interrupted:
                     raise ChaosgenError(

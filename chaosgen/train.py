@@ -504,7 +504,9 @@ class Trainer:
             rng_before = self.rng.bit_generator.state
             order = self.rng.permutation(len(self.train_y))[: self.n_train].astype(np.int32)
             eta = self.eta
-            per_epoch = update.iterations(len(order), cfg.scheme, cfg.batch)
+            # a rank of an MPI job counts its own iterations (Caffe's multi-GPU convention)
+            shard = len(order) if self.cluster is None else self.cluster.longest(len(order))
+            per_epoch = update.iterations(shard, cfg.scheme, cfg.batch)
             at = (epoch * per_epoch, cfg.epochs * per_epoch)  # iter0, max_iter (lr policies)
             t0 = time.perf_counter()
             bar = _bar(f"epoch {epoch + 1} train", len(order), self.quiet)
@@ -924,7 +926,8 @@ def _train(
         asked = 1
     cfg, changed = train_config(args, asked, spec_net.training, ck)
     if ck is not None and ck.epoch >= cfg.epochs:
-        print(f"nothing to do: {ck.epoch} epochs done, --epochs {cfg.epochs}; raise --epochs")
+        if cluster is None or cluster.root:
+            print(f"nothing to do: {ck.epoch} epochs done, --epochs {cfg.epochs}; raise --epochs")
         return 0
     each = cluster.agree if cluster is not None else lambda _what, fn, *a: fn(*a)
     if cluster is not None:

@@ -107,8 +107,9 @@ def reference(spec: Path, build_dir: Path, rule: str, epochs: int, limit: int, s
     d = load_dataset(DATA)
     x = rt.images(d.train_images)
     y = np.ascontiguousarray(d.train_labels, np.int32)
-    cfg = Config(threads=1, epochs=epochs, eta=t.eta, decay=t.decay, seed=seed,
-                 momentum=t.momentum)  # fmt: skip
+    sgd = {k: getattr(t, k) for k in ("momentum", "lr_policy", "gamma", "power")}
+    cfg = Config(threads=1, epochs=epochs, eta=t.eta, decay=t.decay, seed=seed, **sgd)
+    per_rank = -(-limit // 2)  # a rank counts its own iterations: an epoch is rank 0's shard
     rng = np.random.default_rng(seed)
     velocity = [aligned_zeros(net.ir.n_params) for _ in range(2)]
     eta = t.eta
@@ -121,7 +122,8 @@ def reference(spec: Path, build_dir: Path, rule: str, epochs: int, limit: int, s
                 net.params[:] = start
                 rt.velocity = velocity[r]
                 if i < len(shards[r]):
-                    rt.train(x, y, shards[r][i : i + 1], cfg, eta, epoch=epoch)
+                    rt.train(x, y, shards[r][i : i + 1], cfg, eta, epoch=epoch,
+                             iter0=epoch * per_rank + i, max_iter=epochs * per_rank)  # fmt: skip
                 ends.append(net.params.copy())
             if rule == "sum":
                 net.params[:] = start + ((ends[0] - start) + (ends[1] - start))
@@ -129,14 +131,17 @@ def reference(spec: Path, build_dir: Path, rule: str, epochs: int, limit: int, s
                 net.params[:] = (ends[0] + ends[1]) / np.float32(2)
         mean = (velocity[0] + velocity[1]) / np.float32(2)
         velocity[0][:] = velocity[1][:] = mean
-        eta *= t.decay
+        eta *= t.decay if t.lr_policy == "exp" else 1.0
     return net.params.copy(), velocity[0]
 
 
-@pytest.mark.parametrize("rule", ["sum", "average"])
-def test_sync_every_1_follows_the_reference_exactly(tmp_path, build_dir, rule):
+@pytest.mark.parametrize(
+    "rule, schedule",
+    [("sum", "decay=0.9"), ("average", "lr_policy=inv gamma=0.01 power=0.75")],
+)
+def test_sync_every_1_follows_the_reference_exactly(tmp_path, build_dir, rule, schedule):
     spec = tmp_path / "small_momentum.net"  # momentum: the local velocities are part of the state
-    spec.write_text(Path(SMALL).read_text().replace("decay=0.9", "decay=0.9 momentum=0.5"))
+    spec.write_text(Path(SMALL).read_text().replace("decay=0.9", f"{schedule} momentum=0.5"))
     run = tmp_path / "run"
     epochs, limit, seed = 2, 101, 5  # an odd count: rank 1's shard is one image shorter
     mpirun(
