@@ -106,13 +106,14 @@ class RankError(ChaosgenError):
 @dataclass
 class Cluster:
     """The ranks of one training job and what they share: `sync_every` images per rank between
-    two model averages."""
+    two model syncs."""
 
     comm: object  # mpi4py.MPI.Comm
     sync_every: int = DEFAULT_SYNC_EVERY
     rule: str = "sum"  # SYNC_RULES
-    syncs: int = 0  # model averages of the current epoch
+    syncs: int = 0  # model joins of the current epoch
     sync_seconds: float = 0.0  # spent in them on this rank
+    threads: list[int] = field(default_factory=list)  # each rank's in the last epoch
     host: str = field(default_factory=platform.node)
 
     @property
@@ -284,6 +285,7 @@ class Cluster:
             self.average(rt.velocity)
             self.syncs -= 1
         seconds = self._max(time.perf_counter() - t0)
+        self.threads = self.comm.allgather(threads)  # each rank's: --threads may differ
         loss, errors, images = self._sum([loss, errors, images])
         if prof is not None:
             prof = np.array(self._sum(prof.tolist()))
@@ -299,12 +301,13 @@ class Cluster:
         loss, errors, count = self._sum([st.loss, st.errors, st.images])
         return PhaseStats(loss, int(errors), int(count), self._max(st.seconds), None, st.threads)
 
-    def record(self, n_params: int, images: int, threads: int) -> dict:
-        """The log's `mpi` entry of an epoch: ranks, threads per rank, K and what syncing cost."""
+    def record(self, n_params: int, images: int) -> dict:
+        """The log's `mpi` entry of an epoch: ranks, threads per rank (one number, or a list if
+        the ranks ran different counts), K and what syncing cost."""
         per_sync = ring_bytes(FLOAT_BYTES * n_params, self.size)
         return {
             "ranks": self.size,
-            "threads_per_rank": threads,
+            "threads_per_rank": self.threads[0] if len(set(self.threads)) == 1 else self.threads,
             "sync_every": self.sync_every,
             "sync_rule": self.rule,
             "syncs": self.syncs,

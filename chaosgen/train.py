@@ -568,7 +568,7 @@ class Trainer:
                 rec["profile_us_per_image"] = _profile_table(rt.net, tr.profile, tr.images)
             rec.update(config={**asdict(cfg), **self.meta}, machine=machine())
             if self.cluster is not None:
-                rec["mpi"] = self.cluster.record(rt.net.ir.n_params, tr.images, tr.threads)
+                rec["mpi"] = self.cluster.record(rt.net.ir.n_params, tr.images)
             if not done:
                 rec["evaluation"] = "interrupted"
             self._commit(rec, self.eta)
