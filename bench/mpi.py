@@ -122,8 +122,9 @@ def model_plot(path: str) -> None:
 
     from chaosgen import netmodel
     from chaosgen.build import atomic_write
+    from chaosgen.calibrate import _machine_for
     from chaosgen.pipeline import front_end
-    from chaosgen.predict import _machine_for, load_machine, work_of
+    from chaosgen.predict import load_machine, work_of
 
     nodes = [2**i for i in range(11)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)

@@ -5,24 +5,42 @@ throughput. Short runs repeated, medians kept: the machine may be shared."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import re
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from . import __version__, child
-from .build import atomic_write, cached_program
+from . import __version__, child, ir
+from .build import atomic_write, cached_program, check_writable
 from .codegen import lock_segment
-from .errors import ChaosgenError
-from .predict import Work, work_of
+from .errors import ChaosgenError, UsageError
+from .options import bounded
+from .predict import (
+    DEFAULT_THREADS,
+    MACHINE_ENV,
+    MAX_IMAGES,
+    Machine,
+    Work,
+    compare_paper,
+    default_profile_path,
+    load_machine,
+    parse_threads,
+    predict,
+    print_paper_table,
+    print_table,
+    work_of,
+)
 from .targets import cpu_model, default_compiler_for, native_target
 from .threads import usable_cpus
 
@@ -32,6 +50,7 @@ CONTENTION_REPEATS = 5  # microbenchmark runs per thread count (median)
 # below it, other work shared the cores (a shared machine) and the run measured that instead.
 MIN_SHARE = 0.9
 SHIPPED = ("small", "medium", "large")
+MAX_SECONDS = 3600.0  # calibrate --seconds: an hour per network is already far more than needed
 # Assumed power of this machine: no sensor is readable in a VM. EPYC 9005 (Zen 5) parts list
 # 360-500 W TDP for 64-192 cores, about 2.6-5.6 W per core; we take the upper end per busy core.
 POWER = {
@@ -312,7 +331,9 @@ def run(
     build_dir: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Measure, then merge into the profile at `out` (networks measured before are kept)."""
+    """Measure, then merge into the profile at `out` (networks measured before are kept).
+    Raises ChaosgenError before measuring when `out` cannot be written."""
+    check_writable(out, "the machine profile")
     t_start = time.perf_counter()
     cores = usable_cpus()  # threads beyond the affinity mask would only time-slice
     clock = cpu_hz()
@@ -420,3 +441,210 @@ def run(
     }
     atomic_write(out, json.dumps(profile, indent=2) + "\n")
     return profile
+
+
+# --- command line: `chaosgen predict` (which calibrates a missing network on demand) and
+# `chaosgen calibrate` -----------------------------------------------------------------------
+def add_parser(sub) -> None:
+    """`chaosgen predict` and `chaosgen calibrate`."""
+    from .check import MAX_EPOCHS
+
+    p = sub.add_parser(
+        "predict", help="predict training time and energy with the performance model"
+    )
+    p.add_argument("spec", help="network spec file (.net)")
+    p.add_argument(
+        "--threads",
+        default=",".join(map(str, DEFAULT_THREADS)),
+        help="comma-separated thread counts (default: the paper's, 1 to 3840)",
+    )
+    p.add_argument(
+        "--machine",
+        default="this",
+        help="this (calibrated; default), knc (the paper's Xeon Phi 7120P) or a .json",
+    )
+    images = bounded(int, 0, MAX_IMAGES)
+    p.add_argument(
+        "--epochs",
+        type=bounded(int, 1, MAX_EPOCHS),
+        default=None,
+        help="default: the spec's train epochs",
+    )
+    p.add_argument("--images", type=images, default=60000, help="training images per epoch")
+    p.add_argument("--val-images", type=images, default=None, help="default: the training images")
+    p.add_argument("--test-images", type=images, default=10000)
+    p.add_argument(
+        "--compare-paper",
+        action="store_true",
+        help="with --machine knc: the paper's published times beside the model's",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--nodes", default=None,
+        help="comma-separated node counts: one rank of --threads threads per node, joined over "
+        "--network every --sync-every images (chaosgen/netmodel.py)",
+    )  # fmt: skip
+    p.add_argument(
+        "--network", default="10GbE", help="with --nodes: 10GbE (default), ib-edr, this "
+        "(chaosgen calibrate-network) or a .json",
+    )  # fmt: skip
+    p.add_argument("--sync-every", type=bounded(int, 1, MAX_IMAGES), default=100, metavar="K",
+                   help="with --nodes: images per node between two model syncs (default 100)")
+    p.set_defaults(func=cmd_predict)
+    n = sub.add_parser("calibrate-network",
+                       help="measure MPI's allreduce over loopback TCP for --network this")
+    n.add_argument("--out", default=None, help="default $CHAOSGEN_NETWORK or "
+                   "~/.cache/chaosgen/network.json")  # fmt: skip
+    n.set_defaults(func=cmd_calibrate_network)
+
+    c = sub.add_parser("calibrate", help="measure this machine for the performance model (~15 s)")
+    c.add_argument("specs", nargs="*", help="networks to calibrate (default: the shipped specs)")
+    c.add_argument(
+        "--out",
+        default=None,
+        help=f"profile file (default ${MACHINE_ENV} or ~/.cache/chaosgen/machine.json)",
+    )
+    c.add_argument(
+        "--seconds",
+        type=bounded(float, 0, MAX_SECONDS, low_open=True),
+        default=2.0,
+        help="measuring time per network",
+    )
+    c.add_argument(
+        "--data", default=None, help="MNIST directory (default: synthetic images if none)"
+    )
+    c.add_argument(
+        "--build-dir", default=None, help="build cache (default $CHAOSGEN_CACHE or ./build)"
+    )
+    c.set_defaults(func=cmd_calibrate)
+
+
+def _machine_for(name: str, spec_path: str, net: ir.Net) -> Machine:
+    """Load the profile; for `this`, first calibrate (briefly) a network that is missing or whose
+    generated code changed since it was calibrated."""
+    if name != "this":
+        return load_machine(name)
+    path = default_profile_path()
+    m = load_machine(name) if path.exists() else None
+    if m is None:
+        why = "no profile of this machine"
+    elif net.name not in m.nets:
+        why = f"network {net.name} not calibrated"
+    elif m.data["nets"][net.name].get("code_key") != code_key(spec_path):
+        why = f"the generated code of {net.name} changed since it was calibrated"
+    else:
+        return m
+    print(
+        f"chaosgen: {why} ({path}); calibrating {spec_path} briefly (run `chaosgen calibrate` "
+        "for a fuller profile)",
+        file=sys.stderr,
+    )
+    run([spec_path], out=path, seconds=1.0, log=lambda s: print(s, file=sys.stderr))
+    return load_machine(name)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Print the model's time (and energy) per thread count."""
+    from .pipeline import front_end
+
+    threads = parse_threads(args.threads)
+    _, net = front_end(args.spec)
+    if args.compare_paper and args.machine == "this":
+        raise UsageError("--compare-paper compares with the paper's machine: add --machine knc")
+    machine = _machine_for(args.machine, args.spec, net)
+    if args.compare_paper:
+        rows = compare_paper(net, machine)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_paper_table(rows, machine)
+        return 0
+    epochs = args.epochs or net.training.epochs
+    work = work_of(net)
+    if args.nodes:
+        return _predict_nodes(args, net, machine, work, threads)
+    preds = [
+        predict(
+            work,
+            machine,
+            p,
+            net=net.name,
+            epochs=epochs,
+            images=args.images,
+            val_images=args.val_images,
+            test_images=args.test_images,
+        )
+        for p in threads
+    ]
+    f, own = machine.factors(net.name)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "net": net.name,
+                    "spec": args.spec,
+                    "machine": machine.name,
+                    "machine_file": machine.path,
+                    "calibrated_net": own,
+                    "work": asdict(work) | {"train": work.train},
+                    "predictions": [
+                        asdict(p)
+                        | {"t_comp": p.t_comp, "total": p.total, "per_epoch": p.per_epoch}
+                        for p in preds
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print_table(net, machine, work, preds, own)
+    return 0
+
+
+def _predict_nodes(args, net: ir.Net, machine: Machine, work: Work, threads: list[int]) -> int:
+    """`predict --nodes`: the cluster model's table (one thread count per node)."""
+    from . import netmodel
+
+    nodes = parse_threads(args.nodes, "--nodes")
+    if len(threads) != 1:
+        raise UsageError("--nodes: give one --threads count (the threads of every node)")
+    network = netmodel.load_network(args.network)
+    kw = dict(images=args.images, val_images=args.val_images, test_images=args.test_images)
+    if args.json:
+        rows = [
+            asdict(netmodel.predict_nodes(work, machine, threads[0], n, args.sync_every, network,
+                                          net.n_params, net=net.name, **kw))
+            for n in nodes
+        ]  # fmt: skip
+        print(json.dumps({"net": net.name, "network": asdict(network), "rows": rows}, indent=2))
+        return 0
+    netmodel.print_cluster(net, machine, work, threads[0], nodes, args.sync_every, network, **kw)
+    return 0
+
+
+def cmd_calibrate_network(args: argparse.Namespace) -> int:
+    """`chaosgen calibrate-network`: alpha and beta of this machine's loopback."""
+    from . import netmodel
+
+    net = netmodel.calibrate(Path(args.out) if args.out else None)
+    print(f"loopback TCP, 2 ranks: alpha {net.alpha_s * 1e6:.3g} us, beta "
+          f"{net.beta_bytes_per_s / 1e9:.3g} GB/s -> {args.out or netmodel.default_path()}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure this machine and write its profile."""
+    out = Path(args.out) if args.out else default_profile_path()
+    specs = args.specs or shipped_specs()
+    if not specs:
+        raise UsageError("no specs to calibrate: name one or more .net files")
+    run(
+        specs,
+        out=out,
+        seconds=args.seconds,
+        data_dir=args.data,
+        build_dir=args.build_dir,
+        log=print,
+    )
+    print(f"profile written to {out}")
+    return 0

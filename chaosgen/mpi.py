@@ -317,8 +317,9 @@ class Cluster:
         }
 
 
-def cmd_train(args: argparse.Namespace, spec_net) -> int:
-    """`chaosgen train` as one rank of an MPI job (train.cmd_train's flow, collectively)."""
+def run_train(args: argparse.Namespace, spec_net, on_epoch=None) -> list[dict]:
+    """`chaosgen train` as one rank of an MPI job (train.run_train's flow, collectively); the
+    records of the epochs trained."""
     from . import train
 
     if args.sync_every is None:
@@ -329,17 +330,17 @@ def cmd_train(args: argparse.Namespace, spec_net) -> int:
     try:
         run, ck = cluster.agree("opening the run directory", _open_run, cluster, args, spec_net)
         ck = cluster.comm.bcast(ck, root=0)
-        return train._train(args, spec_net, ck, cluster)
+        return train._train(args, spec_net, ck, on_epoch, cluster)
     except RankError:
         raise  # every rank says it and exits by itself
     except BaseException as e:  # this rank alone (or each separately): end the whole job
         if cluster.size == 1:
             raise
         _abort(cluster, e)
+        raise  # not reached: MPI_Abort ends this process
     finally:
         if run is not None:
             run.close()
-    return 1
 
 
 def _open_run(cluster: Cluster, args, spec_net):

@@ -269,6 +269,41 @@ def test_a_second_run_on_a_locked_directory_is_refused_naming_the_first(tmp_path
     ]
 
 
+HOLD_LOG = """
+import sys
+from pathlib import Path
+from chaosgen.rundir import RunDir
+run = RunDir(Path(sys.argv[1]), Path(sys.argv[2])).open()  # a run with its own directory
+print("locked", flush=True)
+sys.stdin.read()
+run.close()
+"""
+
+
+def test_two_runs_with_one_log_second_is_refused_and_the_log_kept(tmp_path, capsys):
+    """Two runs in different checkpoint directories naming the same --log would interleave
+    their epochs in it: the second is refused in one line; nothing of the first is touched."""
+    log = tmp_path / "run.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOG, str(tmp_path / "other"), str(log)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert _train(tmp_path, "--epochs", "1") == 1
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"{log}: the log is in use by another run" in line
+        assert log.exists() and log.stat().st_size == 0  # the holder's (empty) log, kept
+        assert not (tmp_path / "ck" / "last.npz").exists()
+    finally:
+        holder.communicate("")  # the holder closes its run: an unused log it made is removed
+    assert holder.returncode == 0 and not log.exists()
+    assert _train(tmp_path, "--epochs", "1") == 0 and len(_log(tmp_path)) == 1
+
+
 # --- flags on --resume ---------------------------------------------------------------------------
 def test_resume_honours_eta_and_decay_and_notes_the_change(tmp_path, capsys):
     assert _train(tmp_path, "--epochs", "1", "--eta", "0.005", "--decay", "0.9") == 0

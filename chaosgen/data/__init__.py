@@ -455,7 +455,7 @@ def fetch_dataset(
 
 def add_parser(sub) -> None:
     """`chaosgen data fetch` and `chaosgen data info`."""
-    from ..cli import bounded
+    from ..options import bounded
 
     p = sub.add_parser("data", help="get a data set, or show what a data directory holds")
     data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,info}", required=True)
