@@ -1051,10 +1051,10 @@ def train(
     quiet: no banner, progress bars or epoch lines (True here; the CLI prints them). **options:
     every other `chaosgen train` flag by its name with underscores (eta, decay, seed,
     update_every, batch, limit, val_limit, test_limit, dataset, fit, val_split, log, resume,
-    profile, target, cc, build_dir); None or False leaves a flag out. Errors: UsageError for an
-    unknown option or a bad value (named as its flag), and every error of `chaosgen train`
-    (ChaosgenError: the spec, the data, the run directory, divergence, Ctrl-C after the
-    interrupted epoch was checkpointed)."""
+    profile, target, cc, build_dir; under mpirun: sync_every, sync_rule, mpi, see chaosgen.mpi);
+    None or False leaves a flag out. Errors: UsageError for an unknown option or a bad value
+    (named as its flag), and every error of `chaosgen train` (ChaosgenError: the spec, the data,
+    the run directory, divergence, Ctrl-C after the interrupted epoch was checkpointed)."""
     given: dict[str, object] = dict(
         data=data, epochs=epochs, threads=threads, scheme=scheme,
         checkpoint_dir=checkpoint_dir, quiet=quiet, **options,
