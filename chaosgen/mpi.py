@@ -114,6 +114,7 @@ class Cluster:
     syncs: int = 0  # model joins of the current epoch
     sync_seconds: float = 0.0  # spent in them on this rank
     threads: list[int] = field(default_factory=list)  # each rank's in the last epoch
+    base: np.ndarray | None = None  # the model of the last sync (rule sum)
     host: str = field(default_factory=platform.node)
 
     @property
@@ -192,21 +193,26 @@ class Cluster:
         """buf (float32, contiguous) <- its mean over the ranks, in place (one MPI_Allreduce)."""
         from mpi4py import MPI
 
-        t0 = time.perf_counter()
         self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         buf /= self.size  # float32 division, correctly rounded
-        self.sync_seconds += time.perf_counter() - t0
-        self.syncs += 1
 
     def add_deltas(self, params: np.ndarray) -> None:
-        """params <- base + the sum over the ranks of (params - base); base <- params."""
+        """params <- base + the sum over the ranks of (params - base); base <- params (one
+        MPI_Allreduce, in place on params)."""
         from mpi4py import MPI
 
-        t0 = time.perf_counter()
         params -= self.base
         self.comm.Allreduce(MPI.IN_PLACE, params, op=MPI.SUM)
         params += self.base
         self.base[:] = params
+
+    def sync(self, params: np.ndarray) -> None:
+        """Join the ranks' models by the rule; counted and timed for the log."""
+        t0 = time.perf_counter()
+        if self.rule == "sum":
+            self.add_deltas(params)
+        else:
+            self.average(params)
         self.sync_seconds += time.perf_counter() - t0
         self.syncs += 1
 
@@ -241,7 +247,7 @@ class Cluster:
         lr_policy counts this rank's iterations from iter0 (an epoch is one shard: Trainer.run
         counts so), as Caffe's multi-GPU solvers count theirs."""
         from . import update
-        from .train import PhaseStats, _Interrupted
+        from .train import PASSES, PhaseStats, _Interrupted
 
         shard = self.shard(order)
         chunks = -(-self.longest(len(order)) // self.sync_every)
@@ -249,7 +255,7 @@ class Cluster:
         loss = errors = images = 0.0
         threads, prof = cfg.threads, None
         t0 = time.perf_counter()
-        self.base = rt.net.params.copy()  # the model of the last sync (rule sum)
+        self.base = rt.net.params.copy()
         if cfg.momentum > 0 and rt.velocity is None:  # on every rank, even one without images
             rt.velocity = aligned_zeros(rt.net.ir.n_params)
         for c in range(chunks):
@@ -277,18 +283,15 @@ class Cluster:
                 threads = min(threads, st.threads)
                 if st.profile is not None:
                     prof = st.profile if prof is None else prof + st.profile
-            if self.rule == "sum":
-                self.add_deltas(rt.net.params)
-            else:
-                self.average(rt.net.params)
+            self.sync(rt.net.params)
         if rt.velocity is not None:  # local between syncs; one state for the checkpoint
             self.average(rt.velocity)
-            self.syncs -= 1
         seconds = self._max(time.perf_counter() - t0)
         self.threads = self.comm.allgather(threads)  # each rank's: --threads may differ
         loss, errors, images = self._sum([loss, errors, images])
-        if prof is not None:
-            prof = np.array(self._sum(prof.tolist()))
+        if cfg.profile:  # a rank without images has none: zeros
+            mine = prof if prof is not None else np.zeros(rt.lib.cg_n_layers() * len(PASSES))
+            prof = np.array(self._sum(mine.tolist()))
         return PhaseStats(loss, int(errors), int(images), seconds, prof, threads)
 
     def evaluate(self, rt, images: np.ndarray, labels: np.ndarray, threads: int):

@@ -666,6 +666,7 @@ class Trainer:
 # --- command line -------------------------------------------------------------------------------
 def add_parser(sub) -> None:
     """`chaosgen train` and `chaosgen eval`."""
+    from .mpi import DEFAULT_SYNC_EVERY, SYNC_RULES
     from .options import add_compile_options
 
     p = sub.add_parser("train", help="train a network on MNIST with CHAOS (or another scheme)")
@@ -704,10 +705,11 @@ def add_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.add_argument(
         "--sync-every", type=int, default=None, metavar="K",
-        help="under mpirun: join the ranks' models every K images per rank (default 100)",
+        help="under mpirun: join the ranks' models every K images per rank (default "
+        f"{DEFAULT_SYNC_EVERY})",
     )  # fmt: skip
     p.add_argument(
-        "--sync-rule", choices=("sum", "average"), default=None,
+        "--sync-rule", choices=SYNC_RULES, default=None,
         help="under mpirun: add the ranks' changes since the last sync (sum, default) or average "
         "their models (average)",
     )  # fmt: skip
