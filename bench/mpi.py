@@ -7,7 +7,8 @@ seconds), the speed-up over 1 x 1, the test error after the last epoch and the b
 costs the network (the ring allreduce's 2 (N - 1) / N of the float32 weights per sync, per K
 images of a rank; CHAOS on threads shares every weight through the caches instead). The ranks
 talk over TCP on the loopback interface (`--mca btl self,tcp`), the path `chaosgen
-calibrate-network` measures, so that the model's predictions can be checked against these runs.
+calibrate-network` measures, so that the model's predictions can be checked against these runs;
+--mpirun-args replaces that (for both), e.g. with a --hostfile of two hosts.
 Prints a markdown table and the load average before and after (the machine may be shared:
 timings then say little); --json keeps every row (bench/mpi.py --json is what
 docs/performance-model.md's validation reads).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,8 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from chaosgen import netmodel  # noqa: E402
+
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-TCP = ("--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo")
 
 
 def loadavg() -> str:
@@ -54,8 +58,9 @@ def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> 
     if args.limit:
         train += ["--limit", str(args.limit)]
     if ranks > 1:
-        cmd = [shutil.which("mpirun") or "mpirun", "--oversubscribe", *TCP, "-np", str(ranks),
-               *train, "--sync-every", str(k), "--sync-rule", args.rule]  # fmt: skip
+        mpirun = shutil.which("mpirun") or "mpirun"
+        cmd = [mpirun, "--oversubscribe", *args.mpirun, "-np", str(ranks), *train,
+               "--sync-every", str(k), "--sync-rule", args.rule]  # fmt: skip
     else:
         cmd = train
     env = {**os.environ, **MPI_ENV, "PYTHONPATH": str(ROOT)}
@@ -83,7 +88,7 @@ def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> 
     }
 
 
-def calibrated(nets: list[str], data: str | None, tmp: Path):
+def calibrated(nets: list[str], data: str | None, tmp: Path, mpirun: list[str]):
     """This machine's profile (`chaosgen calibrate` of the nets) and its loopback network's
     (`chaosgen calibrate-network`), measured now into scratch files, as bench/model.py does."""
     from chaosgen import calibrate, netmodel
@@ -92,7 +97,7 @@ def calibrated(nets: list[str], data: str | None, tmp: Path):
     path = tmp / "machine.json"
     specs = [str(ROOT / "specs" / f"{n}.net") for n in nets]
     calibrate.run(specs, out=path, data_dir=data, build_dir=str(tmp / "build"))
-    return read_profile(path), netmodel.calibrate(tmp / "network.json")
+    return read_profile(path), netmodel.calibrate(tmp / "network.json", mpirun)
 
 
 def predicted_seconds(row: dict, machine, network) -> float:
@@ -120,7 +125,6 @@ def model_plot(path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from chaosgen import netmodel
     from chaosgen.build import atomic_write
     from chaosgen.calibrate import _machine_for
     from chaosgen.pipeline import front_end
@@ -174,7 +178,15 @@ def main() -> int:
     )  # fmt: skip
     ap.add_argument("--model-plot", default=None, metavar="PNG",
                     help="only draw the model's speed-up against nodes into PNG")  # fmt: skip
+    ap.add_argument(
+        "--mpirun-args",
+        default=None,
+        metavar="ARGS",
+        help="mpirun's arguments for the 2x1 jobs (default: TCP over loopback)",
+    )
     args = ap.parse_args()
+    args.mpirun = list(netmodel.LOOPBACK if args.mpirun_args is None
+                       else shlex.split(args.mpirun_args))  # fmt: skip
     if args.model_plot:
         model_plot(args.model_plot)
         return 0
@@ -185,7 +197,7 @@ def main() -> int:
     data = str(Path(args.data).resolve()) if args.data else None
     with tempfile.TemporaryDirectory(prefix="bench-mpi-") as tmp:
         if not args.no_predict:
-            machine, network = calibrated(args.nets.split(","), data, Path(tmp))
+            machine, network = calibrated(args.nets.split(","), data, Path(tmp), args.mpirun)
         for net in args.nets.split(","):
             configs = [(1, 1, None), (1, 2, None), *((2, 1, k) for k in ks)]
             for ranks, threads, k in configs:
@@ -198,7 +210,7 @@ def main() -> int:
     print(f"load average before {before}, after {after} (2 cores; other jobs may share them)")
     print(
         f"{args.epochs} epochs of {args.limit or 'all'} training images; 2x1: --sync-rule "
-        f"{args.rule}, TCP over loopback\n"
+        f"{args.rule}, mpirun {shlex.join(args.mpirun)}\n"
     )
     model = "" if args.no_predict else " predicted img/s | error |"
     print("| net | ranks x threads | K | img/s | speed-up | test error | bytes/image |" + model)

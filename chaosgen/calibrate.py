@@ -11,6 +11,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import statistics
 import sys
 import time
@@ -495,6 +496,11 @@ def add_parser(sub) -> None:
                        help="measure MPI's allreduce over loopback TCP for --network this")
     n.add_argument("--out", default=None, help="default $CHAOSGEN_NETWORK or "
                    "~/.cache/chaosgen/network.json")  # fmt: skip
+    n.add_argument(
+        "--mpirun-args", default=None, metavar="ARGS",
+        help="mpirun's arguments instead of loopback TCP's, e.g. '--hostfile HOSTS' to measure "
+        "a real network",
+    )  # fmt: skip
     n.set_defaults(func=cmd_calibrate_network)
 
     c = sub.add_parser("calibrate", help="measure this machine for the performance model (~15 s)")
@@ -626,8 +632,9 @@ def cmd_calibrate_network(args: argparse.Namespace) -> int:
     """`chaosgen calibrate-network`: alpha and beta of this machine's loopback."""
     from . import netmodel
 
-    net = netmodel.calibrate(Path(args.out) if args.out else None)
-    print(f"loopback TCP, 2 ranks: alpha {net.alpha_s * 1e6:.3g} us, beta "
+    how = shlex.split(args.mpirun_args) if args.mpirun_args is not None else netmodel.LOOPBACK
+    net = netmodel.calibrate(Path(args.out) if args.out else None, how)
+    print(f"mpirun -np 2 {shlex.join(how)}: alpha {net.alpha_s * 1e6:.3g} us, beta "
           f"{net.beta_bytes_per_s / 1e9:.3g} GB/s -> {args.out or netmodel.default_path()}")
     return 0
 

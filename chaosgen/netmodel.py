@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -160,9 +161,13 @@ def measure() -> None:
         print(json.dumps({"nodes": comm.size, "seconds": out}))
 
 
-def calibrate(out: Path | None = None) -> Network:
-    """Measure alpha and beta of `mpirun -np 2` over TCP on the loopback interface, the same
-    path bench/mpi.py's jobs take; write the profile atomically."""
+LOOPBACK = ("--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo")
+
+
+def calibrate(out: Path | None = None, mpirun_args: Sequence[str] = LOOPBACK) -> Network:
+    """Measure alpha and beta of `mpirun -np 2 MPIRUN_ARGS` (default: over TCP on the loopback
+    interface, the path bench/mpi.py's jobs take; a --hostfile measures a real network); write
+    the profile atomically."""
     from . import child
     from .build import atomic_write
 
@@ -172,8 +177,8 @@ def calibrate(out: Path | None = None) -> Network:
             "mpirun not found: install an MPI (Debian/Ubuntu: apt-get install openmpi-bin "
             "libopenmpi-dev) and pip install 'chaosgen[mpi]'"
         )
-    cmd = [mpirun, "--oversubscribe", "--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include",
-           "lo", "-np", "2", sys.executable, "-m", "chaosgen.netmodel"]  # fmt: skip
+    cmd = [mpirun, "--oversubscribe", *mpirun_args, "-np", "2", sys.executable, "-m",
+           "chaosgen.netmodel"]  # fmt: skip
     env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
                                           os.environ.get("PYTHONPATH", "")])}  # fmt: skip
@@ -185,8 +190,9 @@ def calibrate(out: Path | None = None) -> Network:
         "this",
         alpha,
         beta,
-        f"measured: mpirun -np 2 over TCP on loopback, in-place float32 MPI_Allreduce, median of "
-        f"{REPEATS} per size, sizes {sizes[0]}..{sizes[-1]} bytes, load average {load:.2f}",
+        f"measured: mpirun -np 2 {' '.join(mpirun_args)}, in-place float32 MPI_Allreduce, "
+        f"median of {REPEATS} per size, sizes {sizes[0]}..{sizes[-1]} bytes, load average "
+        f"{load:.2f}",
     )
     path = out or default_path()
     path.parent.mkdir(parents=True, exist_ok=True)
