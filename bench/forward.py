@@ -23,16 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from common import loadavg  # noqa: E402
 
 import chaosgen  # noqa: E402
-
-
-def _loadavg() -> str:
-    """The 1, 5 and 15 minute load averages."""
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def _images(net: chaosgen.Net, n: int, data: str | None) -> np.ndarray:
@@ -87,7 +80,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     result: dict = {
-        "load_before": _loadavg(),
+        "load_before": loadavg(),
         "images": a.images,
         "cpus": os.cpu_count(),
         "nets": {},
@@ -96,7 +89,7 @@ def main() -> None:
         spec = name if name.endswith(".net") else str(ROOT / "specs" / f"{name}.net")
         net = chaosgen.compile(spec)
         result["nets"][net.ir.name] = measure(net, _images(net, a.images, a.data), a)
-    result["load_after"] = _loadavg()
+    result["load_after"] = loadavg()
     if a.json:
         print(json.dumps(result, indent=2))
         return

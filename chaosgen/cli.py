@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "chaosgen.calibrate",  # `predict` and `calibrate`
     "chaosgen.plot",
     "chaosgen.tune",
+    "chaosgen.interop",
 )
 
 

@@ -161,29 +161,13 @@ class Net:
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Copy weights in; every key must be present with its exact shape."""
-        self._set_weights(weights, "set_weights")
+        self._copy_in(checked_weights(self.ir, weights, "set_weights"))
 
-    def _set_weights(self, weights: Mapping[str, np.ndarray], what: str) -> None:
-        """set_weights, its errors starting with `what` (the call, or the file read)."""
-        if not isinstance(weights, Mapping):
-            raise ChaosgenError(
-                f"{what}: expected a dict of arrays (as get_weights() returns), found "
-                f"{type(weights).__name__}"
-            )
-        expected = {k: v.shape for k, v in self.get_weights().items()}
-        missing = [k for k in expected if k not in weights]
-        extra = [k for k in weights if k not in expected]
-        if missing or extra:
-            raise ChaosgenError(
-                f"{what}: keys do not match network {self.ir.name}: "
-                f"missing {missing or 'none'}, unexpected {extra or 'none'}"
-            )
-        blocks = [b for lay in self.ir.trainable for b in _blocks(lay)]
-        cast = {}
-        for key, _, shape in blocks:  # check everything first: a rejected call changes nothing
-            cast[key] = _finite_float32(f"{what}: {key}", weights[key], (shape,))
-        for key, off, _ in blocks:
-            self.params[off : off + cast[key].size] = cast[key]
+    def _copy_in(self, weights: dict[str, np.ndarray]) -> None:
+        """Checked weights (checked_weights' result) into the parameter array."""
+        for lay in self.ir.trainable:
+            for key, off, _ in _blocks(lay):
+                self.params[off : off + weights[key].size] = weights[key].ravel()
 
     def load(self, path: str | os.PathLike[str]) -> None:
         """Weights from a file: a chaosgen checkpoint (what `chaosgen train` writes, e.g.
@@ -191,39 +175,7 @@ class Net:
         get_weights() ('<layer>.weight' and '<layer>.bias' in PyTorch layouts, any real dtype,
         finite as float32). Errors: ChaosgenError naming the file and what is wrong; the
         weights are then unchanged."""
-        from . import checkpoint as ckpt
-
-        name = printable(os.fsdecode(path))
-        refuse_special_file(path, "weights")
-        try:
-            z = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise ChaosgenError(f"weights file {name} not found") from None
-        except IsADirectoryError:
-            raise ChaosgenError(f"{name} is a directory, not a weights file") from None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ChaosgenError(
-                f"{name}: not an .npz of weights ({type(e).__name__}: {e})"
-            ) from None
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ChaosgenError(
-                f"{name} holds one array (.npy), not an .npz of weights keyed like get_weights() "
-                "or a chaosgen checkpoint"
-            )
-        with z:
-            if {"params", "ir_hash"} <= set(z.files):  # chaosgen.checkpoint's fields
-                weights = None
-            else:
-                try:
-                    weights = {k: z[k] for k in z.files}
-                except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-                    raise ChaosgenError(
-                        f"{name}: an array cannot be read ({type(e).__name__}: {e})"
-                    ) from None
-        if weights is None:
-            self.params[:] = ckpt.load(path, self.ir).params
-        else:
-            self._set_weights(weights, name)
+        self._copy_in(read_weights(path, self.ir))
 
     # --- one image ----------------------------------------------------------------------------
     def _load_image(self, x: np.ndarray) -> None:
@@ -408,6 +360,66 @@ class Net:
         """The loss of one image (computed by the gradient pass)."""
         self.gradients(x, label)
         return float(self.last_loss)
+
+
+def read_weights(path: str | os.PathLike[str], net: ir.Net) -> dict[str, np.ndarray]:
+    """`net`'s weights from a file, as get_weights() keys them (float32, PyTorch layouts): a
+    chaosgen checkpoint of `net` (refused when written for another network) or an .npz of
+    exactly get_weights()'s keys and shapes (any real dtype, finite as float32). Errors:
+    ChaosgenError naming the file and what is wrong. Used by Net.load and chaosgen export."""
+    from . import checkpoint as ckpt
+
+    name = printable(os.fsdecode(path))
+    refuse_special_file(path, "weights")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ChaosgenError(f"weights file {name} not found") from None
+    except IsADirectoryError:
+        raise ChaosgenError(f"{name} is a directory, not a weights file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ChaosgenError(f"{name}: not an .npz of weights ({type(e).__name__}: {e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ChaosgenError(
+            f"{name} holds one array (.npy), not an .npz of weights keyed like get_weights() "
+            "or a chaosgen checkpoint"
+        )
+    with z:
+        if {"params", "ir_hash"} <= set(z.files):  # chaosgen.checkpoint's fields
+            weights = None
+        else:
+            try:
+                weights = {k: z[k] for k in z.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                raise ChaosgenError(
+                    f"{name}: an array cannot be read ({type(e).__name__}: {e})"
+                ) from None
+    if weights is None:
+        return _unflatten(net, ckpt.load(path, net).params)
+    return checked_weights(net, weights, name)
+
+
+def checked_weights(net: ir.Net, weights: object, what: str) -> dict[str, np.ndarray]:
+    """`weights` checked against `net`: a mapping of exactly get_weights()'s keys, each array of
+    its shape, finite once cast; returns them as float32 arrays of those shapes. Else a
+    ChaosgenError that starts with `what` and says what is wrong."""
+    if not isinstance(weights, Mapping):
+        raise ChaosgenError(
+            f"{what}: expected a dict of arrays (as get_weights() returns), found "
+            f"{type(weights).__name__}"
+        )
+    blocks = [b for lay in net.trainable for b in _blocks(lay)]
+    missing = [k for k, _, _ in blocks if k not in weights]
+    extra = [k for k in weights if k not in {k for k, _, _ in blocks}]
+    if missing or extra:
+        raise ChaosgenError(
+            f"{what}: keys do not match network {net.name}: "
+            f"missing {missing or 'none'}, unexpected {extra or 'none'}"
+        )
+    return {
+        key: _finite_float32(f"{what}: {key}", weights[key], (shape,)).reshape(shape)
+        for key, _, shape in blocks
+    }
 
 
 def _key(dropout: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -423,6 +423,9 @@ class Trainer:
         self.changed = dict(changed or {})
         if ck.rng is not None:
             self.rng.bit_generator.state = ck.rng
+        else:  # weights of the native program (import-weights): replay its shuffles, as it does
+            for _ in range(ck.epoch):
+                self.rng.permutation(len(self.train_y))
         if self.log_path is not None and ck.records is not None:
             fixed = rundir.sync_log(self.log_path, ck.records, self.last_checkpoint)
             if fixed:

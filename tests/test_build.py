@@ -219,6 +219,8 @@ def test_wheel_ships_grammar_and_templates(tmp_path: Path) -> None:
     templates = {f"chaosgen/templates/{p.name}" for p in (ROOT / "templates").iterdir()}
     must = {
         "chaosgen/spec.lark",
+        "chaosgen/interop/onnx_export.py",
+        "chaosgen/interop/prototxt.lark",
         "chaosgen/templates/net.cpp.j2",
         "chaosgen/templates/prelude.hpp",
     }
