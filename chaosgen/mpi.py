@@ -34,8 +34,9 @@ of each epoch's shuffled order, and the ranks join their models every K images p
 Start-up checks (each a one-line error on every rank, non-zero exit, nothing written): mpi4py or
 the MPI library missing; the run directory, the data or the build failing on some rank; ranks
 whose network (IR hash) or generated code and toolchain (code key) differ; ranks whose data
-differ (labels and shapes). An error in one rank during training aborts the job (MPI_Abort): the
-checkpoint of the last finished epoch stays intact and `--resume` continues from it.
+differ (labels and shapes). An error in one rank during training aborts the job (MPI_Abort), and
+a rank that dies or a Ctrl-C to mpirun ends every rank: the checkpoint of the last finished epoch
+stays intact (there is no partial checkpoint under MPI) and `--resume` continues from it.
 
 mpi4py is imported only here, and this module only under an MPI launcher (or with --mpi).
 """
