@@ -2,9 +2,10 @@
 averaging against an independent NumPy reference, the accuracy of one epoch against one process,
 a rank killed with kill -9 and the job resumed, and the start-up refusals (chaosgen/mpi.py).
 
-Skipped without mpirun or mpi4py (CI installs openmpi-bin, libopenmpi-dev and mpi4py). Open MPI
-refuses to start as root unless OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 are
-set (CI containers run as root): the tests set both for their mpirun.
+The jobs are skipped without mpirun or mpi4py (CI installs openmpi-bin, libopenmpi-dev and
+mpi4py); the two tests without a job always run. Open MPI refuses to start as root unless
+OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 are set (CI containers run as
+root): the tests set both for their mpirun.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from chaosgen import checkpoint as ckpt
 from chaosgen.cli import main
 
 MPIRUN = shutil.which("mpirun")
-pytestmark = pytest.mark.skipif(
+needs_mpi = pytest.mark.skipif(
     MPIRUN is None or importlib.util.find_spec("mpi4py") is None,
     reason="needs mpirun and mpi4py (apt-get install openmpi-bin libopenmpi-dev; pip install "
     "mpi4py)",
@@ -135,6 +136,7 @@ def reference(spec: Path, build_dir: Path, rule: str, epochs: int, limit: int, s
     return net.params.copy(), velocity[0]
 
 
+@needs_mpi
 @pytest.mark.parametrize(
     "rule, schedule",
     [("sum", "decay=0.9"), ("average", "lr_policy=inv gamma=0.01 power=0.75")],
@@ -162,6 +164,7 @@ def test_sync_every_1_follows_the_reference_exactly(tmp_path, build_dir, rule, s
 
 
 # --- accuracy of a whole epoch ------------------------------------------------------------------
+@needs_mpi
 def test_one_epoch_test_error_within_0_3_pp_of_one_process(tmp_path, build_dir):
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(train_argv(SMALL, one, build_dir, "--epochs", 1), cwd=tmp_path, env=env(),
@@ -192,6 +195,7 @@ def _rank_pid(tag: str, rank: int) -> int | None:
     return None
 
 
+@needs_mpi
 def test_rank_killed_keeps_the_checkpoint_and_the_job_resumes(tmp_path, build_dir):
     run, whole = tmp_path / "run", tmp_path / "whole"
     more = ("--limit", 3000, "--val-limit", 500, "--test-limit", 500, "--sync-every", 50)
@@ -234,6 +238,7 @@ def _refused(proc: subprocess.CompletedProcess[str], text: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@needs_mpi
 def test_ranks_with_different_code_or_networks_are_refused(tmp_path, build_dir):
     run = tmp_path / "run"
     rank = train_argv(SMALL, run, build_dir, "--epochs", 1, "--limit", 100)
@@ -245,6 +250,7 @@ def test_ranks_with_different_code_or_networks_are_refused(tmp_path, build_dir):
     assert not (run / "last.npz").exists() and not any(build_dir.glob("medium-*"))
 
 
+@needs_mpi
 def test_data_missing_on_one_rank_is_refused(tmp_path, build_dir):
     run = tmp_path / "run"
     rank = train_argv(SMALL, run, build_dir, "--epochs", 1, "--limit", 100)
