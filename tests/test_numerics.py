@@ -216,6 +216,73 @@ PUBLISHED = {
 }
 
 
+# Each layer's output (maps, h, w) and activation, and the parameter count, as the sources give
+# them (Caffe's blob shapes, PyTorch's Net, Keras' model.summary(): "Total params: 34,826").
+PUBLISHED_SHAPES = {
+    "lenet": (
+        [
+            ((20, 24, 24), "linear"),
+            ((20, 12, 12), None),
+            ((50, 8, 8), "linear"),
+            ((50, 4, 4), None),
+            ((500, 1, 1), "relu"),
+            ((10, 1, 1), "softmax"),
+        ],
+        431_080,
+    ),
+    "cifar10_quick": (
+        [
+            ((32, 32, 32), "relu"),
+            ((32, 16, 16), None),
+            ((32, 16, 16), "relu"),
+            ((32, 8, 8), None),
+            ((64, 8, 8), "relu"),
+            ((64, 4, 4), None),
+            ((64, 1, 1), "linear"),
+            ((10, 1, 1), "softmax"),
+        ],
+        145_578,
+    ),
+    "mnist_pytorch": (
+        [
+            ((32, 26, 26), "relu"),
+            ((64, 24, 24), "relu"),
+            ((64, 12, 12), None),
+            ((64, 12, 12), None),
+            ((128, 1, 1), "relu"),
+            ((128, 1, 1), None),
+            ((10, 1, 1), "softmax"),
+        ],
+        1_199_882,
+    ),
+    "keras_mnist": (
+        [
+            ((32, 26, 26), "relu"),
+            ((32, 13, 13), None),
+            ((64, 11, 11), "relu"),
+            ((64, 5, 5), None),
+            ((64, 5, 5), None),
+            ((10, 1, 1), "softmax"),
+        ],
+        34_826,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_nets_have_the_sources_shapes(name: str) -> None:
+    """Every layer's output shape and activation, and the number of parameters, are the
+    source's (the oracles build their nets from the IR, so they cannot see a wrong layer)."""
+    net = _ir((ROOT / PUBLISHED[name][0]).read_text(), PUBLISHED[name][0])
+    layers, n_params = PUBLISHED_SHAPES[name]
+    got = [
+        ((lay.out_shape.maps, lay.out_shape.h, lay.out_shape.w), getattr(lay, "activation", None))
+        for lay in net.layers
+    ]
+    assert got == layers
+    assert sum(t.n_weights + t.n_bias for t in net.trainable) == n_params
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> dict:
     """The published networks, compiled once for this module (built on first use)."""
