@@ -57,6 +57,28 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
+def check_writable(path: Path, what: str) -> None:
+    """Before long work whose result atomic_write puts at `path`: `path` is no directory and its
+    folder (created if missing) takes a new file. Raises ChaosgenError (one line) otherwise, so
+    a measurement is not lost at its end to a path that could never be written."""
+    if path.is_dir():
+        raise ChaosgenError(f"{path}: is a directory; {what} goes to a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ChaosgenError(
+            f"{path}: cannot write {what} there: a file stands where its folder should be"
+        ) from None
+    except OSError as e:
+        raise ChaosgenError(f"{path}: cannot create its folder: {e.strerror or e}") from None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ChaosgenError(f"{path}: cannot write {what} there: {e.strerror or e}") from None
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -5,24 +5,42 @@ throughput. Short runs repeated, medians kept: the machine may be shared."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import re
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from . import __version__, child
-from .build import atomic_write, cached_program
+from . import __version__, child, ir
+from .build import atomic_write, cached_program, check_writable
 from .codegen import lock_segment
-from .errors import ChaosgenError
-from .predict import Work, work_of
+from .errors import ChaosgenError, UsageError
+from .options import bounded
+from .predict import (
+    DEFAULT_THREADS,
+    MACHINE_ENV,
+    MAX_IMAGES,
+    Machine,
+    Work,
+    compare_paper,
+    default_profile_path,
+    load_machine,
+    parse_threads,
+    predict,
+    print_paper_table,
+    print_table,
+    work_of,
+)
 from .targets import cpu_model, default_compiler_for, native_target
 from .threads import usable_cpus
 
@@ -32,6 +50,7 @@ CONTENTION_REPEATS = 5  # microbenchmark runs per thread count (median)
 # below it, other work shared the cores (a shared machine) and the run measured that instead.
 MIN_SHARE = 0.9
 SHIPPED = ("small", "medium", "large")
+MAX_SECONDS = 3600.0  # calibrate --seconds: an hour per network is already far more than needed
 # Assumed power of this machine: no sensor is readable in a VM. EPYC 9005 (Zen 5) parts list
 # 360-500 W TDP for 64-192 cores, about 2.6-5.6 W per core; we take the upper end per busy core.
 POWER = {
@@ -311,7 +330,9 @@ def run(
     build_dir: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Measure, then merge into the profile at `out` (networks measured before are kept)."""
+    """Measure, then merge into the profile at `out` (networks measured before are kept).
+    Raises ChaosgenError before measuring when `out` cannot be written."""
+    check_writable(out, "the machine profile")
     t_start = time.perf_counter()
     cores = usable_cpus()  # threads beyond the affinity mask would only time-slice
     clock = cpu_hz()
@@ -419,3 +440,161 @@ def run(
     }
     atomic_write(out, json.dumps(profile, indent=2) + "\n")
     return profile
+
+
+# --- command line: `chaosgen predict` (which calibrates a missing network on demand) and
+# `chaosgen calibrate` -----------------------------------------------------------------------
+def add_parser(sub) -> None:
+    """`chaosgen predict` and `chaosgen calibrate`."""
+    from .check import MAX_EPOCHS
+
+    p = sub.add_parser(
+        "predict", help="predict training time and energy with the performance model"
+    )
+    p.add_argument("spec", help="network spec file (.net)")
+    p.add_argument(
+        "--threads",
+        default=",".join(map(str, DEFAULT_THREADS)),
+        help="comma-separated thread counts (default: the paper's, 1 to 3840)",
+    )
+    p.add_argument(
+        "--machine",
+        default="this",
+        help="this (calibrated; default), knc (the paper's Xeon Phi 7120P) or a .json",
+    )
+    images = bounded(int, 0, MAX_IMAGES)
+    p.add_argument(
+        "--epochs",
+        type=bounded(int, 1, MAX_EPOCHS),
+        default=None,
+        help="default: the spec's train epochs",
+    )
+    p.add_argument("--images", type=images, default=60000, help="training images per epoch")
+    p.add_argument("--val-images", type=images, default=None, help="default: the training images")
+    p.add_argument("--test-images", type=images, default=10000)
+    p.add_argument(
+        "--compare-paper",
+        action="store_true",
+        help="with --machine knc: the paper's published times beside the model's",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("calibrate", help="measure this machine for the performance model (~15 s)")
+    c.add_argument("specs", nargs="*", help="networks to calibrate (default: the shipped specs)")
+    c.add_argument(
+        "--out",
+        default=None,
+        help=f"profile file (default ${MACHINE_ENV} or ~/.cache/chaosgen/machine.json)",
+    )
+    c.add_argument(
+        "--seconds",
+        type=bounded(float, 0, MAX_SECONDS, low_open=True),
+        default=2.0,
+        help="measuring time per network",
+    )
+    c.add_argument(
+        "--data", default=None, help="MNIST directory (default: synthetic images if none)"
+    )
+    c.add_argument(
+        "--build-dir", default=None, help="build cache (default $CHAOSGEN_CACHE or ./build)"
+    )
+    c.set_defaults(func=cmd_calibrate)
+
+
+def _machine_for(name: str, spec_path: str, net: ir.Net) -> Machine:
+    """Load the profile; for `this`, first calibrate (briefly) a network that is missing or whose
+    generated code changed since it was calibrated."""
+    if name != "this":
+        return load_machine(name)
+    path = default_profile_path()
+    m = load_machine(name) if path.exists() else None
+    if m is None:
+        why = "no profile of this machine"
+    elif net.name not in m.nets:
+        why = f"network {net.name} not calibrated"
+    elif m.data["nets"][net.name].get("code_key") != code_key(spec_path):
+        why = f"the generated code of {net.name} changed since it was calibrated"
+    else:
+        return m
+    print(
+        f"chaosgen: {why} ({path}); calibrating {spec_path} briefly (run `chaosgen calibrate` "
+        "for a fuller profile)",
+        file=sys.stderr,
+    )
+    run([spec_path], out=path, seconds=1.0, log=lambda s: print(s, file=sys.stderr))
+    return load_machine(name)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Print the model's time (and energy) per thread count."""
+    from .pipeline import front_end
+
+    threads = parse_threads(args.threads)
+    _, net = front_end(args.spec)
+    if args.compare_paper and args.machine == "this":
+        raise UsageError("--compare-paper compares with the paper's machine: add --machine knc")
+    machine = _machine_for(args.machine, args.spec, net)
+    if args.compare_paper:
+        rows = compare_paper(net, machine)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_paper_table(rows, machine)
+        return 0
+    epochs = args.epochs or net.training.epochs
+    work = work_of(net)
+    preds = [
+        predict(
+            work,
+            machine,
+            p,
+            net=net.name,
+            epochs=epochs,
+            images=args.images,
+            val_images=args.val_images,
+            test_images=args.test_images,
+        )
+        for p in threads
+    ]
+    f, own = machine.factors(net.name)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "net": net.name,
+                    "spec": args.spec,
+                    "machine": machine.name,
+                    "machine_file": machine.path,
+                    "calibrated_net": own,
+                    "work": asdict(work) | {"train": work.train},
+                    "predictions": [
+                        asdict(p)
+                        | {"t_comp": p.t_comp, "total": p.total, "per_epoch": p.per_epoch}
+                        for p in preds
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print_table(net, machine, work, preds, own)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure this machine and write its profile."""
+    out = Path(args.out) if args.out else default_profile_path()
+    specs = args.specs or shipped_specs()
+    if not specs:
+        raise UsageError("no specs to calibrate: name one or more .net files")
+    run(
+        specs,
+        out=out,
+        seconds=args.seconds,
+        data_dir=args.data,
+        build_dir=args.build_dir,
+        log=print,
+    )
+    print(f"profile written to {out}")
+    return 0

@@ -6,7 +6,6 @@ import argparse
 import importlib
 import io
 import json
-import math
 import os
 import shlex
 import signal
@@ -15,6 +14,7 @@ import threading
 
 from . import __version__
 from .errors import ChaosgenError, UsageError
+from .options import add_compile_options
 
 # Modules that register subcommands (each has add_parser(subparsers) setting `func`).
 COMMAND_MODULES = (
@@ -22,9 +22,10 @@ COMMAND_MODULES = (
     "chaosgen.train",
     "chaosgen.data",
     "chaosgen.native",
-    "chaosgen.predict",
+    "chaosgen.calibrate",  # `predict` and `calibrate`
     "chaosgen.plot",
     "chaosgen.tune",
+    "chaosgen.interop",
 )
 
 
@@ -32,42 +33,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse prints usage and exits 2; keep that, without noise
         self.print_usage(sys.stderr)
         raise UsageError(message)
-
-
-def bounded(kind: type[int] | type[float], low: float, high: float, low_open: bool = False):
-    """An argparse `type`: a finite `kind` in [low, high] ((low, high] with low_open); anything
-    else (nan, inf, out of range, not a number) is a usage error that names the range."""
-
-    def fmt(x: float) -> str:
-        return f"{int(x):,}" if kind is int else f"{x:g}"
-
-    what = "an integer" if kind is int else "a number"
-    what += f" in {'(' if low_open else '['}{fmt(low)}, {fmt(high)}]"
-
-    def parse(text: str) -> int | float:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, found {text!r}") from None
-        if not (math.isfinite(v) and (low < v if low_open else low <= v) and v <= high):
-            raise argparse.ArgumentTypeError(f"must be {what}, found {text}")
-        return v
-
-    return parse
-
-
-def add_compile_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that compiles a spec."""
-    p.add_argument("spec", help="network spec file (.net)")
-    p.add_argument(
-        "--target", default="native", help="native (default), avx512, avx2, generic, knl, knc"
-    )
-    p.add_argument(
-        "--cc", default=None, help="compiler: gcc (default), clang, icc, icx; or $CXX/$CC"
-    )
-    p.add_argument(
-        "--build-dir", default=None, help="build cache (default $CHAOSGEN_CACHE or ./build)"
-    )
 
 
 def add_parser(sub) -> None:

@@ -8,7 +8,9 @@ import operator
 import os
 import stat
 import tempfile
+import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import cffi
@@ -16,7 +18,8 @@ import numpy as np
 
 from . import ir
 from .build import atomic_write, loaded_copy_name
-from .errors import ChaosgenError, printable
+from .errors import ChaosgenError, printable, refuse_special_file
+from .threads import allowed_threads, max_threads, usable_cpus
 
 ALIGN = 64
 
@@ -109,6 +112,16 @@ def _private_dir() -> Path | None:
     return folder if mine else None
 
 
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What Net.evaluate measured over a set of images."""
+
+    error_rate: float  # fraction of the images whose largest output is not their label
+    loss: float  # mean loss per image
+    errors: int  # images wrongly classified
+    images: int
+
+
 class Net:
     """A compiled network with its own copy of the weights (float32, PyTorch layouts)."""
 
@@ -148,25 +161,21 @@ class Net:
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Copy weights in; every key must be present with its exact shape."""
-        if not isinstance(weights, Mapping):
-            raise ChaosgenError(
-                f"set_weights: expected a dict of arrays (as get_weights() returns), found "
-                f"{type(weights).__name__}"
-            )
-        expected = {k: v.shape for k, v in self.get_weights().items()}
-        missing = [k for k in expected if k not in weights]
-        extra = [k for k in weights if k not in expected]
-        if missing or extra:
-            raise ChaosgenError(
-                f"set_weights: keys do not match network {self.ir.name}: "
-                f"missing {missing or 'none'}, unexpected {extra or 'none'}"
-            )
-        blocks = [b for lay in self.ir.trainable for b in _blocks(lay)]
-        cast = {}
-        for key, _, shape in blocks:  # check everything first: a rejected call changes nothing
-            cast[key] = _finite_float32(f"set_weights: {key}", weights[key], (shape,))
-        for key, off, _ in blocks:
-            self.params[off : off + cast[key].size] = cast[key]
+        self._copy_in(checked_weights(self.ir, weights, "set_weights"))
+
+    def _copy_in(self, weights: dict[str, np.ndarray]) -> None:
+        """Checked weights (checked_weights' result) into the parameter array."""
+        for lay in self.ir.trainable:
+            for key, off, _ in _blocks(lay):
+                self.params[off : off + weights[key].size] = weights[key].ravel()
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Weights from a file: a chaosgen checkpoint (what `chaosgen train` writes, e.g.
+        runs/<network>/last.npz; refused when written for another network) or an .npz keyed like
+        get_weights() ('<layer>.weight' and '<layer>.bias' in PyTorch layouts, any real dtype,
+        finite as float32). Errors: ChaosgenError naming the file and what is wrong; the
+        weights are then unchanged."""
+        self._copy_in(read_weights(path, self.ir))
 
     # --- one image ----------------------------------------------------------------------------
     def _load_image(self, x: np.ndarray) -> None:
@@ -174,14 +183,145 @@ class Net:
         shapes = ((s.maps, s.h, s.w), (s.h, s.w) if s.maps == 1 else None, (s.size,))
         self._image[: s.size] = _finite_float32("input", x, shapes)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Output-layer activations for one image."""
+    def forward(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """Output-layer activations, float32. One image, (C, H, W), (H, W) when C == 1, or flat
+        (C*H*W,) -> (classes,); a batch, (N, C, H, W) or (N, H, W) when C == 1 -> (N, classes),
+        runs on `threads` native threads (default: the usable CPUs) with the GIL released. An
+        array of the input's own shape (C, H, W) is one image: with C == 1 pass (N, 1, H, W)
+        for a batch that may hold one image. x holds the values the first layer reads (the
+        spec's mean/std/scale is applied where chaosgen reads a data set, not here), of any real
+        dtype and memory order, converted to float32 once. Errors (ChaosgenError, before
+        anything runs): another shape, a dtype that is not real numbers, NaN, or a value that is
+        inf as float32."""
+        nthreads = self._threads(threads)
+        arr = np.asarray(x)
+        if arr.shape in self._image_shapes():
+            return self._forward_one(arr)
+        rows = self._rows(arr)
+        out = np.empty((len(rows), self.ir.output.out_shape.size), np.float32)
+        if len(rows):
+            ran = self.lib.cg_forward_batch(
+                self.ptr(self.params), self.ptr(rows), len(rows), allowed_threads(nthreads),
+                self.ptr(out),
+            )  # fmt: skip
+            if ran < 0:
+                raise ChaosgenError(
+                    "the native forward could not allocate its buffers (out of memory)"
+                )
+        return out
+
+    def _forward_one(self, x: np.ndarray) -> np.ndarray:
+        """forward() of one image, on this thread."""
         self._load_image(x)
         out = np.empty(self.ir.output.out_shape.size, np.float32)
         self.lib.cg_forward(
             self.ptr(self.params), self.ptr(self._work), self.ptr(self._image), self.ptr(out)
         )
         return out
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, threads: int | None = None) -> Evaluation:
+        """Error rate and mean loss of the images x (a batch, as forward() takes: (N, C, H, W),
+        or (N, H, W) when C == 1; any real dtype and memory order) against their labels y (N
+        integers in 0..classes-1), forward only, on `threads` native threads (default: the
+        usable CPUs) with the GIL released. The loss is the spec's output loss (cross-entropy
+        of the softmax, or half the squared error against the one-hot label). Errors
+        (ChaosgenError, before anything runs): the shapes, dtypes, NaN/inf as in forward(), a
+        label out of range, no images."""
+        nthreads = self._threads(threads)
+        rows = self._rows(np.asarray(x))
+        lab = np.asarray(y)
+        if lab.shape != (len(rows),):
+            raise ChaosgenError(
+                f"labels have shape {lab.shape}, expected ({len(rows)},): one per image"
+            )
+        if lab.dtype.kind not in "iu":
+            raise ChaosgenError(
+                f"labels have dtype {lab.dtype}, expected integers (class indices)"
+            )
+        if not len(rows):
+            raise ChaosgenError("evaluate: no images")
+        rc, stats = self.native_evaluate(rows, self.checked_labels(lab), allowed_threads(nthreads))
+        if rc != 0:
+            raise ChaosgenError(
+                "the native runtime could not allocate its buffers (out of memory)"
+            )
+        return Evaluation(
+            error_rate=stats.errors / stats.images,
+            loss=stats.loss / stats.images,
+            errors=int(stats.errors),
+            images=int(stats.images),
+        )
+
+    def native_evaluate(self, rows: np.ndarray, labels: np.ndarray, threads: int):
+        """cg_evaluate over native rows (N, image stride) and checked int32 labels: its return
+        code and cg_stats (summed loss, errors, images, seconds, threads that ran)."""
+        stats = self.ffi.new("cg_stats *")
+        rc = self.lib.cg_evaluate(
+            self.ptr(self.params),
+            self.ptr(rows),
+            self.ptr(labels, "int *"),
+            len(labels),
+            threads,
+            stats,
+        )
+        return rc, stats
+
+    def checked_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Labels as int32, checked against the output layer (a wrong one would be read out of
+        the output's bounds in native code)."""
+        lab = np.ascontiguousarray(labels, np.int32)
+        classes = self.lib.cg_output_size()
+        if lab.size and (lab.min() < 0 or lab.max() >= classes):
+            bad = int(lab.min() if lab.min() < 0 else lab.max())
+            raise ChaosgenError(
+                f"the data holds label {bad}, but network {self.ir.name} has "
+                f"{classes} classes (labels 0..{classes - 1})"
+            )
+        return lab
+
+    def _threads(self, threads: int | None) -> int:
+        """A `threads` argument checked (default: the usable CPUs)."""
+        if threads is None:
+            return usable_cpus()
+        if isinstance(threads, bool):  # an int to Python, a slip here
+            raise ChaosgenError(
+                f"threads must be an integer in 1..{max_threads()}, found {threads}"
+            )
+        return _integer("threads", threads, 1, max_threads())
+
+    def _image_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shapes forward() takes for one image."""
+        s = self.ir.input
+        return tuple(
+            t for t in ((s.maps, s.h, s.w), (s.h, s.w) if s.maps == 1 else None, (s.size,)) if t
+        )
+
+    def _rows(self, x: np.ndarray) -> np.ndarray:
+        """A batch (N, C, H, W), or (N, H, W) when C == 1, copied once into 64-byte aligned
+        float32 rows of the image stride (the native layout), checked finite."""
+        s = self.ir.input
+        if x.dtype.kind not in "iuf":
+            raise ChaosgenError(f"input has dtype {x.dtype}, expected real numbers (float32)")
+        x4 = x[:, None] if x.ndim == 3 and s.maps == 1 else x
+        if x4.ndim != 4 or x4.shape[1:] != (s.maps, s.h, s.w):
+            batch = f"(N, {s.maps}, {s.h}, {s.w})" + (
+                f" or (N, {s.h}, {s.w})" if s.maps == 1 else ""
+            )
+            raise ChaosgenError(
+                f"input has shape {x.shape}, expected one image {(s.maps, s.h, s.w)} or a batch "
+                f"{batch}"
+            )
+        n, stride = len(x4), self.lib.cg_image_stride()
+        rows = aligned_zeros(n * stride).reshape(n, stride)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below, after the cast
+            rows[:, : s.size].reshape(x4.shape)[...] = x4
+        finite = np.isfinite(rows).all(axis=1)
+        if not finite.all():
+            raise ChaosgenError(
+                f"input image {int(np.argmin(finite))} contains NaN or inf, or values beyond "
+                f"float32's range (|x| > {float(np.finfo(np.float32).max):.4g})"
+            )
+        return rows
 
     def gradients(
         self, x: np.ndarray, label: int, dropout: tuple[int, int, int] | None = None
@@ -220,6 +360,66 @@ class Net:
         """The loss of one image (computed by the gradient pass)."""
         self.gradients(x, label)
         return float(self.last_loss)
+
+
+def read_weights(path: str | os.PathLike[str], net: ir.Net) -> dict[str, np.ndarray]:
+    """`net`'s weights from a file, as get_weights() keys them (float32, PyTorch layouts): a
+    chaosgen checkpoint of `net` (refused when written for another network) or an .npz of
+    exactly get_weights()'s keys and shapes (any real dtype, finite as float32). Errors:
+    ChaosgenError naming the file and what is wrong. Used by Net.load and chaosgen export."""
+    from . import checkpoint as ckpt
+
+    name = printable(os.fsdecode(path))
+    refuse_special_file(path, "weights")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ChaosgenError(f"weights file {name} not found") from None
+    except IsADirectoryError:
+        raise ChaosgenError(f"{name} is a directory, not a weights file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ChaosgenError(f"{name}: not an .npz of weights ({type(e).__name__}: {e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ChaosgenError(
+            f"{name} holds one array (.npy), not an .npz of weights keyed like get_weights() "
+            "or a chaosgen checkpoint"
+        )
+    with z:
+        if {"params", "ir_hash"} <= set(z.files):  # chaosgen.checkpoint's fields
+            weights = None
+        else:
+            try:
+                weights = {k: z[k] for k in z.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                raise ChaosgenError(
+                    f"{name}: an array cannot be read ({type(e).__name__}: {e})"
+                ) from None
+    if weights is None:
+        return _unflatten(net, ckpt.load(path, net).params)
+    return checked_weights(net, weights, name)
+
+
+def checked_weights(net: ir.Net, weights: object, what: str) -> dict[str, np.ndarray]:
+    """`weights` checked against `net`: a mapping of exactly get_weights()'s keys, each array of
+    its shape, finite once cast; returns them as float32 arrays of those shapes. Else a
+    ChaosgenError that starts with `what` and says what is wrong."""
+    if not isinstance(weights, Mapping):
+        raise ChaosgenError(
+            f"{what}: expected a dict of arrays (as get_weights() returns), found "
+            f"{type(weights).__name__}"
+        )
+    blocks = [b for lay in net.trainable for b in _blocks(lay)]
+    missing = [k for k, _, _ in blocks if k not in weights]
+    extra = [k for k in weights if k not in {k for k, _, _ in blocks}]
+    if missing or extra:
+        raise ChaosgenError(
+            f"{what}: keys do not match network {net.name}: "
+            f"missing {missing or 'none'}, unexpected {extra or 'none'}"
+        )
+    return {
+        key: _finite_float32(f"{what}: {key}", weights[key], (shape,)).reshape(shape)
+        for key, _, shape in blocks
+    }
 
 
 def _key(dropout: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, codegen, data, ir, update
+from . import __version__, codegen, ir, update
 from . import checkpoint as ckpt
 from .build import CPP_NAME, atomic_write, cache_root, locked, make_dir, run_and_publish, write
-from .errors import ChaosgenError, UsageError, refuse_special_file
+from .errors import ChaosgenError, refuse_special_file
 from .loader import initial_params
 from .targets import (
     Compiler,
@@ -45,10 +45,12 @@ SCRIPTS = ("build.sh", "run.sh")
 
 # --- CGW1: the weights file of the native program -----------------------------------------------
 CGW_MAGIC = b"CGW1"
-# magic, n_params, IR hash (16 ASCII), epochs completed, flags (bit 0: partial), eta of the next
-# epoch; then n_params float32. Little-endian, 40 bytes of header.
+# magic, n_params, IR hash (16 ASCII), epochs completed, flags (bit 0: partial; bit 1: the
+# velocity follows), eta of the next epoch; then n_params float32, and with bit 1 n_params float32
+# of momentum's velocity. Little-endian, 40 bytes of header.
 _CGW_HEADER = struct.Struct("<4sI16sIId")
 _PARTIAL = 1
+_VELOCITY = 2
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Weights:
     epochs: int = 0
     eta: float = 0.0
     partial: bool = False
+    velocity: np.ndarray | None = None  # float32 (n_params,): momentum's, when it is on
 
 
 def cgw_bytes(w: Weights) -> bytes:
@@ -68,9 +71,14 @@ def cgw_bytes(w: Weights) -> bytes:
     if len(ir_hash) != 16:
         raise ChaosgenError(f"IR hash '{w.ir_hash}' is not 16 characters")
     params = np.ascontiguousarray(w.params, "<f4")
-    flags = _PARTIAL if w.partial else 0
+    flags = (_PARTIAL if w.partial else 0) | (_VELOCITY if w.velocity is not None else 0)
     header = _CGW_HEADER.pack(CGW_MAGIC, params.size, ir_hash, w.epochs, flags, w.eta)
-    return header + params.tobytes()
+    if w.velocity is None:
+        return header + params.tobytes()
+    velocity = np.ascontiguousarray(w.velocity, "<f4")
+    if velocity.size != params.size:
+        raise ChaosgenError(f"a velocity of {velocity.size} floats for {params.size} parameters")
+    return header + params.tobytes() + velocity.tobytes()
 
 
 def write_cgw(path: str | Path, w: Weights) -> None:
@@ -93,13 +101,19 @@ def parse_cgw(raw: bytes, name: str = "<bytes>") -> Weights:
     if len(raw) < _CGW_HEADER.size or raw[:4] != CGW_MAGIC:
         raise ChaosgenError(f"{name} is not a CGW1 weights file (it starts {raw[:4]!r})")
     _, n, ir_hash, epochs, flags, eta = _CGW_HEADER.unpack_from(raw)
-    if len(raw) != _CGW_HEADER.size + 4 * n:
+    arrays = 2 if flags & _VELOCITY else 1
+    if len(raw) != _CGW_HEADER.size + 4 * n * arrays:
+        what = " and their velocity" if arrays == 2 else ""
         raise ChaosgenError(
-            f"{name}: {len(raw)} bytes; a CGW1 file of {n} parameters has "
-            f"{_CGW_HEADER.size + 4 * n} (truncated?)"
+            f"{name}: {len(raw)} bytes; a CGW1 file of {n} parameters{what} has "
+            f"{_CGW_HEADER.size + 4 * n * arrays} (truncated?)"
         )
     params = np.frombuffer(raw, "<f4", n, _CGW_HEADER.size).astype(np.float32)
-    return Weights(params, ir_hash.decode("ascii", "replace"), epochs, eta, bool(flags & _PARTIAL))
+    velocity = None
+    if arrays == 2:
+        velocity = np.frombuffer(raw, "<f4", n, _CGW_HEADER.size + 4 * n).astype(np.float32)
+    return Weights(params, ir_hash.decode("ascii", "replace"), epochs, eta,
+                   bool(flags & _PARTIAL), velocity)  # fmt: skip
 
 
 def checked_for(w: Weights, net: ir.Net, path: str | Path) -> Weights:
@@ -109,7 +123,9 @@ def checked_for(w: Weights, net: ir.Net, path: str | Path) -> Weights:
             f"{path} holds weights of another network (IR {w.ir_hash}, {w.params.size} "
             f"parameters), not of '{net.name}' (IR {net.digest()}, {net.n_params})"
         )
-    if not np.isfinite(w.params).all():
+    if not np.isfinite(w.params).all() or (
+        w.velocity is not None and not np.isfinite(w.velocity).all()
+    ):
         raise ChaosgenError(f"{path}: the weights contain NaN or inf")
     return w
 
@@ -141,32 +157,64 @@ def _float_literal(v: float) -> str:
     return text + ("f" if ("." in text or "e" in text) else ".0f")
 
 
-def _pixel_rows(
-    norm: ir.Normalization | None = None, maps: int = 1, channel: int = 0, per_row: int = 6
-) -> list[str]:
-    """The 256 float32 values v / 255 as chaosgen.data computes them (then normalised as
-    chaosgen.data.fit.normalise does, float32 step for step), as exact C++ literals."""
+def _input_tables(net: ir.Net, per_row: int = 6) -> dict:
+    """The program's pixel tables, per input map: v / 255 for the 256 byte values as
+    chaosgen.data.sets scales them, normalised as chaosgen.data.fit.normalise does (float32 step
+    for step), as exact C++ literals; the padding value (0 normalised); and the mean and factor
+    that normalise float images."""
     from .data.fit import normalise
+    from .data.sets import _scaled
 
-    digit = np.zeros((1, data.ROWS, data.COLS), np.uint8)
-    digit.reshape(-1)[:256] = np.arange(256)
-    values = data.pad_and_scale(digit)[0, : data.ROWS, : data.COLS].reshape(-1)[:256]
-    values = np.repeat(values.reshape(1, 1, 1, 256), maps, axis=1)
+    maps, norm = net.input.maps, net.norm
+    values = np.repeat(_scaled(np.arange(256, dtype=np.uint8).reshape(1, 1, 1, 256)), maps, axis=1)
     normalise(values, norm)
-    lits = [_float_literal(v) for v in values[0, channel, 0]]
-    return [", ".join(lits[i : i + per_row]) + "," for i in range(0, 256, per_row)]
-
-
-def _pad_value(norm: ir.Normalization | None, maps: int = 1, channel: int = 0) -> str | None:
-    """The value of a padding pixel (0 normalised) as a C++ literal; None without normalisation
-    (the buffer's zeros are already right)."""
-    from .data.fit import normalise
-
-    if norm is None:
-        return None
     zero = np.zeros((1, maps, 1, 1), np.float32)
     normalise(zero, norm)
-    return _float_literal(zero[0, channel, 0, 0])
+    rows = []
+    for c in range(maps):
+        lits = [_float_literal(v) for v in values[0, c, 0]]
+        rows.append([", ".join(lits[i : i + per_row]) + "," for i in range(0, 256, per_row)])
+    mean = np.broadcast_to(np.asarray(norm.mean if norm else (0.0,), np.float32), (maps,))
+    std = np.asarray(norm.std if norm else (1.0,), np.float32)
+    factor = np.broadcast_to(np.float32(norm.scale if norm else 1.0) / std, (maps,))
+    return dict(
+        pixel_rows=rows,
+        pad_values=[_float_literal(v) for v in zero[0, :, 0, 0]],
+        normalised=norm is not None,
+        means=[_float_literal(v) for v in mean],
+        factors=[_float_literal(v) for v in factor],
+    )
+
+
+def _update_rule(net: ir.Net) -> dict:
+    """The spec's update rule as the program's constants (chaosgen.update; what
+    chaosgen.train.Runtime._rule hands the runtime), and a one-line summary for --help."""
+    t = net.training
+    mults = update.multipliers(net)
+    parts = [f"lr_policy {t.lr_policy}"]
+    if t.lr_policy == "step":
+        parts.append(f"gamma {t.gamma:g} every {t.step_size} iterations")
+    elif t.lr_policy == "inv":
+        parts.append(f"gamma {t.gamma:g} power {t.power:g}")
+    if t.momentum:
+        parts.append(f"{'Nesterov ' * t.nesterov}momentum {t.momentum:g}")
+    if t.weight_decay:
+        parts.append(f"weight_decay {t.weight_decay:g}")
+    if mults is not None:
+        parts.append("per-layer multipliers")
+    return dict(
+        momentum=repr(float(t.momentum)),
+        nesterov=int(t.nesterov),
+        weight_decay=repr(float(t.weight_decay)),
+        lr_policy=t.lr_policy,
+        policy_code=update.POLICY_CODES[t.lr_policy],
+        per_iteration=t.lr_policy in update.PER_ITERATION,
+        gamma=repr(float(t.gamma)),
+        power=repr(float(t.power)),
+        step_size=int(t.step_size),
+        mults=None if mults is None else [[_float_literal(v) for v in row] for row in mults],
+        summary=", ".join(parts),
+    )
 
 
 def render_program(
@@ -177,17 +225,9 @@ def render_program(
     version: Version | None | str = "installed",
 ) -> dict[str, str | bytes]:
     """Every file of the program directory, by name (`version`: see Compiler.flags)."""
-    from .train import PASSES, SCHEMES, Config
+    from .train import MAX_LOSS_FACTOR, MAX_WEIGHT, PASSES, SCHEMES, Config
 
     s = net.input
-    cifar = s.maps == 3  # CIFAR-10 binary batches; else MNIST IDX
-    rows = 32 if cifar else data.ROWS
-    if s.maps not in (1, 3) or s.h < rows or s.w < rows:
-        raise UsageError(
-            f"the native program trains on MNIST IDX (1x{data.ROWS}x{data.COLS}) or CIFAR-10 "
-            f"binary batches (3x32x32), padded below and right to the input, but network "
-            f"{net.name} takes {s}; train it with `chaosgen train` (every format, docs/data.md)"
-        )
     source = codegen.render(net, target, lines)
     t, cfg = net.training, Config()
     ctx = dict(
@@ -198,19 +238,18 @@ def render_program(
         ir_hash=net.digest(),
         header_name=codegen.HEADER_NAME,
         program=program_name(net),
-        input=dict(h=s.h, w=s.w, size=s.size),
-        rows=rows,
-        cols=rows,
-        cifar=cifar,
+        input=dict(maps=s.maps, h=s.h, w=s.w, size=s.size),
         layers=[lay.name for lay in net.layers],
         passes=PASSES,
         schemes=list(SCHEMES.items()),
-        pixel_rows=(
-            [_pixel_rows(net.norm, 3, c) for c in range(3)] if cifar else _pixel_rows(net.norm)
+        **_input_tables(net),
+        rule=_update_rule(net),
+        row_names=[lay.name for lay in net.trainable],
+        divergence=dict(  # chaosgen train's bounds (Trainer._check_finite)
+            max_weight=repr(float(MAX_WEIGHT)),
+            max_loss_factor=repr(float(MAX_LOSS_FACTOR)),
+            cross_entropy=net.output.loss == "cross_entropy",
         ),
-        pad_value=_pad_value(net.norm) if not cifar else None,
-        pad_values=[_pad_value(net.norm, 3, c) or "0.0f" for c in range(3)],
-        fit="pad" if (s.h, s.w) != (rows, rows) else None,
         defaults=dict(
             epochs=t.epochs,
             eta=repr(float(t.eta)),
@@ -258,13 +297,6 @@ def emit_program(
     """Write the program directory and build it if the compiler is here (else only emit it)."""
     t0 = time.perf_counter()
     spec, net, tgt, compiler = _front_end(spec_path, target, cc)
-    t = net.training
-    extras = update.uses_sgd_extras(net, t.momentum, t.weight_decay)
-    if extras or t.lr_policy in update.PER_ITERATION:
-        raise ChaosgenError(  # not silently trained with another rule
-            f"{spec_path}: the native program trains with the paper's rule only (eta x decay per "
-            f"epoch, no momentum, weight decay, multipliers or lr_policy); use `chaosgen train`"
-        )
     files = render_program(net, tgt, compiler, spec.lines)
     h = hashlib.sha256()
     for part in (
@@ -340,7 +372,7 @@ def cmd_compile_program(args: argparse.Namespace) -> int:
     for row in codegen.summary_rows(net):
         print("  " + row)
     print(f"program directory: {d}/ ({', '.join(prog.files)})")
-    run = f"DATA=/path/to/mnist {d}/run.sh"
+    run = f"DATA=/path/to/data {d}/run.sh"
     if prog.built:
         how = "cached" if prog.cached else f"built in {prog.seconds:.2f} s"
         print(f"program: {prog.executable} ({how})")
@@ -351,7 +383,7 @@ def cmd_compile_program(args: argparse.Namespace) -> int:
     else:
         print(f"not built: {compiler.cxx} ({compiler.name}) is not installed here. Elsewhere:")
         print(f"  get it: {compiler.install}")
-        print(f"  copy {d}/ there, then: ./build.sh && DATA=/path/to/mnist ./run.sh")
+        print(f"  copy {d}/ there, then: ./build.sh && DATA=/path/to/data ./run.sh")
         print(f"  the build command: {shlex.join(prog.command)}   (docs/xeon-phi.md)")
     print(f"results back: chaosgen import-weights {args.spec} weights.cgw -o {net.name}.npz")
     return 0
@@ -420,6 +452,7 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
             ir_hash=w.ir_hash,
             net=net.name,
             partial=w.partial,
+            velocity=w.velocity,
         ),
     )
     print(
@@ -436,6 +469,6 @@ def cmd_export_weights(args: argparse.Namespace) -> int:
     _, net = front_end(args.spec)
     ck = ckpt.load(args.checkpoint, net)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".cgw")
-    write_cgw(out, Weights(ck.params, ck.ir_hash, ck.epoch, ck.eta, ck.partial))
+    write_cgw(out, Weights(ck.params, ck.ir_hash, ck.epoch, ck.eta, ck.partial, ck.velocity))
     print(f"{out}: network {net.name}, {ck.epoch} epochs done, eta next {ck.eta:g}")
     return 0

@@ -72,7 +72,10 @@ def compile(
     cc: str | None = None,
     build_dir: str | Path | None = None,
 ) -> LoadedNet:
-    """Build (cached) for this machine and load with cffi: the Python API's entry point."""
+    """Build (cached) for this machine and load with cffi: the Python API's entry point. The Net
+    starts from the spec's initial weights. Errors: SpecError (every problem of the spec, at
+    file:line:col), BuildError (the compiler, the cache), UsageError (an unknown target or
+    compiler, or a target that does not run here)."""
     c = compile_spec(path, target=target, cc=cc, build_dir=build_dir)
     if not c.target.host:
         from .errors import UsageError
@@ -80,3 +83,17 @@ def compile(
         raise UsageError(f"target {c.target.name} does not run on this host; it cannot be loaded")
     assert c.build is not None
     return LoadedNet(c.net, c.build.library, c.source.header)
+
+
+def load(
+    spec: str | Path,
+    weights: str | Path,
+    target: str = "native",
+    cc: str | None = None,
+    build_dir: str | Path | None = None,
+) -> LoadedNet:
+    """compile(spec) with its weights from `weights` (a chaosgen checkpoint or an .npz keyed like
+    get_weights(); see Net.load): ready for forward() and evaluate()."""
+    net = compile(spec, target=target, cc=cc, build_dir=build_dir)
+    net.load(weights)
+    return net

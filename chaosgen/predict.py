@@ -13,12 +13,10 @@ hardware threads gives n / CPI(n). See docs/performance-model.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -28,7 +26,6 @@ from .errors import ChaosgenError, UsageError, refuse_special_file
 DEFAULT_THREADS = (1, 2, 15, 30, 60, 120, 240, 480, 960, 1920, 3840)
 MACHINE_ENV = "CHAOSGEN_MACHINE"
 MAX_IMAGES = 2**31 - 1  # a C int in the native runtime, as for `train`
-MAX_SECONDS = 3600.0  # calibrate --seconds: an hour per network is already far more than needed
 LINE_FLOATS = 16  # 64-byte cache lines
 
 
@@ -459,147 +456,6 @@ def parse_threads(text: str) -> list[int]:
     return out
 
 
-def add_parser(sub) -> None:
-    """`chaosgen predict` and `chaosgen calibrate`."""
-    from .check import MAX_EPOCHS
-    from .cli import bounded
-
-    p = sub.add_parser(
-        "predict", help="predict training time and energy with the performance model"
-    )
-    p.add_argument("spec", help="network spec file (.net)")
-    p.add_argument(
-        "--threads",
-        default=",".join(map(str, DEFAULT_THREADS)),
-        help="comma-separated thread counts (default: the paper's, 1 to 3840)",
-    )
-    p.add_argument(
-        "--machine",
-        default="this",
-        help="this (calibrated; default), knc (the paper's Xeon Phi 7120P) or a .json",
-    )
-    images = bounded(int, 0, MAX_IMAGES)
-    p.add_argument(
-        "--epochs",
-        type=bounded(int, 1, MAX_EPOCHS),
-        default=None,
-        help="default: the spec's train epochs",
-    )
-    p.add_argument("--images", type=images, default=60000, help="training images per epoch")
-    p.add_argument("--val-images", type=images, default=None, help="default: the training images")
-    p.add_argument("--test-images", type=images, default=10000)
-    p.add_argument(
-        "--compare-paper",
-        action="store_true",
-        help="with --machine knc: the paper's published times beside the model's",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_predict)
-
-    c = sub.add_parser("calibrate", help="measure this machine for the performance model (~15 s)")
-    c.add_argument("specs", nargs="*", help="networks to calibrate (default: the shipped specs)")
-    c.add_argument(
-        "--out",
-        default=None,
-        help=f"profile file (default ${MACHINE_ENV} or ~/.cache/chaosgen/machine.json)",
-    )
-    c.add_argument(
-        "--seconds",
-        type=bounded(float, 0, MAX_SECONDS, low_open=True),
-        default=2.0,
-        help="measuring time per network",
-    )
-    c.add_argument(
-        "--data", default=None, help="MNIST directory (default: synthetic images if none)"
-    )
-    c.add_argument(
-        "--build-dir", default=None, help="build cache (default $CHAOSGEN_CACHE or ./build)"
-    )
-    c.set_defaults(func=cmd_calibrate)
-
-
-def _machine_for(name: str, spec_path: str, net: ir.Net) -> Machine:
-    """Load the profile; for `this`, first calibrate (briefly) a network that is missing or whose
-    generated code changed since it was calibrated."""
-    if name != "this":
-        return load_machine(name)
-    from . import calibrate
-
-    path = default_profile_path()
-    m = load_machine(name) if path.exists() else None
-    if m is None:
-        why = "no profile of this machine"
-    elif net.name not in m.nets:
-        why = f"network {net.name} not calibrated"
-    elif m.data["nets"][net.name].get("code_key") != calibrate.code_key(spec_path):
-        why = f"the generated code of {net.name} changed since it was calibrated"
-    else:
-        return m
-    print(
-        f"chaosgen: {why} ({path}); calibrating {spec_path} briefly (run `chaosgen calibrate` "
-        "for a fuller profile)",
-        file=sys.stderr,
-    )
-    calibrate.run([spec_path], out=path, seconds=1.0, log=lambda s: print(s, file=sys.stderr))
-    return load_machine(name)
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    """Print the model's time (and energy) per thread count."""
-    from .pipeline import front_end
-
-    threads = parse_threads(args.threads)
-    _, net = front_end(args.spec)
-    if args.compare_paper and args.machine == "this":
-        raise UsageError("--compare-paper compares with the paper's machine: add --machine knc")
-    machine = _machine_for(args.machine, args.spec, net)
-    if args.compare_paper:
-        rows = compare_paper(net, machine)
-        if args.json:
-            print(json.dumps(rows, indent=2))
-        else:
-            print_paper_table(rows, machine)
-        return 0
-    epochs = args.epochs or net.training.epochs
-    work = work_of(net)
-    preds = [
-        predict(
-            work,
-            machine,
-            p,
-            net=net.name,
-            epochs=epochs,
-            images=args.images,
-            val_images=args.val_images,
-            test_images=args.test_images,
-        )
-        for p in threads
-    ]
-    f, own = machine.factors(net.name)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "net": net.name,
-                    "spec": args.spec,
-                    "machine": machine.name,
-                    "machine_file": machine.path,
-                    "calibrated_net": own,
-                    "work": asdict(work) | {"train": work.train},
-                    "predictions": [
-                        asdict(p)
-                        | {"t_comp": p.t_comp, "total": p.total, "per_epoch": p.per_epoch}
-                        for p in preds
-                    ],
-                },
-                indent=2,
-            )
-        )
-        return 0
-    print_table(net, machine, work, preds, own)
-    return 0
-
-
 def print_table(
     net: ir.Net, machine: Machine, work: Work, preds: list[Prediction], own: bool
 ) -> None:
@@ -679,23 +535,3 @@ def print_paper_table(rows: list[dict], machine: Machine) -> None:
         "  T_mem: share of the modelled time spent in contention; the contention constant is "
         "fitted to the large net at 244 threads, so rows it dominates check little"
     )
-
-
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Measure this machine and write its profile."""
-    from . import calibrate
-
-    out = Path(args.out) if args.out else default_profile_path()
-    specs = args.specs or calibrate.shipped_specs()
-    if not specs:
-        raise UsageError("no specs to calibrate: name one or more .net files")
-    calibrate.run(
-        specs,
-        out=out,
-        seconds=args.seconds,
-        data_dir=args.data,
-        build_dir=args.build_dir,
-        log=print,
-    )
-    print(f"profile written to {out}")
-    return 0

@@ -8,6 +8,7 @@ checkpoint's records, perhaps with a torn last line; `sync_log` repairs that on 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -35,22 +36,55 @@ class RunDir:
     def __init__(self, checkpoint_dir: Path | None, log: Path | None):
         self.dir, self.log = checkpoint_dir, log
         self._lock: FileLock | None = None
+        self._log_fd: int | None = None
+        self._log_made = False
 
     def open(self) -> RunDir:
-        """Check both locations can be written, lock the directory, remove stale temp files."""
-        if self.log is not None:
-            check_log_path(self.log)
-        if self.dir is not None:
-            self._lock = lock_dir(self.dir)
-            for tmp in self.dir.glob(".*.tmp"):  # atomic_write's leftovers: no writer is alive
-                tmp.unlink(missing_ok=True)
-            ck = self.dir / "last.npz"
-            if ck.is_dir():
-                raise ChaosgenError(f"{ck}: is a directory, where the checkpoint is written")
+        """Check both locations can be written, lock the directory and the log (two runs with
+        different directories may name the same --log), remove stale temp files."""
+        try:
+            if self.log is not None:
+                check_log_path(self.log)
+            if self.dir is not None:
+                self._lock = lock_dir(self.dir)
+                for tmp in self.dir.glob(".*.tmp"):  # atomic_write's leftovers: no writer alive
+                    tmp.unlink(missing_ok=True)
+                ck = self.dir / "last.npz"
+                if ck.is_dir():
+                    raise ChaosgenError(f"{ck}: is a directory, where the checkpoint is written")
+            if self.log is not None:
+                self._lock_log(self.log)
+        except BaseException:
+            self.close()
+            raise
         return self
 
+    def _lock_log(self, log: Path) -> None:
+        """An exclusive flock on the log file itself (no lock file beside a user's file; the log
+        is only ever appended to and truncated in place, so the locked inode stays the log)."""
+        self._log_made = not log.exists()
+        try:
+            self._log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fcntl.flock(self._log_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._log_made = False  # the other run's file
+            raise ChaosgenError(
+                f"{log}: the log is in use by another run; wait for it to end or give another "
+                "--log"
+            ) from None
+        except OSError as e:
+            raise _os_error(log, "cannot write the log", e) from None
+
     def close(self) -> None:
-        """Release the lock (a killed process releases it too: the kernel drops its flock)."""
+        """Release the locks (a killed process releases them too: the kernel drops its flocks).
+        A log this run created and never wrote to is removed: a run that fails before its first
+        epoch leaves no file."""
+        if self._log_fd is not None:
+            assert self.log is not None
+            if self._log_made and os.fstat(self._log_fd).st_size == 0:
+                self.log.unlink(missing_ok=True)
+            os.close(self._log_fd)
+            self._log_fd = None
         if self._lock is not None:
             assert self.dir is not None
             (self.dir / OWNER_NAME).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import functools
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -207,6 +208,7 @@ class Compiler:
     note: str
     install: str = ""  # how to get it, for messages
     rules: tuple[FlagRule, ...] = ()
+    user_flags: tuple[str, ...] = ()  # from $CXX after the compiler: last, so they win
 
     def resolve(self) -> str | None:
         """Absolute path of the executable, or None if not installed."""
@@ -237,7 +239,7 @@ class Compiler:
                 )
             else:
                 flags.extend(rule.instead)
-        return tuple(flags)
+        return (*flags, *self.user_flags)
 
     def program_flags(
         self, target: Target, version: Version | None | str = "installed"
@@ -356,9 +358,16 @@ COMPILERS: dict[str, Compiler] = {
 
 
 def get_compiler(name: str | None = None) -> Compiler:
-    """By name (gcc, clang, icc, icx); else from $CXX, or $CC mapped to its C++ driver; or gcc."""
-    if name is None and (os.environ.get("CXX") or os.environ.get("CC")):
-        cxx = os.environ.get("CXX") or _cxx_of(os.environ["CC"])
+    """By name (gcc, clang, icc, icx); else from $CXX, or $CC mapped to its C++ driver; or gcc.
+    $CXX may carry flags after the compiler ("g++ -march=znver4"), as make reads it: they come after
+    chaosgen's flags, so they win. Raises UsageError for an unknown name or an unreadable $CXX."""
+    if name is None and (os.environ.get("CXX", "").strip() or os.environ.get("CC", "").strip()):
+        var = "CXX" if os.environ.get("CXX", "").strip() else "CC"
+        try:  # as make and CMake read it: the compiler, then flags for every build
+            words = shlex.split(os.environ[var])
+        except ValueError as e:
+            raise UsageError(f"${var} cannot be read as a command ({e}): {os.environ[var]!r}")
+        cxx = words[0] if var == "CXX" else _cxx_of(words[0])
         base = os.path.basename(cxx)
         kind = next((k for k, pat in _FAMILY_OF_EXE if re.search(pat, base)), "gcc")
         c = COMPILERS[kind]
@@ -371,6 +380,7 @@ def get_compiler(name: str | None = None) -> Compiler:
             note=f"{c.note} (from $CXX/$CC)",
             install=c.install,
             rules=c.rules,
+            user_flags=tuple(words[1:]),
         )
     name = name or "gcc"
     if name not in COMPILERS:

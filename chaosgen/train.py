@@ -1,15 +1,21 @@
 """Training and evaluation: Python drives epochs, data, schedule, metrics and files; each phase
-(training, validation, test) is one call into the native CHAOS runtime with the GIL released."""
+(training, validation, test) is one call into the native CHAOS runtime with the GIL released.
+
+The module is callable: `chaosgen.train(spec, data=..., epochs=...)` is `train()` below, the
+Python API's way to run what `chaosgen train` runs."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import platform
 import sys
 import threading
 import time
+import types
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -127,17 +133,8 @@ class Runtime:
         return ran
 
     def _labels(self, labels: np.ndarray) -> np.ndarray:
-        """Labels as int32, checked against the output layer (a wrong one would be read out of
-        the output's bounds in native code)."""
-        lab = np.ascontiguousarray(labels, np.int32)
-        classes = self.lib.cg_output_size()
-        if lab.size and (lab.min() < 0 or lab.max() >= classes):
-            bad = int(lab.min() if lab.min() < 0 else lab.max())
-            raise ChaosgenError(
-                f"the data holds label {bad}, but network {self.net.ir.name} has "
-                f"{classes} classes (labels 0..{classes - 1})"
-            )
-        return lab
+        """Labels as int32, checked against the output layer (Net.checked_labels)."""
+        return self.net.checked_labels(labels)
 
     def images(self, x: np.ndarray, fit: str | None = None) -> np.ndarray:
         """Native copy of images (N, C, H, W) or (N, H, W): fitted to the input layer (`fit`:
@@ -250,15 +247,7 @@ class Runtime:
             return PhaseStats(0.0, 0, 0, 0.0)
         lab = self._labels(labels)
         threads = allowed_threads(threads)
-        stats = self.ffi.new("cg_stats *")
-        rc = self.lib.cg_evaluate(
-            self.net.ptr(self.net.params),
-            self.net.ptr(images),
-            self.net.ptr(lab, "int *"),
-            len(lab),
-            threads,
-            stats,
-        )
+        rc, stats = self.net.native_evaluate(images, lab, threads)
         return self._stats(rc, stats, threads)
 
     def _stats(self, rc: int, stats, asked: int, prof: np.ndarray | None = None) -> PhaseStats:
@@ -373,6 +362,7 @@ class Trainer:
     checkpoint_dir: Path | None = None
     quiet: bool = False
     meta: dict = field(default_factory=dict)
+    on_epoch: Callable[[dict], object] | None = None  # given a copy of each epoch's record
 
     def __post_init__(self):
         d, rt = self.data, self.runtime
@@ -428,6 +418,9 @@ class Trainer:
         self.changed = dict(changed or {})
         if ck.rng is not None:
             self.rng.bit_generator.state = ck.rng
+        else:  # weights of the native program (import-weights): replay its shuffles, as it does
+            for _ in range(ck.epoch):
+                self.rng.permutation(len(self.train_y))
         if self.log_path is not None and ck.records is not None:
             fixed = rundir.sync_log(self.log_path, ck.records, self.last_checkpoint)
             if fixed:
@@ -585,6 +578,8 @@ class Trainer:
             if tr.profile is not None:
                 print_profile(rec["profile_us_per_image"], self.say)
             records.append(rec)
+            if self.on_epoch is not None:  # after the checkpoint and the log hold the epoch
+                self.on_epoch(copy.deepcopy(rec))
         return records
 
     def _evaluate(self) -> tuple[PhaseStats | None, PhaseStats | None]:
@@ -660,7 +655,7 @@ class Trainer:
 # --- command line -------------------------------------------------------------------------------
 def add_parser(sub) -> None:
     """`chaosgen train` and `chaosgen eval`."""
-    from .cli import add_compile_options
+    from .options import add_compile_options
 
     p = sub.add_parser("train", help="train a network on MNIST with CHAOS (or another scheme)")
     add_compile_options(p)
@@ -772,6 +767,16 @@ def check_train_flags(args: argparse.Namespace) -> None:
         v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and low < v <= high):
             raise UsageError(f"--{name.replace('_', '-')} must be {what}, found {v}")
+    scheme = getattr(args, "scheme", None) or "chaos"
+    for flag, owner, what in (
+        ("update_every", "delayed", "images between updates"),
+        ("batch", "averaged", "images per synchronous step"),
+    ):
+        if getattr(args, flag, None) is not None and scheme != owner:
+            raise UsageError(
+                f"--{flag.replace('_', '-')} is the {owner} scheme's ({what}); this run's scheme "
+                f"is {scheme}: add --scheme {owner}, or drop --{flag.replace('_', '-')}"
+            )
 
 
 def open_run(
@@ -856,7 +861,16 @@ def train_config(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Check the flags and the run directory before any work, then train (directory locked)."""
+    """`chaosgen train`: run_train."""
+    run_train(args)
+    return 0
+
+
+def run_train(
+    args: argparse.Namespace, on_epoch: Callable[[dict], object] | None = None
+) -> list[dict]:
+    """Check the flags and the run directory before any work, then train (directory locked);
+    returns the records of the epochs trained (`train`, the Python API, and the CLI's)."""
     from .pipeline import front_end
 
     check_train_flags(args)
@@ -864,12 +878,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     _, spec_net = front_end(args.spec)  # its name is the default checkpoint directory's
     run, ck = open_run(args, spec_net)
     try:
-        return _train(args, spec_net, ck)
+        return _train(args, spec_net, ck, on_epoch)
     finally:
         run.close()
 
 
-def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | None) -> int:
+def _train(
+    args: argparse.Namespace,
+    spec_net: ir.Net,
+    ck: ckpt.Checkpoint | None,
+    on_epoch: Callable[[dict], object] | None = None,
+) -> list[dict]:
     """Compile the spec, load MNIST, train, log and checkpoint."""
     from . import compile as compile_net
     from .codegen import summary_rows
@@ -883,7 +902,7 @@ def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | Non
     cfg, changed = train_config(args, asked, spec_net.training, ck)
     if ck is not None and ck.epoch >= cfg.epochs:
         print(f"nothing to do: {ck.epoch} epochs done, --epochs {cfg.epochs}; raise --epochs")
-        return 0
+        return []
     header, cfg.fit = checked_data(args, spec_net)  # what runs: pad when smaller, if not given
     net = compile_net(args.spec, target=args.target, cc=args.cc, build_dir=args.build_dir)
     rt = Runtime(net)
@@ -921,11 +940,11 @@ def _train(args: argparse.Namespace, spec_net: ir.Net, ck: ckpt.Checkpoint | Non
             "library": str(net.library),
             "threads_asked": asked,
         },
+        on_epoch=on_epoch,
     )
     if ck is not None:
         trainer.resume(ck, args.eta, changed)
-    trainer.run()
-    return 0
+    return trainer.run()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -957,3 +976,75 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{st.images_per_s:,.0f} img/s on {st.threads} thread{'s' * (st.threads > 1)}"
         )
     return 0
+
+
+# --- the Python API -----------------------------------------------------------------------------
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str):  # a bad option of train(): an exception, not an exit
+        raise UsageError(f"train(): {message}")
+
+
+def train(
+    spec: str | os.PathLike[str],
+    *,
+    data: str | os.PathLike[str] | None = None,
+    epochs: int | None = None,
+    threads: int | None = None,
+    scheme: str = "chaos",
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    on_epoch: Callable[[dict], object] | None = None,
+    quiet: bool = True,
+    **options: object,
+) -> list[dict]:
+    """Train `spec` as `chaosgen train` does (the same checks, Trainer, checkpoints and log) and
+    return the records of the epochs trained: one dict per epoch, the lines `--log` writes
+    (epoch, eta, train_loss, val_/test_error_rate, images per second, config, machine...).
+
+    data: a data set directory or .npz (default $CHAOSGEN_DATA, else the MNIST cache); epochs,
+    scheme (chaos, sequential, hogwild, delayed, averaged), threads (default: the usable CPUs):
+    as the CLI's flags; checkpoint_dir: default runs/<network>, as the CLI (last.npz, written
+    after every epoch); on_epoch(record): called after each epoch is checkpointed and logged;
+    quiet: no banner, progress bars or epoch lines (True here; the CLI prints them). **options:
+    every other `chaosgen train` flag by its name with underscores (eta, decay, seed,
+    update_every, batch, limit, val_limit, test_limit, dataset, fit, val_split, log, resume,
+    profile, target, cc, build_dir); None or False leaves a flag out. Errors: UsageError for an
+    unknown option or a bad value (named as its flag), and every error of `chaosgen train`
+    (ChaosgenError: the spec, the data, the run directory, divergence, Ctrl-C after the
+    interrupted epoch was checkpointed)."""
+    given: dict[str, object] = dict(
+        data=data, epochs=epochs, threads=threads, scheme=scheme,
+        checkpoint_dir=checkpoint_dir, quiet=quiet, **options,
+    )  # fmt: skip
+    parser = _RaisingParser(prog="chaosgen", add_help=False)
+    sub = parser.add_subparsers(parser_class=_RaisingParser)
+    add_parser(sub)
+    defaults = vars(sub.choices["train"].parse_args(["--", "spec"]))  # every flag's, by name
+    known = sorted(set(defaults) - {"spec", "func"})
+    argv: list[str] = []
+    for name, value in given.items():
+        if name not in known:
+            raise UsageError(
+                f"train(): unknown option {name!r}; the options are {', '.join(known)}"
+            )
+        flag = "--" + name.replace("_", "-")
+        if defaults[name] is False:  # a switch
+            if not isinstance(value, bool):
+                raise UsageError(f"train(): {name} must be True or False, found {value!r}")
+            argv += [flag] if value else []
+        elif value is not None:
+            if isinstance(value, (float, np.floating)):
+                value = repr(float(value))  # every digit: the same float arrives
+            argv.append(f"{flag}={os.fspath(value) if isinstance(value, os.PathLike) else value}")
+    args = parser.parse_args(["train", *argv, "--", os.fspath(spec)])
+    return run_train(args, on_epoch)
+
+
+class _Callable(types.ModuleType):
+    """`chaosgen.train` is both this module and the API's training function (the name the Python
+    API gives it): calling the module calls train()."""
+
+    def __call__(self, *args: object, **kwargs: object) -> list[dict]:
+        return train(*args, **kwargs)  # type: ignore[arg-type]
+
+
+sys.modules[__name__].__class__ = _Callable

@@ -187,7 +187,7 @@ def save(
 
 def add_parser(sub) -> None:
     """`chaosgen tune`."""
-    from .cli import add_compile_options
+    from .options import add_compile_options
 
     p = sub.add_parser(
         "tune", help="time the kernel forms of each conv layer here; keep the fastest"

@@ -98,12 +98,6 @@ def check_multipliers(ck, st: Statement, what: str, a: dict) -> dict | None:
     return {k: float(a[k]) for k in ir.MULTIPLIERS} if ok else None
 
 
-def uses_sgd_extras(net: ir.Net, momentum: float, weight_decay: float) -> bool:
-    """Whether the update is more than the paper's w -= eta * g."""
-    ones = all(getattr(t, k) == 1.0 for t in net.trainable for k in ir.MULTIPLIERS)
-    return momentum > 0 or weight_decay > 0 or not ones
-
-
 def multipliers(net: ir.Net) -> np.ndarray | None:
     """cg_config.mults: float32 (blocks, 4) in ir.MULTIPLIERS order; None when all are 1."""
     m = np.array([[getattr(t, k) for k in ir.MULTIPLIERS] for t in net.trainable], np.float32)

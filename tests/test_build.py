@@ -96,6 +96,32 @@ def test_missing_compiler_is_one_clean_line(tiny: Path, plain_env, monkeypatch, 
     assert "not found" in line
 
 
+def test_cxx_with_flags_is_the_compiler_then_its_flags(tiny: Path, plain_env, monkeypatch) -> None:
+    """$CXX as make reads it: "g++ -DX=1" is g++ with -DX=1 after chaosgen's own flags (so a
+    user's -march/-O wins), in the command and the cache key, and the library builds and runs."""
+    build = tiny.parent / "build"
+    plain = compile_spec(tiny, build_dir=build).build
+    monkeypatch.setenv("CXX", "g++ -DCHAOSGEN_USER_FLAG=1 -O2")
+    c = compile_spec(tiny, build_dir=build)
+    assert c.compiler.cxx == "g++"
+    cmd = c.build.command
+    assert cmd[-6:-4] == ("-DCHAOSGEN_USER_FLAG=1", "-O2") and cmd.index("-O3") < len(cmd) - 6
+    assert c.build.directory != plain.directory and not c.build.cached
+    assert chaosgen.compile(tiny, build_dir=build).forward(np.zeros((2, 6, 6))).shape == (3,)
+
+
+@pytest.mark.parametrize("value", ["g++ 'unclosed", "/nonexistent/g++ -O2"])
+def test_unusable_cxx_is_one_clean_line(tiny: Path, plain_env, monkeypatch, capsys, value) -> None:
+    """An unreadable $CXX (an open quote: a usage error, exit 2) or one naming no compiler
+    (exit 1): one line."""
+    monkeypatch.setenv("CXX", value)
+    code = main(["compile", str(tiny), "--build-dir", str(tiny.parent / "build")])
+    assert code == (2 if "'" in value else 1)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("chaosgen: error:")
+    assert ("$CXX cannot be read" in line) if "'" in value else ("not found" in line)
+
+
 def test_failing_compile_reports_command_and_stderr(
     tiny: Path, plain_env, monkeypatch, capsys
 ) -> None:
@@ -193,6 +219,8 @@ def test_wheel_ships_grammar_and_templates(tmp_path: Path) -> None:
     templates = {f"chaosgen/templates/{p.name}" for p in (ROOT / "templates").iterdir()}
     must = {
         "chaosgen/spec.lark",
+        "chaosgen/interop/onnx_export.py",
+        "chaosgen/interop/prototxt.lark",
         "chaosgen/templates/net.cpp.j2",
         "chaosgen/templates/prelude.hpp",
     }

@@ -8,8 +8,11 @@ import difflib
 import gzip
 import json
 import os
+import pickle
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +101,15 @@ def test_cgw_round_trip_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(ChaosgenError, match="another network"):
         native.checked_for(back, medium, path)
 
+    # momentum's velocity: flag bit 1, n_params more floats (a reader without it sees the size)
+    native.write_cgw(path, native.Weights(params, net.digest(), 1, 0.01, velocity=-params))
+    raw = path.read_bytes()
+    assert raw[28] == 2 and len(raw) == 40 + 8 * net.n_params
+    np.testing.assert_array_equal(native.read_cgw(path).velocity, -params)
+    path.write_bytes(raw[:-4])
+    with pytest.raises(ChaosgenError, match="parameters and their velocity"):
+        native.read_cgw(path)
+
 
 def test_import_and_export_weights_commands(tmp_path: Path, in_repo, capsys) -> None:
     _, net = front_end("specs/small.net")
@@ -136,19 +148,23 @@ def test_knc_program_is_emitted_without_icc(tmp_path: Path, in_repo, capsys) -> 
     proc = subprocess.run(["sh", str(out / "build.sh")], capture_output=True, text=True)
     assert proc.returncode == 1 and "icpc not found" in proc.stderr
     # What icc -std=c++11 would compile, checked with g++ taking icc's side of every #if
-    # (__assume_aligned stubbed): C++11 only, _mm_malloc declared, no AVX intrinsics needed.
+    # (__assume_aligned stubbed): C++11 only, _mm_malloc declared, no AVX intrinsics needed; also
+    # for Caffe's LeNet (momentum, weight decay, multipliers, lr_policy inv, 28x28, scale=).
     icc_side = ["-D__INTEL_COMPILER=1700", "-D__assume_aligned(p,a)=((void)0)"]
-    for extra, files in (
-        (icc_side + ["-Wno-unknown-pragmas"], ["main.cpp", "net.cpp"]),
-        (["-Wall", "-Wextra", "-pedantic", "-Werror"], ["main.cpp"]),
-    ):
-        proc = subprocess.run(
-            ["g++", "-std=c++11", "-fopenmp", "-fsyntax-only", *extra, *files],
-            cwd=out,
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    lenet = tmp_path / "knc-lenet"
+    assert cli.main(["compile", "specs/lenet.net", "--target", "knc", "--out", str(lenet)]) == 0
+    for folder in (out, lenet):
+        for extra, files in (
+            (icc_side + ["-Wno-unknown-pragmas"], ["main.cpp", "net.cpp"]),
+            (["-Wall", "-Wextra", "-pedantic", "-Werror"], ["main.cpp"]),
+        ):
+            proc = subprocess.run(
+                ["g++", "-std=c++11", "-fopenmp", "-fsyntax-only", *extra, *files],
+                cwd=folder,
+                capture_output=True,
+                text=True,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_knl_routes_to_the_program(in_repo, capsys) -> None:
@@ -334,6 +350,8 @@ def test_program_refuses_bad_input(program, raw_mnist: Path, tmp_path: Path) -> 
     assert gz.returncode == 1 and "is gzip-compressed: gunzip it first" in gz.stderr
     bad = run("--threads", "0")
     assert bad.returncode == 2 and "--threads must be an integer >= 1" in bad.stderr
+    bad = run("--batch", "8", "--scheme", "delayed")  # as chaosgen train: the averaged scheme's
+    assert bad.returncode == 2 and "--batch is the averaged scheme's" in bad.stderr
     _, medium = front_end(ROOT / "specs" / "medium.net")
     native.write_cgw(
         tmp_path / "m.cgw", native.Weights(np.zeros(medium.n_params), medium.digest())
@@ -350,6 +368,13 @@ def test_program_refuses_bad_input(program, raw_mnist: Path, tmp_path: Path) -> 
     native.write_cgw(tmp_path / "nan.cgw", native.Weights(nan, small.digest(), 1, 0.01))
     bad = run("--init", "nan.cgw", "--data", str(raw_mnist), "--limit", "10")
     assert bad.returncode == 1 and "nan.cgw: the weights hold NaN or inf" in bad.stderr
+    # chaosgen train's divergence bounds: eta 10 saturates the loss near 60 per image, no NaN
+    limits = ["--limit", "2000", "--val-limit", "10", "--test-limit", "10", "--threads", "1"]
+    bad = run("--init", init, "--data", str(raw_mnist), "--eta", "10", *limits)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "diverged in epoch 1: the mean loss per image was" in bad.stderr
+    assert "above 6.9 (3 x ln 10, the loss of chance) (eta 10)" in bad.stderr
+    assert not (tmp_path / "weights.cgw").exists()
 
 
 # --- gcc and clang, avx2 and generic, against PyTorch --------------------------------------
@@ -399,3 +424,263 @@ def test_program_takes_28x28_and_normalisation_as_chaosgen_train(raw_mnist, tmp_
     st = rt.evaluate(rt.images(test.test_images[:n_test]), test.test_labels[:n_test], 1)
     assert st.errors == rec["test_errors"]
     assert st.loss == pytest.approx(rec["test_error"], rel=1e-5)
+
+
+# --- the program trains as chaosgen train does ----------------------------------------------
+# Three nets on small files in the real formats (tests/test_datasets.py's writers): each program
+# is run, then `chaosgen train` on the same data, seed and scheme, and the weights compared.
+PARITY_NETS = {
+    # momentum, weight decay, lr_policy inv, multipliers, dropout, normalisation, 28x28 IDX
+    "mnist_sgd": (
+        "input size=28x28 mean=0.1307 std=0.3081\n"
+        "conv c1: maps=4 kernel=5 activation=relu bias_lr_mult=2\nmaxpool window=2\n"
+        "dropout d1: rate=0.25\ndense ip1: units=16 activation=relu decay_mult=0.5\n"
+        "output classes=10\ntrain epochs=2 eta=0.01 momentum=0.9 weight_decay=0.0005\n"
+        "    lr_policy=inv gamma=0.0001 power=0.75 seed=3\n",
+        "idx",
+    ),
+    # 3x32x32 (padding, strided ceil pooling), Nesterov, step policy, CIFAR-10 python batches
+    "cifar_nesterov": (
+        "input maps=3 size=32x32 mean=0.4914,0.4822,0.4465 std=0.2470,0.2435,0.2616\n"
+        "conv c1: maps=6 kernel=5 pad=2 activation=relu\nmaxpool window=3 stride=2 round=ceil\n"
+        "dense ip1: units=16 activation=relu\noutput classes=10\ntrain epochs=2 eta=0.01 "
+        "momentum=0.9 nesterov=true weight_decay=0.004 lr_policy=step gamma=0.5 step_size=200 "
+        "seed=5\n",
+        "cifar10-python",
+    ),
+    # float images of another size (--fit center), 7 classes, no test split, cosine policy
+    "npz_float": (
+        "input maps=3 size=12x12 mean=0.1 std=2\nconv c1: maps=4 kernel=3 activation=tanh\n"
+        "dense ip1: units=8 activation=relu\noutput classes=7\n"
+        "train epochs=2 eta=0.02 lr_policy=cosine seed=2\n",
+        "npz-float",
+    ),
+    # the same data cropped, momentum and weight decay under the delayed and averaged schemes
+    "npz_crop": (
+        "input maps=3 size=8x8\nconv c1: maps=3 kernel=3 activation=relu\noutput classes=7\n"
+        "train epochs=2 eta=0.02 decay=0.5 momentum=0.8 weight_decay=0.001 seed=4\n",
+        "npz-float",
+    ),
+}
+
+
+def _parity_data(fmt: str, d: Path) -> Path:
+    """Write data set `fmt` into d; returns what `chaosgen train --data` takes."""
+    from test_datasets import write_cifar_py, write_idx
+
+    if fmt == "idx":
+        write_idx(d, gz=False)
+        return d
+    if fmt == "cifar10-python":
+        write_cifar_py(d)
+        return d
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 3, 10, 12)).astype(np.float32)  # images larger and smaller
+    np.savez(d / "f.npz", x_train=x, y_train=np.arange(120) % 7)
+    return d / "f.npz"
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory: pytest.TempPathFactory, build_dir: Path):
+    """parity(name): the spec, its program directory and its data (converted for the program
+    where the format needs it), built and written once per module."""
+    made: dict[str, tuple[Path, Path, Path, Path]] = {}
+
+    def get(name: str) -> tuple[Path, Path, Path, Path]:
+        if name not in made:
+            tmp = tmp_path_factory.mktemp(name)
+            text, fmt = PARITY_NETS[name]
+            spec = tmp / f"{name}.net"
+            spec.write_text(text)
+            out = tmp / "prog"
+            argv = ["compile", str(spec), "--program", "--cc", "gcc", "--out", str(out)]
+            assert cli.main([*argv, "--build-dir", str(build_dir)]) == 0
+            source = _parity_data(fmt, tmp / "data")
+            native_data = source
+            if fmt != "idx":
+                native_data = tmp / "converted"
+                assert cli.main(["data", "convert", str(source), "--out", str(native_data)]) == 0
+            made[name] = (spec, out, source, native_data)
+        return made[name]
+
+    return get
+
+
+def _run_program(out: Path, *args: str) -> list[dict]:
+    exe = next(p for p in out.iterdir() if p.name.startswith("chaosgen-"))
+    proc = subprocess.run([str(exe), "--quiet", *args], cwd=out, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in (out / "run.jsonl").read_text().splitlines()]
+
+
+VOLATILE = ("seconds", "seconds_train", "seconds_val", "seconds_test", "train_images_per_s",
+            "val_images_per_s", "test_images_per_s", "machine")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("mnist_sgd", ["--limit", "300", "--val-limit", "100", "--test-limit", "100"]),
+        ("cifar_nesterov", ["--limit", "300", "--val-split", "100"]),
+        ("npz_float", ["--fit", "center"]),
+        ("npz_crop", ["--fit", "crop", "--scheme", "delayed", "--update-every", "4"]),
+        ("npz_crop", ["--fit", "crop", "--scheme", "averaged", "--batch", "8"]),
+    ],
+)
+def test_program_follows_chaosgen_train(name, args, parity, build_dir, tmp_path) -> None:
+    """One thread (sequential, or delayed and averaged on one thread), 2 epochs: the program's
+    weights (and momentum's velocity) equal those of `chaosgen train` on the same data, seed and
+    flags after every image, and so does every
+    figure of its log but the timings and the paths. Tolerance: 1e-6 of the largest weight; both
+    run the same generated kernels and the same shuffle, and agree bit for bit on gcc here (a
+    program and a library built with other flags may round differently, hence not exactly 0).
+    The first program run stops after epoch 1 and continues with --resume (but under cosine,
+    whose length is the run's): the velocity travels in the weights file and the shuffle resumes
+    where it stood; `chaosgen train --resume` from that epoch's imported weights ends with the
+    same weights too."""
+    spec, out, source, native_data = parity(name)
+    common = [*(["--threads", "1"] if "--scheme" in args else ["--scheme", "sequential"]), *args]
+    resume = name != "npz_float"  # cosine's length is the run's --epochs: not split in two
+    handed = tmp_path / "handed"  # the program's first epoch, continued by chaosgen train
+    if resume:
+        _run_program(out, "--data", str(native_data), "--epochs", "1", *common)
+        imported = ["import-weights", str(spec), str(out / "weights.cgw")]
+        assert cli.main([*imported, "-o", str(handed / "last.npz")]) == 0
+    again = ["--resume"] if resume else []
+    got = _run_program(out, "--data", str(native_data), "--epochs", "2", *again, *common)
+    if resume:  # as chaosgen train: nothing to do, nothing changed
+        assert _run_program(out, "--epochs", "2", "--resume") == got
+    log, ck_dir = tmp_path / "train.jsonl", tmp_path / "ck"
+    train = ["train", str(spec), "--cc", "gcc", "--build-dir", str(build_dir), "--quiet"]
+    train += ["--data", str(source), "--epochs", "2", *common]
+    assert cli.main([*train, "--log", str(log), "--checkpoint-dir", str(ck_dir)]) == 0
+    want = [json.loads(line) for line in log.read_text().splitlines()]
+
+    _, net = front_end(spec)
+    mine = native.checked_for(native.read_cgw(out / "weights.cgw"), net, "weights.cgw")
+    theirs = checkpoint.load(ck_dir / "last.npz", net)
+    tol = 1e-6 * float(np.abs(theirs.params).max())
+    np.testing.assert_allclose(mine.params, theirs.params, rtol=0, atol=tol)
+    assert (mine.velocity is None) == (theirs.velocity is None)
+    if theirs.velocity is not None:
+        np.testing.assert_allclose(mine.velocity, theirs.velocity, rtol=0, atol=tol)
+    assert (mine.epochs, mine.eta) == (theirs.epoch, pytest.approx(theirs.eta))
+    assert [list(r) for r in got] == [list(r) for r in want]  # the same keys in the same order
+    for g, w in zip(got, want, strict=True):
+        assert list(g["config"]) == list(w["config"])
+        for k in set(w) - set(VOLATILE) - {"config"}:
+            assert g[k] == pytest.approx(w[k], rel=1e-5, nan_ok=True), k
+        for k in set(w["config"]) - {"spec", "library", "epochs"}:  # epochs: 1, then resumed
+            assert g["config"][k] == w["config"][k], k
+    if resume:  # and chaosgen train, resumed from the program's weights, ends there too
+        assert cli.main([*train, "--checkpoint-dir", str(handed), "--resume"]) == 0
+        also = checkpoint.load(handed / "last.npz", net)
+        np.testing.assert_allclose(also.params, theirs.params, rtol=0, atol=tol)
+    if name == "mnist_sgd":
+        assert got[1]["eta"] < got[0]["eta"] and "eta_end" in got[0]  # inv, per image
+    if name == "npz_float":
+        assert got[0]["test_images"] == 0 and got[0]["test_error"] is None
+        assert got[0]["config"]["fit"] == "center"
+
+
+def test_program_refuses_bad_data_in_one_line(parity, tmp_path: Path) -> None:
+    """Every problem with the data: one line naming the file and what is wrong, exit 1."""
+    _, out, source, converted = parity("cifar_nesterov")
+    exe = str(out / "chaosgen-cifar_nesterov")
+
+    def refused(d: Path, *words: str) -> None:
+        proc = subprocess.run([exe, "--data", str(d)], cwd=out, capture_output=True, text=True)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        for w in words:
+            assert w in proc.stderr, proc.stderr
+
+    refused(source, f"{source}: this program reads CIFAR-10 python batches and .npz arrays "
+            f"once converted: chaosgen data convert {source} --out DIR")  # fmt: skip
+    refused(tmp_path, f"no data set found in {tmp_path}: expected MNIST")
+    refused(tmp_path / "nowhere", f"{tmp_path / 'nowhere'}: No such file or directory")
+    bad = tmp_path / "bad"
+    shutil.copytree(converted, bad)
+    images = bad / "train-images.idx"
+    images.write_bytes(images.read_bytes()[:-5])
+    refused(bad, f"{images}: the header promises 1536000 bytes, the file holds 1535995")
+    images.write_bytes(b"\0\0\x09\x04" + (converted / "train-images.idx").read_bytes()[4:])
+    refused(bad, f"{images}: not an IDX image file")
+    shutil.copy(converted / "train-images.idx", images)
+    labels = bad / "test-labels.idx"
+    raw = bytearray(labels.read_bytes())
+    raw[8 + 17] = 12  # the 18th test label: 12, and the net has 10 classes
+    labels.write_bytes(bytes(raw))
+    refused(bad, f"{labels}: label 12 at index 17", "has 10 classes")
+    shutil.copy(converted / "test-labels.idx", labels)
+    both = tmp_path / "both"
+    shutil.copytree(converted, both)
+    (both / "data_batch_1.bin").write_bytes(bytes(3073))
+    refused(both, f"{both} holds more than one data set (CIFAR-10 batches converted .idx files)")
+    gray = tmp_path / "gray"
+    assert cli.main(["data", "convert", str(parity("mnist_sgd")[2]), "--out", str(gray)]) == 0
+    refused(gray, "the data has 1 channel (1x28x28)", "takes 3", "input maps=1")
+
+
+def test_run_sh_converts_other_formats_with_chaosgen(parity, tmp_path: Path) -> None:
+    """DATA in a format the program does not read (CIFAR-10 python batches): run.sh converts it
+    with the chaosgen on PATH (here this checkout's), once, and runs; without chaosgen it says
+    where to convert, in one line."""
+    _, out, source, _ = parity("cifar_nesterov")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    shim = tools / "chaosgen"
+    shim.write_text(f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))} exec '
+                    f'{shlex.quote(sys.executable)} -m chaosgen.cli "$@"\n')  # fmt: skip
+    shim.chmod(0o755)
+    args = ["--epochs", "1", "--limit", "50", "--val-limit", "20", "--test-limit", "20", "--quiet"]
+    env = {**os.environ, "DATA": str(source), "THREADS": "1", "PATH": f"{tools}:/usr/bin:/bin"}
+    proc = subprocess.run([out / "run.sh", *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "data" / "train-images.idx").is_file()
+    (rec,) = [json.loads(line) for line in (out / "run.jsonl").read_text().splitlines()]
+    assert (rec["train_images"], rec["test_images"]) == (50, 20)
+    shim.unlink()
+    shutil.rmtree(out / "data")
+    proc = subprocess.run([out / "run.sh", *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert f"chaosgen data convert {source} --out DIR" in proc.stderr
+
+
+def test_convert_is_lossless_and_refuses_unsafe_pickles(tmp_path: Path, capsys) -> None:
+    """The IDX files hold exactly what chaosgen.data.sets reads (uint8 pixels kept as bytes,
+    float ones as float32); a pickle that names a callable is refused, nothing written."""
+    from test_datasets import write_cifar_py
+
+    from chaosgen.data import convert
+
+    def idx(path: Path) -> np.ndarray:
+        raw = path.read_bytes()
+        dtype = {0x08: np.uint8, 0x0C: ">i4", 0x0D: ">f4"}[raw[2]]
+        dims = [int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(raw[3])]
+        return np.frombuffer(raw, dtype, offset=4 + 4 * raw[3]).reshape(dims)
+
+    write_cifar_py(tmp_path / "c")
+    assert cli.main(["data", "convert", str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 0
+    d = sets.load_dataset(tmp_path / "c")
+    x = idx(tmp_path / "o" / "train-images.idx")
+    assert x.dtype == np.uint8 and x.shape == d.train_images.shape
+    np.testing.assert_array_equal(sets._scaled(x), d.train_images)
+    np.testing.assert_array_equal(idx(tmp_path / "o" / "test-labels.idx"), d.test_labels)
+    floats = np.float32([[[[0.5, -3.25e-8]]]])
+    np.testing.assert_array_equal(convert.stored_images(floats).astype(np.float32), floats)
+    big = convert.stored_labels(np.array([3, 70000]))
+    assert big.dtype == np.dtype(">i4") and list(big) == [3, 70000]
+
+    capsys.readouterr()
+    (tmp_path / "file").write_text("")
+    assert cli.main(["data", "convert", str(tmp_path / "c"), "--out", str(tmp_path / "file")]) == 1
+    assert "--out " + str(tmp_path / "file") + ": exists and is not a directory" in (
+        capsys.readouterr().err
+    )
+    evil = tmp_path / "c" / "data_batch_2"
+    evil.write_bytes(pickle.dumps({b"data": os.system, b"labels": [0]}, protocol=2))
+    capsys.readouterr()
+    assert cli.main(["data", "convert", str(tmp_path / "c"), "--out", str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(evil) in err and not (tmp_path / "p").exists()

@@ -189,6 +189,26 @@ def test_predict_bad_input_is_one_line(capsys, monkeypatch, tmp_path):
         assert line.startswith(("chaosgen: error:", "usage:", "chaosgen: ")), line
 
 
+@pytest.mark.parametrize("where", ["directory", "under_a_file"])
+def test_a_profile_that_cannot_be_written_is_refused_before_measuring(
+    capsys, monkeypatch, tmp_path, where
+):
+    """calibrate --out, or predict --machine this through $CHAOSGEN_MACHINE, at a path that can
+    never be written: one line and exit 1 before any measurement (it used to measure first,
+    then fail at the write and lose the measurement)."""
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "file").write_text("")
+    out = tmp_path if where == "directory" else tmp_path / "file" / "machine.json"
+    assert main(["calibrate", "specs/small.net", "--out", str(out)]) == 1
+    monkeypatch.setenv("CHAOSGEN_MACHINE", str(out))
+    assert main(["predict", "specs/small.net", "--machine", "this"]) == 1
+    captured = capsys.readouterr()
+    assert "GFLOP/s" not in captured.out + captured.err  # nothing was measured
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("chaosgen: error:")]
+    assert len(errors) == 2 and all(str(out) in ln for ln in errors)
+    assert "is a directory" in errors[0] if where == "directory" else "a file stands" in errors[0]
+
+
 # --- validation on this machine -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):

@@ -269,6 +269,41 @@ def test_a_second_run_on_a_locked_directory_is_refused_naming_the_first(tmp_path
     ]
 
 
+HOLD_LOG = """
+import sys
+from pathlib import Path
+from chaosgen.rundir import RunDir
+run = RunDir(Path(sys.argv[1]), Path(sys.argv[2])).open()  # a run with its own directory
+print("locked", flush=True)
+sys.stdin.read()
+run.close()
+"""
+
+
+def test_two_runs_with_one_log_second_is_refused_and_the_log_kept(tmp_path, capsys):
+    """Two runs in different checkpoint directories naming the same --log would interleave
+    their epochs in it: the second is refused in one line; nothing of the first is touched."""
+    log = tmp_path / "run.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOG, str(tmp_path / "other"), str(log)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert _train(tmp_path, "--epochs", "1") == 1
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"{log}: the log is in use by another run" in line
+        assert log.exists() and log.stat().st_size == 0  # the holder's (empty) log, kept
+        assert not (tmp_path / "ck" / "last.npz").exists()
+    finally:
+        holder.communicate("")  # the holder closes its run: an unused log it made is removed
+    assert holder.returncode == 0 and not log.exists()
+    assert _train(tmp_path, "--epochs", "1") == 0 and len(_log(tmp_path)) == 1
+
+
 # --- flags on --resume ---------------------------------------------------------------------------
 def test_resume_honours_eta_and_decay_and_notes_the_change(tmp_path, capsys):
     assert _train(tmp_path, "--epochs", "1", "--eta", "0.005", "--decay", "0.9") == 0
@@ -573,6 +608,23 @@ def test_numeric_flags_out_of_range_are_usage_errors(tmp_path, capsys, flag, val
     rc = main(["train", SMALL, flag, value, "--checkpoint-dir", str(tmp_path / "ck")])
     assert rc == 2
     assert _one_error_line(capsys.readouterr().err).startswith(f"chaosgen: error: {message}")
+    assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--update-every", "4"], "--update-every is the delayed scheme's"),
+        (["--update-every", "4", "--scheme", "hogwild"], "this run's scheme is hogwild"),
+        (["--batch", "64", "--scheme", "delayed"], "--batch is the averaged scheme's"),
+    ],
+)
+def test_a_flag_of_another_scheme_is_a_usage_error(tmp_path, capsys, argv, message):
+    """--update-every (delayed) and --batch (averaged) with a scheme that never reads them: exit
+    2 naming the scheme that does, before any file is made (they were silently ignored)."""
+    rc = main(["train", SMALL, *argv, "--checkpoint-dir", str(tmp_path / "ck")])
+    assert rc == 2
+    assert message in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "ck").exists()
 
 

@@ -454,11 +454,11 @@ def fetch_dataset(
 
 
 def add_parser(sub) -> None:
-    """`chaosgen data fetch` and `chaosgen data info`."""
-    from ..cli import bounded
+    """`chaosgen data fetch`, `chaosgen data info` and `chaosgen data convert`."""
+    from ..options import bounded
 
     p = sub.add_parser("data", help="get a data set, or show what a data directory holds")
-    data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,info}", required=True)
+    data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,info,convert}", required=True)
     f = data_sub.add_parser("fetch", help="download MNIST, Fashion-MNIST or CIFAR-10, checked")
     f.add_argument("dataset", nargs="?", choices=tuple(FETCHABLE), default="mnist")
     f.add_argument(
@@ -485,6 +485,15 @@ def add_parser(sub) -> None:
     i.add_argument("--data", default=None, help="the same (default $CHAOSGEN_DATA)")
     i.add_argument("--dataset", default=None, help="its format (default: recognised)")
     i.set_defaults(func=cmd_info)
+    from .convert import cmd_convert
+
+    c = data_sub.add_parser(
+        "convert", help="write any data set as the IDX files the native program reads"
+    )
+    c.add_argument("source", help="data directory or .npz file (any format `train` reads)")
+    c.add_argument("--out", required=True, help="directory for the four .idx files")
+    c.add_argument("--dataset", default=None, help="its format (default: recognised)")
+    c.set_defaults(func=cmd_convert)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

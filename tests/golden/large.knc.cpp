@@ -1616,6 +1616,29 @@ int cg_evaluate(const float *params, const float *images, const int *labels, lon
     return failed ? -1 : 0;
 }
 
+/* Forward only over images[0..n) (rows of IMAGE_STRIDE floats): image i's output activations
+   into outputs[i * OUTPUT_SIZE ..]. Python's batched Net.forward. Returns the threads that ran,
+   or -1 if memory ran out. */
+int cg_forward_batch(const float *params, const float *images, long n, int threads, float *outputs) {
+    int failed = 0, ran = 1;
+#pragma omp parallel num_threads(threads > 0 ? threads : 1) reduction(+ : failed)
+    {
+        if (omp_get_thread_num() == 0) ran = omp_get_num_threads();
+        float *work = chaos::alloc_floats(net::WORK_FLOATS);
+        chaos::NoProfile prof;
+        if (!work) failed = 1;
+#pragma omp for schedule(dynamic, 16)  // 16 images a chunk: a small batch still spreads
+        for (long i = 0; i < n; ++i) {
+            if (!work) continue;
+            net::forward(params, work, images + static_cast<size_t>(i) * net::IMAGE_STRIDE, prof);
+            std::memcpy(outputs + static_cast<size_t>(i) * net::OUTPUT_SIZE, net::output(work),
+                        sizeof(float) * net::OUTPUT_SIZE);
+        }
+        chaos::free_floats(work);
+    }
+    return failed ? -1 : ran;
+}
+
 /* The threads a parallel region asking for `requested` gets here: OMP_THREAD_LIMIT (or
    OMP_DYNAMIC) can give fewer than a num_threads clause asks. What cg_train would run. */
 int cg_threads(int requested) {

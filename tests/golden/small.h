@@ -46,4 +46,5 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
              const cg_config *config, cg_stats *stats, double *profile);
 int cg_evaluate(const float *params, const float *images, const int *labels, long n, int threads,
                 cg_stats *stats);
+int cg_forward_batch(const float *params, const float *images, long n, int threads, float *outputs);
 int cg_threads(int requested);

@@ -3,16 +3,20 @@
 // target avx512 (AVX-512), IR hash d7842636ae1f2311.
 //
 // It is linked with net.cpp, the same network and runtime chaosgen's library is built from, and
-// calls only the C API of chaosgen_api.h. It reads the four MNIST IDX files *uncompressed*
-// (run.sh gunzips them), trains with the paper's protocol (per epoch: shuffle, train, validate on
-// the training images, test), appends the same JSON line per epoch as `chaosgen train --log`,
-// and writes the weights after every epoch as CGW1, which `chaosgen import-weights` turns into a
-// checkpoint. `./chaosgen-large --help` lists the options.
+// calls only the C API of chaosgen_api.h. It trains as `chaosgen train` does (chaosgen/train.py):
+// the same shuffle (numpy's default_rng(seed).permutation), the update rule of the spec
+// (momentum, weight decay, multipliers, lr_policy: the runtime's own code), dropout masks keyed by
+// (seed, epoch, image), the data fitted (--fit) and normalised as chaosgen.data does, validation
+// on the training images or --val-split; it appends the same JSON line per epoch as `chaosgen
+// train --log` and writes the weights after every epoch as CGW1, which `chaosgen import-weights`
+// turns into a checkpoint. Data: raw MNIST/Fashion-MNIST IDX files, CIFAR-10 binary batches, or
+// what `chaosgen data convert` writes (docs/data.md). `./chaosgen-large --help` lists the options.
 //
 // CGW1, little-endian: bytes 0-3 "CGW1"; 4-7 uint32 n_params; 8-23 the IR hash (16 ASCII
 // characters); 24-27 uint32 epochs completed; 28-31 uint32 flags (bit 0: written on an
-// interrupt, in the middle of the next epoch); 32-39 float64 eta of the next epoch; then
-// n_params float32: the flat parameter array (PyTorch layouts at the IR's offsets).
+// interrupt, in the middle of the next epoch; bit 1: momentum's velocity follows the weights);
+// 32-39 float64 eta of the next epoch; then n_params float32: the flat parameter array (PyTorch
+// layouts at the IR's offsets); with flag bit 1, n_params float32 more: the velocity.
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -24,6 +28,8 @@
 #include <cstring>
 #include <string>
 #include <vector>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <omp.h>
 
@@ -37,8 +43,8 @@ const char *const NETWORK = "large";
 const char *const SPEC = "specs/large.net";
 const char *const TARGET = "avx512";
 const char *const IR_HASH = "d7842636ae1f2311";
-const int IN_W = 29, IN_SIZE = 841;  // the network's input, one map
-const int ROWS = 28, COLS = 28;  // a digit; zeros pad it below and to the right
+const int MAPS = 1, IN_H = 29, IN_W = 29;  // the network's input
+const int IN_SIZE = 841;
 const int N_LAYERS = 8, N_PASSES = 5;
 const char *const LAYERS[N_LAYERS] = {
     "c1",
@@ -69,71 +75,93 @@ const Scheme SCHEMES[] = {
     {"averaged", 3},
 };
 
-/* Pixel value v -> v / 255 as the float32 chaosgen.data computes, written out exactly: a
-   compiler allowed imprecise division (icc's default -fp-model fast=1) cannot change them. */
-const float PIXEL[256] = {
-    0.0f, 0.00392156886f, 0.00784313772f, 0.0117647061f, 0.0156862754f, 0.0196078438f,
-    0.0235294122f, 0.0274509806f, 0.0313725509f, 0.0352941193f, 0.0392156877f, 0.0431372561f,
-    0.0470588244f, 0.0509803928f, 0.0549019612f, 0.0588235296f, 0.0627451017f, 0.0666666701f,
-    0.0705882385f, 0.0745098069f, 0.0784313753f, 0.0823529437f, 0.0862745121f, 0.0901960805f,
-    0.0941176489f, 0.0980392173f, 0.101960786f, 0.105882354f, 0.109803922f, 0.113725491f,
-    0.117647059f, 0.121568628f, 0.125490203f, 0.129411772f, 0.13333334f, 0.137254909f,
-    0.141176477f, 0.145098045f, 0.149019614f, 0.152941182f, 0.156862751f, 0.160784319f,
-    0.164705887f, 0.168627456f, 0.172549024f, 0.176470593f, 0.180392161f, 0.184313729f,
-    0.188235298f, 0.192156866f, 0.196078435f, 0.200000003f, 0.203921571f, 0.20784314f,
-    0.211764708f, 0.215686277f, 0.219607845f, 0.223529413f, 0.227450982f, 0.23137255f,
-    0.235294119f, 0.239215687f, 0.243137255f, 0.247058824f, 0.250980407f, 0.254901975f,
-    0.258823544f, 0.262745112f, 0.266666681f, 0.270588249f, 0.274509817f, 0.278431386f,
-    0.282352954f, 0.286274523f, 0.290196091f, 0.294117659f, 0.298039228f, 0.301960796f,
-    0.305882365f, 0.309803933f, 0.313725501f, 0.31764707f, 0.321568638f, 0.325490206f,
-    0.329411775f, 0.333333343f, 0.337254912f, 0.34117648f, 0.345098048f, 0.349019617f,
-    0.352941185f, 0.356862754f, 0.360784322f, 0.36470589f, 0.368627459f, 0.372549027f,
-    0.376470596f, 0.380392164f, 0.384313732f, 0.388235301f, 0.392156869f, 0.396078438f,
-    0.400000006f, 0.403921574f, 0.407843143f, 0.411764711f, 0.41568628f, 0.419607848f,
-    0.423529416f, 0.427450985f, 0.431372553f, 0.435294122f, 0.43921569f, 0.443137258f,
-    0.447058827f, 0.450980395f, 0.454901963f, 0.458823532f, 0.4627451f, 0.466666669f,
-    0.470588237f, 0.474509805f, 0.478431374f, 0.482352942f, 0.486274511f, 0.490196079f,
-    0.494117647f, 0.498039216f, 0.501960814f, 0.505882382f, 0.509803951f, 0.513725519f,
-    0.517647088f, 0.521568656f, 0.525490224f, 0.529411793f, 0.533333361f, 0.53725493f,
-    0.541176498f, 0.545098066f, 0.549019635f, 0.552941203f, 0.556862772f, 0.56078434f,
-    0.564705908f, 0.568627477f, 0.572549045f, 0.576470613f, 0.580392182f, 0.58431375f,
-    0.588235319f, 0.592156887f, 0.596078455f, 0.600000024f, 0.603921592f, 0.607843161f,
-    0.611764729f, 0.615686297f, 0.619607866f, 0.623529434f, 0.627451003f, 0.631372571f,
-    0.635294139f, 0.639215708f, 0.643137276f, 0.647058845f, 0.650980413f, 0.654901981f,
-    0.65882355f, 0.662745118f, 0.666666687f, 0.670588255f, 0.674509823f, 0.678431392f,
-    0.68235296f, 0.686274529f, 0.690196097f, 0.694117665f, 0.698039234f, 0.701960802f,
-    0.70588237f, 0.709803939f, 0.713725507f, 0.717647076f, 0.721568644f, 0.725490212f,
-    0.729411781f, 0.733333349f, 0.737254918f, 0.741176486f, 0.745098054f, 0.749019623f,
-    0.752941191f, 0.75686276f, 0.760784328f, 0.764705896f, 0.768627465f, 0.772549033f,
-    0.776470602f, 0.78039217f, 0.784313738f, 0.788235307f, 0.792156875f, 0.796078444f,
-    0.800000012f, 0.80392158f, 0.807843149f, 0.811764717f, 0.815686285f, 0.819607854f,
-    0.823529422f, 0.827450991f, 0.831372559f, 0.835294127f, 0.839215696f, 0.843137264f,
-    0.847058833f, 0.850980401f, 0.854901969f, 0.858823538f, 0.862745106f, 0.866666675f,
-    0.870588243f, 0.874509811f, 0.87843138f, 0.882352948f, 0.886274517f, 0.890196085f,
-    0.894117653f, 0.898039222f, 0.90196079f, 0.905882359f, 0.909803927f, 0.913725495f,
-    0.917647064f, 0.921568632f, 0.925490201f, 0.929411769f, 0.933333337f, 0.937254906f,
-    0.941176474f, 0.945098042f, 0.949019611f, 0.952941179f, 0.956862748f, 0.960784316f,
-    0.964705884f, 0.968627453f, 0.972549021f, 0.97647059f, 0.980392158f, 0.984313726f,
-    0.988235295f, 0.992156863f, 0.996078432f, 1.0f,
+/* The update rule of the spec's train statement (chaosgen/update.py; no flag changes it, as with
+   chaosgen train): torch.optim.SGD's momentum and weight decay, Caffe's lr policies. */
+const double MOMENTUM = 0.0, WEIGHT_DECAY = 0.0;
+const int NESTEROV = 0;
+const char *const LR_POLICY = "exp";
+const int LR_POLICY_CODE = 0;  // cg_config.lr_policy: 0 one eta per call
+const bool PER_ITERATION = false;  // eta(iteration), in the runtime
+const bool EXP_POLICY = true;  // eta x decay per epoch
+const double GAMMA = 0.0, POWER = 0.0;
+const long STEP_SIZE = 0;
+
+/* Pixel value v -> v / 255 as the float32 chaosgen.data computes, normalised per channel by the
+   spec's mean/std/scale as chaosgen.data.fit.normalise does, written out exactly: a compiler
+   allowed imprecise division (icc's default -fp-model fast=1) cannot change them. */
+const float PIXEL[MAPS][256] = {
+    {
+        0.0f, 0.00392156886f, 0.00784313772f, 0.0117647061f, 0.0156862754f, 0.0196078438f,
+        0.0235294122f, 0.0274509806f, 0.0313725509f, 0.0352941193f, 0.0392156877f, 0.0431372561f,
+        0.0470588244f, 0.0509803928f, 0.0549019612f, 0.0588235296f, 0.0627451017f, 0.0666666701f,
+        0.0705882385f, 0.0745098069f, 0.0784313753f, 0.0823529437f, 0.0862745121f, 0.0901960805f,
+        0.0941176489f, 0.0980392173f, 0.101960786f, 0.105882354f, 0.109803922f, 0.113725491f,
+        0.117647059f, 0.121568628f, 0.125490203f, 0.129411772f, 0.13333334f, 0.137254909f,
+        0.141176477f, 0.145098045f, 0.149019614f, 0.152941182f, 0.156862751f, 0.160784319f,
+        0.164705887f, 0.168627456f, 0.172549024f, 0.176470593f, 0.180392161f, 0.184313729f,
+        0.188235298f, 0.192156866f, 0.196078435f, 0.200000003f, 0.203921571f, 0.20784314f,
+        0.211764708f, 0.215686277f, 0.219607845f, 0.223529413f, 0.227450982f, 0.23137255f,
+        0.235294119f, 0.239215687f, 0.243137255f, 0.247058824f, 0.250980407f, 0.254901975f,
+        0.258823544f, 0.262745112f, 0.266666681f, 0.270588249f, 0.274509817f, 0.278431386f,
+        0.282352954f, 0.286274523f, 0.290196091f, 0.294117659f, 0.298039228f, 0.301960796f,
+        0.305882365f, 0.309803933f, 0.313725501f, 0.31764707f, 0.321568638f, 0.325490206f,
+        0.329411775f, 0.333333343f, 0.337254912f, 0.34117648f, 0.345098048f, 0.349019617f,
+        0.352941185f, 0.356862754f, 0.360784322f, 0.36470589f, 0.368627459f, 0.372549027f,
+        0.376470596f, 0.380392164f, 0.384313732f, 0.388235301f, 0.392156869f, 0.396078438f,
+        0.400000006f, 0.403921574f, 0.407843143f, 0.411764711f, 0.41568628f, 0.419607848f,
+        0.423529416f, 0.427450985f, 0.431372553f, 0.435294122f, 0.43921569f, 0.443137258f,
+        0.447058827f, 0.450980395f, 0.454901963f, 0.458823532f, 0.4627451f, 0.466666669f,
+        0.470588237f, 0.474509805f, 0.478431374f, 0.482352942f, 0.486274511f, 0.490196079f,
+        0.494117647f, 0.498039216f, 0.501960814f, 0.505882382f, 0.509803951f, 0.513725519f,
+        0.517647088f, 0.521568656f, 0.525490224f, 0.529411793f, 0.533333361f, 0.53725493f,
+        0.541176498f, 0.545098066f, 0.549019635f, 0.552941203f, 0.556862772f, 0.56078434f,
+        0.564705908f, 0.568627477f, 0.572549045f, 0.576470613f, 0.580392182f, 0.58431375f,
+        0.588235319f, 0.592156887f, 0.596078455f, 0.600000024f, 0.603921592f, 0.607843161f,
+        0.611764729f, 0.615686297f, 0.619607866f, 0.623529434f, 0.627451003f, 0.631372571f,
+        0.635294139f, 0.639215708f, 0.643137276f, 0.647058845f, 0.650980413f, 0.654901981f,
+        0.65882355f, 0.662745118f, 0.666666687f, 0.670588255f, 0.674509823f, 0.678431392f,
+        0.68235296f, 0.686274529f, 0.690196097f, 0.694117665f, 0.698039234f, 0.701960802f,
+        0.70588237f, 0.709803939f, 0.713725507f, 0.717647076f, 0.721568644f, 0.725490212f,
+        0.729411781f, 0.733333349f, 0.737254918f, 0.741176486f, 0.745098054f, 0.749019623f,
+        0.752941191f, 0.75686276f, 0.760784328f, 0.764705896f, 0.768627465f, 0.772549033f,
+        0.776470602f, 0.78039217f, 0.784313738f, 0.788235307f, 0.792156875f, 0.796078444f,
+        0.800000012f, 0.80392158f, 0.807843149f, 0.811764717f, 0.815686285f, 0.819607854f,
+        0.823529422f, 0.827450991f, 0.831372559f, 0.835294127f, 0.839215696f, 0.843137264f,
+        0.847058833f, 0.850980401f, 0.854901969f, 0.858823538f, 0.862745106f, 0.866666675f,
+        0.870588243f, 0.874509811f, 0.87843138f, 0.882352948f, 0.886274517f, 0.890196085f,
+        0.894117653f, 0.898039222f, 0.90196079f, 0.905882359f, 0.909803927f, 0.913725495f,
+        0.917647064f, 0.921568632f, 0.925490201f, 0.929411769f, 0.933333337f, 0.937254906f,
+        0.941176474f, 0.945098042f, 0.949019611f, 0.952941179f, 0.956862748f, 0.960784316f,
+        0.964705884f, 0.968627453f, 0.972549021f, 0.97647059f, 0.980392158f, 0.984313726f,
+        0.988235295f, 0.992156863f, 0.996078432f, 1.0f,
+    },
 };
+const float PAD[MAPS] = { 0.0f };  // a padding pixel (0), normalised
+/* Float images (a converted float .npz): x <- (x - MEAN) * FACTOR per channel, as normalise. */
+const bool NORMALISED = false;
+const float MEAN[MAPS] = { 0.0f };
+const float FACTOR[MAPS] = { 1.0f };
 
 struct Options {
     std::string data = ".", init = "", weights = "weights.cgw", log = "run.jsonl";
-    std::string scheme = "chaos";
+    std::string scheme = "chaos", fit = "";  // fit "": pad smaller images, else refuse
     int threads = 0;  // 0: omp_get_max_threads(), i.e. OMP_NUM_THREADS or every processor
     int threads_asked = 0;  // threads is then what OpenMP runs (OMP_THREAD_LIMIT: maybe fewer)
     int epochs = 15;
     double eta = 0.001, decay = 0.9;
     long seed = 1;
     int update_every = 8, batch = 16;
-    long limit = -1, val_limit = -1, test_limit = -1;  // -1: all
+    long limit = -1, val_limit = -1, test_limit = -1, val_split = -1;  // -1: all, or none
     bool resume = false, profile = false, quiet = false;
 };
 
 const char USAGE[] =
     "usage: %s [options]\n"
-    "Trains network large on MNIST with CHAOS: a JSON line per epoch, weights after each.\n"
-    "  --data DIR        the four MNIST IDX files, gunzipped (default .)\n"
+    "Trains network large with CHAOS as chaosgen train does: a JSON line per epoch, weights after each.\n"
+    "  --data DIR        MNIST/Fashion-MNIST IDX files (gunzipped), CIFAR-10 binary batches, or\n"
+    "                    what `chaosgen data convert` writes (other formats) (default .)\n"
+    "  --fit F           images of another size: pad (default for smaller ones), center, crop\n"
+    "  --val-split N     validate on the last N training images, held out (default: on the training images)\n"
     "  --init FILE       initial weights, CGW1 (default init.cgw; with --resume, --weights)\n"
     "  --weights FILE    written after every epoch (default weights.cgw)\n"
     "  --log FILE        JSON lines, one per epoch (default run.jsonl; truncated unless --resume)\n"
@@ -141,16 +169,18 @@ const char USAGE[] =
     "  --threads N       workers (default OMP_NUM_THREADS or all; 244 on a 61-core Xeon Phi)\n"
     "  --scheme S        chaos (default), sequential, hogwild, delayed, averaged\n"
     "  --epochs N        default 15\n"
-    "  --eta X           learning rate of the first epoch (default 0.001)\n"
+    "  --eta X           learning rate of the first epoch, or the lr_policy's base (default 0.001)\n"
     "  --decay X         eta factor per epoch (default 0.9)\n"
-    "  --seed N          of the shuffles (default 1)\n"
+    "  --seed N          of the shuffles and dropout masks (default 1); the initial\n"
+    "                    weights are --init's (init.cgw: drawn with the spec's seed)\n"
     "  --update-every N  delayed: images between a worker's updates (default 8)\n"
     "  --batch N         averaged: images per synchronous step (default 16)\n"
-    "  --limit N         training images per epoch (default all 60000)\n"
-    "  --val-limit N     validation images, the first N training images (default all)\n"
-    "  --test-limit N    test images (default all 10000)\n"
+    "  --limit N         training images per epoch (default all)\n"
+    "  --val-limit N     validation images (default all)\n"
+    "  --test-limit N    test images (default all)\n"
     "  --profile         time every layer and pass\n"
-    "  --quiet           no line per epoch on stdout\n";
+    "  --quiet           no line per epoch on stdout\n"
+    "The update rule is the spec's: lr_policy exp.\n";
 
 volatile int g_stop = 0;
 
@@ -207,7 +237,7 @@ long usable_cpus() { return omp_get_num_procs(); }
 
 Options parse_options(int argc, char **argv) {
     Options o;
-    bool threads_given = false;
+    bool threads_given = false, update_every_given = false, batch_given = false;
     for (int i = 1; i < argc; ++i) {
         std::string opt = argv[i], v;
         const size_t eq = opt.find('=');
@@ -236,15 +266,29 @@ Options parse_options(int argc, char **argv) {
         else if (opt == "--threads") o.threads = int(parse_long(name, v, 1)), threads_given = true;
         else if (opt == "--epochs") o.epochs = int(parse_long(name, v, 1));
         else if (opt == "--eta") o.eta = parse_double(name, v);
-        else if (opt == "--decay") o.decay = parse_double(name, v);
+        else if (opt == "--decay" && EXP_POLICY) o.decay = parse_double(name, v);
+        else if (opt == "--decay")
+            die(2, "--decay is lr_policy exp's factor per epoch; the spec's lr_policy is %s",
+                LR_POLICY);
         else if (opt == "--seed") o.seed = parse_long(name, v, 0);
-        else if (opt == "--update-every") o.update_every = int(parse_long(name, v, 1));
-        else if (opt == "--batch") o.batch = int(parse_long(name, v, 1));
+        else if (opt == "--update-every")
+            o.update_every = int(parse_long(name, v, 1)), update_every_given = true;
+        else if (opt == "--batch") o.batch = int(parse_long(name, v, 1)), batch_given = true;
         else if (opt == "--limit") o.limit = parse_long(name, v, 1);
         else if (opt == "--val-limit") o.val_limit = parse_long(name, v, 1);
         else if (opt == "--test-limit") o.test_limit = parse_long(name, v, 1);
+        else if (opt == "--val-split") o.val_split = parse_long(name, v, 1);
+        else if (opt == "--fit" && (v == "pad" || v == "center" || v == "crop")) o.fit = v;
+        else if (opt == "--fit") die(2, "--fit must be pad, center or crop, found '%s'", v.c_str());
         else die(2, "unknown option '%s' (see --help)", name);
     }
+    // As chaosgen train: a scheme's knob given to another scheme is a mistake, not ignored.
+    if (update_every_given && o.scheme != "delayed")
+        die(2, "--update-every is the delayed scheme's (images between updates); this run's "
+               "scheme is %s: add --scheme delayed, or drop --update-every", o.scheme.c_str());
+    if (batch_given && o.scheme != "averaged")
+        die(2, "--batch is the averaged scheme's (images per synchronous step); this run's scheme "
+               "is %s: add --scheme averaged, or drop --batch", o.scheme.c_str());
     if (o.scheme == "sequential") {
         if (threads_given && o.threads != 1)
             die(2, "--scheme sequential runs on one thread; drop --threads");
@@ -266,12 +310,28 @@ Options parse_options(int argc, char **argv) {
     return o;
 }
 
-/* ---- MNIST: raw IDX files, checked as chaosgen.data checks them ------------------------- */
+/* ---- data: read raw, checked as chaosgen.data checks it (docs/data.md) ------------------- */
+bool is_file(const std::string &path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool has_npz(const std::string &dir) {  // an .npz file in dir (chaosgen data convert reads it)
+    DIR *d = opendir(dir.c_str());
+    bool found = false;
+    for (dirent *e; d && !found && (e = readdir(d)) != nullptr;) {
+        const std::string name = e->d_name;
+        found = name.size() > 4 && name.compare(name.size() - 4, 4, ".npz") == 0;
+    }
+    if (d) closedir(d);
+    return found;
+}
+
 std::vector<unsigned char> read_file(const std::string &path) {
     FILE *f = std::fopen(path.c_str(), "rb");
-    if (!f && errno == ENOENT && access((path + ".gz").c_str(), R_OK) == 0)
-        die(1, "%s is missing, %s.gz is there: gunzip it first (this program reads raw IDX "
-               "files; run.sh unpacks them)", path.c_str(), path.c_str());
+    if (!f && errno == ENOENT && is_file(path + ".gz"))
+        die(1, "%s is missing, %s.gz is there: gunzip it first (this program reads raw files; "
+               "run.sh unpacks them)", path.c_str(), path.c_str());
     if (!f) die(1, "%s: %s", path.c_str(), std::strerror(errno));
     std::vector<unsigned char> bytes;
     unsigned char buf[1 << 16];
@@ -287,22 +347,199 @@ uint32_t be32(const unsigned char *p) {
     return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3];
 }
 
-/* The payload of an IDX file of unsigned bytes; its dimensions go to dims[]. */
-std::vector<unsigned char> read_idx(const std::string &path, uint32_t magic, uint32_t *dims) {
-    const std::vector<unsigned char> b = read_file(path);
-    const uint32_t ndim = magic & 0xff, header = 4 + 4 * ndim;
+/* A split as stored: n images of c x h x w, uint8 pixels (scaled by PIXEL) or float32. */
+struct Raw {
+    long n = 0;
+    int c = 1, h = 0, w = 0;
+    std::vector<unsigned char> u8;
+    std::vector<float> f32;
+    std::vector<int> labels;
+    std::string file;  // the images' file, for messages
+};
+
+/* IDX (big-endian): 0 0 type ndim, ndim uint32 sizes, the data. Types: 0x08 uint8, 0x0C int32,
+   0x0D float32. MNIST's images are 3-dimensional uint8 (magic 2051), labels 1-dimensional
+   (2049); `chaosgen data convert` also writes (N, C, H, W) and float32 images, int32 labels. */
+struct Idx {
+    std::vector<unsigned char> bytes;
+    unsigned type = 0;
+    std::vector<uint32_t> dims;
+    size_t header = 0;
+};
+
+Idx read_idx(const std::string &path, bool images) {
+    Idx x;
+    x.bytes = read_file(path);
+    const std::vector<unsigned char> &b = x.bytes;
     if (b.size() >= 2 && b[0] == 0x1f && b[1] == 0x8b)
         die(1, "%s is gzip-compressed: gunzip it first (this program reads raw IDX files; "
                "run.sh unpacks them)", path.c_str());
-    if (b.size() < header || be32(&b[0]) != magic)
-        die(1, "%s: not an IDX file of magic %u (%s)", path.c_str(), magic,
-            magic == 2051 ? "images" : "labels");
-    uint64_t promised = 1;
-    for (uint32_t d = 0; d < ndim; ++d) promised *= dims[d] = be32(&b[4 + 4 * d]);
-    if (b.size() - header != promised)
+    const bool ok_type = b.size() >= 4 && b[0] == 0 && b[1] == 0 &&
+                         (b[2] == 0x08 || (images ? b[2] == 0x0D : b[2] == 0x0C));
+    const unsigned ndim = b.size() >= 4 ? b[3] : 0;
+    if (!ok_type || (images ? ndim != 3 && ndim != 4 : ndim != 1) || b.size() < 4 + 4 * ndim)
+        die(1, "%s: not an IDX %s file (magic %s expected)", path.c_str(),
+            images ? "image" : "label", images ? "2051: 00 00 08 03" : "2049: 00 00 08 01");
+    x.type = b[2];
+    x.header = 4 + 4 * ndim;
+    uint64_t promised = x.type == 0x08 ? 1 : 4;
+    for (unsigned d = 0; d < ndim; ++d) {
+        x.dims.push_back(be32(&b[4 + 4 * d]));
+        promised *= x.dims.back();
+    }
+    if (b.size() - x.header != promised)
         die(1, "%s: the header promises %llu bytes, the file holds %llu", path.c_str(),
-            (unsigned long long)promised, (unsigned long long)(b.size() - header));
-    return std::vector<unsigned char>(b.begin() + header, b.end());
+            (unsigned long long)promised, (unsigned long long)(b.size() - x.header));
+    return x;
+}
+
+/* The images and labels of one split from two IDX files; `classes`: labels must be below. */
+Raw read_idx_split(const std::string &images, const std::string &labels, int classes,
+                   const char *what) {
+    const Idx im = read_idx(images, true), lab = read_idx(labels, false);
+    Raw r;
+    r.file = images;
+    r.n = im.dims[0];
+    r.c = im.dims.size() == 4 ? int(im.dims[1]) : 1;
+    r.h = int(im.dims[im.dims.size() - 2]);
+    r.w = int(im.dims[im.dims.size() - 1]);
+    if (lab.dims[0] != im.dims[0])
+        die(1, "%s holds %u images but %s holds %u labels", images.c_str(), im.dims[0],
+            labels.c_str(), lab.dims[0]);
+    const size_t count = size_t(r.n) * r.c * r.h * r.w;
+    const unsigned char *px = &im.bytes[0] + im.header;
+    if (im.type == 0x08) {
+        r.u8.assign(px, px + count);
+    } else {
+        r.f32.resize(count);
+        for (size_t k = 0; k < count; ++k) {
+            const uint32_t bits = be32(px + 4 * k);
+            std::memcpy(&r.f32[k], &bits, 4);
+            if (!std::isfinite(r.f32[k]))
+                die(1, "%s: image %llu holds %g; images must be finite", images.c_str(),
+                    (unsigned long long)(k / (count / size_t(r.n))), double(r.f32[k]));
+        }
+    }
+    r.labels.resize(size_t(r.n));
+    for (long i = 0; i < r.n; ++i) {
+        const unsigned char *p = &lab.bytes[0] + lab.header;
+        const long v = lab.type == 0x08 ? long(p[i]) : long(int32_t(be32(p + 4 * i)));
+        if (v < 0 || v >= classes)
+            die(1, "%s: label %ld at index %ld; %s", labels.c_str(), v, i, what);
+        r.labels[size_t(i)] = int(v);
+    }
+    return r;
+}
+
+/* CIFAR-10 binary batches: records of a label byte and 3 x 32 x 32 pixel bytes (red, green,
+   blue planes, each row-major). */
+const size_t CIFAR_SIDE = 32, CIFAR_RECORD = 1 + 3 * CIFAR_SIDE * CIFAR_SIDE;
+Raw read_cifar(const std::string &dir, const std::vector<std::string> &names) {
+    Raw r;
+    r.c = 3;
+    r.h = r.w = int(CIFAR_SIDE);
+    for (const std::string &name : names) {
+        const std::string path = dir + "/" + name;
+        const std::vector<unsigned char> b = read_file(path);
+        if (r.file.empty()) r.file = path;
+        if (b.empty() || b.size() % CIFAR_RECORD != 0)
+            die(1, "%s: %llu bytes is not a whole number of %d-byte records; truncated or not a "
+                   "CIFAR-10 binary batch", path.c_str(), (unsigned long long)b.size(),
+                int(CIFAR_RECORD));
+        for (size_t i = 0; i < b.size(); i += CIFAR_RECORD) {
+            if (b[i] > 9)
+                die(1, "%s: label %d at record %llu (byte %llu); CIFAR-10 labels are 0..9",
+                    path.c_str(), b[i], (unsigned long long)(i / CIFAR_RECORD),
+                    (unsigned long long)i);
+            r.labels.push_back(b[i]);
+            r.u8.insert(r.u8.end(), b.begin() + long(i) + 1, b.begin() + long(i + CIFAR_RECORD));
+        }
+    }
+    r.n = long(r.labels.size());
+    return r;
+}
+
+/* The data set in `dir`, recognised by its files' names (their bytes are checked on reading). */
+struct DataSet {
+    Raw train, test;
+    const char *format;
+};
+
+DataSet read_data(const std::string &dir, int classes) {
+    DataSet d;
+    const std::string p = dir + "/";
+    const bool cifar = is_file(p + "data_batch_1.bin");
+    const bool mnist = is_file(p + "train-images-idx3-ubyte") || is_file(p + "train-images-idx3-ubyte.gz");
+    const bool converted = is_file(p + "train-images.idx");
+    if (int(cifar) + int(mnist) + int(converted) > 1)  // as chaosgen.data.sets: never a guess
+        die(1, "%s holds more than one data set (%s%s%s); keep one per directory", dir.c_str(),
+            cifar ? "CIFAR-10 batches " : "", mnist ? "MNIST IDX files " : "",
+            converted ? "converted .idx files" : "");
+    if (cifar) {
+        d.format = "cifar10-binary";
+        d.train = read_cifar(dir, {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
+                                   "data_batch_4.bin", "data_batch_5.bin"});
+        d.test = read_cifar(dir, {"test_batch.bin"});
+    } else if (mnist) {
+        d.format = "idx";
+        const char *what = "MNIST labels are 0..9";
+        d.train = read_idx_split(p + "train-images-idx3-ubyte", p + "train-labels-idx1-ubyte", 10, what);
+        d.test = read_idx_split(p + "t10k-images-idx3-ubyte", p + "t10k-labels-idx1-ubyte", 10, what);
+        for (const Raw *r : {&d.train, &d.test})
+            if (r->n == 0) die(1, "%s: holds no images (its header says 0)", r->file.c_str());
+    } else if (converted) {
+        d.format = "converted";  // chaosgen data convert: any format, any number of classes
+        char what[128];
+        std::snprintf(what, sizeof what, "network %s has %d classes (labels 0..%d)", NETWORK,
+                      classes, classes - 1);
+        d.train = read_idx_split(p + "train-images.idx", p + "train-labels.idx", classes, what);
+        d.test = read_idx_split(p + "test-images.idx", p + "test-labels.idx", classes, what);
+        if (d.train.n == 0) die(1, "%s: holds no images", d.train.file.c_str());
+    } else {
+        struct stat st;
+        if (stat(dir.c_str(), &st) != 0) die(1, "%s: %s", dir.c_str(), std::strerror(errno));
+        const bool other = is_file(dir) || is_file(p + "data_batch_1") || has_npz(dir) ||
+                           is_file(p + "cifar-10-batches-py/data_batch_1");
+        if (other)  // CIFAR-10 python batches or .npz: read on the host (docs/data.md)
+            die(1, "%s: this program reads CIFAR-10 python batches and .npz arrays once converted: "
+                   "chaosgen data convert %s --out DIR, then --data DIR", dir.c_str(), dir.c_str());
+        die(1, "no data set found in %s: expected MNIST/Fashion-MNIST IDX files "
+               "(train-images-idx3-ubyte ...), CIFAR-10 binary batches (data_batch_1.bin ...) or "
+               "the .idx files of `chaosgen data convert` (docs/data.md)", dir.c_str());
+    }
+    if (d.format != std::string("converted") && classes != 10)
+        die(1, "the data has 10 classes, network %s has %d outputs; write `output classes=10` in "
+               "the spec", NETWORK, classes);
+    if (d.test.n > 0 && (d.test.c != d.train.c || d.test.h != d.train.h || d.test.w != d.train.w))
+        die(1, "%s: images are %dx%dx%d, the training images %dx%dx%d", d.test.file.c_str(),
+            d.test.c, d.test.h, d.test.w, d.train.c, d.train.h, d.train.w);
+    if (d.train.c != MAPS)
+        die(1, "the data has %d channel%s (%dx%dx%d), network %s takes %d (%dx%dx%d); write "
+               "`input maps=%d` in the spec, or use data with as many channels", d.train.c,
+            d.train.c != 1 ? "s" : "", d.train.c, d.train.h, d.train.w, NETWORK, MAPS, MAPS, IN_H,
+            IN_W, d.train.c);
+    return d;
+}
+
+/* chaosgen.data.fit.choose_fit: "" when the sizes agree; --fit if it can; else pad if smaller. */
+std::string choose_fit(int h, int w, const std::string &fit) {
+    if (h == IN_H && w == IN_W) return "";
+    const bool smaller = h <= IN_H && w <= IN_W, larger = h >= IN_H && w >= IN_W;
+    char have[48], want[48];
+    std::snprintf(have, sizeof have, "%dx%d", h, w);
+    std::snprintf(want, sizeof want, "%dx%d", IN_H, IN_W);
+    if (fit.empty()) {
+        if (smaller) return "pad";
+        die(1, "the data's images are %s, larger than the network's %s; use %s", have, want,
+            larger ? "--fit crop (centre crop)" : (std::string("images of ") + want).c_str());
+    }
+    if ((fit == "pad" || fit == "center") && !smaller)
+        die(1, "--fit %s: the data's images (%s) are not smaller than the network's (%s); %s",
+            fit.c_str(), have, want, larger ? "use --fit crop" : "no fitting takes one to the other");
+    if (fit == "crop" && !larger)
+        die(1, "--fit crop: the data's images (%s) are not larger than the network's (%s); %s", have,
+            want, smaller ? "use --fit pad or --fit center" : "no fitting takes one to the other");
+    return fit;
 }
 
 struct Split {
@@ -311,38 +548,39 @@ struct Split {
     long n = 0;
 };
 
-Split read_split(const std::string &dir, const char *kind) {
-    const std::string images = dir + "/" + kind + "-images-idx3-ubyte";
-    const std::string labels = dir + "/" + kind + "-labels-idx1-ubyte";
-    uint32_t idims[3], ldims[1];
-    const std::vector<unsigned char> px = read_idx(images, 2051, idims);
-    const std::vector<unsigned char> lab = read_idx(labels, 2049, ldims);
-    if (idims[1] != uint32_t(ROWS) || idims[2] != uint32_t(COLS))
-        die(1, "%s: images are %ux%u, expected %dx%d", images.c_str(), idims[1], idims[2], ROWS,
-            COLS);
-    if (idims[0] != ldims[0])
-        die(1, "%s holds %u images but %s holds %u labels", images.c_str(), idims[0],
-            labels.c_str(), ldims[0]);
+/* Images [first, first + n) of `r` into the runtime's rows, fitted (chaosgen.data.fit.place: pad
+   at the top left, center, or the centre crop) and normalised (PIXEL, PAD; float: MEAN, FACTOR). */
+Split to_rows(const Raw &r, long first, long n, const std::string &fit) {
     Split s;
-    s.n = idims[0];
+    s.n = n;
     const size_t stride = size_t(cg_image_stride());
-    s.images = alloc_floats(size_t(s.n) * stride);  // zeros: the padding row and column
-    s.labels.assign(lab.begin(), lab.end());
-    for (long i = 0; i < s.n; ++i) {
-        if (s.labels[size_t(i)] > 9)
-            die(1, "%s: label %d at index %ld; MNIST labels are 0..9", labels.c_str(),
-                s.labels[size_t(i)], i);
-        const unsigned char *src = &px[size_t(i) * ROWS * COLS];
-        float *dst = s.images + size_t(i) * stride;
-        for (int r = 0; r < ROWS; ++r)
-            for (int c = 0; c < COLS; ++c) dst[r * IN_W + c] = PIXEL[src[r * COLS + c]];
+    s.images = alloc_floats(size_t(n) * stride);
+    s.labels.assign(r.labels.begin() + first, r.labels.begin() + first + n);
+    int top = 0, left = 0;  // where the image's (0, 0) lands in the input (crop: negative)
+    if (fit == "center") top = (IN_H - r.h) / 2, left = (IN_W - r.w) / 2;
+    if (fit == "crop") top = -((r.h - IN_H) / 2), left = -((r.w - IN_W) / 2);
+    const int r0 = std::max(0, -top), r1 = std::min(r.h, IN_H - top);
+    const int c0 = std::max(0, -left), c1 = std::min(r.w, IN_W - left);
+    for (long i = 0; i < n; ++i) {
+        for (int c = 0; c < MAPS; ++c) {
+            float *plane = s.images + size_t(i) * stride + size_t(c) * IN_H * IN_W;
+            std::fill(plane, plane + IN_H * IN_W, PAD[c]);
+            const size_t src = ((size_t(first + i) * MAPS + c) * r.h) * r.w;
+            for (int y = r0; y < r1; ++y)
+                for (int x = c0; x < c1; ++x) {
+                    const size_t k = src + size_t(y) * r.w + x;
+                    float &out = plane[(y + top) * IN_W + x + left];
+                    if (!r.u8.empty()) out = PIXEL[c][r.u8[k]];
+                    else out = NORMALISED ? (r.f32[k] - MEAN[c]) * FACTOR[c] : r.f32[k];
+                }
+        }
     }
     return s;
 }
 
 /* ---- weights: CGW1 ---------------------------------------------------------------------- */
 const size_t CGW_HEADER = 40;
-const uint32_t CGW_PARTIAL = 1;
+const uint32_t CGW_PARTIAL = 1, CGW_VELOCITY = 2;
 struct CgwMeta {
     uint32_t epochs, flags;
     double eta;
@@ -356,9 +594,11 @@ uint32_t get32(const unsigned char *p) {
     return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
 }
 
-/* Written to FILE.tmp, then renamed: a reader (or a crash) sees the old weights or the new. */
-void write_cgw(const std::string &path, const float *P, const CgwMeta &m) {
+/* Written to FILE.tmp, then renamed: a reader (or a crash) sees the old weights or the new.
+   V: momentum's velocity (flag CGW_VELOCITY), or nullptr. */
+void write_cgw(const std::string &path, const float *P, const float *V, CgwMeta m) {
     const size_t n = size_t(cg_n_params());
+    if (V) m.flags |= CGW_VELOCITY;
     unsigned char h[CGW_HEADER] = {'C', 'G', 'W', '1'};
     put32(h + 4, uint32_t(n));
     std::memcpy(h + 8, IR_HASH, 16);
@@ -372,12 +612,14 @@ void write_cgw(const std::string &path, const float *P, const CgwMeta &m) {
     FILE *f = std::fopen(tmp.c_str(), "wb");
     if (!f) die(1, "%s: %s", tmp.c_str(), std::strerror(errno));
     const bool ok = std::fwrite(h, 1, CGW_HEADER, f) == CGW_HEADER &&
-                    std::fwrite(P, sizeof(float), n, f) == n;
+                    std::fwrite(P, sizeof(float), n, f) == n &&
+                    (!V || std::fwrite(V, sizeof(float), n, f) == n);
     if (std::fclose(f) != 0 || !ok || std::rename(tmp.c_str(), path.c_str()) != 0)
         die(1, "%s: cannot write the weights (%s)", path.c_str(), std::strerror(errno));
 }
 
-CgwMeta read_cgw(const std::string &path, float *P) {
+/* The weights into P; the velocity, if the file holds one, into V (else V is left zero). */
+CgwMeta read_cgw(const std::string &path, float *P, float *V) {
     const std::vector<unsigned char> b = read_file(path);
     const size_t n = size_t(cg_n_params());
     if (b.size() < CGW_HEADER || std::memcmp(&b[0], "CGW1", 4) != 0)
@@ -385,14 +627,17 @@ CgwMeta read_cgw(const std::string &path, float *P) {
     if (get32(&b[4]) != n || std::memcmp(&b[8], IR_HASH, 16) != 0)
         die(1, "%s holds weights of another network (%u parameters, IR %.16s), not of %s (%zu, "
                "IR %s)", path.c_str(), get32(&b[4]), (const char *)&b[8], NETWORK, n, IR_HASH);
-    if (b.size() != CGW_HEADER + 4 * n)
-        die(1, "%s: %zu bytes, expected %zu", path.c_str(), b.size(), CGW_HEADER + 4 * n);
     CgwMeta m;
     m.epochs = get32(&b[24]);
     m.flags = get32(&b[28]);
+    const size_t want = CGW_HEADER + 4 * n * (m.flags & CGW_VELOCITY ? 2 : 1);
+    if (b.size() != want)
+        die(1, "%s: %zu bytes, expected %zu", path.c_str(), b.size(), want);
     const uint64_t bits = get32(&b[32]) | uint64_t(get32(&b[36])) << 32;
     std::memcpy(&m.eta, &bits, 8);
     std::memcpy(P, &b[CGW_HEADER], 4 * n);
+    if (V && (m.flags & CGW_VELOCITY)) std::memcpy(V, &b[CGW_HEADER + 4 * n], 4 * n);
+    m.flags &= ~CGW_VELOCITY;
     return m;
 }
 
@@ -469,7 +714,7 @@ std::string machine() {
 }
 
 /* The "config" object: chaosgen.train.Config, then the run's spec, network, IR and target. */
-std::string config(const Options &o, const char *program) {
+std::string config(const Options &o, const char *program, const std::string &fit) {
     return Object()
         .add("scheme", str(o.scheme))
         .add("threads", integer(o.threads))
@@ -479,16 +724,19 @@ std::string config(const Options &o, const char *program) {
         .add("seed", integer(o.seed))
         .add("update_every", integer(o.update_every))
         .add("batch", integer(o.batch))
-        // the paper's update rule (chaosgen refuses to emit a program for a spec with another)
-        .add("momentum", num(0.0)).add("nesterov", "false").add("weight_decay", num(0.0))
-        .add("lr_policy", str("exp")).add("gamma", num(0.0)).add("power", num(0.0))
-        .add("step_size", integer(0))
+        .add("momentum", num(MOMENTUM))
+        .add("nesterov", NESTEROV ? "true" : "false")
+        .add("weight_decay", num(WEIGHT_DECAY))
+        .add("lr_policy", str(LR_POLICY))
+        .add("gamma", num(GAMMA))
+        .add("power", num(POWER))
+        .add("step_size", integer(STEP_SIZE))
         .add("limit", optional(o.limit))
         .add("val_limit", optional(o.val_limit))
         .add("test_limit", optional(o.test_limit))
         .add("profile", o.profile ? "true" : "false")
-        .add("fit", str("pad"))  // as chaosgen train: docs/data.md
-        .add("val_split", "null")  // it validates on the training images, as the paper
+        .add("fit", fit.empty() ? "null" : str(fit))  // what ran, as chaosgen train: docs/data.md
+        .add("val_split", optional(o.val_split))
         .add("spec", str(SPEC))
         .add("network", str(NETWORK))
         .add("ir_hash", str(IR_HASH))
@@ -500,9 +748,12 @@ std::string config(const Options &o, const char *program) {
 
 double ratio(double a, double b) { return b > 0 ? a / b : NAN; }
 double per_image(const cg_stats &s) { return s.loss / double(s.images > 0 ? s.images : 1); }
+/* A figure of a phase, null when it had no images (chaosgen.train._stat). */
+std::string figure(const cg_stats &s, const std::string &value) { return s.images ? value : "null"; }
 
-/* One epoch's record, key for key as chaosgen.train.Trainer.run writes it. */
-std::string record(int epoch, double eta, const cg_stats &tr, const cg_stats &va,
+/* One epoch's record, key for key as chaosgen.train.Trainer.run writes it (eta_end: a
+   per-iteration lr_policy's eta at the epoch's last iteration, NAN for none). */
+std::string record(int epoch, double eta, double eta_end, const cg_stats &tr, const cg_stats &va,
                    const cg_stats &te, double seconds, const std::vector<double> *profile) {
     Object r;
     r.add("epoch", integer(epoch)).add("eta", num(eta));
@@ -510,15 +761,17 @@ std::string record(int epoch, double eta, const cg_stats &tr, const cg_stats &va
     r.add("train_error_rate", num(ratio(tr.errors, tr.images)));
     r.add("val_error", num(va.loss)).add("val_errors", integer(va.errors));
     r.add("val_error_rate", num(ratio(va.errors, va.images)));
-    r.add("test_error", num(te.loss)).add("test_errors", integer(te.errors));
-    r.add("test_error_rate", num(ratio(te.errors, te.images)));
+    r.add("test_error", figure(te, num(te.loss))).add("test_errors", figure(te, integer(te.errors)));
+    r.add("test_error_rate", figure(te, num(ratio(te.errors, te.images))));
     r.add("train_images", integer(tr.images)).add("val_images", integer(va.images));
     r.add("test_images", integer(te.images));
     r.add("train_images_per_s", num(ratio(tr.images, tr.seconds)));
     r.add("val_images_per_s", num(ratio(va.images, va.seconds)));
-    r.add("test_images_per_s", num(ratio(te.images, te.seconds)));
+    r.add("test_images_per_s", figure(te, num(ratio(te.images, te.seconds))));
     r.add("seconds_train", num(tr.seconds)).add("seconds_val", num(va.seconds));
-    r.add("seconds_test", num(te.seconds)).add("seconds", num(seconds));
+    r.add("seconds_test", num(te.seconds));
+    if (!std::isnan(eta_end)) r.add("eta_end", num(eta_end));
+    r.add("seconds", num(seconds));
     if (profile) {  // microseconds per image, summed over threads, to 3 decimals
         Object table;
         for (int l = 0; l < N_LAYERS; ++l) {
@@ -535,31 +788,120 @@ std::string record(int epoch, double eta, const cg_stats &tr, const cg_stats &va
     return r.s;  // the caller adds config and machine, and closes it
 }
 
-/* ---- the shuffle: Fisher-Yates driven by splitmix64, seeded by (seed, epoch) ------------- */
-struct SplitMix64 {
-    uint64_t s;
-    uint64_t next() {
-        uint64_t z = (s += 0x9E3779B97F4A7C15ULL);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        return z ^ (z >> 31);
+/* ---- the schedule ------------------------------------------------------------------------ */
+/* Iterations of an epoch of n images: images, or the averaged scheme's steps (Caffe's
+   mini-batch iter); chaosgen.update.iterations. */
+long iterations(long n, const Options &o) {
+    return o.scheme == "averaged" ? (n + o.batch - 1) / o.batch : n;
+}
+
+/* The eta of iteration `it` as the log gives it (chaosgen.update.eta_at, in double; the runtime
+   computes the same for its updates, update.hpp eta_at). */
+double eta_at(double eta, long it, long max_iter) {
+    (void)it, (void)max_iter;
+    return eta;  // lr_policy exp: one eta per epoch
+}
+
+/* ---- the shuffle: numpy.random.default_rng(seed).permutation(n), as chaosgen train's -----
+   SeedSequence(seed) (numpy/random/bit_generator.pyx) seeds PCG64 (XSL-RR 128/64, numpy's
+   pcg64.h), and Generator.shuffle swaps i with random_interval(i) for i = n-1 .. 1
+   (numpy/random/src/distributions/distributions.c). One generator for the run: epoch e's order
+   follows the e orders before it, as in chaosgen train's checkpointed generator. */
+struct NumpyRng {
+    uint64_t hi = 0, lo = 0, inc_hi = 0, inc_lo = 0;  // the 128-bit state and increment
+    bool has32 = false;  // next32 hands out the high half of a 64-bit draw on the next call
+    uint32_t buffered = 0;
+
+    static void mul128(uint64_t ah, uint64_t al, uint64_t bh, uint64_t bl, uint64_t &h,
+                       uint64_t &l) {
+        const uint64_t a0 = al & 0xffffffffu, a1 = al >> 32, b0 = bl & 0xffffffffu, b1 = bl >> 32;
+        const uint64_t p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
+        const uint64_t mid = (p00 >> 32) + (p01 & 0xffffffffu) + (p10 & 0xffffffffu);
+        l = (mid << 32) | (p00 & 0xffffffffu);
+        h = p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32) + ah * bl + al * bh;
     }
-    uint64_t below(uint64_t n) {  // uniform in [0, n), without modulo bias
-        const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-        uint64_t x;
-        while ((x = next()) >= limit) {
+    static void add128(uint64_t &h, uint64_t &l, uint64_t bh, uint64_t bl) {
+        l += bl;
+        h += bh + (l < bl ? 1 : 0);
+    }
+    void step() {  // PCG's LCG: state = state x PCG_DEFAULT_MULTIPLIER_128 + inc
+        mul128(hi, lo, 2549297995355413924ULL, 4865540595714422341ULL, hi, lo);
+        add128(hi, lo, inc_hi, inc_lo);
+    }
+    explicit NumpyRng(uint64_t seed) {
+        const uint32_t INIT_A = 0x43b0d7e5, MULT_A = 0x931e8875, INIT_B = 0x8b51f9dd,
+                       MULT_B = 0x58f38ded, MIX_L = 0xca01f9dd, MIX_R = 0x4973f715;
+        std::vector<uint32_t> entropy;  // the seed's 32-bit words, least significant first
+        do entropy.push_back(uint32_t(seed)); while ((seed >>= 32) != 0);
+        uint32_t hash = INIT_A, pool[4];
+        auto hashmix = [&](uint32_t v) {
+            v ^= hash;
+            hash *= MULT_A;
+            v *= hash;
+            return v ^ (v >> 16);
+        };
+        auto mix = [&](uint32_t x, uint32_t y) {
+            const uint32_t r = MIX_L * x - MIX_R * y;
+            return r ^ (r >> 16);
+        };
+        for (size_t i = 0; i < 4; ++i) pool[i] = hashmix(i < entropy.size() ? entropy[i] : 0);
+        for (int s = 0; s < 4; ++s)
+            for (int d = 0; d < 4; ++d)
+                if (s != d) pool[d] = mix(pool[d], hashmix(pool[s]));
+        for (size_t s = 4; s < entropy.size(); ++s)
+            for (int d = 0; d < 4; ++d) pool[d] = mix(pool[d], hashmix(entropy[s]));
+        uint32_t words[8], hb = INIT_B;  // generate_state(4, uint64): 8 words, little-endian pairs
+        for (int i = 0; i < 8; ++i) {
+            uint32_t v = pool[i % 4] ^ hb;
+            hb *= MULT_B;
+            v *= hb;
+            words[i] = v ^ (v >> 16);
         }
-        return x % n;
+        uint64_t val[4];
+        for (int i = 0; i < 4; ++i) val[i] = uint64_t(words[2 * i]) | uint64_t(words[2 * i + 1]) << 32;
+        // pcg64_set_seed: state (val[0] << 64) + val[1], sequence (val[2] << 64) + val[3]
+        inc_hi = val[2] << 1 | val[3] >> 63;
+        inc_lo = val[3] << 1 | 1u;
+        step();
+        add128(hi, lo, val[0], val[1]);
+        step();
+    }
+    uint64_t next64() {
+        step();
+        const uint64_t x = hi ^ lo;
+        const unsigned rot = unsigned(hi >> 58);
+        return (x >> rot) | (x << ((64 - rot) & 63));
+    }
+    uint32_t next32() {
+        if (has32) {
+            has32 = false;
+            return buffered;
+        }
+        const uint64_t v = next64();
+        has32 = true;
+        buffered = uint32_t(v >> 32);
+        return uint32_t(v);
+    }
+    uint64_t interval(uint64_t max) {  // uniform in [0, max]: a bit mask, rejection
+        if (max == 0) return 0;
+        uint64_t mask = max, v;
+        for (int s = 1; s < 64; s *= 2) mask |= mask >> s;
+        if (max <= 0xffffffffu) {
+            while ((v = (next32() & mask)) > max) {
+            }
+        } else {
+            while ((v = (next64() & mask)) > max) {
+            }
+        }
+        return v;
+    }
+    void permutation(std::vector<int> &order, long n) {
+        order.resize(size_t(n));
+        for (long i = 0; i < n; ++i) order[size_t(i)] = int(i);
+        for (long i = n - 1; i > 0; --i)
+            std::swap(order[size_t(i)], order[size_t(interval(uint64_t(i)))]);
     }
 };
-
-void permutation(std::vector<int> &order, long n, long seed, int epoch) {
-    order.resize(size_t(n));
-    for (long i = 0; i < n; ++i) order[size_t(i)] = int(i);
-    SplitMix64 rng = {uint64_t(seed) * 0x100000001B3ULL + uint64_t(epoch)};
-    for (long i = n - 1; i > 0; --i)
-        std::swap(order[size_t(i)], order[size_t(rng.below(uint64_t(i) + 1))]);
-}
 
 long cap(long limit, long n) { return limit < 0 || limit > n ? n : limit; }
 
@@ -567,6 +909,27 @@ bool all_finite(const float *P) {
     for (int k = 0; k < cg_n_params(); ++k)
         if (!std::isfinite(P[k])) return false;
     return true;
+}
+
+/* chaosgen.train.Trainer._check_finite: why training diverged in this epoch, or "" if it did
+   not (NaN/inf, a weight past MAX_WEIGHT, or over a whole epoch a cross-entropy per image above
+   MAX_LOSS_FACTOR x ln(classes), the loss of chance). */
+const double MAX_WEIGHT = 1000000.0, MAX_LOSS_FACTOR = 3.0;
+const bool CROSS_ENTROPY = true;
+std::string diverged(const float *P, const cg_stats &tr, bool whole) {
+    char why[160] = "";
+    double big = 0.0;
+    for (int k = 0; k < cg_n_params(); ++k) big = std::max(big, double(std::fabs(P[k])));
+    const double limit = MAX_LOSS_FACTOR * std::log(double(cg_output_size()));
+    if (!std::isfinite(tr.loss) || !all_finite(P))
+        std::snprintf(why, sizeof why, "the loss or the weights became NaN/inf");
+    else if (big > MAX_WEIGHT)
+        std::snprintf(why, sizeof why, "a weight reached %.3g (the bound is %g)", big, MAX_WEIGHT);
+    else if (whole && CROSS_ENTROPY && tr.images && tr.loss / double(tr.images) > limit)
+        std::snprintf(why, sizeof why, "the mean loss per image was %.1f, above %.1f (%g x ln %d, "
+                      "the loss of chance)", tr.loss / double(tr.images), limit, MAX_LOSS_FACTOR,
+                      cg_output_size());
+    return why;
 }
 
 }  // namespace
@@ -578,26 +941,47 @@ int main(int argc, char **argv) {
     if (cg_image_size() != IN_SIZE || std::strcmp(cg_ir_hash(), IR_HASH) != 0)
         die(1, "main.cpp and net.cpp were generated for different networks");
     const Options o = parse_options(argc, argv);
-    float *P = alloc_floats(size_t(cg_n_params()));
-    const CgwMeta start = read_cgw(o.init, P);
+    const size_t n_params = size_t(cg_n_params());
+    float *P = alloc_floats(n_params);
+    float *V = MOMENTUM > 0 ? alloc_floats(n_params) : nullptr;  // momentum's velocity, zero
+    const CgwMeta start = read_cgw(o.init, P, V);
     if (!all_finite(P)) die(1, "%s: the weights hold NaN or inf", o.init.c_str());
     if (o.resume && !(std::isfinite(start.eta) && start.eta > 0))
         die(1, "%s: no run to resume (%u epochs done, eta %g: initial weights); drop --resume, or "
                "give --init the weights file a run wrote", o.init.c_str(), start.epochs, start.eta);
-    const Split train = read_split(o.data, "train"), test = read_split(o.data, "t10k");
-    const long n_train = cap(o.limit, train.n), n_val = cap(o.val_limit, train.n);
-    const long n_test = cap(o.test_limit, test.n);
+
+    if (o.resume && int(start.epochs) >= o.epochs) {  // as chaosgen train
+        std::printf("nothing to do: %u epochs done, --epochs %d; raise --epochs\n", start.epochs,
+                    o.epochs);
+        return 0;
+    }
+    DataSet d = read_data(o.data, cg_output_size());
+    const std::string fit = choose_fit(d.train.h, d.train.w, o.fit);
+    const long held = o.val_split < 0 ? 0 : o.val_split;  // the last `held` images validate
+    if (held >= d.train.n)
+        die(2, "--val-split %ld: the data has %ld training images; hold out fewer", held,
+            d.train.n);
+    // As chaosgen.train.Trainer: the images once into the runtime's rows, fitted and normalised.
+    const Split train = to_rows(d.train, 0, d.train.n - held, fit);
+    const Split val = held ? to_rows(d.train, d.train.n - held, cap(o.val_limit, held), fit)
+                           : Split();
+    const Split test = to_rows(d.test, 0, cap(o.test_limit, d.test.n), fit);
+    d = DataSet();  // the raw bytes are no longer needed
+    const Split &va_set = held ? val : train;
+    const long n_train = cap(o.limit, train.n), n_val = held ? val.n : cap(o.val_limit, train.n);
     const int first = o.resume ? int(start.epochs) : 0;
     double eta = o.resume ? start.eta : o.eta;
     if (!o.quiet)
-        std::printf("%s (%s, target %s): %s, %d threads, epochs %d..%d, eta %g x%g/epoch, "
-                    "%ld/%ld/%ld images (train/val/test) from %s\n", NETWORK, SPEC, TARGET,
-                    o.scheme.c_str(), o.threads, first + 1, o.epochs, eta, o.decay, n_train,
-                    n_val, n_test, o.data.c_str());
+        std::printf("%s (%s, target %s): %s, %d threads, epochs %d..%d, eta %g %s%s%s, "
+                    "%ld/%ld/%ld images (train/%sval/test) from %s%s%s\n", NETWORK, SPEC, TARGET,
+                    o.scheme.c_str(), o.threads, first + 1, o.epochs, eta,
+                    EXP_POLICY ? "x" : "lr_policy ", EXP_POLICY ? num(o.decay).c_str() : LR_POLICY,
+                    EXP_POLICY ? "/epoch" : "", n_train, n_val, test.n, held ? "held-out " : "",
+                    o.data.c_str(), fit.empty() ? "" : ", --fit ", fit.c_str());
     FILE *log = std::fopen(o.log.c_str(), o.resume ? "a" : "w");
     if (!log || std::fclose(log) != 0) die(1, "%s: %s", o.log.c_str(), std::strerror(errno));
     std::signal(SIGINT, on_interrupt);
-    cg_config cfg = {};  // the update rule's fields 0: the paper's P -= eta g
+    cg_config cfg = {};
     cfg.threads = o.threads;
     cfg.scheme = scheme_code(o.scheme);
     cfg.update_every = o.update_every;
@@ -605,53 +989,74 @@ int main(int argc, char **argv) {
     cfg.stop = &g_stop;
     cfg.progress = nullptr;
     cfg.seed = o.seed;  // dropout masks, as chaosgen train's
+    // The update rule, as chaosgen.train.Runtime._rule hands it to the runtime.
+    cfg.momentum = float(MOMENTUM);
+    cfg.nesterov = NESTEROV;
+    cfg.weight_decay = float(WEIGHT_DECAY);
+    cfg.velocity = V;
+    cfg.mults = nullptr;
+    cfg.lr_policy = LR_POLICY_CODE;
+    cfg.gamma = GAMMA;
+    cfg.power = POWER;
+    cfg.step_size = STEP_SIZE;
+    const long per_epoch = iterations(n_train, o), max_iter = long(o.epochs) * per_epoch;
+    NumpyRng rng(uint64_t(o.seed));
     std::vector<int> order;
+    for (int epoch = 0; epoch < first; ++epoch) rng.permutation(order, train.n);  // as resumed
     for (int epoch = first; epoch < o.epochs; ++epoch) {
         const double t0 = omp_get_wtime();
-        permutation(order, train.n, o.seed, epoch);
+        rng.permutation(order, train.n);  // the first n_train of it train
         std::vector<double> prof(size_t(N_LAYERS * N_PASSES), 0.0);
         cfg.eta = float(eta);
         cfg.epoch = epoch;
-        cg_stats tr, va, te;
+        cfg.iter0 = long(epoch) * per_epoch;
+        cfg.max_iter = max_iter;
+        cg_stats tr, va, te = {};
         if (cg_train(P, train.images, train.labels.data(), order.data(), n_train, &cfg, &tr,
                      o.profile ? prof.data() : nullptr) != 0)
             die(1, "the runtime could not allocate its buffers (out of memory)");
-        if (!std::isfinite(tr.loss) || !all_finite(P))
-            die(1, "training diverged in epoch %d: the loss or the weights became NaN/inf (eta "
-                   "%g); the last good weights are in %s; try a smaller eta", epoch + 1, eta,
-                o.weights.c_str());
+        const std::string why = diverged(P, tr, !g_stop);
+        if (!why.empty())
+            die(1, "training diverged in epoch %d: %s (eta %g); the last good weights are in %s; "
+                   "try a smaller eta", epoch + 1, why.c_str(), eta, o.weights.c_str());
         if (g_stop) {  // as chaosgen train on Ctrl-C: keep the weights, say where
             const CgwMeta partial = {uint32_t(epoch), CGW_PARTIAL, eta};
-            write_cgw(o.weights, P, partial);
+            write_cgw(o.weights, P, V, partial);
             std::fprintf(stderr, "chaosgen-%s: interrupted in epoch %d after %ld images; "
                          "weights %s\n", NETWORK, epoch + 1, tr.images, o.weights.c_str());
             return 130;
         }
-        if (cg_evaluate(P, train.images, train.labels.data(), n_val, o.threads, &va) != 0 ||
-            cg_evaluate(P, test.images, test.labels.data(), n_test, o.threads, &te) != 0)
+        if (cg_evaluate(P, va_set.images, va_set.labels.data(), n_val, o.threads, &va) != 0 ||
+            (test.n > 0 && cg_evaluate(P, test.images, test.labels.data(), test.n, o.threads, &te) != 0))
             die(1, "the runtime could not allocate its buffers (out of memory)");
         const double seconds = omp_get_wtime() - t0;
-        const CgwMeta done = {uint32_t(epoch + 1), 0, eta * o.decay};
-        write_cgw(o.weights, P, done);
+        const CgwMeta done = {uint32_t(epoch + 1), 0, EXP_POLICY ? eta * o.decay : eta};
+        write_cgw(o.weights, P, V, done);
+        // the effective eta at the epoch's first and last iteration (per-iteration policies)
+        const double eta0 = PER_ITERATION ? eta_at(eta, cfg.iter0, max_iter) : eta;
+        const double eta1 = PER_ITERATION ? eta_at(eta, cfg.iter0 + per_epoch - 1, max_iter) : NAN;
         Object rec;
-        rec.s = record(epoch + 1, eta, tr, va, te, seconds, o.profile ? &prof : nullptr);
-        rec.add("config", config(o, argv[0])).add("machine", machine());
+        rec.s = record(epoch + 1, eta0, eta1, tr, va, te, seconds, o.profile ? &prof : nullptr);
+        rec.add("config", config(o, argv[0], fit)).add("machine", machine());
         log = std::fopen(o.log.c_str(), "a");
         if (!log || std::fprintf(log, "%s\n", rec.text().c_str()) < 0 || std::fclose(log) != 0)
             die(1, "%s: cannot append the epoch's record", o.log.c_str());
         if (!o.quiet) {
-            std::printf("epoch %3d  eta %.3g  train loss %.4f/img  val %.2f%% wrong (loss sum "
-                        "%.1f)  test %.2f%% wrong (loss sum %.1f)  s %.1f/%.1f/%.1f  train %.0f "
-                        "img/s\n", epoch + 1, eta, per_image(tr),
-                        100 * ratio(va.errors, va.images), va.loss,
-                        100 * ratio(te.errors, te.images), te.loss, tr.seconds, va.seconds,
-                        te.seconds, ratio(tr.images, tr.seconds));
+            char test_part[96] = "none";
+            if (te.images)
+                std::snprintf(test_part, sizeof test_part, "%.2f%% wrong (loss sum %.1f)",
+                              100 * ratio(te.errors, te.images), te.loss);
+            std::printf("epoch %3d  eta %.3g  train loss %.4f/img  %sval %.2f%% wrong (loss sum "
+                        "%.1f)  test %s  s %.1f/%.1f/%.1f  train %.0f img/s\n", epoch + 1, eta0,
+                        per_image(tr), held ? "held-out " : "", 100 * ratio(va.errors, va.images),
+                        va.loss, test_part, tr.seconds, va.seconds, te.seconds,
+                        ratio(tr.images, tr.seconds));
             std::fflush(stdout);
         }
         eta = done.eta;
     }
     std::free(P);
-    std::free(train.images);
-    std::free(test.images);
+    std::free(V);
+    for (const Split *s : {&train, &val, &test}) std::free(s->images);
     return 0;
 }

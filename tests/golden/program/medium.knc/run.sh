@@ -3,8 +3,9 @@
 # Native mode: the program, its OpenMP runtime and the data are copied to the card, the program
 # runs there over ssh, and the results are copied back here.
 #
-# usage: DATA=/path/to/mnist ./run.sh [program options, e.g. --epochs 3; --help lists them]
-#   DATA      folder of the four MNIST IDX files, gzipped or not (unpacked once into ./data/)
+# usage: DATA=/path/to/data ./run.sh [program options, e.g. --epochs 3; --help lists them]
+#   DATA      the data: MNIST/Fashion-MNIST IDX files (gzipped or not), CIFAR-10 binary batches,
+#             or any format chaosgen reads (converted by `chaosgen data convert`), once, into ./data/
 #   THREADS   worker threads (default 244: 61 cores x 4)
 #   MIC       the card (default mic0)
 #   REMOTE    the working folder on the card (default /tmp/chaosgen-medium; ssh gets it quoted,
@@ -15,15 +16,34 @@
 #   chaosgen import-weights specs/medium.net weights.cgw -o medium.npz
 set -eu
 cd "$(dirname "$0")"
-: "${DATA:?set DATA to the folder of the MNIST files (see the top of run.sh)}"
+: "${DATA:?set DATA to the data set (see the top of run.sh)}"
 if [ ! -x ./chaosgen-medium ]; then
     echo "run.sh: ./chaosgen-medium is not built; run ./build.sh first" >&2
     exit 1
 fi
-# The program reads raw IDX files (no zlib needed on the card): unpack them here, once.
+# The program reads raw files (no zlib, no Python on a card): MNIST/Fashion-MNIST IDX files are
+# unpacked here and CIFAR-10 binary batches copied, once; other formats (CIFAR-10 python batches,
+# .npz) are converted by `chaosgen data convert` (docs/data.md).
+if [ "$(cat data/.source 2>/dev/null)" != "$DATA" ]; then  # another data set: only its files go
+    rm -f data/*-ubyte data/*.bin data/*.idx data/.source
+fi
 mkdir -p data
-for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte \
-         t10k-labels-idx1-ubyte; do
+if [ -f "$DATA/data_batch_1.bin" ]; then
+    FILES="data_batch_1.bin data_batch_2.bin data_batch_3.bin data_batch_4.bin data_batch_5.bin test_batch.bin"
+elif [ -f "$DATA/train-images-idx3-ubyte.gz" ] || [ -f "$DATA/train-images-idx3-ubyte" ]; then
+    FILES="train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte"
+elif [ -f "$DATA/train-images.idx" ]; then
+    FILES="train-images.idx train-labels.idx test-images.idx test-labels.idx"
+elif [ -f data/train-images.idx ]; then
+    FILES=""
+elif command -v chaosgen >/dev/null 2>&1; then
+    chaosgen data convert "$DATA" --out data
+    FILES=""
+else
+    echo "run.sh: $DATA holds no MNIST IDX files or CIFAR-10 binary batches; convert it where chaosgen is installed: chaosgen data convert $DATA --out DIR, then DATA=DIR ./run.sh" >&2
+    exit 1
+fi
+for f in $FILES; do
     if [ -f "data/$f" ]; then continue; fi
     if [ -f "$DATA/$f.gz" ]; then gunzip -c "$DATA/$f.gz" > "data/$f.tmp"
     elif [ -f "$DATA/$f" ]; then cp "$DATA/$f" "data/$f.tmp"
@@ -31,6 +51,7 @@ for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte 
     fi
     mv "data/$f.tmp" "data/$f"
 done
+printf '%s\n' "$DATA" > data/.source
 MIC=${MIC:-mic0}
 THREADS=${THREADS:-244}
 REMOTE=${REMOTE:-/tmp/chaosgen-medium}
