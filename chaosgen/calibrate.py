@@ -11,6 +11,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import statistics
 import sys
 import time
@@ -118,13 +119,14 @@ def microbenchmark(build_dir: str | Path | None = None) -> Path:
     )
 
 
-def code_key(spec: str | Path) -> str:
-    """A digest of the network's generated code without its comments, the compiler and its
-    flags: it changes when the code generator or the toolchain does (a calibration of other code
-    is stale), not with the spelling of the spec's path (which only comments mention)."""
+def code_key(spec: str | Path, target: str = "native", cc: str | None = None) -> str:
+    """A digest of the network's generated code for `target` with compiler `cc` (default: the
+    target's) without its comments, the compiler and its flags: it changes when the code
+    generator or the toolchain does (a calibration of other code is stale), not with the
+    spelling of the spec's path (which only comments mention)."""
     from .pipeline import compile_spec
 
-    c = compile_spec(spec, build=False)
+    c = compile_spec(spec, target=target, cc=cc, build=False)
     code, header = (
         re.sub(r"//[^\n]*|/\*.*?\*/", "", t, flags=re.S) for t in (c.source.cpp, c.source.header)
     )
@@ -478,7 +480,28 @@ def add_parser(sub) -> None:
         help="with --machine knc: the paper's published times beside the model's",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--nodes", default=None,
+        help="comma-separated node counts: one rank of --threads threads per node, joined over "
+        "--network every --sync-every images (chaosgen/netmodel.py)",
+    )  # fmt: skip
+    p.add_argument(
+        "--network", default="10GbE", help="with --nodes: 10GbE (default), ib-edr, this "
+        "(chaosgen calibrate-network) or a .json",
+    )  # fmt: skip
+    p.add_argument("--sync-every", type=bounded(int, 1, MAX_IMAGES), default=100, metavar="K",
+                   help="with --nodes: images per node between two model syncs (default 100)")
     p.set_defaults(func=cmd_predict)
+    n = sub.add_parser("calibrate-network",
+                       help="measure MPI's allreduce over loopback TCP for --network this")
+    n.add_argument("--out", default=None, help="default $CHAOSGEN_NETWORK or "
+                   "~/.cache/chaosgen/network.json")  # fmt: skip
+    n.add_argument(
+        "--mpirun-args", default=None, metavar="ARGS",
+        help="mpirun's arguments instead of loopback TCP's, e.g. '--hostfile HOSTS' to measure "
+        "a real network",
+    )  # fmt: skip
+    n.set_defaults(func=cmd_calibrate_network)
 
     c = sub.add_parser("calibrate", help="measure this machine for the performance model (~15 s)")
     c.add_argument("specs", nargs="*", help="networks to calibrate (default: the shipped specs)")
@@ -544,6 +567,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     epochs = args.epochs or net.training.epochs
     work = work_of(net)
+    if args.nodes:
+        return _predict_nodes(args, net, machine, work, threads)
     preds = [
         predict(
             work,
@@ -579,6 +604,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         return 0
     print_table(net, machine, work, preds, own)
+    return 0
+
+
+def _predict_nodes(args, net: ir.Net, machine: Machine, work: Work, threads: list[int]) -> int:
+    """`predict --nodes`: the cluster model's table (one thread count per node)."""
+    from . import netmodel
+
+    nodes = parse_threads(args.nodes, "--nodes")
+    if len(threads) != 1:
+        raise UsageError("--nodes: give one --threads count (the threads of every node)")
+    network = netmodel.load_network(args.network)
+    kw = dict(images=args.images, val_images=args.val_images, test_images=args.test_images)
+    if args.json:
+        rows = [
+            asdict(netmodel.predict_nodes(work, machine, threads[0], n, args.sync_every, network,
+                                          net.n_params, net=net.name, **kw))
+            for n in nodes
+        ]  # fmt: skip
+        print(json.dumps({"net": net.name, "network": asdict(network), "rows": rows}, indent=2))
+        return 0
+    netmodel.print_cluster(net, machine, work, threads[0], nodes, args.sync_every, network, **kw)
+    return 0
+
+
+def cmd_calibrate_network(args: argparse.Namespace) -> int:
+    """`chaosgen calibrate-network`: alpha and beta of this machine's loopback."""
+    from . import netmodel
+
+    how = shlex.split(args.mpirun_args) if args.mpirun_args is not None else netmodel.LOOPBACK
+    net = netmodel.calibrate(Path(args.out) if args.out else None, how)
+    print(f"mpirun -np 2 {shlex.join(how)}: alpha {net.alpha_s * 1e6:.3g} us, beta "
+          f"{net.beta_bytes_per_s / 1e9:.3g} GB/s -> {args.out or netmodel.default_path()}")
     return 0
 
 

@@ -445,14 +445,15 @@ def human_energy(j: float) -> str:
     return f"{j / 3.6e6:,.3g} kWh" if j < 3.6e9 else f"{j / 3.6e6:,.0f} kWh"
 
 
-def parse_threads(text: str) -> list[int]:
-    """'1,2,15' -> [1, 2, 15]."""
+def parse_threads(text: str, flag: str = "--threads") -> list[int]:
+    """'1,2,15' -> [1, 2, 15] (`flag`: --threads or --nodes, for the message)."""
+    what = "thread" if flag == "--threads" else "node"
     try:
         out = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise UsageError(f"--threads: expected comma-separated integers, found '{text}'") from None
+        raise UsageError(f"{flag}: expected comma-separated integers, found '{text}'") from None
     if not out or min(out) < 1:
-        raise UsageError(f"--threads: every thread count must be at least 1, found '{text}'")
+        raise UsageError(f"{flag}: every {what} count must be at least 1, found '{text}'")
     return out
 
 

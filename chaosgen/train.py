@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import math
 import os
 import platform
@@ -363,8 +364,12 @@ class Trainer:
     quiet: bool = False
     meta: dict = field(default_factory=dict)
     on_epoch: Callable[[dict], object] | None = None  # given a copy of each epoch's record
+    cluster: object | None = None  # chaosgen.mpi.Cluster: one rank of an MPI job
 
     def __post_init__(self):
+        if self.cluster is not None and not self.cluster.root:  # rank 0 alone writes and says
+            self.log_path = self.checkpoint_dir = None
+            self.quiet = True
         d, rt = self.data, self.runtime
         n_tr = (
             len(d.train_labels)
@@ -492,12 +497,15 @@ class Trainer:
             rng_before = self.rng.bit_generator.state
             order = self.rng.permutation(len(self.train_y))[: self.n_train].astype(np.int32)
             eta = self.eta
-            per_epoch = update.iterations(len(order), cfg.scheme, cfg.batch)
+            # a rank of an MPI job counts its own iterations (Caffe's multi-GPU convention)
+            shard = len(order) if self.cluster is None else self.cluster.longest(len(order))
+            per_epoch = update.iterations(shard, cfg.scheme, cfg.batch)
             at = (epoch * per_epoch, cfg.epochs * per_epoch)  # iter0, max_iter (lr policies)
             t0 = time.perf_counter()
             bar = _bar(f"epoch {epoch + 1} train", len(order), self.quiet)
+            train = rt.train if self.cluster is None else functools.partial(self.cluster.train, rt)
             try:
-                tr = rt.train(
+                tr = train(
                     self.train_x,
                     self.train_y,
                     order,
@@ -552,6 +560,8 @@ class Trainer:
             if tr.profile is not None:
                 rec["profile_us_per_image"] = _profile_table(rt.net, tr.profile, tr.images)
             rec.update(config={**asdict(cfg), **self.meta}, machine=machine())
+            if self.cluster is not None:
+                rec["mpi"] = self.cluster.record(rt.net.ir.n_params, tr.images)
             if not done:
                 rec["evaluation"] = "interrupted"
             self._commit(rec, self.eta)
@@ -584,12 +594,14 @@ class Trainer:
 
     def _evaluate(self) -> tuple[PhaseStats | None, PhaseStats | None]:
         """Validation and test; None for what Ctrl-C stopped or kept from running."""
+        rt = self.runtime
+        run = rt.evaluate if self.cluster is None else functools.partial(self.cluster.evaluate, rt)
         try:
-            va = self.runtime.evaluate(self.val_x, self.val_y, self.cfg.threads)
+            va = run(self.val_x, self.val_y, self.cfg.threads)
         except KeyboardInterrupt:
             return None, None
         try:
-            return va, self.runtime.evaluate(self.test_x, self.test_y, self.cfg.threads)
+            return va, run(self.test_x, self.test_y, self.cfg.threads)
         except KeyboardInterrupt:
             return va, None
 
@@ -599,6 +611,8 @@ class Trainer:
         classes = out.out_shape.size
         chance = 1 - 1 / classes
         rate = rec["val_error_rate"]
+        if self.cluster is not None and not self.cluster.root:
+            return
         if rate < chance - CHANCE_MARGIN / classes:
             return
         # Clearly above chance's loss (that of an untrained net) the weights run away; near it
@@ -655,6 +669,7 @@ class Trainer:
 # --- command line -------------------------------------------------------------------------------
 def add_parser(sub) -> None:
     """`chaosgen train` and `chaosgen eval`."""
+    from .mpi import DEFAULT_SYNC_EVERY, SYNC_RULES
     from .options import add_compile_options
 
     p = sub.add_parser("train", help="train a network on MNIST with CHAOS (or another scheme)")
@@ -691,6 +706,20 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--profile", action="store_true", help="time every layer and pass")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.add_argument(
+        "--sync-every", type=int, default=None, metavar="K",
+        help="under mpirun: join the ranks' models every K images per rank (default "
+        f"{DEFAULT_SYNC_EVERY})",
+    )  # fmt: skip
+    p.add_argument(
+        "--sync-rule", choices=SYNC_RULES, default=None,
+        help="under mpirun: add the ranks' changes since the last sync (sum, default) or average "
+        "their models (average)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mpi", action="store_true",
+        help="run as an MPI rank (implied under mpirun; needs mpi4py: pip install '.[mpi]')",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate saved weights on the MNIST test set")
@@ -870,12 +899,17 @@ def run_train(
     args: argparse.Namespace, on_epoch: Callable[[dict], object] | None = None
 ) -> list[dict]:
     """Check the flags and the run directory before any work, then train (directory locked);
-    returns the records of the epochs trained (`train`, the Python API, and the CLI's)."""
+    returns the records of the epochs trained (`train`, the Python API, and the CLI's). Under
+    an MPI launcher (or with --mpi) as one rank of the job (chaosgen.mpi)."""
+    from . import mpi
     from .pipeline import front_end
 
     check_train_flags(args)
+    mpi.check_flags(args)
     resolve_threads(args.threads)  # an absurd --threads is a usage error before any work
     _, spec_net = front_end(args.spec)  # its name is the default checkpoint directory's
+    if mpi.wanted(args):
+        return mpi.run_train(args, spec_net, on_epoch)
     run, ck = open_run(args, spec_net)
     try:
         return _train(args, spec_net, ck, on_epoch)
@@ -888,8 +922,10 @@ def _train(
     spec_net: ir.Net,
     ck: ckpt.Checkpoint | None,
     on_epoch: Callable[[dict], object] | None = None,
+    cluster=None,
 ) -> list[dict]:
-    """Compile the spec, load MNIST, train, log and checkpoint."""
+    """Compile the spec, load MNIST, train, log and checkpoint (as one rank of `cluster`, a
+    chaosgen.mpi.Cluster: each step checked on every rank)."""
     from . import compile as compile_net
     from .codegen import summary_rows
     from .data.sets import load
@@ -901,15 +937,23 @@ def _train(
         asked = 1
     cfg, changed = train_config(args, asked, spec_net.training, ck)
     if ck is not None and ck.epoch >= cfg.epochs:
-        print(f"nothing to do: {ck.epoch} epochs done, --epochs {cfg.epochs}; raise --epochs")
+        if cluster is None or cluster.root:
+            print(f"nothing to do: {ck.epoch} epochs done, --epochs {cfg.epochs}; raise --epochs")
         return []
-    header, cfg.fit = checked_data(args, spec_net)  # what runs: pad when smaller, if not given
-    net = compile_net(args.spec, target=args.target, cc=args.cc, build_dir=args.build_dir)
+    each = cluster.agree if cluster is not None else lambda _what, fn, *a: fn(*a)
+    if cluster is not None:
+        cluster.check_same_code(spec_net, args)
+    # what runs: pad when smaller, if not given
+    header, cfg.fit = each("reading the data's header", checked_data, args, spec_net)
+    net = each("compiling", compile_net, args.spec, args.target, args.cc, args.build_dir)
     rt = Runtime(net)
     cfg.threads = rt.threads(asked)  # what runs: the banner and the log say so
     if args.seed is not None and ck is None:
         net.init_weights(cfg.seed)
-    data = load(header)
+    data = each("loading the data", load, header)
+    if cluster is not None:
+        cluster.check_same_data(data)
+        cluster.broadcast_params(net)
     if not args.quiet:
         print(
             f"{net.ir.name} ({args.spec}): {cfg.scheme}, "
@@ -921,6 +965,10 @@ def _train(
             + (f", weight_decay {cfg.weight_decay:g}" if cfg.weight_decay else "")
             + f", library {net.library}"
         )
+        if cluster is not None:
+            print(f"  mpi: {cluster.size} rank{'s' * (cluster.size != 1)} x {cfg.threads} "
+                  f"thread{'s' * (cfg.threads != 1)}, models joined ({cluster.rule}) every "
+                  f"{cluster.sync_every} images per rank")
         print(f"  data: {header.name} ({header.format}) from {header.source}")
         for row in summary_rows(net.ir):
             print("  " + row)
@@ -941,6 +989,7 @@ def _train(
             "threads_asked": asked,
         },
         on_epoch=on_epoch,
+        cluster=cluster,
     )
     if ck is not None:
         trainer.resume(ck, args.eta, changed)
@@ -1007,10 +1056,10 @@ def train(
     quiet: no banner, progress bars or epoch lines (True here; the CLI prints them). **options:
     every other `chaosgen train` flag by its name with underscores (eta, decay, seed,
     update_every, batch, limit, val_limit, test_limit, dataset, fit, val_split, log, resume,
-    profile, target, cc, build_dir); None or False leaves a flag out. Errors: UsageError for an
-    unknown option or a bad value (named as its flag), and every error of `chaosgen train`
-    (ChaosgenError: the spec, the data, the run directory, divergence, Ctrl-C after the
-    interrupted epoch was checkpointed)."""
+    profile, target, cc, build_dir; under mpirun: sync_every, sync_rule, mpi, see chaosgen.mpi);
+    None or False leaves a flag out. Errors: UsageError for an unknown option or a bad value
+    (named as its flag), and every error of `chaosgen train` (ChaosgenError: the spec, the data,
+    the run directory, divergence, Ctrl-C after the interrupted epoch was checkpointed)."""
     given: dict[str, object] = dict(
         data=data, epochs=epochs, threads=threads, scheme=scheme,
         checkpoint_dir=checkpoint_dir, quiet=quiet, **options,
