@@ -135,9 +135,14 @@ def _onehot(n: int, label: int) -> np.ndarray:
 
 
 def numpy_run(
-    net: ir.Net, weights: dict[str, np.ndarray], image: np.ndarray, label: int
+    net: ir.Net,
+    weights: dict[str, np.ndarray],
+    image: np.ndarray,
+    label: int,
+    masks: dict[str, np.ndarray] | None = None,
 ) -> Result:
-    """Forward and backward pass of one image in float64."""
+    """Forward and backward pass of one image in float64. Dropout layers: identity, or with
+    `masks` (layer -> bool keep array) inverted dropout, x * mask / (1 - rate)."""
     p = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     x = np.asarray(image, np.float64).reshape(net.input.maps, net.input.h, net.input.w)
     tape = []  # (layer, input, pre-activation, extra)
@@ -159,6 +164,10 @@ def numpy_run(
             else:
                 tape.append((lay, x, None, None))
                 x = blocks.mean(axis=-1)
+        elif isinstance(lay, ir.Dropout):
+            factor = 1.0 if masks is None else masks[lay.name] / (1.0 - lay.rate)
+            tape.append((lay, x, None, factor))
+            x = x * factor
         elif isinstance(lay, ir.Dense):
             z = p[f"{lay.name}.weight"] @ x.reshape(-1) + p[f"{lay.name}.bias"]
             tape.append((lay, x, z, None))
@@ -200,6 +209,8 @@ def numpy_run(
             grads[f"{lay.name}.weight"] = np.outer(dz, x_in.reshape(-1))
             grads[f"{lay.name}.bias"] = dz.copy()
             dx = (p[f"{lay.name}.weight"].T @ dz).reshape(x_in.shape)
+        elif isinstance(lay, ir.Dropout):
+            dx = delta.reshape(x_in.shape) * extra
         elif not lay.tiles:
             d = delta.reshape(lay.out_shape.maps, lay.out_shape.h, lay.out_shape.w)
             dx = _pool_backward(lay, extra, d)
@@ -364,11 +375,31 @@ def compare(got: Result, ref: Result, rtol: float = RTOL) -> dict[str, float]:
     return errors
 
 
-def chaosgen_run(loaded, image: np.ndarray, label: int) -> Result:
-    """The compiled network's forward output, loss and gradients for one image."""
+def chaosgen_run(
+    loaded, image: np.ndarray, label: int, dropout: tuple[int, int, int] | None = None
+) -> Result:
+    """The compiled network's forward output (evaluation: dropout is the identity), and the loss
+    and gradients of one image, under the training masks of `dropout` = (seed, epoch, index)."""
     out = loaded.forward(image)
-    grads = loaded.gradients(image, label)
+    grads = loaded.gradients(image, label, dropout=dropout)
     return Result(output=out, loss=float(loaded.last_loss), grads=grads)
+
+
+def oracle_run(
+    run,
+    net: ir.Net,
+    weights: dict[str, np.ndarray],
+    image: np.ndarray,
+    label: int,
+    masks: dict[str, np.ndarray] | None = None,
+) -> Result:
+    """What chaosgen_run gives, from an oracle `run` (numpy_run or torch_run): the evaluation
+    output, and the loss and gradients of the training pass under `masks` (None: no dropout)."""
+    trained = run(net, weights, image, label, masks)
+    if masks is None or not net.dropouts:
+        return trained
+    evaluated = run(net, weights, image, label)
+    return Result(output=evaluated.output, loss=trained.loss, grads=trained.grads)
 
 
 def random_weights(

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from reference import Result, compare, random_weights, torch_run
+from reference import chaosgen_run, compare, oracle_run, random_weights, torch_run
 from specgen import net_descs, spec_texts
 from test_codegen import _compare
 
@@ -126,17 +126,9 @@ def _oracle_check(loaded, rng: np.random.Generator, key: tuple[int, int, int]) -
     s = loaded.ir.input
     x = rng.uniform(-1, 1, (s.maps, s.h, s.w)).astype(np.float32)
     label = int(rng.integers(loaded.ir.output.out_shape.maps))
-    w = loaded.get_weights()
-    out = loaded.forward(x)
-    grads = loaded.gradients(x, label, dropout=key)
-    got = Result(output=out, loss=float(loaded.last_loss), grads=grads)
+    got = chaosgen_run(loaded, x, label, dropout=key)
     masks = loaded.dropout_masks(*key)
-    trained, evaluated = (
-        torch_run(loaded.ir, w, x, label, masks),
-        torch_run(loaded.ir, w, x, label),
-    )
-    ref = Result(output=evaluated.output, loss=trained.loss, grads=trained.grads)
-    return compare(got, ref)
+    return compare(got, oracle_run(torch_run, loaded.ir, loaded.get_weights(), x, label, masks))
 
 
 def test_dropout_net_matches_torch(net) -> None:

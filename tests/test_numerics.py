@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, SHIPPED
+from conftest import DATA, ROOT, SHIPPED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import (
@@ -17,6 +18,7 @@ from reference import (
     compare,
     finite_differences,
     numpy_run,
+    oracle_run,
     random_weights,
     torch_run,
 )
@@ -29,6 +31,7 @@ from chaosgen.errors import ChaosgenError
 from chaosgen.parse import parse_text
 from chaosgen.pipeline import front_end
 from chaosgen.targets import default_compiler_for, native_target
+from chaosgen.train import Runtime
 
 try:
     import torch  # noqa: F401
@@ -194,21 +197,151 @@ def test_shipped_spec_matches_oracle(name: str, oracle: str, shipped_nets: dict)
     )
 
 
+# --- the published networks (docs/language.md, "Published networks") -----------------------
+# name -> (spec, images, the published preprocessing of pixels v in [0, 1] (bytes / 255), written
+# from each source, not from the spec: the oracles get it, chaosgen its own normalisation).
+PUBLISHED = {
+    # Caffe: transform_param scale 0.00390625 on the raw bytes
+    "lenet": ("specs/lenet.net", "mnist", lambda v: v * 255 * 0.00390625),
+    # Caffe: the raw bytes minus the mean (per channel here; the spec says why)
+    "cifar10_quick": (
+        "specs/cifar10_quick.net",
+        "synthetic",
+        lambda v: v * 255 - 255 * np.array([0.4914, 0.4822, 0.4465])[:, None, None],
+    ),
+    # PyTorch: ToTensor() then Normalize((0.1307,), (0.3081,))
+    "mnist_pytorch": ("specs/mnist_pytorch.net", "mnist", lambda v: (v - 0.1307) / 0.3081),
+    # Keras: x_train.astype("float32") / 255
+    "keras_mnist": ("tests/nets/keras_mnist.net", "mnist", lambda v: v),
+}
+
+
+# Each layer's output (maps, h, w) and activation, and the parameter count, as the sources give
+# them (Caffe's blob shapes, PyTorch's Net, Keras' model.summary(): "Total params: 34,826").
+PUBLISHED_SHAPES = {
+    "lenet": (
+        [
+            ((20, 24, 24), "linear"),
+            ((20, 12, 12), None),
+            ((50, 8, 8), "linear"),
+            ((50, 4, 4), None),
+            ((500, 1, 1), "relu"),
+            ((10, 1, 1), "softmax"),
+        ],
+        431_080,
+    ),
+    "cifar10_quick": (
+        [
+            ((32, 32, 32), "relu"),
+            ((32, 16, 16), None),
+            ((32, 16, 16), "relu"),
+            ((32, 8, 8), None),
+            ((64, 8, 8), "relu"),
+            ((64, 4, 4), None),
+            ((64, 1, 1), "linear"),
+            ((10, 1, 1), "softmax"),
+        ],
+        145_578,
+    ),
+    "mnist_pytorch": (
+        [
+            ((32, 26, 26), "relu"),
+            ((64, 24, 24), "relu"),
+            ((64, 12, 12), None),
+            ((64, 12, 12), None),
+            ((128, 1, 1), "relu"),
+            ((128, 1, 1), None),
+            ((10, 1, 1), "softmax"),
+        ],
+        1_199_882,
+    ),
+    "keras_mnist": (
+        [
+            ((32, 26, 26), "relu"),
+            ((32, 13, 13), None),
+            ((64, 11, 11), "relu"),
+            ((64, 5, 5), None),
+            ((64, 5, 5), None),
+            ((10, 1, 1), "softmax"),
+        ],
+        34_826,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_nets_have_the_sources_shapes(name: str) -> None:
+    """Every layer's output shape and activation, and the number of parameters, are the
+    source's (the oracles build their nets from the IR, so they cannot see a wrong layer)."""
+    net = _ir((ROOT / PUBLISHED[name][0]).read_text(), PUBLISHED[name][0])
+    layers, n_params = PUBLISHED_SHAPES[name]
+    got = [
+        ((lay.out_shape.maps, lay.out_shape.h, lay.out_shape.w), getattr(lay, "activation", None))
+        for lay in net.layers
+    ]
+    assert got == layers
+    assert sum(t.n_weights + t.n_bias for t in net.trainable) == n_params
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> dict:
+    """The published networks, compiled once for this module (built on first use)."""
+    build = tmp_path_factory.mktemp("published-build")
+    return {
+        name: chaosgen.compile(ROOT / spec, build_dir=build)
+        for name, (spec, _, _) in PUBLISHED.items()
+    }
+
+
+def _pixels(kind: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n images (N, C, H, W) as loaded (bytes / 255) and their labels: the first real MNIST test
+    images, or random bytes as three 32x32 planes for the CIFAR-10 net."""
+    if kind == "synthetic":
+        return rng.integers(0, 256, (n, 3, 32, 32)) / 255.0, rng.integers(0, 10, n)
+    from chaosgen.data import read_images, read_labels
+
+    found = [Path(DATA) / f for f in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")]
+    if not all(f.is_file() for f in found):
+        pytest.skip(f"no MNIST in {DATA}")
+    return read_images(found[0])[:n, None] / 255.0, read_labels(found[1])[:n].astype(int)
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
 @pytest.mark.parametrize("oracle", ["numpy", "torch"])
-def test_published_lenet_matches_oracle(oracle: str, tmp_path_factory) -> None:
-    """specs/lenet.net (Caffe's LeNet: linear convs, stride-2 pools, ReLU, 28x28 input): forward
-    output, loss and every gradient, for 3 images."""
+def test_published_net_matches_oracle(name: str, oracle: str, published: dict) -> None:
+    """Caffe's LeNet and cifar10_quick, PyTorch's and Keras' MNIST nets, on 3 images each (real
+    MNIST test images; random 3x32x32 bytes for CIFAR-10): the input as the network sees it is the
+    source's preprocessing, and the evaluation output, the loss and every gradient under the
+    training dropout mask of the image match the oracle."""
     if oracle == "torch":
         pytest.importorskip("torch")
     run = numpy_run if oracle == "numpy" else torch_run
-    loaded = chaosgen.compile(
-        ROOT / "specs" / "lenet.net", build_dir=tmp_path_factory.mktemp("lenet-build")
-    )
+    loaded = published[name]
+    net = loaded.ir
     rng = np.random.default_rng(11)
-    loaded.set_weights(random_weights(loaded.ir, rng))
-    for label in (1, 4, 7):
-        x = rng.uniform(-1, 1, (28, 28)).astype(np.float32)
-        compare(chaosgen_run(loaded, x, label), run(loaded.ir, loaded.get_weights(), x, label))
+    raw, labels = _pixels(PUBLISHED[name][1], 3, rng)
+    seen = Runtime(loaded).images(raw.astype(np.float32))[:, : net.input.size]
+    weights = random_weights(net, rng)
+    # pre-activations of order 1 whatever the input's range (cifar10_quick's is +-255)
+    first = f"{net.trainable[0].name}.weight"
+    weights[first] /= max(1.0, float(np.sqrt(np.mean(PUBLISHED[name][2](raw[0]) ** 2))))
+    loaded.set_weights(weights)
+    worst: dict[str, float] = {}
+    for i, (v, label) in enumerate(zip(raw, labels, strict=True)):
+        x = PUBLISHED[name][2](v)  # float64, from the source's preprocessing
+        np.testing.assert_allclose(seen[i], x.reshape(-1), rtol=1e-6, atol=1e-5 * np.abs(x).max())
+        key = (net.training.seed, i, 1000 + i)  # (seed, epoch, index in the training set)
+        masks = loaded.dropout_masks(*key) if net.dropouts else None
+        got = chaosgen_run(loaded, seen[i].reshape(x.shape), int(label), key)
+        ref = oracle_run(run, net, loaded.get_weights(), x, int(label), masks)
+        for k, e in compare(got, ref).items():
+            worst[k] = max(worst.get(k, 0.0), e)
+    assert all(m.any() and not m.all() for m in (masks or {}).values())  # a real mask
+    grads = max(v for k, v in worst.items() if k not in ("output", "loss"))
+    print(
+        f"\n{name} vs {oracle}: largest scaled error: forward {worst['output']:.2e}, "
+        f"loss {worst['loss']:.2e}, gradients {grads:.2e}"
+    )
 
 
 # --- random networks, compiled and built --------------------------------------------------------

@@ -202,6 +202,79 @@ def test_train_attributes_reach_the_ir() -> None:
     assert exp.decay == 0.5  # exp's gamma is today's decay
 
 
+# The published recipes as each spec transcribes them (the spec's comments say how the mini-batch
+# solver maps to per-image steps): what the trainer must be handed, written from the sources.
+# name -> (spec, Config fields, per layer (init, its std or range, lr_mult, decay_mult,
+# bias_lr_mult, bias_decay_mult), (mean, std, scale), eta after n of the run's total images)
+CAFFE_LAYER = (1.0, 1.0, 2.0, 1.0)  # Caffe's param { lr_mult: 1 } param { lr_mult: 2 }
+TORCH_LAYER = (1.0, 1.0, 1.0, 1.0)
+RECIPES = {
+    # lenet_solver.prototxt: base_lr 0.01, momentum 0.9, weight_decay 0.0005, inv 0.0001 / 0.75,
+    # batch 64; the spec steps per image at eta 0.001, its inv counted in images
+    "lenet": (
+        "specs/lenet.net",
+        dict(epochs=10, eta=0.001, momentum=0.9, nesterov=False, weight_decay=0.0005,
+             lr_policy="inv", gamma=0.0001, power=0.75, batch=64, seed=1),
+        [("xavier", 0.0, *CAFFE_LAYER)] * 4,
+        ((0.0,), (1.0,), 255 / 256),  # scale 0.00390625 on bytes
+        lambda n, total: 0.001 * (1 + 0.0001 * n) ** -0.75,
+    ),
+    # cifar10_quick_solver(_lr1).prototxt: base_lr 0.001 for 4,000 iterations of 100, then
+    # 0.0001 for 1,000; momentum 0.9, weight_decay 0.004; per image eta = base_lr / 100
+    "cifar10_quick": (
+        "specs/cifar10_quick.net",
+        dict(epochs=10, eta=0.00001, momentum=0.9, nesterov=False, weight_decay=0.004,
+             lr_policy="step", gamma=0.1, step_size=400_000, batch=100, seed=1),
+        [("gaussian", std, *CAFFE_LAYER) for std in (0.0001, 0.01, 0.01, 0.1, 0.1)],
+        ((0.4914, 0.4822, 0.4465), (1.0,), 255.0),  # bytes minus the mean, unscaled
+        lambda n, total: (0.001 if n // 100 < 4000 else 0.0001) / 100,
+    ),
+    # PyTorch's mnist/main.py: Normalize((0.1307,), (0.3081,)), batch 64, 14 epochs; SGD with
+    # momentum in place of Adadelta, CosineAnnealingLR over the run for its StepLR (the spec
+    # says why)
+    "mnist_pytorch": (
+        "specs/mnist_pytorch.net",
+        dict(epochs=14, eta=0.0005, momentum=0.9, nesterov=False, weight_decay=0.0,
+             lr_policy="cosine", batch=64, seed=1),
+        [("default", 0.0, *TORCH_LAYER)] * 4,
+        ((0.1307,), (0.3081,), 1.0),
+        lambda n, total: 0.0005 * 0.5 * (1 + math.cos(math.pi * n / total)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_published_recipes_reach_the_trainer(name: str, in_repo) -> None:
+    """`chaosgen train SPEC` hands the trainer the published recipe: the Config the command
+    builds (eta, momentum, weight decay, policy and its parameters, batch, epochs, seed), the
+    per-layer multipliers the runtime passes to the native update, each layer's filler, the
+    input's normalisation, and the effective eta over the run (Caffe's iterations of a batch)."""
+    from chaosgen import update
+    from chaosgen.cli import build_parser
+    from chaosgen.pipeline import front_end
+    from chaosgen.train import train_config
+
+    spec, fields, layers, norm, eta_of = RECIPES[name]
+    _, net = front_end(spec)
+    args = build_parser().parse_args(["train", spec])
+    cfg, changed = train_config(args, 2, net.training, None)
+    assert changed == {} and cfg.scheme == "chaos"
+    assert {k: getattr(cfg, k) for k in fields} == fields
+    mults = update.multipliers(net)
+    rows = [(t.init, t.init_scale) for t in net.trainable]
+    assert rows == [lay[:2] for lay in layers]
+    want = np.array([lay[2:] for lay in layers], np.float32)
+    if (want == 1).all():
+        assert mults is None  # the paper's update: no multiplier array
+    else:
+        np.testing.assert_array_equal(mults, want)
+    assert (net.norm.mean, net.norm.std, net.norm.scale) == norm
+    total = cfg.epochs * (50_000 if name == "cifar10_quick" else 60_000)  # training images
+    for n in (0, 1, 63, 64, 6400, 399_999, 400_000, 499_999, total - 1):
+        got = update.eta_at(cfg.lr_policy, cfg.eta, n, cfg.gamma, cfg.power, cfg.step_size, total)
+        assert got == pytest.approx(eta_of(n, total), rel=1e-12, abs=1e-18), n
+
+
 @pytest.mark.parametrize(
     "line, where, message",
     [
