@@ -6,10 +6,10 @@ mini-batches; the train statement's attributes are range-checked with located er
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
+from conftest import DATA  # MNIST as the README's test command finds it
 from reference import scaled_error
 
 import chaosgen
@@ -57,7 +57,7 @@ def mnist():
     from chaosgen.data import find_data_dir, load_mnist
 
     try:
-        d = load_mnist(find_data_dir(os.environ.get("CHAOSGEN_DATA")))
+        d = load_mnist(find_data_dir(DATA))
     except Exception as e:  # noqa: BLE001 - any missing data skips
         pytest.skip(f"no MNIST: {e}")
     return d.train_images[:N_IMAGES], d.train_labels[:N_IMAGES].astype(np.int64)
@@ -309,7 +309,8 @@ def test_bad_update_attributes_are_located(line: str, where: str, message: str) 
 def _cli(tmp_path, spec, run: str, *extra: str) -> int:
     from chaosgen.cli import main
 
-    return main(["train", str(spec), "--scheme", "sequential", "--limit", "300", "--val-limit",
+    return main(["train", str(spec), "--data", DATA, "--scheme", "sequential", "--limit", "300",
+                 "--val-limit",
                  "100", "--test-limit", "100", "--quiet", "--checkpoint-dir",
                  str(tmp_path / run), "--log", str(tmp_path / f"{run}.jsonl"),
                  "--build-dir", str(tmp_path / "build"), *extra])
@@ -370,7 +371,7 @@ def test_two_threads_with_momentum_learn_as_one_does(scheme, loaded) -> None:
     from chaosgen.data import find_data_dir, load_mnist
 
     try:
-        d = load_mnist(find_data_dir(os.environ.get("CHAOSGEN_DATA")))
+        d = load_mnist(find_data_dir(DATA))
     except Exception as e:  # noqa: BLE001 - any missing data skips
         pytest.skip(f"no MNIST: {e}")
     rt = Runtime(loaded)
