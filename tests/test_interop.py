@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, ROOT, SHIPPED
+from conftest import DATA, ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import random_weights
@@ -90,7 +90,7 @@ def agreement(loaded, weights: dict, mnist: np.ndarray) -> float:
 
 
 # --- export: shipped specs and random nets, onnxruntime against chaosgen ------------------------
-@pytest.mark.parametrize("name", [*SHIPPED, "lenet"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "specs").glob("*.net")))
 def test_shipped_spec_export_matches_onnxruntime(name, shipped_nets, build_dir, mnist) -> None:
     """Every shipped spec, random weights a little wider than the default init: onnxruntime's
     outputs on 64 real MNIST images equal chaosgen's forward within 1e-5."""
