@@ -2,12 +2,13 @@
 
 The Python API (README, "Python API"): compile(spec) -> Net (forward, evaluate, load,
 get_weights/set_weights); load(spec, weights) -> Net; train(spec, ...) -> the epochs' records.
-Errors are ChaosgenError (chaosgen.errors) with a one-line message."""
+Errors are ChaosgenError (chaosgen.errors) with a one-line message; UsageError, its subclass,
+for a bad argument."""
 
 __version__ = "0.1.0"
 
 from . import train  # noqa: E402  (a module you call: chaosgen.train(spec, ...) trains)
-from .errors import ChaosgenError  # noqa: E402
+from .errors import ChaosgenError, UsageError  # noqa: E402
 from .loader import Evaluation, Net  # noqa: E402
 from .pipeline import compile, compile_spec, load  # noqa: E402
 
@@ -19,5 +20,6 @@ __all__ = [
     "compile_spec",
     "load",
     "train",
+    "UsageError",
     "__version__",
 ]

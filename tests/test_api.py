@@ -6,6 +6,7 @@ for load; and every refusal of bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from chaosgen import ChaosgenError
 from chaosgen.cli import main
 from chaosgen.errors import UsageError
 
+HAVE_TORCH = importlib.util.find_spec("torch") is not None  # the oracle, when installed
 SMALL = ROOT / "specs" / "small.net"
 # Two input maps (the (N, C, H, W) form is the only batch form) and a squared-error output.
 TWO_MAPS = """\
@@ -68,7 +70,7 @@ def test_batched_forward_is_the_loop_and_torch(small: chaosgen.Net) -> None:
         assert got.dtype == np.float32 and np.array_equal(got, loop), threads
     assert np.array_equal(small.forward(x[:, None]), loop)  # (N, C, H, W)
     w = small.get_weights()
-    for i in range(0, 37, 4):
+    for i in range(0, 37, 4) if HAVE_TORCH else ():  # the oracle, when installed
         assert_close(loop[i], torch_run(small.ir, w, x[i], 0).output, f"image {i}")
 
 
@@ -93,8 +95,9 @@ def test_forward_shapes_and_dtypes(small: chaosgen.Net, two_maps: chaosgen.Net) 
     assert out.shape == (9, 3)
     assert np.array_equal(out, np.stack([two_maps.forward(im) for im in y]))
     assert two_maps.forward(y[0]).shape == (3,)
-    w = two_maps.get_weights()
-    assert_close(out[4], torch_run(two_maps.ir, w, y[4], 0).output, "two maps")
+    if HAVE_TORCH:  # the oracle, when installed
+        w = two_maps.get_weights()
+        assert_close(out[4], torch_run(two_maps.ir, w, y[4], 0).output, "two maps")
 
 
 @pytest.mark.parametrize(
