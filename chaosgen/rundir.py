@@ -43,8 +43,9 @@ class RunDir:
         """Check both locations can be written, lock the directory and the log (two runs with
         different directories may name the same --log), remove stale temp files."""
         try:
-            if self.log is not None:
+            if self.log is not None:  # first: an unwritable log leaves no directory behind
                 check_log_path(self.log)
+                self._lock_log(self.log)
             if self.dir is not None:
                 self._lock = lock_dir(self.dir)
                 for tmp in self.dir.glob(".*.tmp"):  # atomic_write's leftovers: no writer alive
@@ -52,8 +53,6 @@ class RunDir:
                 ck = self.dir / "last.npz"
                 if ck.is_dir():
                     raise ChaosgenError(f"{ck}: is a directory, where the checkpoint is written")
-            if self.log is not None:
-                self._lock_log(self.log)
         except BaseException:
             self.close()
             raise
@@ -134,18 +133,10 @@ def _owner(directory: Path) -> str:
 
 
 def check_log_path(log: Path) -> None:
-    """The log must be a writable file (appending to it creates nothing if it exists)."""
+    """The log must be a file (RunDir's lock opens it for writing, which checks the rest)."""
     if log.is_dir():
         raise ChaosgenError(f"{log}: is a directory; --log wants a file")
     refuse_special_file(log, "--log")
-    existed = log.exists()
-    try:
-        with open(log, "a"):
-            pass
-    except OSError as e:
-        raise _os_error(log, "cannot write the log", e) from None
-    if not existed:
-        log.unlink()  # only a probe: a run that fails before its first epoch leaves no file
 
 
 def refuse_used_log(log: Path) -> None:
