@@ -4,7 +4,8 @@ For every shipped network (specs/*.net; or --nets: names or spec paths), thread 
 scheme: training and inference images/s (median, min and max of --repeats runs of --images
 images), GFLOP/s (3 x forward FLOPs per training image), % of the measured FP32 peak, the ratio
 to 1 thread and to each PyTorch configuration (batch 1 and batch 64 with 2 threads, Hogwild with
-2 processes), both sides training with the spec's update rule (momentum, weight decay). Images:
+2 processes, batch 64 in channels-last layout, batch 64 under torch.compile) and to the best of
+them, both sides training with the spec's update rule (momentum, weight decay). Images:
 MNIST for one-map nets (fitted), else random. Prints one table; --json writes the same numbers
 (the format `chaosgen plot --speedup` reads).
 
@@ -35,7 +36,14 @@ from peak import peak_gflops
 
 from chaosgen.build import atomic_write  # common put the checkout on sys.path
 
-TORCH_MODES = (("batch1", 1), ("batch64", 64), ("hogwild", 1))
+# PyTorch peers: mode -> (batch, memory layout, torch.compile'd); hogwild: processes, batch 1
+TORCH_MODES = {
+    "batch1": (1, "contiguous", False),
+    "batch64": (64, "contiguous", False),
+    "hogwild": (1, "contiguous", False),
+    "chlast64": (64, "channels_last", False),
+    "compile64": (64, "contiguous", True),
+}
 
 
 def measure_chaosgen(
@@ -63,21 +71,31 @@ def measure_chaosgen(
     return row
 
 
-def measure_torch(
-    b: Bench, mode: str, batch: int, threads: int, images: int, repeats: int
-) -> dict:
-    """PyTorch's rate in one configuration: median/min/max of `repeats` runs."""
-    from torch_peer import hogwild_rate, train_rate
+def measure_torch(b: Bench, mode: str, threads: int, images: int, repeats: int) -> dict | None:
+    """PyTorch's rate in one configuration: median/min/max of `repeats` runs (the model built,
+    compiled and warmed up once, before them). None, with the reason printed, if the mode
+    cannot run here (torch.compile without a working toolchain)."""
+    from torch_peer import Peer, PeerUnavailable, hogwild_rate
 
+    batch, layout, compiled = TORCH_MODES[mode]
+    s = b.net.ir.input
+
+    def sample():
+        order = b.order(images)
+        x = b.x[order, : s.size].reshape(-1, s.maps, s.h, s.w)
+        return x, b.y[order]
+
+    peer = None
+    if mode != "hogwild":
+        try:
+            peer = Peer(b.net.ir, *sample(), batch, threads, layout, compiled)
+        except PeerUnavailable as e:
+            print(f"  torch {b.name} {mode}: not measured ({e})", file=sys.stderr)
+            return None
     rates = []
     for _ in range(repeats):
-        order = b.order(images)
-        x, y = b.x[order, : b.net.ir.input.size], b.y[order]
-        x = x.reshape(-1, b.net.ir.input.maps, b.net.ir.input.h, b.net.ir.input.w)
-        if mode == "hogwild":
-            rates.append(hogwild_rate(b.net.ir, x, y, threads))
-        else:
-            rates.append(train_rate(b.net.ir, x, y, batch, threads))
+        x, y = sample()
+        rates.append(hogwild_rate(b.net.ir, x, y, threads) if peer is None else peer.rate(x, y))
     return {
         "net": b.name,
         "mode": mode,
@@ -93,7 +111,11 @@ def print_table(result: dict) -> None:
     torch_rate = {
         (r["net"], r["mode"]): r["train_images_per_s"]["median"] for r in result["torch"]
     }
-    modes = [m for m, _ in TORCH_MODES if any(k[1] == m for k in torch_rate)]
+    modes = [m for m in TORCH_MODES if any(k[1] == m for k in torch_rate)]
+    best = {}  # each net's fastest PyTorch peer (median img/s) and its mode
+    for (net, mode), rate in torch_rate.items():
+        if rate > best.get(net, (0.0, ""))[0]:
+            best[net] = (rate, mode)
     one_thread = {  # x 1 thr: the 2-thread scaling of a row (CHAOS's target: 1.6x and more)
         (r["net"], r["scheme"]): r["train_images_per_s"]["median"]
         for r in result["chaosgen"]
@@ -110,7 +132,8 @@ def print_table(result: dict) -> None:
     head = (
         f"{'net':13} {'scheme':10} {'thr':>3} {'train img/s [min-max]':>27} "
         f"{'infer img/s [min-max]':>29} {'GFLOP/s':>8} {'%peak':>6} {'cpu':>4} {'x 1 thr':>7}"
-        + "".join(f" {'x torch ' + m:>14}" for m in modes)
+        + "".join(f" {'x torch ' + m:>16}" for m in modes)
+        + f" {'x best peer':>21}"
     )
     for net, kernels in result.get("kernels", {}).items():
         print(f"{net}: {kernels}")
@@ -126,7 +149,10 @@ def print_table(result: dict) -> None:
         line += f" {r['train_images_per_s']['median'] / one:6.2f}x" if one else f" {'-':>7}"
         for m in modes:
             t = torch_rate.get((r["net"], m))
-            line += f" {r['train_images_per_s']['median'] / t:13.1f}x" if t else f" {'-':>14}"
+            line += f" {r['train_images_per_s']['median'] / t:15.1f}x" if t else f" {'-':>16}"
+        if r["net"] in best:
+            rate, mode = best[r["net"]]
+            line += f" {r['train_images_per_s']['median'] / rate:8.1f}x ({mode:>9})"
         print(line)
     if result["torch"]:
         print(f"\n{'PyTorch':13} {'mode':10} {'thr':>3} {'train img/s [min-max]':>27}")
@@ -161,6 +187,11 @@ def main() -> int:
         help="images per PyTorch run (batch 64: 8x as many)",
     )
     ap.add_argument("--torch-threads", type=int, default=2)
+    ap.add_argument(
+        "--torch-modes",
+        default=",".join(TORCH_MODES),
+        help=f"comma-separated PyTorch peers among {', '.join(TORCH_MODES)} (default: all)",
+    )
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--data", default=None, help="MNIST directory (else the usual places)")
     ap.add_argument("--profile", action="store_true", help="also time every layer and pass")
@@ -172,6 +203,12 @@ def main() -> int:
     )
     ap.add_argument("--json", default=None, metavar="FILE")
     args = ap.parse_args()
+    unknown = set(args.torch_modes.split(",")) - set(TORCH_MODES)
+    if unknown:
+        ap.error(
+            f"unknown --torch-modes {', '.join(sorted(unknown))}; "
+            f"expected {', '.join(TORCH_MODES)}"
+        )
     # cpu: the lowest share of its cores a timed run's process got (1.0: nothing else ran)
     nets = args.nets.split(",")
     threads = [int(t) for t in args.threads.split(",")]
@@ -215,9 +252,11 @@ def main() -> int:
                 print("bench: PyTorch is not installed; no PyTorch columns", file=sys.stderr)
                 args.no_torch = True
                 continue
-            for mode, batch in TORCH_MODES:
-                n = args.torch_images * (8 if batch > 1 else 1)
-                row = measure_torch(b, mode, batch, args.torch_threads, n, args.repeats)
+            for mode in args.torch_modes.split(","):
+                n = args.torch_images * (8 if TORCH_MODES[mode][0] > 1 else 1)
+                row = measure_torch(b, mode, args.torch_threads, n, args.repeats)
+                if row is None:
+                    continue
                 result["torch"].append(row)
                 print(
                     f"  torch {net} {mode}: {fmt_spread(row['train_images_per_s'])} img/s",

@@ -1,7 +1,10 @@
-"""The PyTorch peer: the same networks (built from chaosgen's IR) trained with the spec's SGD
+"""The PyTorch peers: the same networks (built from chaosgen's IR) trained with the spec's SGD
 (torch.optim.SGD with its momentum, Nesterov and weight decay; plain SGD for the paper's nets) on
 the CPU, at batch 1 and batch 64 with N intra-op threads, and PyTorch's Hogwild recipe (N
-processes sharing the model through share_memory(), one thread each, batch 1)."""
+processes sharing the model through share_memory(), one thread each, batch 1). Two more ways to
+run batch 64: the channels-last (NHWC) memory format, and `torch.compile` (inductor, whose CPU
+backend emits and compiles C++ kernels for forward and backward, the closest peer to chaosgen;
+the optimizer step stays eager). Compilation and warm-up happen before the clock starts."""
 
 from __future__ import annotations
 
@@ -69,7 +72,7 @@ def _loss(ir, out, y):
 def _sgd(ir, model, x, y, batch: int, eta: float) -> None:
     t = ir.training  # the spec's update rule, as chaosgen trains it (bench/common.recipe)
     opt = torch.optim.SGD(
-        model.parameters(),
+        model.parameters(),  # a torch.compile'd module yields its original's parameters
         lr=eta,
         momentum=t.momentum,
         nesterov=t.nesterov,
@@ -87,19 +90,60 @@ def _batch(ir, images: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(images, np.float32)).reshape(-1, s.maps, s.h, s.w)
 
 
+class PeerUnavailable(Exception):
+    """This peer cannot run here (torch.compile without a working C++ toolchain, ...)."""
+
+
+class Peer:
+    """One PyTorch configuration ready to time: model, data layout and (compiled) graph built and
+    warmed up by the constructor, so `rate` times training only.
+
+    layout: "contiguous" (NCHW) or "channels_last" (NHWC, model and batches); compiled: the
+    model under torch.compile(dynamic=False) (every timed batch has the warm-up's shape)."""
+
+    def __init__(
+        self,
+        ir,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch: int,
+        threads: int,
+        layout: str = "contiguous",
+        compiled: bool = False,
+        eta: float = 0.001,
+    ):
+        torch.set_num_threads(threads)
+        torch.manual_seed(1)
+        self.ir, self.batch, self.eta = ir, batch, eta
+        self.fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        self.model = build_model(ir).to(memory_format=self.fmt)
+        if compiled:
+            self.model = torch.compile(self.model, dynamic=False)
+        x, y = self._tensors(images[: 4 * batch], labels[: 4 * batch])
+        try:
+            _sgd(ir, self.model, x, y, batch, eta)  # warm-up (and compilation)
+        except Exception as e:  # inductor raises many kinds (missing compiler, codegen bugs)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise PeerUnavailable(f"{type(e).__name__}: {first[:200]}") from e
+
+    def _tensors(self, images: np.ndarray, labels: np.ndarray):
+        whole = len(labels) // self.batch * self.batch  # full batches only (no recompilation)
+        x = _batch(self.ir, images[:whole]).contiguous(memory_format=self.fmt)
+        return x, torch.from_numpy(np.ascontiguousarray(labels[:whole], np.int64))
+
+    def rate(self, images: np.ndarray, labels: np.ndarray) -> float:
+        """Images per second of SGD over `images` (the whole batches of them)."""
+        x, y = self._tensors(images, labels)
+        t0 = time.perf_counter()
+        _sgd(self.ir, self.model, x, y, self.batch, self.eta)
+        return len(y) / (time.perf_counter() - t0)
+
+
 def train_rate(
     ir, images: np.ndarray, labels: np.ndarray, batch: int, threads: int, eta: float = 0.001
 ) -> float:
     """Images per second of SGD at `batch` with `threads` intra-op threads (after a warm-up)."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(1)
-    model = build_model(ir)
-    x = _batch(ir, images)
-    y = torch.from_numpy(np.ascontiguousarray(labels, np.int64))
-    _sgd(ir, model, x[: 4 * batch], y[: 4 * batch], batch, eta)  # warm-up
-    t0 = time.perf_counter()
-    _sgd(ir, model, x, y, batch, eta)
-    return len(y) / (time.perf_counter() - t0)
+    return Peer(ir, images, labels, batch, threads, eta=eta).rate(images, labels)
 
 
 def _hogwild_worker(ir, model, x, y, eta, barrier, out) -> None:
