@@ -153,9 +153,23 @@ class WideBlock:
         return (self.chunks // self.cols - 1) * self.rows * pitch + (self.cols - 1) * self.span
 
 
-def _block_cycles(maps: int, vecs: int) -> int:
+# cycles from an FMA to the next on the same accumulator (Skylake to Sapphire Rapids, Zen 2 to 5)
+FMA_LATENCY = 4
+
+
+def _core_cycles(fmas: int, loads: int, target: Target) -> int:
+    """Estimated cycles of one step of a register-blocked loop: `fmas` FMAs into as many
+    independent accumulators (target.fma_pipes per cycle, each accumulator's next FMA at least
+    FMA_LATENCY cycles later: fewer accumulators than latency x pipes leave the pipes idle) and
+    `loads` cycles of loads and broadcasts."""
+    if not fmas:
+        return 0
+    return max(-(-fmas // target.fma_pipes), FMA_LATENCY, loads)
+
+
+def _block_cycles(maps: int, vecs: int, target: Target) -> int:
     """Estimated cycles per tap and input plane of one wide-row block (see _wide_block)."""
-    return max(maps * vecs, 2 * vecs + maps) if maps else 0
+    return _core_cycles(maps * vecs, 2 * vecs + maps, target)
 
 
 def _wide_block(rows: int, width: int, pitch: int, maps: int, target: Target,
@@ -178,7 +192,8 @@ def _wide_block(rows: int, width: int, pitch: int, maps: int, target: Target,
     for r, cols, vecs in shapes:
         chunks = -(-rows // r) * cols
         for m in range(1, min(maps_cap, budget // vecs) + 1):
-            cost = chunks * (maps // m * _block_cycles(m, vecs) + _block_cycles(maps % m, vecs))
+            cost = chunks * (maps // m * _block_cycles(m, vecs, target)
+                             + _block_cycles(maps % m, vecs, target))
             key = (cost, -m, chunks)
             if best is None or key < best[0]:
                 best = (key, WideBlock(rows=r, cols=cols, vecs=vecs, span=vecs * vw, maps=m,
@@ -197,7 +212,9 @@ def _dot_block(maps: int, cols: int, vecs: int, target: Target) -> tuple[int, in
     budget = target.accumulators
 
     def cycles(m: int, t: int) -> int:
-        return vecs * max(m * t, m + 2 * t) + m * t * REDUCE_COST if m and t else 0
+        if not (m and t):
+            return 0
+        return vecs * _core_cycles(m * t, m + 2 * t, target) + m * t * REDUCE_COST
 
     best: tuple | None = None
     for m in range(1, min(maps, budget) + 1):
@@ -231,7 +248,7 @@ def _lanes_block(maps: int, kh: int, kw: int, positions: int, target: Target) ->
     kr = min(kh, budget // (kw * ov))
 
     def cycles(rows: int, v: int) -> int:
-        return max(rows * kw * v, v + rows * kw) if rows and v else 0
+        return _core_cycles(rows * kw * v, v + rows * kw, target) if rows and v else 0
 
     per_position = sum(cycles(r, v) * nr * nv for r, nr in ((kr, kh // kr), (kh % kr, 1))
                        for v, nv in ((ov, vecs // ov), (vecs % ov, 1)))
@@ -248,7 +265,7 @@ def taps_shapes(maps: int, n_taps: int, target: Target) -> list[tuple[int, int, 
     vecs = -(-n_taps // vw)
 
     def cycles(m: int, v: int) -> int:
-        return max(m * v, m + v) if m and v else 0
+        return _core_cycles(m * v, m + v, target) if m and v else 0
 
     shapes = []
     for m in range(1, min(maps, budget) + 1):
@@ -281,10 +298,10 @@ COMPACT_COST = 2  # cycles per row piece copied into (or added back from) a comp
 RMW_COST = 3  # cycles per vector added into memory (load, add, store)
 
 
-def _pass_cost(block: WideBlock, taps_x_planes: int) -> int:
+def _pass_cost(block: WideBlock, taps_x_planes: int, target: Target) -> int:
     """Estimated cycles of a wide-row pass: every chunk and map block, per tap and input plane."""
-    per_chunk = (block.full // block.maps * _block_cycles(block.maps, block.vecs)
-                 + _block_cycles(block.rem, block.vecs))
+    per_chunk = (block.full // block.maps * _block_cycles(block.maps, block.vecs, target)
+                 + _block_cycles(block.rem, block.vecs, target))
     return block.chunks * per_chunk * taps_x_planes
 
 
@@ -302,7 +319,7 @@ def _forward_plan(lay: ir.Conv, target: Target) -> dict:
     wide = dict(f=f, f_form="wide", f_row_len=o.w, f_in_row=i.w * s, f_in_col=s, f_acc_pitch=i.w,
                 f_plane=i.h * i.w, f_p_step=s, f_ky_step=i.w, f_kx_step=1, xc_plane=0,
                 xc_floats=0, f_reads_past_x=read - i.size,
-                f_cost=_pass_cost(f, taps_x_planes))
+                f_cost=_pass_cost(f, taps_x_planes, target))
     if s != 1:
         return wide
     xc_plane = i.h * o.w
@@ -312,16 +329,21 @@ def _forward_plan(lay: ir.Conv, target: Target) -> dict:
                    f_acc_pitch=0, f_plane=lay.kw * xc_plane, f_p_step=1, f_ky_step=o.w,
                    f_kx_step=xc_plane, xc_plane=xc_plane,
                    xc_floats=ir.align(max(i.maps * lay.kw * xc_plane, xc_read)), f_reads_past_x=0,
-                   f_cost=_pass_cost(c, taps_x_planes)
+                   f_cost=_pass_cost(c, taps_x_planes, target)
                    + i.maps * lay.kw * i.h * -(-o.w // vw) * COMPACT_COST)
     return min(wide, compact, key=lambda p: p["f_cost"])
 
 
-# Data a kernel re-reads and expects to find in L1: three quarters of a 32 KB L1d (the rest is
-# for the stream it reads alongside). Measured on the shipped nets' backward data, maps per
-# block: large c3 24 -> 6 (22.3 -> 17.7 us), medium c2 12 -> 5 (42.0 -> 39.3 us); half of L1
-# (16 KB) gave medium c2 4 maps and 60.7 us.
-L1_REUSE_BYTES = 24576
+# Data a kernel re-reads and expects to find in L1: three quarters of the target's L1d (the rest
+# is for the stream it reads alongside). Measured with a 32 KB L1d on the shipped nets' backward
+# data, maps per block: large c3 24 -> 6 (22.3 -> 17.7 us), medium c2 12 -> 5 (42.0 -> 39.3 us);
+# half of L1 (16 KB) gave medium c2 4 maps and 60.7 us.
+L1_REUSE_FRACTION = 0.75
+
+
+def l1_reuse_bytes(target: Target) -> int:
+    """Bytes of re-read data a kernel may expect to stay in the target's L1d."""
+    return int(target.l1d_bytes * L1_REUSE_FRACTION)
 
 
 def _backward_plan(lay: ir.Conv, target: Target, wide_pitch: int) -> dict:
@@ -334,13 +356,13 @@ def _backward_plan(lay: ir.Conv, target: Target, wide_pitch: int) -> dict:
     taps = lay.kh * lay.kw
     # A block of m input maps reads the weights W[o][c0..c0+m][*] once per tap: m * TAPS *
     # OUT_MAPS floats that must stay in L1 across the taps, or every tap streams them from L2.
-    max_maps = max(1, L1_REUSE_BYTES // (4 * taps * o.maps)) if taps > 1 else None
+    max_maps = max(1, l1_reuse_bytes(target) // (4 * taps * o.maps)) if taps > 1 else None
     b = _wide_block(o.h, o.w, i.w, i.maps, target, max_maps)
     rmw = b.chunks * i.maps * taps * b.vecs * RMW_COST
     wide = dict(b=b, b_form="wide", b_row_len=o.w, b_src_plane=wide_pitch, b_src_row=i.w,
                 b_acc_pitch=i.w, t_map=i.h * i.w, t_ky=i.w, t_kx=1, t_row=i.w * s, t_col=s,
                 dxc_floats=0, b_src_read=(o.maps - 1) * wide_pitch + b.last_start(i.w) + b.span,
-                b_cost=_pass_cost(b, taps * o.maps) + rmw)
+                b_cost=_pass_cost(b, taps * o.maps, target) + rmw)
     if s != 1:
         return wide
     xc_plane = i.h * o.w
@@ -350,7 +372,7 @@ def _backward_plan(lay: ir.Conv, target: Target, wide_pitch: int) -> dict:
                    b_acc_pitch=0, t_map=lay.kw * xc_plane, t_ky=o.w, t_kx=xc_plane, t_row=0,
                    t_col=1, dxc_floats=ir.align(i.maps * lay.kw * xc_plane),
                    b_src_read=(o.maps - 1) * o.h * o.w + c.last_start(0) + c.span,
-                   b_cost=_pass_cost(c, taps * o.maps) + rmw
+                   b_cost=_pass_cost(c, taps * o.maps, target) + rmw
                    + i.maps * lay.kw * i.h * -(-o.w // vw) * (COMPACT_COST + RMW_COST))
     return min(wide, compact, key=lambda p: p["b_cost"])
 
@@ -369,7 +391,7 @@ def _weights_plan(lay: ir.Conv, target: Target, w_vecs: int, forced: str | None 
     i, o, s, vw = lay.in_shape, lay.out_shape, lay.stride, target.vector_width
     taps, in_plane = lay.kh * lay.kw, i.h * i.w
     g = _wide_block(lay.kh, lay.kw, i.w, o.maps, target)
-    costs = {"wide": _pass_cost(g, i.maps * o.h * o.w)
+    costs = {"wide": _pass_cost(g, i.maps * o.h * o.w, target)
              + i.maps * o.maps * lay.kh * -(-lay.kw // vw) * EXTRACT_COST}
     g_read = ((i.maps - 1) * in_plane + g.last_start(i.w) + (o.h - 1) * s * i.w + (o.w - 1) * s
               + g.span)

@@ -39,6 +39,11 @@ class Target:
     # with host=False means the code never runs on a host CPU (a coprocessor).
     cpu_flags: tuple[str, ...] = ()
     march: dict[str, tuple[str, ...]] = field(default_factory=dict)  # compiler family -> flags
+    # The core the kernels are blocked for. A named target assumes a typical core of its ISA
+    # (32 KB L1d, one full-width FMA per cycle: what every golden file was generated with);
+    # `native` reads this machine's (host_l1d_bytes, host_fma_pipes).
+    l1d_bytes: int = 32768  # level-1 data cache per core
+    fma_pipes: int = 1  # full-width (vector_width floats) FMAs issued per cycle
 
     def runs_here(self) -> bool:
         """Whether code built for this target can run on this machine's CPU."""
@@ -137,6 +142,76 @@ def host_flags() -> frozenset[str]:
     return frozenset()
 
 
+def _cache_bytes(text: str) -> int | None:
+    """'48K' / '2048K' / '1M' / '32768' (sysfs cache sizes) in bytes; None if unreadable."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)B?\s*", text, re.I)
+    if not m:
+        return None
+    return int(m[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[m[2].upper()]
+
+
+DEFAULT_L1D_BYTES = 32768  # where the machine does not say (x86 cores since Core 2: 32-48 KB)
+
+
+@functools.cache
+def host_l1d_bytes(base: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """This machine's level-1 data cache per core, from Linux's cache description `base` (the
+    index of level 1 and type Data or Unified); DEFAULT_L1D_BYTES where it does not say."""
+
+    def read(index: str, name: str) -> str:
+        with open(f"{base}/{index}/{name}") as f:
+            return f.read().strip()
+
+    try:
+        for index in sorted(d for d in os.listdir(base) if d.startswith("index")):
+            if read(index, "level") == "1" and read(index, "type") in ("Data", "Unified"):
+                size = _cache_bytes(read(index, "size"))
+                if size:
+                    return size
+    except OSError:
+        pass
+    return DEFAULT_L1D_BYTES
+
+
+@functools.cache
+def _cpu_identity() -> tuple[str, int]:
+    """(vendor_id, cpu family) of /proc/cpuinfo; ("", 0) where unavailable."""
+    vendor, family = "", 0
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key == "cpu family" and not family:
+                    family = int(value.strip() or 0)
+                if vendor and family:
+                    break
+    except (OSError, ValueError):
+        pass
+    return vendor, family
+
+
+def host_fma_pipes(vector_width: int) -> int:
+    """Full-width FMAs this core issues per cycle at `vector_width` floats, from its vendor,
+    family and flags. Every x86 core with FMA since Haswell and Zen 1 has two FMA pipes of its
+    native width, except: AMD's Zen 4 (family 0x19 with AVX-512) has 256-bit pipes, so one
+    512-bit FMA per cycle; Zen 1 (family 0x17) has 128-bit pipes, so one 256-bit FMA per cycle.
+    SSE code has no FMA: a multiply and an add, one pair per cycle. (Intel's AVX-512 parts with
+    one 512-bit FMA unit, some Xeon Bronze and Silver, cannot be told from their flags: they get
+    2, which only makes the cost model favour more accumulators.)"""
+    if "fma" not in host_flags() or vector_width <= 4:
+        return 1
+    vendor, family = _cpu_identity()
+    if vendor == "AuthenticAMD":
+        if vector_width == 16 and family == 0x19:
+            return 1
+        if vector_width == 8 and family == 0x17:
+            return 1
+    return 2
+
+
 def cpu_model() -> str:
     """The CPU's model name, for logs."""
     try:
@@ -165,6 +240,8 @@ def native_target() -> Target:
         description=f"this machine ({base.isa}), -march=native",
         cpu_flags=base.cpu_flags,
         march={"gnu": ("-march=native", *extra), "intel": ("-xHost",), "intel-llvm": ("-xHost",)},
+        l1d_bytes=host_l1d_bytes(),
+        fma_pipes=host_fma_pipes(base.vector_width),
     )
 
 

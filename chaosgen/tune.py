@@ -206,7 +206,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     views = codegen.layer_views(net, target, ())
     model = {v["name"]: v["grad_form"] for v in views if v["kind"] == "conv"}
     t = tune(net, target, compiler, args.build_dir)
-    print(f"{net.name} on {t.cpu} ({target.name}, {compiler.name}): weight gradient, us per image")
+    print(
+        f"{net.name} on {t.cpu} ({target.name}, {compiler.name}; blocked for "
+        f"{target.l1d_bytes // 1024} KB L1d, {target.fma_pipes} FMA/cycle of "
+        f"{target.vector_width} floats): weight gradient, us per image"
+    )
     for name, row in t.times_us.items():
         cells = "  ".join(f"{f} {us:.2f}" for f, us in row.items())
         print(f"  {name:8} {cells}   -> {t.forms[name]} (model: {model[name]})")

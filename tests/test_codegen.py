@@ -336,3 +336,28 @@ def test_nets_cpp_matches_golden(spec: str, target: str, update_golden: bool, in
     parsed, net = front_end(f"tests/nets/{spec}.net")
     cpp = codegen.render(net, TARGETS[target], parsed.lines).cpp
     _compare(GOLDEN / "nets" / f"{spec}.{target}.cpp", cpp, update_golden)
+
+
+@pytest.mark.parametrize("l1d_kb", [16, 32, 48])
+def test_backward_data_blocks_keep_their_weights_within_the_l1d(l1d_kb: int) -> None:
+    """The weights a backward-data block re-reads across taps (maps x TAPS x OUT_MAPS floats) fit
+    three quarters of the target's L1d, whatever its size; a larger L1d (more blockings allowed)
+    never costs more in the model."""
+    import dataclasses
+
+    from chaosgen.pipeline import front_end
+    from chaosgen.targets import TARGETS
+
+    for name in ("medium", "large"):
+        _, net = front_end(str(ROOT / "specs" / f"{name}.net"))
+        small = dataclasses.replace(TARGETS["avx512"], l1d_bytes=l1d_kb << 10)
+        big = dataclasses.replace(small, l1d_bytes=2 * l1d_kb << 10)
+        for v, w in zip(
+            codegen.layer_views(net, small, ()), codegen.layer_views(net, big, ()), strict=True
+        ):
+            if v["kind"] != "conv" or not v["needs_dx"] or v["taps"] == 1:
+                continue
+            assert v["b"].maps * 4 * v["taps"] * v["out_maps"] <= 0.75 * (l1d_kb << 10) or (
+                v["b"].maps == 1
+            )
+            assert w["b_cost"] <= v["b_cost"]

@@ -145,3 +145,47 @@ def test_knc_build_command_is_icc_mmic(in_repo, capsys: pytest.CaptureFixture[st
     assert cli.main(["compile", "specs/small.net", "--target", "knc", "--cc", "gcc"]) == 1
     err = capsys.readouterr().err
     assert "compiler 'gcc' cannot build target 'knc' (it needs one of: icc)" in err
+
+
+def test_native_target_reads_the_l1d_size_as_getconf_does(tmp_path) -> None:
+    getconf = shutil.which("getconf")
+    if getconf:  # glibc's answer, an independent reader of the same hardware description
+        import subprocess
+
+        out = subprocess.run([getconf, "LEVEL1_DCACHE_SIZE"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip().isdigit() and int(out.stdout) > 0:
+            assert targets.native_target().l1d_bytes == int(out.stdout)
+    for level, kind, size, want in (
+        ("1", "Data", "48K", 48 << 10),
+        ("1", "Unified", "1M", 1 << 20),
+        ("2", "Data", "48K", targets.DEFAULT_L1D_BYTES),  # no level-1 data cache described
+        ("1", "Data", "garbled", targets.DEFAULT_L1D_BYTES),
+    ):
+        base = tmp_path / f"{level}{kind}{size}"
+        (base / "index0").mkdir(parents=True)
+        for name, text in (("level", "1"), ("type", "Instruction"), ("size", "32K")):
+            (base / "index0" / name).write_text(text + "\n")
+        (base / "index1").mkdir()
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (base / "index1" / name).write_text(text + "\n")
+        assert targets.host_l1d_bytes(str(base)) == want
+    assert targets.host_l1d_bytes(str(tmp_path / "missing")) == targets.DEFAULT_L1D_BYTES
+
+
+@pytest.mark.parametrize(
+    ("vendor", "family", "flags", "width", "pipes"),
+    [
+        ("AuthenticAMD", 0x19, {"fma", "avx512f"}, 16, 1),  # Zen 4: 256-bit pipes
+        ("AuthenticAMD", 0x19, {"fma"}, 8, 2),  # Zen 3
+        ("AuthenticAMD", 0x1A, {"fma", "avx512f"}, 16, 2),  # Zen 5
+        ("AuthenticAMD", 0x17, {"fma"}, 8, 1),  # Zen 1: 128-bit pipes
+        ("GenuineIntel", 6, {"fma", "avx512f"}, 16, 2),  # Skylake-SP and later Xeons
+        ("GenuineIntel", 6, {"fma"}, 8, 2),  # Haswell and later
+        ("GenuineIntel", 6, {"fma"}, 4, 1),  # SSE code: no FMA
+        ("GenuineIntel", 6, {"sse2"}, 4, 1),
+    ],
+)
+def test_fma_pipes_from_the_cpu(monkeypatch, vendor, family, flags, width, pipes) -> None:
+    monkeypatch.setattr(targets, "host_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(targets, "_cpu_identity", lambda: (vendor, family))
+    assert targets.host_fma_pipes(width) == pipes
