@@ -148,6 +148,17 @@ class WideBlock:
     full: int  # maps covered by whole blocks; the other maps % `maps` form one smaller block
     rem: int
 
+    def edges(self, rows_total: int, row_len: int) -> dict:
+        """What the chunks store, as constants (a store loop of run-time length made gcc keep
+        the accumulators in memory): `rows` rows of `row_max` values each, except the last row
+        chunk (`last_rows` rows, if `short_rows`) and the last piece of every row (`last_n`
+        values, if `short_cols`), for a pass over `rows_total` rows of `row_len`."""
+        last_rows = rows_total - (self.chunks // self.cols - 1) * self.rows
+        row_max = min(row_len, self.span)
+        last_n = row_len - (self.cols - 1) * self.span
+        return dict(rows_total=rows_total, row_max=row_max, last_rows=last_rows, last_n=last_n,
+                    short_rows=last_rows < self.rows, short_cols=last_n < row_max)
+
     def last_start(self, pitch: int) -> int:
         """Wide index where the last chunk starts."""
         return (self.chunks // self.cols - 1) * self.rows * pitch + (self.cols - 1) * self.span
@@ -316,7 +327,8 @@ def _forward_plan(lay: ir.Conv, target: Target) -> dict:
     f = _wide_block(o.h, o.w, i.w, o.maps, target)
     read = ((i.maps - 1) * i.h * i.w + f.last_start(i.w) * s + (lay.kh - 1) * i.w + lay.kw - 1
             + (f.span - 1) * s + 1)
-    wide = dict(f=f, f_form="wide", f_row_len=o.w, f_in_row=i.w * s, f_in_col=s, f_acc_pitch=i.w,
+    wide = dict(f=f, f_form="wide", f_row_len=o.w, f_edges=f.edges(o.h, o.w), f_in_row=i.w * s,
+                f_in_col=s, f_acc_pitch=i.w,
                 f_plane=i.h * i.w, f_p_step=s, f_ky_step=i.w, f_kx_step=1, xc_plane=0,
                 xc_floats=0, f_reads_past_x=read - i.size,
                 f_cost=_pass_cost(f, taps_x_planes, target))
@@ -325,7 +337,8 @@ def _forward_plan(lay: ir.Conv, target: Target) -> dict:
     xc_plane = i.h * o.w
     c = _wide_block(1, o.h * o.w, 0, o.maps, target)
     xc_read = ((i.maps * lay.kw - 1) * xc_plane + c.last_start(0) + (lay.kh - 1) * o.w + c.span)
-    compact = dict(f=c, f_form="compact", f_row_len=o.h * o.w, f_in_row=0, f_in_col=1,
+    compact = dict(f=c, f_form="compact", f_row_len=o.h * o.w, f_edges=c.edges(1, o.h * o.w),
+                   f_in_row=0, f_in_col=1,
                    f_acc_pitch=0, f_plane=lay.kw * xc_plane, f_p_step=1, f_ky_step=o.w,
                    f_kx_step=xc_plane, xc_plane=xc_plane,
                    xc_floats=ir.align(max(i.maps * lay.kw * xc_plane, xc_read)), f_reads_past_x=0,
@@ -359,7 +372,8 @@ def _backward_plan(lay: ir.Conv, target: Target, wide_pitch: int) -> dict:
     max_maps = max(1, l1_reuse_bytes(target) // (4 * taps * o.maps)) if taps > 1 else None
     b = _wide_block(o.h, o.w, i.w, i.maps, target, max_maps)
     rmw = b.chunks * i.maps * taps * b.vecs * RMW_COST
-    wide = dict(b=b, b_form="wide", b_row_len=o.w, b_src_plane=wide_pitch, b_src_row=i.w,
+    wide = dict(b=b, b_form="wide", b_row_len=o.w, b_edges=b.edges(o.h, o.w),
+                b_src_plane=wide_pitch, b_src_row=i.w,
                 b_acc_pitch=i.w, t_map=i.h * i.w, t_ky=i.w, t_kx=1, t_row=i.w * s, t_col=s,
                 dxc_floats=0, b_src_read=(o.maps - 1) * wide_pitch + b.last_start(i.w) + b.span,
                 b_cost=_pass_cost(b, taps * o.maps, target) + rmw)
@@ -368,7 +382,8 @@ def _backward_plan(lay: ir.Conv, target: Target, wide_pitch: int) -> dict:
     xc_plane = i.h * o.w
     c = _wide_block(1, o.h * o.w, 0, i.maps, target, max_maps)
     rmw = c.chunks * i.maps * taps * c.vecs * RMW_COST
-    compact = dict(b=c, b_form="compact", b_row_len=o.h * o.w, b_src_plane=o.h * o.w, b_src_row=0,
+    compact = dict(b=c, b_form="compact", b_row_len=o.h * o.w, b_edges=c.edges(1, o.h * o.w),
+                   b_src_plane=o.h * o.w, b_src_row=0,
                    b_acc_pitch=0, t_map=lay.kw * xc_plane, t_ky=o.w, t_kx=xc_plane, t_row=0,
                    t_col=1, dxc_floats=ir.align(i.maps * lay.kw * xc_plane),
                    b_src_read=(o.maps - 1) * o.h * o.w + c.last_start(0) + c.span,
