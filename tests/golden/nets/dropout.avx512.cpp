@@ -198,10 +198,12 @@ struct Forward {
 constexpr int F_MAPS = 8, F_ROWS = 1, F_COLS = 22, F_CHUNKS = 22, F_FULL = 8, F_SPAN = Forward::SPAN;
 // chunk (i0, j0) starts at input i0 * F_IN_ROW + j0 * F_IN_COL; its rows are F_ROW_LEN outputs long, F_ACC_PITCH apart in acc
 constexpr int F_IN_ROW = 0, F_IN_COL = 1, F_ROW_LEN = 676, F_ACC_PITCH = 0;
+// the chunks cover F_ROWS_TOTAL rows; a chunk stores F_ROWS rows of F_ROW_MAX outputs, but at the edges
+constexpr int F_ROWS_TOTAL = 1, F_ROW_MAX = 32, F_LAST_ROWS = 1, F_LAST_N = 4;
 
 /* y = relu(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
    accumulators in registers; only real outputs are stored. */
-template <int MB>
+template <int MB, int ROWS, int N>
 static inline void forward_block(const float *__restrict P, const float *__restrict in, float *__restrict y, int o0, int i0, int j0) {
     float acc[MB][F_SPAN];
     for (int ob = 0; ob < MB; ++ob) {
@@ -213,13 +215,20 @@ static inline void forward_block(const float *__restrict P, const float *__restr
         #pragma omp simd
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = (acc[ob][p] > 0.0f ? acc[ob][p] : 0.0f);
     }
-    const int n = F_ROW_LEN - j0 < F_SPAN ? F_ROW_LEN - j0 : F_SPAN;  // outputs per row in this chunk
+    CG_UNROLL(32)  // MB and ROWS are constants: straight-line stores
     for (int ob = 0; ob < MB; ++ob)
-        for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
+        for (int i = 0; i < ROWS; ++i) {  // ROWS rows of N outputs: constants (see forward_block_chunk)
             float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W + j0;
             #pragma omp simd
-            for (int j = 0; j < n; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
+            for (int j = 0; j < N; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
         }
+}
+/* Chunk (i0, j0) of MB maps from m0: F_ROWS rows of F_ROW_MAX values, 4 values in the last piece of a row. */
+template <int MB>
+static inline void forward_block_chunk(const float *__restrict P, const float *__restrict in, float *__restrict y, int m0, int i0, int j0) {
+    const bool short_cols = j0 + F_SPAN > F_ROW_LEN;
+    if (short_cols) return forward_block<MB, F_ROWS, F_LAST_N>(P, in, y, m0, i0, j0);
+    forward_block<MB, F_ROWS, F_ROW_MAX>(P, in, y, m0, i0, j0);
 }
 
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
@@ -228,7 +237,7 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
     compact(x, xc);
     for (int k = 0; k < F_CHUNKS; ++k) {  // chunk k: F_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / F_COLS * F_ROWS, j0 = k % F_COLS * F_SPAN;
-        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, xc, y, m0, i0, j0);
+        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block_chunk<F_MAPS>(P, xc, y, m0, i0, j0);
     }
 }
 

@@ -176,10 +176,12 @@ struct Forward {
 constexpr int F_MAPS = 12, F_ROWS = 1, F_COLS = 1, F_CHUNKS = 32, F_FULL = 24, F_SPAN = Forward::SPAN;
 // chunk (i0, j0) starts at input i0 * F_IN_ROW + j0 * F_IN_COL; its rows are F_ROW_LEN outputs long, F_ACC_PITCH apart in acc
 constexpr int F_IN_ROW = 36, F_IN_COL = 1, F_ROW_LEN = 32, F_ACC_PITCH = 36;
+// the chunks cover F_ROWS_TOTAL rows; a chunk stores F_ROWS rows of F_ROW_MAX outputs, but at the edges
+constexpr int F_ROWS_TOTAL = 32, F_ROW_MAX = 32, F_LAST_ROWS = 1, F_LAST_N = 32;
 
 /* z = W * x + b for MB maps from o0, chunk (i0, j0): bias and taps on accumulators in registers;
    only real outputs are stored (the activation runs in the max-pool after this layer). */
-template <int MB>
+template <int MB, int ROWS, int N>
 static inline void forward_block(const float *__restrict P, const float *__restrict in, float *__restrict y, int o0, int i0, int j0) {
     float acc[MB][F_SPAN];
     for (int ob = 0; ob < MB; ++ob) {
@@ -187,21 +189,26 @@ static inline void forward_block(const float *__restrict P, const float *__restr
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = P[B_OFFSET + o0 + ob];
     }
     cg_correlate<Forward, MB>(P + W_OFFSET + o0 * Forward::W_M, in + i0 * F_IN_ROW + j0 * F_IN_COL, acc);
-    const int n = F_ROW_LEN - j0 < F_SPAN ? F_ROW_LEN - j0 : F_SPAN;  // outputs per row in this chunk
+    CG_UNROLL(32)  // MB and ROWS are constants: straight-line stores
     for (int ob = 0; ob < MB; ++ob)
-        for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
+        for (int i = 0; i < ROWS; ++i) {  // ROWS rows of N outputs: constants (see forward_block_chunk)
             float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W + j0;
             #pragma omp simd
-            for (int j = 0; j < n; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
+            for (int j = 0; j < N; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
         }
+}
+/* Chunk (i0, j0) of MB maps from m0: F_ROWS rows of F_ROW_MAX values. */
+template <int MB>
+static inline void forward_block_chunk(const float *__restrict P, const float *__restrict in, float *__restrict y, int m0, int i0, int j0) {
+    forward_block<MB, F_ROWS, F_ROW_MAX>(P, in, y, m0, i0, j0);
 }
 
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
     for (int k = 0; k < F_CHUNKS; ++k) {  // chunk k: F_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / F_COLS * F_ROWS, j0 = k % F_COLS * F_SPAN;
-        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, x, y, m0, i0, j0);
-        forward_block<8>(P, x, y, F_FULL, i0, j0);
+        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block_chunk<F_MAPS>(P, x, y, m0, i0, j0);
+        forward_block_chunk<8>(P, x, y, F_FULL, i0, j0);
     }
 }
 
@@ -416,10 +423,12 @@ struct Forward {
 constexpr int F_MAPS = 12, F_ROWS = 1, F_COLS = 8, F_CHUNKS = 8, F_FULL = 24, F_SPAN = Forward::SPAN;
 // chunk (i0, j0) starts at input i0 * F_IN_ROW + j0 * F_IN_COL; its rows are F_ROW_LEN outputs long, F_ACC_PITCH apart in acc
 constexpr int F_IN_ROW = 0, F_IN_COL = 1, F_ROW_LEN = 256, F_ACC_PITCH = 0;
+// the chunks cover F_ROWS_TOTAL rows; a chunk stores F_ROWS rows of F_ROW_MAX outputs, but at the edges
+constexpr int F_ROWS_TOTAL = 1, F_ROW_MAX = 32, F_LAST_ROWS = 1, F_LAST_N = 32;
 
 /* y = relu(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
    accumulators in registers; only real outputs are stored. */
-template <int MB>
+template <int MB, int ROWS, int N>
 static inline void forward_block(const float *__restrict P, const float *__restrict in, float *__restrict y, int o0, int i0, int j0) {
     float acc[MB][F_SPAN];
     for (int ob = 0; ob < MB; ++ob) {
@@ -431,13 +440,18 @@ static inline void forward_block(const float *__restrict P, const float *__restr
         #pragma omp simd
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = (acc[ob][p] > 0.0f ? acc[ob][p] : 0.0f);
     }
-    const int n = F_ROW_LEN - j0 < F_SPAN ? F_ROW_LEN - j0 : F_SPAN;  // outputs per row in this chunk
+    CG_UNROLL(32)  // MB and ROWS are constants: straight-line stores
     for (int ob = 0; ob < MB; ++ob)
-        for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
+        for (int i = 0; i < ROWS; ++i) {  // ROWS rows of N outputs: constants (see forward_block_chunk)
             float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W + j0;
             #pragma omp simd
-            for (int j = 0; j < n; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
+            for (int j = 0; j < N; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
         }
+}
+/* Chunk (i0, j0) of MB maps from m0: F_ROWS rows of F_ROW_MAX values. */
+template <int MB>
+static inline void forward_block_chunk(const float *__restrict P, const float *__restrict in, float *__restrict y, int m0, int i0, int j0) {
+    forward_block<MB, F_ROWS, F_ROW_MAX>(P, in, y, m0, i0, j0);
 }
 
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
@@ -446,8 +460,8 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
     compact(x, xc);
     for (int k = 0; k < F_CHUNKS; ++k) {  // chunk k: F_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / F_COLS * F_ROWS, j0 = k % F_COLS * F_SPAN;
-        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, xc, y, m0, i0, j0);
-        forward_block<8>(P, xc, y, F_FULL, i0, j0);
+        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block_chunk<F_MAPS>(P, xc, y, m0, i0, j0);
+        forward_block_chunk<8>(P, xc, y, F_FULL, i0, j0);
     }
 }
 
@@ -472,22 +486,28 @@ struct Scatter {
 constexpr int S_MAPS = 7, S_ROWS = 1, S_COLS = 8, S_CHUNKS = 8, S_FULL = 28, S_SPAN = Scatter::SPAN;
 // chunk (i0, j0) reads from i0 * S_SRC_ROW + j0; its rows are S_ROW_LEN positions long, S_ACC_PITCH apart in acc
 constexpr int S_SRC_ROW = 0, S_ROW_LEN = 256, S_ACC_PITCH = 0;
+// the chunks cover S_ROWS_TOTAL rows; a chunk holds S_ROWS rows of S_ROW_MAX positions, but at the edges
+constexpr int S_ROWS_TOTAL = 1, S_ROW_MAX = 32, S_LAST_ROWS = 1, S_LAST_N = 32;
 // where acc goes: map c, tap (ky, kx), chunk (i0, j0) at c * T_MAP + ky * T_KY + kx * T_KX + i0 * T_ROW + j0 * T_COL, positions T_COL apart
 constexpr int T_MAP = 1600, T_KY = 16, T_KX = 320, T_ROW = 0, T_COL = 1;
 
-template <int MB>
+template <int MB, int ROWS, int N>
 static inline void backward_block(const float *__restrict P, const float *__restrict src, float *__restrict dst, int c0, int i0, int j0) {
-    const int rows = OUT_H - i0 < S_ROWS ? OUT_H - i0 : S_ROWS;
-    const int valid = (rows - 1) * S_ACC_PITCH + (S_ROW_LEN - j0 < S_SPAN ? S_ROW_LEN - j0 : S_SPAN);  // positions in the chunk
+    constexpr int VALID = (ROWS - 1) * S_ACC_PITCH + N;  // positions in the chunk: a constant (see backward_block_chunk)
     for (int t = 0; t < TAPS; ++t) {
         float acc[MB][S_SPAN] = {};
         cg_correlate<Scatter, MB>(P + W_OFFSET + c0 * TAPS + t, src + i0 * S_SRC_ROW + j0, acc);
         for (int cb = 0; cb < MB; ++cb) {
             float *__restrict d = dst + (c0 + cb) * T_MAP + t / KW * T_KY + t % KW * T_KX + i0 * T_ROW + j0 * T_COL;
             #pragma omp simd
-            for (int p = 0; p < valid; ++p) d[p * T_COL] += acc[cb][p];
+            for (int p = 0; p < VALID; ++p) d[p * T_COL] += acc[cb][p];
         }
     }
+}
+/* Chunk (i0, j0) of MB maps from m0: S_ROWS rows of S_ROW_MAX values. */
+template <int MB>
+static inline void backward_block_chunk(const float *__restrict P, const float *__restrict src, float *__restrict dst, int m0, int i0, int j0) {
+    backward_block<MB, S_ROWS, S_ROW_MAX>(P, src, dst, m0, i0, j0);
 }
 
 /* dx = W^T * dz. dz: this layer's deltas, followed by the scratch. */
@@ -498,8 +518,8 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
     std::memset(dx, 0, sizeof(float) * IN_MAPS * IN_PLANE);
     for (int k = 0; k < S_CHUNKS; ++k) {  // chunk k: S_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / S_COLS * S_ROWS, j0 = k % S_COLS * S_SPAN;
-        for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block<S_MAPS>(P, dz, dxc, m0, i0, j0);
-        backward_block<4>(P, dz, dxc, S_FULL, i0, j0);
+        for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block_chunk<S_MAPS>(P, dz, dxc, m0, i0, j0);
+        backward_block_chunk<4>(P, dz, dxc, S_FULL, i0, j0);
     }
     for (int c = 0; c < IN_MAPS; ++c)
         for (int kx = 0; kx < KW; ++kx)
@@ -728,10 +748,12 @@ struct Forward {
 constexpr int F_MAPS = 12, F_ROWS = 1, F_COLS = 2, F_CHUNKS = 2, F_FULL = 60, F_SPAN = Forward::SPAN;
 // chunk (i0, j0) starts at input i0 * F_IN_ROW + j0 * F_IN_COL; its rows are F_ROW_LEN outputs long, F_ACC_PITCH apart in acc
 constexpr int F_IN_ROW = 0, F_IN_COL = 1, F_ROW_LEN = 64, F_ACC_PITCH = 0;
+// the chunks cover F_ROWS_TOTAL rows; a chunk stores F_ROWS rows of F_ROW_MAX outputs, but at the edges
+constexpr int F_ROWS_TOTAL = 1, F_ROW_MAX = 32, F_LAST_ROWS = 1, F_LAST_N = 32;
 
 /* y = relu(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
    accumulators in registers; only real outputs are stored. */
-template <int MB>
+template <int MB, int ROWS, int N>
 static inline void forward_block(const float *__restrict P, const float *__restrict in, float *__restrict y, int o0, int i0, int j0) {
     float acc[MB][F_SPAN];
     for (int ob = 0; ob < MB; ++ob) {
@@ -743,13 +765,18 @@ static inline void forward_block(const float *__restrict P, const float *__restr
         #pragma omp simd
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = (acc[ob][p] > 0.0f ? acc[ob][p] : 0.0f);
     }
-    const int n = F_ROW_LEN - j0 < F_SPAN ? F_ROW_LEN - j0 : F_SPAN;  // outputs per row in this chunk
+    CG_UNROLL(32)  // MB and ROWS are constants: straight-line stores
     for (int ob = 0; ob < MB; ++ob)
-        for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
+        for (int i = 0; i < ROWS; ++i) {  // ROWS rows of N outputs: constants (see forward_block_chunk)
             float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W + j0;
             #pragma omp simd
-            for (int j = 0; j < n; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
+            for (int j = 0; j < N; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
         }
+}
+/* Chunk (i0, j0) of MB maps from m0: F_ROWS rows of F_ROW_MAX values. */
+template <int MB>
+static inline void forward_block_chunk(const float *__restrict P, const float *__restrict in, float *__restrict y, int m0, int i0, int j0) {
+    forward_block<MB, F_ROWS, F_ROW_MAX>(P, in, y, m0, i0, j0);
 }
 
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
@@ -758,8 +785,8 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
     compact(x, xc);
     for (int k = 0; k < F_CHUNKS; ++k) {  // chunk k: F_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / F_COLS * F_ROWS, j0 = k % F_COLS * F_SPAN;
-        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, xc, y, m0, i0, j0);
-        forward_block<4>(P, xc, y, F_FULL, i0, j0);
+        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block_chunk<F_MAPS>(P, xc, y, m0, i0, j0);
+        forward_block_chunk<4>(P, xc, y, F_FULL, i0, j0);
     }
 }
 
@@ -784,22 +811,28 @@ struct Scatter {
 constexpr int S_MAPS = 3, S_ROWS = 1, S_COLS = 1, S_CHUNKS = 1, S_FULL = 30, S_SPAN = Scatter::SPAN;
 // chunk (i0, j0) reads from i0 * S_SRC_ROW + j0; its rows are S_ROW_LEN positions long, S_ACC_PITCH apart in acc
 constexpr int S_SRC_ROW = 0, S_ROW_LEN = 64, S_ACC_PITCH = 0;
+// the chunks cover S_ROWS_TOTAL rows; a chunk holds S_ROWS rows of S_ROW_MAX positions, but at the edges
+constexpr int S_ROWS_TOTAL = 1, S_ROW_MAX = 64, S_LAST_ROWS = 1, S_LAST_N = 64;
 // where acc goes: map c, tap (ky, kx), chunk (i0, j0) at c * T_MAP + ky * T_KY + kx * T_KX + i0 * T_ROW + j0 * T_COL, positions T_COL apart
 constexpr int T_MAP = 480, T_KY = 8, T_KX = 96, T_ROW = 0, T_COL = 1;
 
-template <int MB>
+template <int MB, int ROWS, int N>
 static inline void backward_block(const float *__restrict P, const float *__restrict src, float *__restrict dst, int c0, int i0, int j0) {
-    const int rows = OUT_H - i0 < S_ROWS ? OUT_H - i0 : S_ROWS;
-    const int valid = (rows - 1) * S_ACC_PITCH + (S_ROW_LEN - j0 < S_SPAN ? S_ROW_LEN - j0 : S_SPAN);  // positions in the chunk
+    constexpr int VALID = (ROWS - 1) * S_ACC_PITCH + N;  // positions in the chunk: a constant (see backward_block_chunk)
     for (int t = 0; t < TAPS; ++t) {
         float acc[MB][S_SPAN] = {};
         cg_correlate<Scatter, MB>(P + W_OFFSET + c0 * TAPS + t, src + i0 * S_SRC_ROW + j0, acc);
         for (int cb = 0; cb < MB; ++cb) {
             float *__restrict d = dst + (c0 + cb) * T_MAP + t / KW * T_KY + t % KW * T_KX + i0 * T_ROW + j0 * T_COL;
             #pragma omp simd
-            for (int p = 0; p < valid; ++p) d[p * T_COL] += acc[cb][p];
+            for (int p = 0; p < VALID; ++p) d[p * T_COL] += acc[cb][p];
         }
     }
+}
+/* Chunk (i0, j0) of MB maps from m0: S_ROWS rows of S_ROW_MAX values. */
+template <int MB>
+static inline void backward_block_chunk(const float *__restrict P, const float *__restrict src, float *__restrict dst, int m0, int i0, int j0) {
+    backward_block<MB, S_ROWS, S_ROW_MAX>(P, src, dst, m0, i0, j0);
 }
 
 /* dx = W^T * dz. dz: this layer's deltas, followed by the scratch. */
@@ -810,8 +843,8 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
     std::memset(dx, 0, sizeof(float) * IN_MAPS * IN_PLANE);
     for (int k = 0; k < S_CHUNKS; ++k) {  // chunk k: S_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / S_COLS * S_ROWS, j0 = k % S_COLS * S_SPAN;
-        for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block<S_MAPS>(P, dz, dxc, m0, i0, j0);
-        backward_block<2>(P, dz, dxc, S_FULL, i0, j0);
+        for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block_chunk<S_MAPS>(P, dz, dxc, m0, i0, j0);
+        backward_block_chunk<2>(P, dz, dxc, S_FULL, i0, j0);
     }
     for (int c = 0; c < IN_MAPS; ++c)
         for (int kx = 0; kx < KW; ++kx)
@@ -1098,10 +1131,12 @@ struct Forward {
 constexpr int F_MAPS = 8, F_ROWS = 2, F_COLS = 1, F_CHUNKS = 1, F_FULL = 8, F_SPAN = Forward::SPAN;
 // chunk (i0, j0) starts at input i0 * F_IN_ROW + j0 * F_IN_COL; its rows are F_ROW_LEN outputs long, F_ACC_PITCH apart in acc
 constexpr int F_IN_ROW = 4, F_IN_COL = 2, F_ROW_LEN = 1, F_ACC_PITCH = 2;
+// the chunks cover F_ROWS_TOTAL rows; a chunk stores F_ROWS rows of F_ROW_MAX outputs, but at the edges
+constexpr int F_ROWS_TOTAL = 2, F_ROW_MAX = 1, F_LAST_ROWS = 2, F_LAST_N = 1;
 
 /* y = tanh(W * x + b) for MB maps from o0, chunk (i0, j0): bias, taps and activation on
    accumulators in registers; only real outputs are stored. */
-template <int MB>
+template <int MB, int ROWS, int N>
 static inline void forward_block(const float *__restrict P, const float *__restrict in, float *__restrict y, int o0, int i0, int j0) {
     float acc[MB][F_SPAN];
     for (int ob = 0; ob < MB; ++ob) {
@@ -1113,20 +1148,25 @@ static inline void forward_block(const float *__restrict P, const float *__restr
         #pragma omp simd
         for (int p = 0; p < F_SPAN; ++p) acc[ob][p] = cg_tanh(acc[ob][p]);
     }
-    const int n = F_ROW_LEN - j0 < F_SPAN ? F_ROW_LEN - j0 : F_SPAN;  // outputs per row in this chunk
+    CG_UNROLL(32)  // MB and ROWS are constants: straight-line stores
     for (int ob = 0; ob < MB; ++ob)
-        for (int i = 0; i < F_ROWS && i0 + i < OUT_H; ++i) {
+        for (int i = 0; i < ROWS; ++i) {  // ROWS rows of N outputs: constants (see forward_block_chunk)
             float *__restrict yr = y + (o0 + ob) * OUT_PLANE + (i0 + i) * OUT_W + j0;
             #pragma omp simd
-            for (int j = 0; j < n; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
+            for (int j = 0; j < N; ++j) yr[j] = acc[ob][i * F_ACC_PITCH + j];
         }
+}
+/* Chunk (i0, j0) of MB maps from m0: F_ROWS rows of F_ROW_MAX values. */
+template <int MB>
+static inline void forward_block_chunk(const float *__restrict P, const float *__restrict in, float *__restrict y, int m0, int i0, int j0) {
+    forward_block<MB, F_ROWS, F_ROW_MAX>(P, in, y, m0, i0, j0);
 }
 
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
     for (int k = 0; k < F_CHUNKS; ++k) {  // chunk k: F_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / F_COLS * F_ROWS, j0 = k % F_COLS * F_SPAN;
-        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block<F_MAPS>(P, x, y, m0, i0, j0);
+        for (int m0 = 0; m0 < F_FULL; m0 += F_MAPS) forward_block_chunk<F_MAPS>(P, x, y, m0, i0, j0);
     }
 }
 
@@ -1161,22 +1201,28 @@ struct Scatter {
 constexpr int S_MAPS = 24, S_ROWS = 2, S_COLS = 1, S_CHUNKS = 1, S_FULL = 48, S_SPAN = Scatter::SPAN;
 // chunk (i0, j0) reads from i0 * S_SRC_ROW + j0; its rows are S_ROW_LEN positions long, S_ACC_PITCH apart in acc
 constexpr int S_SRC_ROW = 2, S_ROW_LEN = 1, S_ACC_PITCH = 2;
+// the chunks cover S_ROWS_TOTAL rows; a chunk holds S_ROWS rows of S_ROW_MAX positions, but at the edges
+constexpr int S_ROWS_TOTAL = 2, S_ROW_MAX = 1, S_LAST_ROWS = 2, S_LAST_N = 1;
 // where acc goes: map c, tap (ky, kx), chunk (i0, j0) at c * T_MAP + ky * T_KY + kx * T_KX + i0 * T_ROW + j0 * T_COL, positions T_COL apart
 constexpr int T_MAP = 10, T_KY = 2, T_KX = 1, T_ROW = 4, T_COL = 2;
 
-template <int MB>
+template <int MB, int ROWS, int N>
 static inline void backward_block(const float *__restrict P, const float *__restrict src, float *__restrict dst, int c0, int i0, int j0) {
-    const int rows = OUT_H - i0 < S_ROWS ? OUT_H - i0 : S_ROWS;
-    const int valid = (rows - 1) * S_ACC_PITCH + (S_ROW_LEN - j0 < S_SPAN ? S_ROW_LEN - j0 : S_SPAN);  // positions in the chunk
+    constexpr int VALID = (ROWS - 1) * S_ACC_PITCH + N;  // positions in the chunk: a constant (see backward_block_chunk)
     for (int t = 0; t < TAPS; ++t) {
         float acc[MB][S_SPAN] = {};
         cg_correlate<Scatter, MB>(P + W_OFFSET + c0 * TAPS + t, src + i0 * S_SRC_ROW + j0, acc);
         for (int cb = 0; cb < MB; ++cb) {
             float *__restrict d = dst + (c0 + cb) * T_MAP + t / KW * T_KY + t % KW * T_KX + i0 * T_ROW + j0 * T_COL;
             #pragma omp simd
-            for (int p = 0; p < valid; ++p) d[p * T_COL] += acc[cb][p];
+            for (int p = 0; p < VALID; ++p) d[p * T_COL] += acc[cb][p];
         }
     }
+}
+/* Chunk (i0, j0) of MB maps from m0: S_ROWS rows of S_ROW_MAX values. */
+template <int MB>
+static inline void backward_block_chunk(const float *__restrict P, const float *__restrict src, float *__restrict dst, int m0, int i0, int j0) {
+    backward_block<MB, S_ROWS, S_ROW_MAX>(P, src, dst, m0, i0, j0);
 }
 
 /* dx = W^T * dz. dz: this layer's deltas, followed by the scratch. */
@@ -1187,8 +1233,8 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
     std::memset(dx, 0, sizeof(float) * IN_MAPS * IN_PLANE);
     for (int k = 0; k < S_CHUNKS; ++k) {  // chunk k: S_ROWS rows from i0, or a piece of row i0 from column j0
         const int i0 = k / S_COLS * S_ROWS, j0 = k % S_COLS * S_SPAN;
-        for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block<S_MAPS>(P, wide, dx, m0, i0, j0);
-        backward_block<16>(P, wide, dx, S_FULL, i0, j0);
+        for (int m0 = 0; m0 < S_FULL; m0 += S_MAPS) backward_block_chunk<S_MAPS>(P, wide, dx, m0, i0, j0);
+        backward_block_chunk<16>(P, wide, dx, S_FULL, i0, j0);
     }
 }
 
