@@ -3,7 +3,9 @@
 Per epoch: train on the 60k training images, validate on them (the paper validates on the
 training set), test on the 10k test images; the spec's epochs (15 for the large net). Prints the
 wall time of the whole command (compile from a warm cache, data loading, every epoch) against a
-budget, the sum of each phase over the epochs, the median training rate, and the final test error.
+budget and against the peak-bound time (the protocol's FLOPs over the FP32 peak of the threads,
+bench/peak.py, measured in the same run), the sum of each phase over the epochs, the median
+training rate, and the final test error.
 
     python bench/protocol.py                       # large, 2 threads, its 15 epochs, 90 s budget
     python bench/protocol.py --net medium --epochs 3 --budget 0
@@ -21,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, machine, spec_path
+from common import ROOT, loadavg, machine, spec_path, train_flops
+from peak import peak_gflops
 
 from chaosgen.data import find_data_dir  # common put the checkout on sys.path
 
@@ -76,6 +79,18 @@ def main() -> int:
         epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
     phases = {k: sum(e[f"seconds_{k}"] for e in epochs) for k in ("train", "val", "test")}
+    # peak-bound: every multiply-add of the protocol at the measured FP32 peak of the threads
+    from chaosgen.pipeline import front_end
+
+    _, ir = front_end(spec)
+    fwd = train_flops(ir) / 3  # an evaluated image: the forward pass only
+    flops = sum(
+        e["train_images"] * 3 * fwd
+        + ((e.get("val_images") or 0) + (e.get("test_images") or 0)) * fwd
+        for e in epochs
+    )
+    peak = peak_gflops(a.threads)
+    bound = flops / (peak * 1e9)
     rate = statistics.median(e["train_images_per_s"] for e in epochs)
     last = epochs[-1]
     result = {
@@ -90,6 +105,9 @@ def main() -> int:
         "other_s": round(wall - sum(phases.values()), 2),
         "train_images_per_s_median": round(rate),
         "test_error_rate": last.get("test_error_rate"),
+        "peak_gflops": round(peak, 1),
+        "peak_bound_s": round(bound, 2),
+        "load_after": loadavg(),
     }
     m = result["machine"]
     print(
@@ -99,6 +117,10 @@ def main() -> int:
     print(
         f"  wall {wall:7.1f} s"
         + (f"  (budget {a.budget:.0f} s: {wall / a.budget:.2f}x)" if a.budget else "")
+    )
+    print(
+        f"  peak-bound {bound:7.1f} s  ({flops / 1e12:.2f} TFLOP at {peak:.0f} GFLOP/s, "
+        f"{a.threads} threads): wall / peak-bound {wall / bound:.2f}x (load {loadavg()})"
     )
     print(
         "  train {train:.1f} s, validate {val:.1f} s, test {test:.1f} s".format(**phases)
