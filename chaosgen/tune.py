@@ -23,9 +23,9 @@ from .errors import BuildError, UsageError
 from .ir import Net
 from .targets import Compiler, Target, cpu_model
 
-REPEATS = 5  # timed means per form and layer in one run of the timing program; the best is kept
+REPEATS = 40  # timed means per form and layer in one run of the timing program; the best is kept
 SWEEPS = 3  # runs of every timing program, interleaved
-WINDOW_S = 0.004  # seconds of calls per mean
+WINDOW_S = 0.001  # seconds per mean: short, so that on a busy machine some run undisturbed
 RUN_TIMEOUT_S = 600.0  # one run of a timing program takes seconds; past this it hangs
 
 
