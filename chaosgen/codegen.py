@@ -492,7 +492,7 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
     for k, lay in enumerate(net.layers):
         nxt = net.layers[k + 1] if k + 1 < len(net.layers) else None
         needs_dx = lay.index > first_trainable
-        vol = volume.view(lay, needs_dx) if volume.is_volume(lay) else None
+        vol = volume.view(lay, needs_dx, target.vector_width) if volume.is_volume(lay) else None
         conv = (_conv_view(padded_core(lay), target, needs_dx, (forms or {}).get(lay.name))
                 if isinstance(lay, ir.Conv) and not vol else None)
         # Work layout: Y (with room for the next layer's reads past its end), then D, then the
@@ -504,8 +504,10 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             codes = ir.align(lay.out_shape.size)
         y_size = y_data + (conv["xc_floats"] if conv else 0) + codes
         d_size = conv["d_floats"] if conv else ir.align(lay.out_shape.size)
-        if vol:  # a padded 3D conv's XP ends the activations' region, where the deltas begin
-            vol.update(xp_from_y=y_size, dxp_from_d=d_size)
+        if vol:  # a 3D conv's XP ends the activations' region, where the deltas begin
+            d_size = ir.align(lay.out_shape.size + vol["d_slack"])
+            vol.update(xp_from_y=y_size, dxp_from_d=d_size,
+                       dz_from_d=d_size + vol.get("dz_after_dxp", 0))
             y_size, d_size = y_size + vol["y_scratch"], d_size + vol["d_scratch"]
         pad = _pad_layout(lay, conv, y_size, d_size, needs_dx) if conv else None
         if pad:

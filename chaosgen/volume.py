@@ -15,22 +15,38 @@ def is_volume(lay: ir.Layer) -> bool:
     return isinstance(lay, (ir.Conv, ir.Pool)) and lay.in_shape.volume
 
 
-def view(lay: ir.Layer, needs_dx: bool) -> dict:
+def view(lay: ir.Layer, needs_dx: bool, vector_width: int) -> dict:
     """A 3D layer's constants, its template, and the scratch it needs after its activations
-    (`y_scratch`: a padded conv's zero-bordered input XP) and after its deltas (`d_scratch`:
-    the deltas of XP)."""
+    (`y_scratch`: a conv's copy XP of its input, zero-bordered if padded) and after its deltas
+    (`d_slack` right after them, then `d_scratch`: the deltas of XP if padded, and the spread
+    deltas backward data reads)."""
     i, o = lay.in_shape, lay.out_shape
-    v = dict(volume=True, in_d=i.d, out_d=o.d, y_scratch=0, d_scratch=0)
+    v = dict(volume=True, in_d=i.d, out_d=o.d, y_scratch=0, d_slack=0, d_scratch=0)
     if isinstance(lay, ir.Pool):
-        return dict(v, template="pool3d.j2", wd=lay.wd, sd=lay.sd, sh=lay.sh, sw=lay.sw)
+        # with round=ceil the last window along an axis may run past the input: clipped
+        clipped = any((n_out - 1) * st + k > n for n, n_out, k, st in zip(
+            i.dims, o.dims, lay.window, lay.strides, strict=True))
+        return dict(v, template="pool3d.j2", wd=lay.wd, sd=lay.sd, sh=lay.sh, sw=lay.sw,
+                    clipped=clipped)
     assert isinstance(lay, ir.Conv)
     xp = tuple(n + 2 * p for n, p in zip(i.dims, lay.pad, strict=True))
     padded = any(lay.pad)
-    xp_floats = ir.align(i.maps * math.prod(xp)) if padded else 0
+    # Rows run in whole vectors: forward's and the weight gradient's last row reads XP up to
+    # (span - 1) * stride + kw - 1 past its start; the weight gradient reads span deltas.
+    span = ir.align(o.w, vector_width)
+    xp_span = ir.align(xp[2], vector_width)
+    last_row = i.maps * math.prod(xp) - xp[2]
+    xp_floats = ir.align(max(i.maps * math.prod(xp), last_row + (span - 1) * lay.stride + lay.kw))
+    # backward data reads each delta row spread to the stride with kw - 1 zeros before it, and
+    # after it as many as the last vector's widest shift reads
+    dz_row = xp_span + lay.kw - 1
+    dz_floats = ir.align(o.maps * o.d * o.h * dz_row) if needs_dx else 0
+    dxp_floats = ir.align(i.maps * math.prod(xp)) if padded and needs_dx else 0
     return dict(
         v, kind="conv3d", template="conv3d.j2", kd=lay.kd, kh=lay.kh, kw=lay.kw,
         stride=lay.stride, pad_d=lay.pad_d, pad_h=lay.pad_h, pad_w=lay.pad_w,
         xp_d=xp[0], xp_h=xp[1], xp_w=xp[2], xp_vol=math.prod(xp), out_vol=math.prod(o.dims),
-        padded=padded, xp_floats=xp_floats, y_scratch=xp_floats,
-        d_scratch=xp_floats if padded and needs_dx else 0,
+        span=span, xp_span=xp_span, padded=padded, xp_floats=xp_floats, y_scratch=xp_floats,
+        d_slack=span - o.w, dz_row=dz_row, dz_after_dxp=dxp_floats,
+        d_scratch=dxp_floats + dz_floats,
     )

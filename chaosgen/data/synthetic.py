@@ -16,7 +16,7 @@ from ..build import atomic_write
 from ..errors import DataError
 
 CLASSES = ("cube", "ball", "cross")
-MIN_SIZE = 8  # voxels per side: room for a shape of radius 2 and its margin
+MIN_SIZE = 10  # voxels per side: room for a shape of radius 3 and its margin
 
 
 def shapes3d(n: int, size: int, rng: np.random.Generator, noise: float = 0.3
@@ -24,15 +24,16 @@ def shapes3d(n: int, size: int, rng: np.random.Generator, noise: float = 0.3
     """n volumes float32 (n, 1, size, size, size) and their labels int64 (n,), balanced over
     CLASSES in random order: 1 inside the shape, 0 outside, plus Gaussian noise of std `noise`.
     A shape's radius r (half the cube's side, the ball's radius, each bar's half length) is
-    drawn from [2, size / 4 + 1]; its centre keeps it r + 1 voxels inside the volume; the
-    cross's bars are 3 voxels thick. Errors: DataError for size < MIN_SIZE or n < 1."""
+    drawn from [3, min(size / 4 + 1.5, (size - 3) / 2)]; its centre keeps it a voxel inside
+    the volume; the cross's bars are 3 voxels thick. Errors: DataError for size < MIN_SIZE or
+    n < 1."""
     if size < MIN_SIZE or n < 1:
         raise DataError(f"shapes3d: need size >= {MIN_SIZE} and n >= 1, found {size} and {n}")
     labels = rng.permutation(np.arange(n) % len(CLASSES))
     x = rng.normal(0.0, noise, (n, 1, size, size, size)).astype(np.float32)
     z, r_, c = np.meshgrid(*[np.arange(size)] * 3, indexing="ij")
     for k, label in enumerate(labels):
-        r = rng.uniform(2.0, size / 4 + 1)
+        r = rng.uniform(3.0, min(size / 4 + 1.5, (size - 3) / 2))
         centre = rng.uniform(r + 1, size - r - 2, 3)
         d = [np.abs(a - m) for a, m in zip((z, r_, c), centre, strict=True)]
         if label == 0:
