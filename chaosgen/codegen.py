@@ -492,7 +492,7 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
     for k, lay in enumerate(net.layers):
         nxt = net.layers[k + 1] if k + 1 < len(net.layers) else None
         needs_dx = lay.index > first_trainable
-        vol = volume.view(lay, needs_dx, target.vector_width) if volume.is_volume(lay) else None
+        vol = volume.view(lay, needs_dx, target) if volume.is_volume(lay) else None
         conv = (_conv_view(padded_core(lay), target, needs_dx, (forms or {}).get(lay.name))
                 if isinstance(lay, ir.Conv) and not vol else None)
         # Work layout: Y (with room for the next layer's reads past its end), then D, then the

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from . import ir
+from .targets import Target
 
 
 def is_volume(lay: ir.Layer) -> bool:
@@ -15,7 +16,15 @@ def is_volume(lay: ir.Layer) -> bool:
     return isinstance(lay, (ir.Conv, ir.Pool)) and lay.in_shape.volume
 
 
-def view(lay: ir.Layer, needs_dx: bool, vector_width: int) -> dict:
+def _block(maps: int, vectors_each: int, budget: int) -> int:
+    """Maps per register block: the largest divisor of `maps` whose accumulators (each map
+    `vectors_each` vectors) fit the budget. Each map's sum is its own dependency chain, so a
+    block of several hides the FMA latency that a single row's chain waits on."""
+    return max(m for m in range(1, maps + 1) if maps % m == 0 and m * vectors_each <= budget
+               or m == 1)
+
+
+def view(lay: ir.Layer, needs_dx: bool, target: Target) -> dict:
     """A 3D layer's constants, its template, and the scratch it needs after its activations
     (`y_scratch`: a conv's copy XP of its input, zero-bordered if padded) and after its deltas
     (`d_slack` right after them, then `d_scratch`: the deltas of XP if padded, and the spread
@@ -33,8 +42,9 @@ def view(lay: ir.Layer, needs_dx: bool, vector_width: int) -> dict:
     padded = any(lay.pad)
     # Rows run in whole vectors: forward's and the weight gradient's last row reads XP up to
     # (span - 1) * stride + kw - 1 past its start; the weight gradient reads span deltas.
-    span = ir.align(o.w, vector_width)
-    xp_span = ir.align(xp[2], vector_width)
+    vw, budget = target.vector_width, target.accumulators
+    span = ir.align(o.w, vw)
+    xp_span = ir.align(xp[2], vw)
     last_row = i.maps * math.prod(xp) - xp[2]
     xp_floats = ir.align(max(i.maps * math.prod(xp), last_row + (span - 1) * lay.stride + lay.kw))
     # backward data reads each delta row spread to the stride with kw - 1 zeros before it, and
@@ -46,7 +56,11 @@ def view(lay: ir.Layer, needs_dx: bool, vector_width: int) -> dict:
         v, kind="conv3d", template="conv3d.j2", kd=lay.kd, kh=lay.kh, kw=lay.kw,
         stride=lay.stride, pad_d=lay.pad_d, pad_h=lay.pad_h, pad_w=lay.pad_w,
         xp_d=xp[0], xp_h=xp[1], xp_w=xp[2], xp_vol=math.prod(xp), out_vol=math.prod(o.dims),
-        span=span, xp_span=xp_span, padded=padded, xp_floats=xp_floats, y_scratch=xp_floats,
+        span=span, xp_span=xp_span, padded=padded,
+        # register blocks: forward over output maps, backward data over input maps, the weight
+        # gradient over output maps (each with KW accumulator rows)
+        f_maps=_block(o.maps, span // vw, budget), b_maps=_block(i.maps, xp_span // vw, budget),
+        g_maps=_block(o.maps, lay.kw * span // vw, budget), xp_floats=xp_floats, y_scratch=xp_floats,
         d_slack=span - o.w, dz_row=dz_row, dz_after_dxp=dxp_floats,
         d_scratch=dxp_floats + dz_floats,
     )

@@ -183,35 +183,44 @@ static void copy_interior(const float *__restrict src, float *__restrict dst) {
 static inline int xp_row(int c, int z, int r) { return (c * XP_D + z) * XP_H * XP_W + r * XP_W; }
 static inline int w_row(int o, int c, int kz, int ky) { return ((o * IN_MAPS + c) * KD + kz) * KH * KW + ky * KW; }
 
-/* y = relu(W * x + b), one output row (o, z, i) at a time in SPAN accumulators. */
+/* y = relu(W * x + b), output row (z, i) of F_MAPS maps at a time in F_MAPS x SPAN
+   accumulators: one load of each input row serves the block. */
+constexpr int F_MAPS = 8;
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
     float *__restrict xp = y + XP_FROM_Y;
     std::memset(xp + IN_MAPS * XP_VOL, 0, sizeof(float) * (XP_FLOATS - IN_MAPS * XP_VOL));
     copy_interior<true>(x, xp);
-    for (int o = 0; o < OUT_MAPS; ++o)
+    for (int o0 = 0; o0 < OUT_MAPS; o0 += F_MAPS)
         for (int z = 0; z < OUT_D; ++z)
             for (int i = 0; i < OUT_H; ++i) {
-                alignas(CG_ALIGN) float acc[SPAN];
-                #pragma omp simd
-                for (int j = 0; j < SPAN; ++j) acc[j] = P[B_OFFSET + o];
+                alignas(CG_ALIGN) float acc[F_MAPS][SPAN];
+                for (int ob = 0; ob < F_MAPS; ++ob) {
+                    #pragma omp simd
+                    for (int j = 0; j < SPAN; ++j) acc[ob][j] = P[B_OFFSET + o0 + ob];
+                }
                 for (int c = 0; c < IN_MAPS; ++c)
                     for (int kz = 0; kz < KD; ++kz)
                         for (int ky = 0; ky < KH; ++ky) {
                             const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
-                            const float *__restrict wr = P + W_OFFSET + w_row(o, c, kz, ky);
+                            const float *__restrict wr = P + W_OFFSET + w_row(o0, c, kz, ky);
                             CG_UNROLL(5)
                             for (int kx = 0; kx < KW; ++kx) {
-                                const float w = wr[kx];
-                                #pragma omp simd
-                                for (int j = 0; j < SPAN; ++j) acc[j] += w * xr[j * STRIDE + kx];
+                                CG_UNROLL(8)
+                                for (int ob = 0; ob < F_MAPS; ++ob) {
+                                    const float w = wr[ob * IN_MAPS * KD * KH * KW + kx];
+                                    #pragma omp simd
+                                    for (int j = 0; j < SPAN; ++j) acc[ob][j] += w * xr[j * STRIDE + kx];
+                                }
                             }
                         }
-                #pragma omp simd
-                for (int j = 0; j < SPAN; ++j) acc[j] = (acc[j] > 0.0f ? acc[j] : 0.0f);
-                float *__restrict yr = y + (o * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
-                #pragma omp simd
-                for (int j = 0; j < OUT_W; ++j) yr[j] = acc[j];
+                for (int ob = 0; ob < F_MAPS; ++ob) {
+                    #pragma omp simd
+                    for (int j = 0; j < SPAN; ++j) acc[ob][j] = (acc[ob][j] > 0.0f ? acc[ob][j] : 0.0f);
+                    float *__restrict yr = y + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
+                    #pragma omp simd
+                    for (int j = 0; j < OUT_W; ++j) yr[j] = acc[ob][j];
+                }
             }
 }
 
@@ -222,9 +231,11 @@ static void activation_gradient(const float *__restrict y, float *__restrict d) 
     for (int k = 0; k < OUT_MAPS * OUT_VOL; ++k) d[k] *= (y[k] > 0.0f ? 1.0f : 0.0f);
 }
 
-/* G += dL/dW and dL/db: for each weight row (o, c, kz, ky), KW x SPAN accumulators gather
-   deltas times XP over every output row; each kx's real lanes are added up once at the end.
-   The deltas are followed by 2 floats of slack for the last row's spare lanes. */
+/* G += dL/dW and dL/db: for weight rows (o, c, kz, ky) of G_MAPS output maps at a time,
+   G_MAPS x KW x SPAN accumulators gather deltas times XP over every output row; each kx's real
+   lanes are added up once at the end. The deltas are followed by 2 floats of slack
+   for the last row's spare lanes. */
+constexpr int G_MAPS = 4;
 static void backward_weights(const float *__restrict x, float *__restrict dz, float *__restrict G) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(G);
     (void)x;
@@ -235,27 +246,32 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_VOL; ++k) db += dz[o * OUT_VOL + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    for (int o = 0; o < OUT_MAPS; ++o)
+    for (int o0 = 0; o0 < OUT_MAPS; o0 += G_MAPS)
         for (int c = 0; c < IN_MAPS; ++c)
             for (int kz = 0; kz < KD; ++kz)
                 for (int ky = 0; ky < KH; ++ky) {
-                    alignas(CG_ALIGN) float acc[KW][SPAN] = {};
+                    alignas(CG_ALIGN) float acc[G_MAPS][KW][SPAN] = {};
                     for (int z = 0; z < OUT_D; ++z)
                         for (int i = 0; i < OUT_H; ++i) {
-                            const float *__restrict dr = dz + (o * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
                             const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
-                            CG_UNROLL(5)
-                            for (int kx = 0; kx < KW; ++kx) {
-                                #pragma omp simd
-                                for (int j = 0; j < SPAN; ++j) acc[kx][j] += dr[j] * xr[j * STRIDE + kx];
+                            CG_UNROLL(4)
+                            for (int ob = 0; ob < G_MAPS; ++ob) {
+                                const float *__restrict dr = dz + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
+                                CG_UNROLL(5)
+                                for (int kx = 0; kx < KW; ++kx) {
+                                    #pragma omp simd
+                                    for (int j = 0; j < SPAN; ++j) acc[ob][kx][j] += dr[j] * xr[j * STRIDE + kx];
+                                }
                             }
                         }
-                    float *__restrict g = G + W_OFFSET + w_row(o, c, kz, ky);
-                    for (int kx = 0; kx < KW; ++kx) {
-                        float s = 0.0f;
-                        #pragma omp simd reduction(+:s)
-                        for (int j = 0; j < OUT_W; ++j) s += acc[kx][j];
-                        g[kx] += s;
+                    for (int ob = 0; ob < G_MAPS; ++ob) {
+                        float *__restrict g = G + W_OFFSET + w_row(o0 + ob, c, kz, ky);
+                        for (int kx = 0; kx < KW; ++kx) {
+                            float s = 0.0f;
+                            #pragma omp simd reduction(+:s)
+                            for (int j = 0; j < OUT_W; ++j) s += acc[ob][kx][j];
+                            g[kx] += s;
+                        }
                     }
                 }
 }
@@ -367,35 +383,44 @@ static void copy_interior(const float *__restrict src, float *__restrict dst) {
 static inline int xp_row(int c, int z, int r) { return (c * XP_D + z) * XP_H * XP_W + r * XP_W; }
 static inline int w_row(int o, int c, int kz, int ky) { return ((o * IN_MAPS + c) * KD + kz) * KH * KW + ky * KW; }
 
-/* y = relu(W * x + b), one output row (o, z, i) at a time in SPAN accumulators. */
+/* y = relu(W * x + b), output row (z, i) of F_MAPS maps at a time in F_MAPS x SPAN
+   accumulators: one load of each input row serves the block. */
+constexpr int F_MAPS = 16;
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
     float *__restrict xp = y + XP_FROM_Y;
     std::memset(xp + IN_MAPS * XP_VOL, 0, sizeof(float) * (XP_FLOATS - IN_MAPS * XP_VOL));
     copy_interior<true>(x, xp);
-    for (int o = 0; o < OUT_MAPS; ++o)
+    for (int o0 = 0; o0 < OUT_MAPS; o0 += F_MAPS)
         for (int z = 0; z < OUT_D; ++z)
             for (int i = 0; i < OUT_H; ++i) {
-                alignas(CG_ALIGN) float acc[SPAN];
-                #pragma omp simd
-                for (int j = 0; j < SPAN; ++j) acc[j] = P[B_OFFSET + o];
+                alignas(CG_ALIGN) float acc[F_MAPS][SPAN];
+                for (int ob = 0; ob < F_MAPS; ++ob) {
+                    #pragma omp simd
+                    for (int j = 0; j < SPAN; ++j) acc[ob][j] = P[B_OFFSET + o0 + ob];
+                }
                 for (int c = 0; c < IN_MAPS; ++c)
                     for (int kz = 0; kz < KD; ++kz)
                         for (int ky = 0; ky < KH; ++ky) {
                             const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
-                            const float *__restrict wr = P + W_OFFSET + w_row(o, c, kz, ky);
+                            const float *__restrict wr = P + W_OFFSET + w_row(o0, c, kz, ky);
                             CG_UNROLL(3)
                             for (int kx = 0; kx < KW; ++kx) {
-                                const float w = wr[kx];
-                                #pragma omp simd
-                                for (int j = 0; j < SPAN; ++j) acc[j] += w * xr[j * STRIDE + kx];
+                                CG_UNROLL(16)
+                                for (int ob = 0; ob < F_MAPS; ++ob) {
+                                    const float w = wr[ob * IN_MAPS * KD * KH * KW + kx];
+                                    #pragma omp simd
+                                    for (int j = 0; j < SPAN; ++j) acc[ob][j] += w * xr[j * STRIDE + kx];
+                                }
                             }
                         }
-                #pragma omp simd
-                for (int j = 0; j < SPAN; ++j) acc[j] = (acc[j] > 0.0f ? acc[j] : 0.0f);
-                float *__restrict yr = y + (o * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
-                #pragma omp simd
-                for (int j = 0; j < OUT_W; ++j) yr[j] = acc[j];
+                for (int ob = 0; ob < F_MAPS; ++ob) {
+                    #pragma omp simd
+                    for (int j = 0; j < SPAN; ++j) acc[ob][j] = (acc[ob][j] > 0.0f ? acc[ob][j] : 0.0f);
+                    float *__restrict yr = y + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
+                    #pragma omp simd
+                    for (int j = 0; j < OUT_W; ++j) yr[j] = acc[ob][j];
+                }
             }
 }
 
@@ -419,18 +444,20 @@ static void spread(const float *__restrict dz, float *__restrict dzw) {
     }
 }
 
-/* dx = W^T * dz, one row (c, z, r) of XP at a time in XP_SPAN accumulators: it gathers, from
-   every output row (o, (z - kz) / STRIDE, (r - ky) / STRIDE) that read it, the spread deltas
-   times the weights, shifted by kx (no store per tap, unlike a scatter). */
+/* dx = W^T * dz, row (z, r) of XP for B_MAPS input maps at a time in B_MAPS x XP_SPAN
+   accumulators: it gathers, from every output row (o, (z - kz) / STRIDE, (r - ky) / STRIDE) that
+   read it, the spread deltas times the weights, shifted by kx (no store per tap, unlike a
+   scatter; one load of each delta row serves the block). */
+constexpr int B_MAPS = 8;
 static void backward_data(const float *__restrict P, float *__restrict dz, float *__restrict dx) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
     float *__restrict dxp = dx;
     float *__restrict dzw = dz + DZ_FROM_D;
     spread(dz, dzw);
-    for (int c = 0; c < IN_MAPS; ++c)
+    for (int c0 = 0; c0 < IN_MAPS; c0 += B_MAPS)
         for (int z = 0; z < XP_D; ++z)
             for (int r = 0; r < XP_H; ++r) {
-                alignas(CG_ALIGN) float acc[XP_SPAN] = {};
+                alignas(CG_ALIGN) float acc[B_MAPS][XP_SPAN] = {};
                 for (int kz = z % STRIDE; kz < KD; kz += STRIDE) {
                     const int oz = (z - kz) / STRIDE;
                     if (oz < 0 || oz >= OUT_D) continue;
@@ -439,25 +466,32 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
                         if (oy < 0 || oy >= OUT_H) continue;
                         for (int o = 0; o < OUT_MAPS; ++o) {
                             const float *__restrict dr = dzw + ((o * OUT_D + oz) * OUT_H + oy) * DZ_ROW + KW - 1;
-                            const float *__restrict wr = P + W_OFFSET + w_row(o, c, kz, ky);
+                            const float *__restrict wr = P + W_OFFSET + w_row(o, c0, kz, ky);
                             CG_UNROLL(3)
                             for (int kx = 0; kx < KW; ++kx) {
-                                const float w = wr[kx];
-                                #pragma omp simd
-                                for (int q = 0; q < XP_SPAN; ++q) acc[q] += w * dr[q - kx];
+                                CG_UNROLL(8)
+                                for (int cb = 0; cb < B_MAPS; ++cb) {
+                                    const float w = wr[cb * KD * KH * KW + kx];
+                                    #pragma omp simd
+                                    for (int q = 0; q < XP_SPAN; ++q) acc[cb][q] += w * dr[q - kx];
+                                }
                             }
                         }
                     }
                 }
-                float *__restrict xr = dxp + xp_row(c, z, r);
-                #pragma omp simd
-                for (int q = 0; q < XP_W; ++q) xr[q] = acc[q];
+                for (int cb = 0; cb < B_MAPS; ++cb) {
+                    float *__restrict xr = dxp + xp_row(c0 + cb, z, r);
+                    #pragma omp simd
+                    for (int q = 0; q < XP_W; ++q) xr[q] = acc[cb][q];
+                }
             }
 }
 
-/* G += dL/dW and dL/db: for each weight row (o, c, kz, ky), KW x SPAN accumulators gather
-   deltas times XP over every output row; each kx's real lanes are added up once at the end.
-   The deltas are followed by 11 floats of slack for the last row's spare lanes. */
+/* G += dL/dW and dL/db: for weight rows (o, c, kz, ky) of G_MAPS output maps at a time,
+   G_MAPS x KW x SPAN accumulators gather deltas times XP over every output row; each kx's real
+   lanes are added up once at the end. The deltas are followed by 11 floats of slack
+   for the last row's spare lanes. */
+constexpr int G_MAPS = 8;
 static void backward_weights(const float *__restrict x, float *__restrict dz, float *__restrict G) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(G);
     (void)x;
@@ -468,27 +502,32 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_VOL; ++k) db += dz[o * OUT_VOL + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    for (int o = 0; o < OUT_MAPS; ++o)
+    for (int o0 = 0; o0 < OUT_MAPS; o0 += G_MAPS)
         for (int c = 0; c < IN_MAPS; ++c)
             for (int kz = 0; kz < KD; ++kz)
                 for (int ky = 0; ky < KH; ++ky) {
-                    alignas(CG_ALIGN) float acc[KW][SPAN] = {};
+                    alignas(CG_ALIGN) float acc[G_MAPS][KW][SPAN] = {};
                     for (int z = 0; z < OUT_D; ++z)
                         for (int i = 0; i < OUT_H; ++i) {
-                            const float *__restrict dr = dz + (o * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
                             const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
-                            CG_UNROLL(3)
-                            for (int kx = 0; kx < KW; ++kx) {
-                                #pragma omp simd
-                                for (int j = 0; j < SPAN; ++j) acc[kx][j] += dr[j] * xr[j * STRIDE + kx];
+                            CG_UNROLL(8)
+                            for (int ob = 0; ob < G_MAPS; ++ob) {
+                                const float *__restrict dr = dz + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
+                                CG_UNROLL(3)
+                                for (int kx = 0; kx < KW; ++kx) {
+                                    #pragma omp simd
+                                    for (int j = 0; j < SPAN; ++j) acc[ob][kx][j] += dr[j] * xr[j * STRIDE + kx];
+                                }
                             }
                         }
-                    float *__restrict g = G + W_OFFSET + w_row(o, c, kz, ky);
-                    for (int kx = 0; kx < KW; ++kx) {
-                        float s = 0.0f;
-                        #pragma omp simd reduction(+:s)
-                        for (int j = 0; j < OUT_W; ++j) s += acc[kx][j];
-                        g[kx] += s;
+                    for (int ob = 0; ob < G_MAPS; ++ob) {
+                        float *__restrict g = G + W_OFFSET + w_row(o0 + ob, c, kz, ky);
+                        for (int kx = 0; kx < KW; ++kx) {
+                            float s = 0.0f;
+                            #pragma omp simd reduction(+:s)
+                            for (int j = 0; j < OUT_W; ++j) s += acc[ob][kx][j];
+                            g[kx] += s;
+                        }
                     }
                 }
 }
