@@ -8,7 +8,13 @@ from __future__ import annotations
 import math
 
 from . import ir
+from .errors import Diagnostic, SpecError
 from .targets import Target
+
+# The kernels keep a block's accumulators, whole rows along W, in arrays on the thread's stack
+# (registers, when they fit): a bound of 128 KB keeps far below any thread's stack (2 MB or more)
+# and allows rows of 32,768 floats, wider than any volume that fits MAX_FLOATS sensibly.
+MAX_ACC_FLOATS = 32768
 
 
 def is_volume(lay: ir.Layer) -> bool:
@@ -52,6 +58,12 @@ def view(lay: ir.Layer, needs_dx: bool, target: Target) -> dict:
     dz_row = xp_span + lay.kw - 1
     dz_floats = ir.align(o.maps * o.d * o.h * dz_row) if needs_dx else 0
     dxp_floats = ir.align(i.maps * math.prod(xp)) if padded and needs_dx else 0
+    widest = max(span, xp_span, lay.kw * span)
+    if widest > MAX_ACC_FLOATS:
+        raise SpecError([Diagnostic(lay.loc, (
+            f"{lay.kind} '{lay.name}': rows of {widest} accumulators (the kernel's width x the "
+            f"output's, or the padded input's width, in whole vectors) exceed the 3D kernels' "
+            f"bound of {MAX_ACC_FLOATS}: use a narrower volume or kernel"))])
     return dict(
         v, kind="conv3d", template="conv3d.j2", kd=lay.kd, kh=lay.kh, kw=lay.kw,
         stride=lay.stride, pad_d=lay.pad_d, pad_h=lay.pad_h, pad_w=lay.pad_w,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -174,3 +175,27 @@ def test_volumes_train_with_chaos_from_the_cli(tmp_path) -> None:
          "--build-dir", tmp_path / "build", "--quiet"], cwd=ROOT)
     last = json.loads(log.read_text().splitlines()[-1])
     assert last["test_images"] == 300 and last["test_error_rate"] < 0.1, last
+
+
+# --- what refuses volumes, in one line --------------------------------------------------------
+def test_what_volumes_cannot_do_is_one_line_each(tmp_path) -> None:
+    """The standalone program, 2D data for a 3D net and rows too wide for the kernels'
+    accumulators: a one-line error (located for the spec), exit status 1, no traceback."""
+    cli = [sys.executable, "-m", "chaosgen.cli"]
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x_train=np.zeros((4, 1, 18, 18), np.float32), y_train=np.arange(4) % 3)
+    wide = tmp_path / "wide.net"
+    wide.write_text("input size=1x1x40000\nconv c: maps=1 kernel=1x1x2\noutput classes=2\n")
+    cases = [
+        (["compile", SPEC, "--program", "--out", tmp_path / "prog"],
+         "the standalone program reads 2D images only, and this network takes volumes"),
+        (["train", SPEC, "--data", flat, "--epochs", "1", "--build-dir", tmp_path / "b"],
+         "the data's images are 18x18, planes (H x W), but the network takes 18x18x18"),
+        (["compile", wide, "--emit", "cpp"],
+         f"{wide}:2:1: error: conv 'c': rows of 80000 accumulators"),
+    ]
+    for args, message in cases:
+        proc = subprocess.run([*cli, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and not proc.stdout.strip(), proc
+    assert not (tmp_path / "prog").exists()
