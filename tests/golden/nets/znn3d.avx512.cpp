@@ -151,8 +151,7 @@ extern "C" {
 // specs/znn3d.net:8: conv    c1: maps=8 kernel=5x5x5 activation=relu
 /* 3D convolution, direct: every trip count a constant, rows vectorized along the W axis in
    whole vectors (the lanes past a row's end are computed and thrown away). Forward copies the
-   input once into XP, followed by zeros
-   that the last row's spare lanes read; the weight gradient reads XP too. */
+   input once into XP, followed by zeros for the last row's spare lanes; the weight gradient reads XP too. */
 namespace layer_c1 {
 constexpr int IN_MAPS = 1, IN_D = 18, IN_H = 18, IN_W = 18;
 constexpr int OUT_MAPS = 8, OUT_D = 14, OUT_H = 14, OUT_W = 14, OUT_VOL = 2744;
@@ -351,8 +350,7 @@ static void backward_data(const float *__restrict x, const float *__restrict y,
 // specs/znn3d.net:10: conv    c2: maps=16 kernel=3x3x3 activation=relu
 /* 3D convolution, direct: every trip count a constant, rows vectorized along the W axis in
    whole vectors (the lanes past a row's end are computed and thrown away). Forward copies the
-   input once into XP, followed by zeros
-   that the last row's spare lanes read; the weight gradient reads XP too. */
+   input once into XP, followed by zeros for the last row's spare lanes; the weight gradient reads XP too. */
 namespace layer_c2 {
 constexpr int IN_MAPS = 8, IN_D = 7, IN_H = 7, IN_W = 7;
 constexpr int OUT_MAPS = 16, OUT_D = 5, OUT_H = 5, OUT_W = 5, OUT_VOL = 125;
