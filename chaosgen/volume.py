@@ -72,7 +72,8 @@ def view(lay: ir.Layer, needs_dx: bool, target: Target) -> dict:
         # register blocks: forward over output maps, backward data over input maps, the weight
         # gradient over output maps (each with KW accumulator rows)
         f_maps=_block(o.maps, span // vw, budget), b_maps=_block(i.maps, xp_span // vw, budget),
-        g_maps=_block(o.maps, lay.kw * span // vw, budget), xp_floats=xp_floats, y_scratch=xp_floats,
+        g_maps=_block(o.maps, lay.kw * span // vw, budget),
+        xp_floats=xp_floats, y_scratch=xp_floats,
         d_slack=span - o.w, dz_row=dz_row, dz_after_dxp=dxp_floats,
         d_scratch=dxp_floats + dz_floats,
     )
