@@ -204,11 +204,14 @@ def test_volumes_train_with_chaos_from_the_cli(tmp_path) -> None:
 
 # --- what refuses volumes, in one line --------------------------------------------------------
 def test_what_volumes_cannot_do_is_one_line_each(tmp_path) -> None:
-    """The standalone program, 2D data for a 3D net and rows too wide for the kernels'
-    accumulators: a one-line error (located for the spec), exit status 1, no traceback."""
+    """The standalone program, 2D data for a 3D net, volumes converted for the program and
+    rows too wide for the kernels' accumulators: a one-line error (located for the spec), exit
+    status 1, no traceback, nothing written."""
     cli = [sys.executable, "-m", "chaosgen.cli"]
     flat = tmp_path / "flat.npz"
     np.savez(flat, x_train=np.zeros((4, 1, 18, 18), np.float32), y_train=np.arange(4) % 3)
+    vols = tmp_path / "vols.npz"
+    np.savez(vols, x_train=np.zeros((4, 1, 3, 4, 5), np.float32), y_train=np.arange(4) % 3)
     wide = tmp_path / "wide.net"
     wide.write_text("input size=1x1x40000\nconv c: maps=1 kernel=1x1x2\noutput classes=2\n")
     cases = [
@@ -216,6 +219,8 @@ def test_what_volumes_cannot_do_is_one_line_each(tmp_path) -> None:
          "the standalone program reads 2D images only, and this network takes volumes"),
         (["train", SPEC, "--data", flat, "--epochs", "1", "--build-dir", tmp_path / "b"],
          "the data's images are 18x18, planes (H x W), but the network takes 18x18x18"),
+        (["data", "convert", vols, "--out", tmp_path / "idx"],
+         f"{vols}: volumes 1x3x4x5: the native program reads 2D images only"),
         (["compile", wide, "--emit", "cpp"],
          f"{wide}:2:1: error: conv 'c': rows of 80000 accumulators"),
     ]
@@ -223,4 +228,4 @@ def test_what_volumes_cannot_do_is_one_line_each(tmp_path) -> None:
         proc = subprocess.run([*cli, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and not proc.stdout.strip(), proc
-    assert not (tmp_path / "prog").exists()
+    assert not (tmp_path / "prog").exists() and not (tmp_path / "idx").exists()
