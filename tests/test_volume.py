@@ -38,7 +38,8 @@ SPEC = ROOT / "specs" / "znn3d.net"
 # Between them: every hidden activation on a 3D conv, stride 2, pads that differ per axis, a
 # one-integer kernel and pad (a cube), non-cubic kernels and windows, max and avg pooling with
 # strides, overlapping windows, round=floor and round=ceil (clipped windows), two input maps,
-# dropout, a dense layer between volumes, and both losses.
+# dropout, a dense layer between volumes, both losses, and more maps than one register block
+# holds (a full block, then a smaller one: 29 = 24 + 5, 31 = 24 + 7 on AVX-512).
 FIXED = {
     "tanh_max_ceil": """
         input maps=2 size=7x8x9
@@ -57,6 +58,13 @@ FIXED = {
         dropout d: rate=0.3
         conv c3: maps=2 kernel=2x2x2 activation=sigmoid
         output classes=4 activation=linear loss=mse
+    """,
+    "many_maps": """
+        input maps=3 size=4x5x6
+        conv c1: maps=29 kernel=2 activation=relu
+        conv c2: maps=31 kernel=1x2x3 activation=tanh
+        conv c3: maps=2 kernel=1 activation=scaled_tanh
+        output classes=3
     """,
     "dense_between": """
         input size=5x4x3
