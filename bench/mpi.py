@@ -88,23 +88,26 @@ def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> 
     }
 
 
-def calibrated(nets: list[str], data: str | None, tmp: Path, mpirun: list[str]):
-    """This machine's profile (`chaosgen calibrate` of the nets) and its loopback network's
-    (`chaosgen calibrate-network`), measured now into scratch files, as bench/model.py does."""
-    from chaosgen import calibrate, netmodel
+def calibrate_net(net: str, data: str | None, tmp: Path):
+    """This machine's profile of `net` (`chaosgen calibrate`), measured now into a scratch file
+    that keeps the nets measured before, as bench/model.py does: just before the net's runs, so
+    that a calibration and the runs it predicts share the VM's state of the moment (it has
+    minutes-long slow and fast states, docs/kernels.md)."""
+    from chaosgen import calibrate
     from chaosgen.predict import read_profile
 
     path = tmp / "machine.json"
-    specs = [str(ROOT / "specs" / f"{n}.net") for n in nets]
-    calibrate.run(specs, out=path, data_dir=data, build_dir=str(tmp / "build"))
-    return read_profile(path), netmodel.calibrate(tmp / "network.json", mpirun)
+    calibrate.run([str(ROOT / "specs" / f"{net}.net")], out=path, data_dir=data,
+                  build_dir=str(tmp / "build"))  # fmt: skip
+    return read_profile(path)
 
 
 def predicted_seconds(row: dict, machine, network) -> float:
     """The model's training seconds for a row: each rank's shard of the epochs' images on its
-    threads (chaosgen.predict), plus its syncs over the loopback network (chaosgen.netmodel);
-    validation, test and the epochs' preparation are not in the measured training seconds, so
-    not here either."""
+    threads (chaosgen.predict), plus, under MPI, its chunks' native calls beyond one per epoch
+    (the profile's call_s) and its syncs over the loopback network (chaosgen.netmodel: the
+    alpha-beta allreduce plus sync_s); validation, test and the epochs' preparation are not in
+    the measured training seconds, so not here either."""
     from chaosgen.pipeline import front_end
     from chaosgen.predict import predict, work_of
 
@@ -112,8 +115,9 @@ def predicted_seconds(row: dict, machine, network) -> float:
     shard = -(-row["train_images"] // row["epochs"] // row["ranks"])
     p = predict(work_of(net), machine, row["threads"], net=net.name, epochs=row["epochs"],
                 images=shard, val_images=0, test_images=0)  # fmt: skip
-    comm = row["syncs"] * network.allreduce_s(4 * net.n_params, row["ranks"])
-    return p.t_train + p.t_mem + comm
+    comm = row["syncs"] * network.model_sync_s(4 * net.n_params, row["ranks"])
+    calls = max(0, row["syncs"] - row["epochs"]) * machine.factors(net.name)[0].call_s
+    return p.t_train + p.t_mem + comm + calls
 
 
 def model_plot(path: str) -> None:
@@ -196,15 +200,19 @@ def main() -> int:
     before, rows = loadavg(), []
     data = str(Path(args.data).resolve()) if args.data else None
     with tempfile.TemporaryDirectory(prefix="bench-mpi-") as tmp:
-        if not args.no_predict:
-            machine, network = calibrated(args.nets.split(","), data, Path(tmp), args.mpirun)
+        if not args.no_predict:  # the loopback's alpha, beta and sync_s
+            network = netmodel.calibrate(Path(tmp) / "network.json", args.mpirun)
         for net in args.nets.split(","):
+            if not args.no_predict:
+                machine = calibrate_net(net, data, Path(tmp))
             configs = [(1, 1, None), (1, 2, None), *((2, 1, k) for k in ks)]
             for ranks, threads, k in configs:
                 rows.append(run(net, ranks, threads, k, args, Path(tmp)))
+                if not args.no_predict:
+                    rows[-1]["predicted_seconds_train"] = predicted_seconds(
+                        rows[-1], machine, network
+                    )
                 print(f"bench: {rows[-1]}", file=sys.stderr, flush=True)
-        for r in rows if not args.no_predict else ():
-            r["predicted_seconds_train"] = predicted_seconds(r, machine, network)
     after = loadavg()
     base = {r["net"]: r["images_per_s"] for r in rows if r["ranks"] == r["threads"] == 1}
     print(f"load average before {before}, after {after} (2 cores; other jobs may share them)")
