@@ -15,6 +15,7 @@ docs/performance-model.md's validation reads).
 
     python bench/mpi.py                                   # 3 nets x 5 configurations, 2 epochs
     python bench/mpi.py --nets small --ks 100,1000 --limit 20000 --epochs 1
+    python bench/mpi.py --overlap --no-predict            # blocking against --sync-overlap
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def loadavg() -> str:
         return "unknown"
 
 
-def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> dict:
-    """One `chaosgen train` job; its figures from its log."""
-    name = f"{net}-{ranks}x{threads}-{k or 0}"
+def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path,
+        overlap: bool = False) -> dict:  # fmt: skip
+    """One `chaosgen train` job (`overlap`: with --sync-overlap); its figures from its log."""
+    name = f"{net}-{ranks}x{threads}-{k or 0}{'-overlap' * overlap}"
     log = work / f"{name}.jsonl"
     train = [
         sys.executable, "-m", "chaosgen.cli", "train", str(ROOT / "specs" / f"{net}.net"),
@@ -61,6 +63,7 @@ def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> 
         mpirun = shutil.which("mpirun") or "mpirun"
         cmd = [mpirun, "--oversubscribe", *args.mpirun, "-np", str(ranks), *train,
                "--sync-every", str(k), "--sync-rule", args.rule]  # fmt: skip
+        cmd += ["--sync-overlap"] * overlap
     else:
         cmd = train
     env = {**os.environ, **MPI_ENV, "PYTHONPATH": str(ROOT)}
@@ -77,6 +80,7 @@ def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> 
         "threads": threads,
         "sync_every": k,
         "sync_rule": args.rule if ranks > 1 else None,
+        "sync_overlap": overlap,
         "epochs": len(recs),
         "train_images": images,
         "seconds_train": seconds,
@@ -171,6 +175,8 @@ def main() -> int:
     ap.add_argument("--nets", default="small,medium,large")
     ap.add_argument("--ks", default="100,1000,10000", help="--sync-every values of the 2x1 runs")
     ap.add_argument("--rule", default="sum", choices=("sum", "average"))
+    ap.add_argument("--overlap", action="store_true",
+                    help="also run every 2x1 row with --sync-overlap (non-blocking allreduce)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="training images per epoch")
     ap.add_argument("--data", default=os.environ.get("CHAOSGEN_DATA"))
@@ -205,10 +211,13 @@ def main() -> int:
         for net in args.nets.split(","):
             if not args.no_predict:
                 machine = calibrate_net(net, data, Path(tmp))
-            configs = [(1, 1, None), (1, 2, None), *((2, 1, k) for k in ks)]
-            for ranks, threads, k in configs:
-                rows.append(run(net, ranks, threads, k, args, Path(tmp)))
-                if not args.no_predict:
+            # with --overlap, each K blocking then overlapped (A/B, one after the other)
+            both = (False, True) if args.overlap else (False,)
+            configs = [(1, 1, None, False), (1, 2, None, False),
+                       *((2, 1, k, o) for k in ks for o in both)]  # fmt: skip
+            for ranks, threads, k, overlap in configs:
+                rows.append(run(net, ranks, threads, k, args, Path(tmp), overlap))
+                if not args.no_predict and not overlap:  # the model's syncs are blocking
                     rows[-1]["predicted_seconds_train"] = predicted_seconds(
                         rows[-1], machine, network
                     )
@@ -225,6 +234,7 @@ def main() -> int:
     print("|---|---|---:|---:|---:|---:|---:|" + "---:|---:|" * bool(model))
     for r in rows:
         k = f"{r['sync_every']:,}" if r["sync_every"] else "-"
+        k += " overlap" * r["sync_overlap"]
         moved = f"{r['bytes_per_image']:,.0f}" if r["ranks"] > 1 else "(caches)"
         line = (
             f"| {r['net']} | {r['ranks']} x {r['threads']} | {k} | {r['images_per_s']:,.0f} | "
@@ -233,6 +243,8 @@ def main() -> int:
         if "predicted_seconds_train" in r:
             rate = r["train_images"] / r["predicted_seconds_train"]
             line += f" {rate:,.0f} | {rate / r['images_per_s'] - 1:+.1%} |"
+        elif model:
+            line += " - | - |"
         print(line)
     if args.json:
         Path(args.json).write_text(

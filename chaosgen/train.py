@@ -717,6 +717,11 @@ def add_parser(sub) -> None:
         "their models (average)",
     )  # fmt: skip
     p.add_argument(
+        "--sync-overlap", action="store_true",
+        help="under mpirun: join the models by a non-blocking allreduce while the next chunk "
+        "trains (the other ranks' changes arrive one chunk late; see chaosgen.mpi)",
+    )  # fmt: skip
+    p.add_argument(
         "--mpi", action="store_true",
         help="run as an MPI rank (implied under mpirun; needs mpi4py: pip install '.[mpi]')",
     )  # fmt: skip
@@ -967,8 +972,9 @@ def _train(
         )
         if cluster is not None:
             print(f"  mpi: {cluster.size} rank{'s' * (cluster.size != 1)} x {cfg.threads} "
-                  f"thread{'s' * (cfg.threads != 1)}, models joined ({cluster.rule}) every "
-                  f"{cluster.sync_every} images per rank")
+                  f"thread{'s' * (cfg.threads != 1)}, models joined ({cluster.rule}"
+                  f"{', overlapped' * cluster.overlap}) every {cluster.sync_every} images per "
+                  "rank")
         print(f"  data: {header.name} ({header.format}) from {header.source}")
         for row in summary_rows(net.ir):
             print("  " + row)
@@ -1056,7 +1062,8 @@ def train(
     quiet: no banner, progress bars or epoch lines (True here; the CLI prints them). **options:
     every other `chaosgen train` flag by its name with underscores (eta, decay, seed,
     update_every, batch, limit, val_limit, test_limit, dataset, fit, val_split, log, resume,
-    profile, target, cc, build_dir; under mpirun: sync_every, sync_rule, mpi, see chaosgen.mpi);
+    profile, target, cc, build_dir; under mpirun: sync_every, sync_rule, sync_overlap, mpi, see
+    chaosgen.mpi);
     None or False leaves a flag out. Errors: UsageError for an unknown option or a bad value
     (named as its flag), and every error of `chaosgen train` (ChaosgenError: the spec, the data,
     the run directory, divergence, Ctrl-C after the interrupted epoch was checkpointed)."""
