@@ -238,7 +238,8 @@ class Cluster:
         under `average`). So every rank's model is the joined model of sync c plus its own
         not yet joined change: the other ranks' changes arrive one chunk late. After the
         epoch's last chunk the join is blocking, so that every rank ends the epoch with the
-        same model (evaluated and checkpointed)."""
+        same model (evaluated and checkpointed). While the chunk trains, Runtime.train's
+        watcher calls progress() every POLL_S seconds."""
         from mpi4py import MPI
 
         if self._pending is not None:
@@ -257,6 +258,12 @@ class Cluster:
         np.subtract(params, self.base, out=self._mine)
         self._total[:] = self._mine
         self._pending = self.comm.Iallreduce(MPI.IN_PLACE, self._total, op=MPI.SUM)
+
+    def progress(self) -> None:
+        """Let the allreduce in flight advance (MPI_Test): Open MPI progresses a non-blocking
+        collective only inside MPI calls, and a rank makes none while its chunk trains."""
+        if self._pending is not None:
+            self._pending.Test()
 
     def _sum(self, values: list[float]) -> list[float]:
         from mpi4py import MPI
@@ -315,6 +322,7 @@ class Cluster:
                         epoch=epoch,
                         iter0=iter0 + update.iterations(done, cfg.scheme, cfg.batch),
                         max_iter=max_iter,
+                        poll=self.progress if self._pending is not None else None,
                     )  # fmt: skip
                 except _Interrupted:
                     raise ChaosgenError(
