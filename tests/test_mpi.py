@@ -311,5 +311,7 @@ def test_sync_flags_need_mpi(capsys):
     assert "--sync-every joins the models of MPI ranks" in capsys.readouterr().err
     assert main(["train", SMALL, "--sync-rule", "average"]) == 2
     assert "start the job with mpirun (or give --mpi)" in capsys.readouterr().err
+    assert main(["train", SMALL, "--sync-overlap"]) == 2
+    assert "--sync-overlap joins the models of MPI ranks" in capsys.readouterr().err
     assert main(["train", SMALL, "--mpi", "--sync-every", "0"]) == 2
     assert "--sync-every must be an integer in [1, " in capsys.readouterr().err
