@@ -710,7 +710,8 @@ def cmd_calibrate_network(args: argparse.Namespace) -> int:
     how = shlex.split(args.mpirun_args) if args.mpirun_args is not None else netmodel.LOOPBACK
     net = netmodel.calibrate(Path(args.out) if args.out else None, how)
     print(f"mpirun -np 2 {shlex.join(how)}: alpha {net.alpha_s * 1e6:.3g} us, beta "
-          f"{net.beta_bytes_per_s / 1e9:.3g} GB/s -> {args.out or netmodel.default_path()}")
+          f"{net.beta_bytes_per_s / 1e9:.3g} GB/s, a sync's fixed cost {net.sync_s * 1e6:.3g} us "
+          f"-> {args.out or netmodel.default_path()}")  # fmt: skip
     return 0
 
 

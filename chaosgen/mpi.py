@@ -19,7 +19,9 @@ of each epoch's shuffled order, and the ranks join their models every K images p
   about as much as 1/N epoch of one process (4.9-5.0% for every K above), but it never
   overshoots: the rule for large K or many ranks.
   Every rank runs the same number of chunks (the last ones of a shorter shard may be smaller or
-  empty), so the collectives always match.
+  empty), so the collectives always match. --sync-overlap joins by MPI_Iallreduce while the next
+  chunk trains and applies the result after it: the other ranks' changes arrive one chunk late
+  (Cluster.overlapped).
 - Momentum buffers (the velocity of chaosgen.update) stay local between syncs, as in local SGD
   with momentum (Lin et al. 2020, "Don't use large mini-batches, use local SGD", Algorithm 1):
   under `sum` with K = 1 the sum of the local velocities is exactly the velocity of synchronous

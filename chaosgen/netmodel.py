@@ -323,7 +323,8 @@ def print_cluster(spec_net, machine, work, threads: int, nodes: list[int], sync_
     mb = FLOAT_BYTES * n_params / 1e6
     print(
         f"{spec_net.name} on N x {machine.name} ({threads} threads each), network {network.name} "
-        f"(alpha {network.alpha_s * 1e6:.3g} us, beta {network.beta_bytes_per_s / 1e9:.3g} GB/s), "
+        f"(alpha {network.alpha_s * 1e6:.3g} us, beta {network.beta_bytes_per_s / 1e9:.3g} GB/s"
+        f"{f', sync_s {network.sync_s * 1e6:.3g} us' if network.sync_s else ''}), "
         f"models joined every {sync_every:,} images per node ({mb:.3g} MB of weights, ring "
         "allreduce)"
     )
