@@ -277,14 +277,15 @@ def _probe(rt, data) -> tuple[float, int]:
 
 def measure_call(rt, data) -> float:
     """Seconds one Runtime.train call costs beyond its images (a Python thread started and
-    joined, the cffi config built, the native team started and its buffers set up): an MPI rank
+    joined, the labels checked, the cffi config built, the native team started): an MPI rank
     makes one call per --sync-every chunk. Per round, CALL_IMAGES one-image calls against one
     call of the same images, (many - one) / (CALL_IMAGES - 1); the median of CALL_ROUNDS rounds
     (one thread: the runs under mpirun in bench/mpi.py have one per rank)."""
     from .train import Config
 
     n = CALL_IMAGES
-    x, y = rt.images(data.train_images[:n]), data.train_labels[:n]
+    # all the labels, as training passes them: every call checks them (Net.checked_labels)
+    x, y = rt.images(data.train_images[:n]), data.train_labels
     order, cfg = np.arange(n, dtype=np.int32), Config(threads=1)
     rounds = []
     for _ in range(CALL_ROUNDS):
@@ -708,6 +709,10 @@ def cmd_calibrate_network(args: argparse.Namespace) -> int:
     from . import netmodel
 
     how = shlex.split(args.mpirun_args) if args.mpirun_args is not None else netmodel.LOOPBACK
+    load = os.getloadavg()[0]
+    if load > 0.5:  # busy ranks that other work deschedules wait for each other in every sync
+        print(f"note: load average {load:.1f}: other work is running, so sync_s (and alpha) "
+              "will be pessimistic; calibrate again when the machine is quiet")  # fmt: skip
     net = netmodel.calibrate(Path(args.out) if args.out else None, how)
     print(f"mpirun -np 2 {shlex.join(how)}: alpha {net.alpha_s * 1e6:.3g} us, beta "
           f"{net.beta_bytes_per_s / 1e9:.3g} GB/s, a sync's fixed cost {net.sync_s * 1e6:.3g} us "
