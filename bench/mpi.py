@@ -175,8 +175,11 @@ def main() -> int:
     ap.add_argument("--nets", default="small,medium,large")
     ap.add_argument("--ks", default="100,1000,10000", help="--sync-every values of the 2x1 runs")
     ap.add_argument("--rule", default="sum", choices=("sum", "average"))
-    ap.add_argument("--overlap", action="store_true",
-                    help="also run every 2x1 row with --sync-overlap (non-blocking allreduce)")
+    ap.add_argument(
+        "--overlap",
+        action="store_true",
+        help="also run every 2x1 row with --sync-overlap (non-blocking allreduce)",
+    )
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="training images per epoch")
     ap.add_argument("--data", default=os.environ.get("CHAOSGEN_DATA"))

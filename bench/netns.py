@@ -74,7 +74,7 @@ def mpirun_args(tmp: Path) -> list[str]:
     hostfile = tmp / "hosts"
     hostfile.write_text("".join(f"{addr} slots=1\n" for _, addr in HOSTS.values()))
     agent = tmp / "agent.sh"
-    cases = "\n".join(f'  {addr}) ns={ns} ;;' for ns, (_, addr) in HOSTS.items())
+    cases = "\n".join(f"  {addr}) ns={ns} ;;" for ns, (_, addr) in HOSTS.items())
     agent.write_text(AGENT.format(cases=cases))
     agent.chmod(0o755)
     return [
