@@ -82,7 +82,7 @@ def measure_torch(b: Bench, mode: str, threads: int, images: int, repeats: int) 
 
     def sample():
         order = b.order(images)
-        x = b.x[order, : s.size].reshape(-1, s.maps, s.h, s.w)
+        x = b.x[order, : s.size].reshape(-1, s.maps, *s.dims)
         return x, b.y[order]
 
     peer = None

@@ -103,8 +103,9 @@ class Peer:
     """One PyTorch configuration ready to time: model, data layout and (compiled) graph built and
     warmed up by the constructor, so `rate` times training only.
 
-    layout: "contiguous" (NCHW) or "channels_last" (NHWC, model and batches); compiled: the
-    model under torch.compile(dynamic=False) (every timed batch has the warm-up's shape)."""
+    layout: "contiguous" (NCHW) or "channels_last" (NHWC, model and batches; NDHWC for
+    volumes); compiled: the model under torch.compile(dynamic=False) (every timed batch has the
+    warm-up's shape)."""
 
     def __init__(
         self,
@@ -120,7 +121,9 @@ class Peer:
         torch.set_num_threads(threads)
         torch.manual_seed(1)
         self.ir, self.batch, self.eta = ir, batch, eta
-        self.fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        self.fmt = torch.contiguous_format
+        if layout == "channels_last":  # NHWC, or NDHWC for volumes
+            self.fmt = torch.channels_last_3d if ir.input.volume else torch.channels_last
         self.model = build_model(ir).to(memory_format=self.fmt)
         if compiled:
             self.model = torch.compile(self.model, dynamic=False)
