@@ -1,8 +1,9 @@
-"""Per-pass kernel times of every conv layer: A/B comparisons of two checkouts on a busy machine.
+"""Per-pass kernel times of every conv and pool layer: A/B of two checkouts on a busy machine.
 
 For each network, each checkout's code generator renders net.cpp (the cost model's weight-gradient
 forms, so that both sides run the same forms; or --forms) and a timing program around it; every
-conv layer's forward, backward data and weight gradient is timed on one image's real activations
+conv layer's forward, backward data and weight gradient and every pool layer's forward and
+backward data is timed on one image's real activations
 and deltas, as the best of 40 windows of 1 ms each (a window that another process interrupted is
 slower, not faster: the best is the undisturbed time). The programs run interleaved, --rounds
 times; printed: the median microseconds per image of each pass, and new / old.
@@ -73,9 +74,14 @@ def render(checkout: str, net: str, out: str, forms: dict | None) -> None:
     source = codegen.render(ir, target, (), forms=forms)
     calls = []
     for v in codegen.layer_views(ir, target, (), forms):
+        n, ns, x = v["name"], v["ns"], v["x"]
+        if v["kind"] == "pool":
+            calls.append((f"{n} forward", f"{ns}::forward({x}, work + Y_{n})"))
+            if v["needs_dx"]:
+                dx = f"{ns}::backward_data({x}, work + Y_{n}, work + D_{n}, {v['dx']})"
+                calls.append((f"{n} backward_data", dx))
         if v["kind"] != "conv":
             continue
-        n, ns, x = v["name"], v["ns"], v["x"]
         calls.append((f"{n} forward", f"{ns}::forward(P, {x}, work + Y_{n})"))
         if v["needs_dx"]:
             calls.append(
@@ -153,11 +159,11 @@ def main() -> int:
             if n != net or side != "new":
                 continue
             new = statistics.median(us)
-            old = times.get((net, "old", label))
-            ratio = (
-                f"  old {statistics.median(old):8.3f}  new/old {new / statistics.median(old):.2f}x"
-            )
-            print(f"{Path(net).stem:8} {label:32} {new:8.3f}" + (ratio if old else ""))
+            line = f"{Path(net).stem:8} {label:32} {new:8.3f}"
+            if (net, "old", label) in times:
+                old = statistics.median(times[(net, "old", label)])
+                line += f"  old {old:8.3f}  new/old {new / old:.2f}x"
+            print(line)
     return 0
 
 
