@@ -249,7 +249,9 @@ EXTRACT_COST = 3  # cycles per gradient row added into G from a wide-row accumul
 DOT_SLOWDOWN = 2.2  # measured / estimated cycles of the dot form (Zen 4: unaligned loads)
 TRANSPOSE_COST = 1  # cycles per delta copied into the transposed (position-major) layout
 UNROLL_COST = 2  # cycles per copy instruction into the unrolled input of the taps form
-TAPS_SLOWDOWN = 1.1  # measured / estimated cycles of the taps form's GEMM (Zen 4)
+# measured / estimated cycles of the taps form (Zen 4). 0.95, was 1.1: of the 12 conv layers of
+# specs/ that `chaosgen tune` measured (all but lenet's), the model now picks the best on 8, was 3
+TAPS_SLOWDOWN = 0.95
 
 
 def _lanes_block(maps: int, kh: int, kw: int, positions: int, target: Target) -> dict | None:
@@ -276,7 +278,10 @@ def _lanes_block(maps: int, kh: int, kw: int, positions: int, target: Target) ->
 def taps_shapes(maps: int, n_taps: int, target: Target) -> list[tuple[int, int, int]]:
     """Register blockings (m maps, v tap vectors, estimated cycles per output position) of the
     "taps" form, cheapest first: per position a block broadcasts m deltas, loads v vectors of
-    the unrolled input and does m * v FMAs (at most the accumulator budget)."""
+    the unrolled input and does m * v FMAs (at most the accumulator budget). Among equal
+    estimates: more accumulators, then fewer loads (m + v), then more maps (each vector of the
+    unrolled input, the stream, serves m of them: measured, large c3 6x4 22.1 us, 4x6 23.8, 2x12
+    43.9)."""
     vw, budget = target.vector_width, target.accumulators
     vecs = -(-n_taps // vw)
 
@@ -289,8 +294,8 @@ def taps_shapes(maps: int, n_taps: int, target: Target) -> list[tuple[int, int, 
             per_position = sum(cycles(mm, vv) * nm * nv
                                for mm, nm in ((m, maps // m), (maps % m, 1))
                                for vv, nv in ((v, vecs // v), (vecs % v, 1)))
-            shapes.append((per_position, -m * v, m, v))
-    return [(m, v, cost) for cost, _, m, v in sorted(shapes)]
+            shapes.append((per_position, -m * v, m + v, -m, v))
+    return [(-neg_m, v, cost) for cost, _, _, neg_m, v in sorted(shapes)]
 
 
 def _taps_block(maps: int, n_taps: int, positions: int, target: Target,
