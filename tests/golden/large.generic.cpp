@@ -2,7 +2,7 @@
 // spec:    specs/large.net (network "large")
 // target:  generic (SSE2, 4 floats per vector, 64-byte alignment)
 // IR hash: d7842636ae1f2311
-// conv weight gradients: c1 wide, c2 lanes, c3 lanes (the cost model's choice)
+// conv weight gradients: c1 taps (3 maps x 4 vectors), c2 taps (4 maps x 3 vectors), c3 taps (4 maps x 3 vectors) (the cost model's choice)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841
@@ -225,30 +225,53 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
 /* (Stored: z = W * x + b. The scaled_tanh activation runs in the max-pool that follows, on
    the pooled values only; the pool's backward multiplies by its derivative.) */
 
-/* Weight gradient, "wide" form: the gradient plane of maps o0.. and input map c is a wide-row
-   correlation: gradient row ky, column kx at wide index ky * IN_W + kx; the deltas of map o are
-   the kernel, tap (i, j) reads the input i * STRIDE rows and j * STRIDE columns further. */
-struct Weights {
-    static constexpr int PLANES = 1, PLANE = 0, KH = OUT_H, KW = OUT_W;
-    static constexpr int P_STEP = 1, KY_STEP = 29, KX_STEP = STRIDE;
-    static constexpr int SPAN = 4;  // 1 vectors
-    static constexpr int W_M = OUT_PLANE, W_C = 0, W_KY = OUT_W, W_KX = 1;
-};
-constexpr int G_MAPS = 12, G_ROWS = 1, G_COLS = 1, G_CHUNKS = 4, G_FULL = 12, G_SPAN = Weights::SPAN;
+/* Weight gradient, "taps" form: a small GEMM vectorized over the taps of all input maps. The
+   input unrolled position-major: XT[q][n] is the input under tap n = c * TAPS + ky * KW + kx of
+   output position q = i * OUT_W + j (zero from N_TAPS to XT_PITCH). A block of MB maps x VB tap
+   vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
+   is added to G, where each map's N_TAPS gradients are contiguous. */
+constexpr int V = 4, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 16, XT_FROM_D = 13520;
+constexpr int XT_MAPS = 3, XT_MAPS_FULL = 18, XT_VECS = 4, XT_VECS_FULL = 4;
+constexpr int XT_VECS_REAL = 4;  // the blocks before hold no padding
+
+static void unroll_input(const float *__restrict x, float *__restrict xt) {
+    for (int i = 0; i < OUT_H; ++i)
+        for (int j = 0; j < OUT_W; ++j) {
+            float *__restrict row = xt + (i * OUT_W + j) * XT_PITCH;
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int ky = 0; ky < KH; ++ky) {
+                    const float *__restrict src = x + c * IN_PLANE + (i * STRIDE + ky) * IN_W + j * STRIDE;
+                    CG_UNROLL(4)
+                    for (int kx = 0; kx < KW; ++kx) row[c * TAPS + ky * KW + kx] = src[kx];
+                }
+            for (int n = N_TAPS; n < XT_PITCH; ++n) row[n] = 0.0f;
+        }
+}
+
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
+static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
+    float acc[MB][VB * V] = {};
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        const float *__restrict xq = xt + q * XT_PITCH + v0 * V;
+        CG_UNROLL(32)
+        for (int ob = 0; ob < MB; ++ob) {
+            const float d = dz[(o0 + ob) * OUT_PLANE + q];
+            #pragma omp simd
+            for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
+        }
+    }
+    for (int ob = 0; ob < MB; ++ob) {
+        float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
+        #pragma omp simd
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
+    }
+}
 
 template <int MB>
-static inline void weights_block(const float *__restrict x, const float *__restrict dz, float *__restrict GW, int o0, int ky0, int kx0) {
-    const int kx1 = KW < kx0 + G_SPAN ? KW : kx0 + G_SPAN;
-    for (int c = 0; c < IN_MAPS; ++c) {
-        float acc[MB][G_SPAN] = {};
-        cg_correlate<Weights, MB>(dz + o0 * OUT_PLANE, x + c * IN_PLANE + ky0 * IN_W + kx0, acc);
-        for (int ob = 0; ob < MB; ++ob)
-            for (int r = 0; r < G_ROWS && ky0 + r < KH; ++r) {
-                float *__restrict g = GW + ((o0 + ob) * IN_MAPS + c) * TAPS + (ky0 + r) * KW;
-                #pragma omp simd
-                for (int kx = kx0; kx < kx1; ++kx) g[kx] += acc[ob][r * IN_W + kx - kx0];
-            }
-    }
+static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -261,11 +284,10 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    for (int k = 0; k < G_CHUNKS; ++k) {  // chunk k: G_ROWS rows from i0, or a piece of row i0 from column j0
-        const int i0 = k / G_COLS * G_ROWS, j0 = k % G_COLS * G_SPAN;
-        for (int m0 = 0; m0 < G_FULL; m0 += G_MAPS) weights_block<G_MAPS>(x, dz, G + W_OFFSET, m0, i0, j0);
-        weights_block<8>(x, dz, G + W_OFFSET, G_FULL, i0, j0);
-    }
+    float *__restrict xt = dz + XT_FROM_D;
+    unroll_input(x, xt);
+    for (int o0 = 0; o0 < XT_MAPS_FULL; o0 += XT_MAPS) taps_maps<XT_MAPS>(dz, xt, G + W_OFFSET, o0);
+    taps_maps<2>(dz, xt, G + W_OFFSET, XT_MAPS_FULL);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -461,48 +483,54 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
     }
 }
 
-/* Weight gradient, "lanes" form: vectorized over output maps. The deltas transposed: position
-   q = i * OUT_W + j, map o at q * L_PITCH + o (zero past OUT_MAPS). A block is KR whole kernel
-   rows x OVB vectors of maps: per position, each tap's input value times the deltas of the
-   block's maps; then each map's KR * KW taps, contiguous in G, get the block's column. */
-constexpr int V = 4, L_PITCH = 60, TRANS_FROM_D = 18000;
-constexpr int L_OV = 6, L_OV_FULL = 12, L_KR = 1, L_KR_FULL = 2;
+/* Weight gradient, "taps" form: a small GEMM vectorized over the taps of all input maps. The
+   input unrolled position-major: XT[q][n] is the input under tap n = c * TAPS + ky * KW + kx of
+   output position q = i * OUT_W + j (zero from N_TAPS to XT_PITCH). A block of MB maps x VB tap
+   vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
+   is added to G, where each map's N_TAPS gradients are contiguous. */
+constexpr int V = 4, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 80, XT_FROM_D = 18000;
+constexpr int XT_MAPS = 4, XT_MAPS_FULL = 60, XT_VECS = 3, XT_VECS_FULL = 18;
+constexpr int XT_VECS_REAL = 18;  // the blocks before hold no padding
 
-static void transpose(const float *__restrict dz, float *__restrict dzt) {
-    for (int q = 0; q < OUT_PLANE; ++q) {
-        #pragma omp simd
-        for (int o = 0; o < L_PITCH; ++o) dzt[q * L_PITCH + o] = o < OUT_MAPS ? dz[o * OUT_PLANE + q] : 0.0f;
-    }
-}
-
-template <int KR, int OVB>
-static inline void lanes_block(const float *__restrict dzt, const float *__restrict xc, float *__restrict g, int v0, int ky0) {
-    float acc[KR * KW][OVB * V] = {};
+static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
         for (int j = 0; j < OUT_W; ++j) {
-            const float *__restrict xs = xc + (i * STRIDE + ky0) * IN_W + j * STRIDE;
-            const float *__restrict dq = dzt + (i * OUT_W + j) * L_PITCH + v0 * V;
-            CG_UNROLL(32)
-            for (int t = 0; t < KR * KW; ++t) {
-                const float xv = xs[t / KW * IN_W + t % KW];
-                #pragma omp simd
-                for (int l = 0; l < OVB * V; ++l) acc[t][l] += xv * dq[l];
-            }
+            float *__restrict row = xt + (i * OUT_W + j) * XT_PITCH;
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int ky = 0; ky < KH; ++ky) {
+                    const float *__restrict src = x + c * IN_PLANE + (i * STRIDE + ky) * IN_W + j * STRIDE;
+                    CG_UNROLL(2)
+                    for (int kx = 0; kx < KW; ++kx) row[c * TAPS + ky * KW + kx] = src[kx];
+                }
+            for (int n = N_TAPS; n < XT_PITCH; ++n) row[n] = 0.0f;
         }
-    const int maps = OUT_MAPS - v0 * V < OVB * V ? OUT_MAPS - v0 * V : OVB * V;
-    for (int l = 0; l < maps; ++l) {
-        float *__restrict go = g + (v0 * V + l) * IN_MAPS * TAPS;
+}
+
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
+static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
+    float acc[MB][VB * V] = {};
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        const float *__restrict xq = xt + q * XT_PITCH + v0 * V;
+        CG_UNROLL(32)
+        for (int ob = 0; ob < MB; ++ob) {
+            const float d = dz[(o0 + ob) * OUT_PLANE + q];
+            #pragma omp simd
+            for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
+        }
+    }
+    for (int ob = 0; ob < MB; ++ob) {
+        float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int t = 0; t < KR * KW; ++t) go[t] += acc[t][l];
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
     }
 }
 
-template <int OVB>
-static inline void lanes_maps(const float *__restrict dzt, const float *__restrict x, float *__restrict GW, int v0) {
-    for (int c = 0; c < IN_MAPS; ++c) {
-        for (int ky0 = 0; ky0 < L_KR_FULL; ky0 += L_KR)
-            lanes_block<L_KR, OVB>(dzt, x + c * IN_PLANE, GW + c * TAPS + ky0 * KW, v0, ky0);
-    }
+template <int MB>
+static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
+    taps_block<MB, 2, N_TAPS - XT_VECS_FULL * V>(dz, xt, GW, o0, XT_VECS_FULL);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -515,10 +543,9 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    float *__restrict dzt = dz + TRANS_FROM_D;
-    transpose(dz, dzt);
-    for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
-    lanes_maps<3>(dzt, x, G + W_OFFSET, L_OV_FULL);
+    float *__restrict xt = dz + XT_FROM_D;
+    unroll_input(x, xt);
+    for (int o0 = 0; o0 < XT_MAPS_FULL; o0 += XT_MAPS) taps_maps<XT_MAPS>(dz, xt, G + W_OFFSET, o0);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -672,7 +699,7 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
    span of compact positions, in registers), added at q + ky * OUT_W to planes DXC[c][kx] of
    IN_H rows x OUT_W columns; at the end, dx[c][r][j + kx] = sum over kx of DXC[c][kx][r][j].
    Only true products are computed, unlike a full correlation with zero padding. */
-constexpr int DXC_FROM_D = 3200, DXC_FLOATS = 4320;
+constexpr int DXC_FROM_D = 10240, DXC_FLOATS = 4320;
 struct Scatter {
     static constexpr int PLANES = OUT_MAPS, PLANE = 16, KH = 1, KW = 1;
     static constexpr int P_STEP = 1, KY_STEP = 0, KX_STEP = 0;
@@ -724,48 +751,53 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
             }
 }
 
-/* Weight gradient, "lanes" form: vectorized over output maps. The deltas transposed: position
-   q = i * OUT_W + j, map o at q * L_PITCH + o (zero past OUT_MAPS). A block is KR whole kernel
-   rows x OVB vectors of maps: per position, each tap's input value times the deltas of the
-   block's maps; then each map's KR * KW taps, contiguous in G, get the block's column. */
-constexpr int V = 4, L_PITCH = 100, TRANS_FROM_D = 1600;
-constexpr int L_OV = 4, L_OV_FULL = 24, L_KR = 1, L_KR_FULL = 3;
+/* Weight gradient, "taps" form: a small GEMM vectorized over the taps of all input maps. The
+   input unrolled position-major: XT[q][n] is the input under tap n = c * TAPS + ky * KW + kx of
+   output position q = i * OUT_W + j (zero from N_TAPS to XT_PITCH). A block of MB maps x VB tap
+   vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
+   is added to G, where each map's N_TAPS gradients are contiguous. */
+constexpr int V = 4, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 540, XT_FROM_D = 1600;
+constexpr int XT_MAPS = 4, XT_MAPS_FULL = 100, XT_VECS = 3, XT_VECS_FULL = 135;
+constexpr int XT_VECS_REAL = 135;  // the blocks before hold no padding
 
-static void transpose(const float *__restrict dz, float *__restrict dzt) {
-    for (int q = 0; q < OUT_PLANE; ++q) {
-        #pragma omp simd
-        for (int o = 0; o < L_PITCH; ++o) dzt[q * L_PITCH + o] = o < OUT_MAPS ? dz[o * OUT_PLANE + q] : 0.0f;
-    }
-}
-
-template <int KR, int OVB>
-static inline void lanes_block(const float *__restrict dzt, const float *__restrict xc, float *__restrict g, int v0, int ky0) {
-    float acc[KR * KW][OVB * V] = {};
+static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
         for (int j = 0; j < OUT_W; ++j) {
-            const float *__restrict xs = xc + (i * STRIDE + ky0) * IN_W + j * STRIDE;
-            const float *__restrict dq = dzt + (i * OUT_W + j) * L_PITCH + v0 * V;
-            CG_UNROLL(32)
-            for (int t = 0; t < KR * KW; ++t) {
-                const float xv = xs[t / KW * IN_W + t % KW];
-                #pragma omp simd
-                for (int l = 0; l < OVB * V; ++l) acc[t][l] += xv * dq[l];
-            }
+            float *__restrict row = xt + (i * OUT_W + j) * XT_PITCH;
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int ky = 0; ky < KH; ++ky) {
+                    const float *__restrict src = x + c * IN_PLANE + (i * STRIDE + ky) * IN_W + j * STRIDE;
+                    CG_UNROLL(3)
+                    for (int kx = 0; kx < KW; ++kx) row[c * TAPS + ky * KW + kx] = src[kx];
+                }
+            for (int n = N_TAPS; n < XT_PITCH; ++n) row[n] = 0.0f;
         }
-    const int maps = OUT_MAPS - v0 * V < OVB * V ? OUT_MAPS - v0 * V : OVB * V;
-    for (int l = 0; l < maps; ++l) {
-        float *__restrict go = g + (v0 * V + l) * IN_MAPS * TAPS;
+}
+
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
+static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
+    float acc[MB][VB * V] = {};
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        const float *__restrict xq = xt + q * XT_PITCH + v0 * V;
+        CG_UNROLL(32)
+        for (int ob = 0; ob < MB; ++ob) {
+            const float d = dz[(o0 + ob) * OUT_PLANE + q];
+            #pragma omp simd
+            for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
+        }
+    }
+    for (int ob = 0; ob < MB; ++ob) {
+        float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int t = 0; t < KR * KW; ++t) go[t] += acc[t][l];
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
     }
 }
 
-template <int OVB>
-static inline void lanes_maps(const float *__restrict dzt, const float *__restrict x, float *__restrict GW, int v0) {
-    for (int c = 0; c < IN_MAPS; ++c) {
-        for (int ky0 = 0; ky0 < L_KR_FULL; ky0 += L_KR)
-            lanes_block<L_KR, OVB>(dzt, x + c * IN_PLANE, GW + c * TAPS + ky0 * KW, v0, ky0);
-    }
+template <int MB>
+static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -778,10 +810,9 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    float *__restrict dzt = dz + TRANS_FROM_D;
-    transpose(dz, dzt);
-    for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
-    lanes_maps<1>(dzt, x, G + W_OFFSET, L_OV_FULL);
+    float *__restrict xt = dz + XT_FROM_D;
+    unroll_input(x, xt);
+    for (int o0 = 0; o0 < XT_MAPS_FULL; o0 += XT_MAPS) taps_maps<XT_MAPS>(dz, xt, G + W_OFFSET, o0);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -1159,14 +1190,14 @@ constexpr int N_LAYERS = 8;
 constexpr int N_BLOCKS = 5;       // layers with parameters
 // One network instance's private buffer: each layer's activations Y_ and deltas D_.
 constexpr int Y_c1 = 0, D_c1 = 16544;
-constexpr int Y_p1 = 30064, D_p1 = 36848;
-constexpr int Y_c2 = 40240, D_c2 = 48880;
-constexpr int Y_p2 = 75520, D_p2 = 79840;
-constexpr int Y_c3 = 82000, D_c3 = 87920;
-constexpr int Y_p3 = 95440, D_p3 = 96240;
-constexpr int Y_f1 = 96640, D_f1 = 96800;
-constexpr int Y_out = 96960, D_out = 96976;
-constexpr int WORK_FLOATS = 96992;
+constexpr int Y_p1 = 40880, D_p1 = 47664;
+constexpr int Y_c2 = 51056, D_c2 = 59696;
+constexpr int Y_p2 = 89216, D_p2 = 93536;
+constexpr int Y_c3 = 95696, D_c3 = 101616;
+constexpr int Y_p3 = 116176, D_p3 = 116976;
+constexpr int Y_f1 = 117376, D_f1 = 117536;
+constexpr int Y_out = 117696, D_out = 117712;
+constexpr int WORK_FLOATS = 117728;
 // Passes timed by the profiler.
 // LOCK_WAIT: time spent waiting for a lock segment another worker holds (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };

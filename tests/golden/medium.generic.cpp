@@ -2,7 +2,7 @@
 // spec:    specs/medium.net (network "medium")
 // target:  generic (SSE2, 4 floats per vector, 64-byte alignment)
 // IR hash: 4b3d222ef56435b0
-// conv weight gradients: c1 wide, c2 lanes (the cost model's choice)
+// conv weight gradients: c1 taps (3 maps x 4 vectors), c2 lanes (the cost model's choice)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841
@@ -223,30 +223,53 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
 /* (Stored: z = W * x + b. The scaled_tanh activation runs in the max-pool that follows, on
    the pooled values only; the pool's backward multiplies by its derivative.) */
 
-/* Weight gradient, "wide" form: the gradient plane of maps o0.. and input map c is a wide-row
-   correlation: gradient row ky, column kx at wide index ky * IN_W + kx; the deltas of map o are
-   the kernel, tap (i, j) reads the input i * STRIDE rows and j * STRIDE columns further. */
-struct Weights {
-    static constexpr int PLANES = 1, PLANE = 0, KH = OUT_H, KW = OUT_W;
-    static constexpr int P_STEP = 1, KY_STEP = 29, KX_STEP = STRIDE;
-    static constexpr int SPAN = 4;  // 1 vectors
-    static constexpr int W_M = OUT_PLANE, W_C = 0, W_KY = OUT_W, W_KX = 1;
-};
-constexpr int G_MAPS = 12, G_ROWS = 1, G_COLS = 1, G_CHUNKS = 4, G_FULL = 12, G_SPAN = Weights::SPAN;
+/* Weight gradient, "taps" form: a small GEMM vectorized over the taps of all input maps. The
+   input unrolled position-major: XT[q][n] is the input under tap n = c * TAPS + ky * KW + kx of
+   output position q = i * OUT_W + j (zero from N_TAPS to XT_PITCH). A block of MB maps x VB tap
+   vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
+   is added to G, where each map's N_TAPS gradients are contiguous. */
+constexpr int V = 4, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 16, XT_FROM_D = 13520;
+constexpr int XT_MAPS = 3, XT_MAPS_FULL = 18, XT_VECS = 4, XT_VECS_FULL = 4;
+constexpr int XT_VECS_REAL = 4;  // the blocks before hold no padding
+
+static void unroll_input(const float *__restrict x, float *__restrict xt) {
+    for (int i = 0; i < OUT_H; ++i)
+        for (int j = 0; j < OUT_W; ++j) {
+            float *__restrict row = xt + (i * OUT_W + j) * XT_PITCH;
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int ky = 0; ky < KH; ++ky) {
+                    const float *__restrict src = x + c * IN_PLANE + (i * STRIDE + ky) * IN_W + j * STRIDE;
+                    CG_UNROLL(4)
+                    for (int kx = 0; kx < KW; ++kx) row[c * TAPS + ky * KW + kx] = src[kx];
+                }
+            for (int n = N_TAPS; n < XT_PITCH; ++n) row[n] = 0.0f;
+        }
+}
+
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
+static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
+    float acc[MB][VB * V] = {};
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        const float *__restrict xq = xt + q * XT_PITCH + v0 * V;
+        CG_UNROLL(32)
+        for (int ob = 0; ob < MB; ++ob) {
+            const float d = dz[(o0 + ob) * OUT_PLANE + q];
+            #pragma omp simd
+            for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
+        }
+    }
+    for (int ob = 0; ob < MB; ++ob) {
+        float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
+        #pragma omp simd
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
+    }
+}
 
 template <int MB>
-static inline void weights_block(const float *__restrict x, const float *__restrict dz, float *__restrict GW, int o0, int ky0, int kx0) {
-    const int kx1 = KW < kx0 + G_SPAN ? KW : kx0 + G_SPAN;
-    for (int c = 0; c < IN_MAPS; ++c) {
-        float acc[MB][G_SPAN] = {};
-        cg_correlate<Weights, MB>(dz + o0 * OUT_PLANE, x + c * IN_PLANE + ky0 * IN_W + kx0, acc);
-        for (int ob = 0; ob < MB; ++ob)
-            for (int r = 0; r < G_ROWS && ky0 + r < KH; ++r) {
-                float *__restrict g = GW + ((o0 + ob) * IN_MAPS + c) * TAPS + (ky0 + r) * KW;
-                #pragma omp simd
-                for (int kx = kx0; kx < kx1; ++kx) g[kx] += acc[ob][r * IN_W + kx - kx0];
-            }
-    }
+static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -259,11 +282,10 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    for (int k = 0; k < G_CHUNKS; ++k) {  // chunk k: G_ROWS rows from i0, or a piece of row i0 from column j0
-        const int i0 = k / G_COLS * G_ROWS, j0 = k % G_COLS * G_SPAN;
-        for (int m0 = 0; m0 < G_FULL; m0 += G_MAPS) weights_block<G_MAPS>(x, dz, G + W_OFFSET, m0, i0, j0);
-        weights_block<8>(x, dz, G + W_OFFSET, G_FULL, i0, j0);
-    }
+    float *__restrict xt = dz + XT_FROM_D;
+    unroll_input(x, xt);
+    for (int o0 = 0; o0 < XT_MAPS_FULL; o0 += XT_MAPS) taps_maps<XT_MAPS>(dz, xt, G + W_OFFSET, o0);
+    taps_maps<2>(dz, xt, G + W_OFFSET, XT_MAPS_FULL);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -906,12 +928,12 @@ constexpr int N_LAYERS = 6;
 constexpr int N_BLOCKS = 4;       // layers with parameters
 // One network instance's private buffer: each layer's activations Y_ and deltas D_.
 constexpr int Y_c1 = 0, D_c1 = 16544;
-constexpr int Y_p1 = 30064, D_p1 = 36848;
-constexpr int Y_c2 = 40240, D_c2 = 55200;
-constexpr int Y_p2 = 73408, D_p2 = 74144;
-constexpr int Y_f1 = 74512, D_f1 = 74672;
-constexpr int Y_out = 74832, D_out = 74848;
-constexpr int WORK_FLOATS = 74864;
+constexpr int Y_p1 = 40880, D_p1 = 47664;
+constexpr int Y_c2 = 51056, D_c2 = 66016;
+constexpr int Y_p2 = 84224, D_p2 = 84960;
+constexpr int Y_f1 = 85328, D_f1 = 85488;
+constexpr int Y_out = 85648, D_out = 85664;
+constexpr int WORK_FLOATS = 85680;
 // Passes timed by the profiler.
 // LOCK_WAIT: time spent waiting for a lock segment another worker holds (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };

@@ -2,7 +2,7 @@
 // spec:    specs/medium.net (network "medium")
 // target:  knl (AVX-512 (MIC), 16 floats per vector, 64-byte alignment)
 // IR hash: 4b3d222ef56435b0
-// conv weight gradients: c1 taps (20 maps x 1 vectors), c2 lanes (the cost model's choice)
+// conv weight gradients: c1 taps (20 maps x 1 vectors), c2 taps (6 maps x 4 vectors) (the cost model's choice)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841
@@ -441,7 +441,7 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
    span of compact positions, in registers), added at q + ky * OUT_W to planes DXC[c][kx] of
    IN_H rows x OUT_W columns; at the end, dx[c][r][j + kx] = sum over kx of DXC[c][kx][r][j].
    Only true products are computed, unlike a full correlation with zero padding. */
-constexpr int DXC_FROM_D = 7152, DXC_FLOATS = 11712;
+constexpr int DXC_FROM_D = 44736, DXC_FLOATS = 11712;
 struct Scatter {
     static constexpr int PLANES = OUT_MAPS, PLANE = 81, KH = 1, KW = 1;
     static constexpr int P_STEP = 1, KY_STEP = 0, KX_STEP = 0;
@@ -495,48 +495,54 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
             }
 }
 
-/* Weight gradient, "lanes" form: vectorized over output maps. The deltas transposed: position
-   q = i * OUT_W + j, map o at q * L_PITCH + o (zero past OUT_MAPS). A block is KR whole kernel
-   rows x OVB vectors of maps: per position, each tap's input value times the deltas of the
-   block's maps; then each map's KR * KW taps, contiguous in G, get the block's column. */
-constexpr int V = 16, L_PITCH = 48, TRANS_FROM_D = 3264;
-constexpr int L_OV = 3, L_OV_FULL = 3, L_KR = 1, L_KR_FULL = 5;
+/* Weight gradient, "taps" form: a small GEMM vectorized over the taps of all input maps. The
+   input unrolled position-major: XT[q][n] is the input under tap n = c * TAPS + ky * KW + kx of
+   output position q = i * OUT_W + j (zero from N_TAPS to XT_PITCH). A block of MB maps x VB tap
+   vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
+   is added to G, where each map's N_TAPS gradients are contiguous. */
+constexpr int V = 16, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 512, XT_FROM_D = 3264;
+constexpr int XT_MAPS = 6, XT_MAPS_FULL = 36, XT_VECS = 4, XT_VECS_FULL = 32;
+constexpr int XT_VECS_REAL = 28;  // the blocks before hold no padding
 
-static void transpose(const float *__restrict dz, float *__restrict dzt) {
-    for (int q = 0; q < OUT_PLANE; ++q) {
-        #pragma omp simd
-        for (int o = 0; o < L_PITCH; ++o) dzt[q * L_PITCH + o] = o < OUT_MAPS ? dz[o * OUT_PLANE + q] : 0.0f;
-    }
-}
-
-template <int KR, int OVB>
-static inline void lanes_block(const float *__restrict dzt, const float *__restrict xc, float *__restrict g, int v0, int ky0) {
-    float acc[KR * KW][OVB * V] = {};
+static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
         for (int j = 0; j < OUT_W; ++j) {
-            const float *__restrict xs = xc + (i * STRIDE + ky0) * IN_W + j * STRIDE;
-            const float *__restrict dq = dzt + (i * OUT_W + j) * L_PITCH + v0 * V;
-            CG_UNROLL(32)
-            for (int t = 0; t < KR * KW; ++t) {
-                const float xv = xs[t / KW * IN_W + t % KW];
-                #pragma omp simd
-                for (int l = 0; l < OVB * V; ++l) acc[t][l] += xv * dq[l];
-            }
+            float *__restrict row = xt + (i * OUT_W + j) * XT_PITCH;
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int ky = 0; ky < KH; ++ky) {
+                    const float *__restrict src = x + c * IN_PLANE + (i * STRIDE + ky) * IN_W + j * STRIDE;
+                    CG_UNROLL(5)
+                    for (int kx = 0; kx < KW; ++kx) row[c * TAPS + ky * KW + kx] = src[kx];
+                }
+            for (int n = N_TAPS; n < XT_PITCH; ++n) row[n] = 0.0f;
         }
-    const int maps = OUT_MAPS - v0 * V < OVB * V ? OUT_MAPS - v0 * V : OVB * V;
-    for (int l = 0; l < maps; ++l) {
-        float *__restrict go = g + (v0 * V + l) * IN_MAPS * TAPS;
+}
+
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
+static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
+    float acc[MB][VB * V] = {};
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        const float *__restrict xq = xt + q * XT_PITCH + v0 * V;
+        CG_UNROLL(32)
+        for (int ob = 0; ob < MB; ++ob) {
+            const float d = dz[(o0 + ob) * OUT_PLANE + q];
+            #pragma omp simd
+            for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
+        }
+    }
+    for (int ob = 0; ob < MB; ++ob) {
+        float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int t = 0; t < KR * KW; ++t) go[t] += acc[t][l];
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
     }
 }
 
-template <int OVB>
-static inline void lanes_maps(const float *__restrict dzt, const float *__restrict x, float *__restrict GW, int v0) {
-    for (int c = 0; c < IN_MAPS; ++c) {
-        for (int ky0 = 0; ky0 < L_KR_FULL; ky0 += L_KR)
-            lanes_block<L_KR, OVB>(dzt, x + c * IN_PLANE, GW + c * TAPS + ky0 * KW, v0, ky0);
-    }
+template <int MB>
+static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
+    taps_block<MB, XT_VECS, N_TAPS - XT_VECS_REAL * V>(dz, xt, GW, o0, XT_VECS_REAL);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -549,9 +555,10 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    float *__restrict dzt = dz + TRANS_FROM_D;
-    transpose(dz, dzt);
-    for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
+    float *__restrict xt = dz + XT_FROM_D;
+    unroll_input(x, xt);
+    for (int o0 = 0; o0 < XT_MAPS_FULL; o0 += XT_MAPS) taps_maps<XT_MAPS>(dz, xt, G + W_OFFSET, o0);
+    taps_maps<4>(dz, xt, G + W_OFFSET, XT_MAPS_FULL);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -926,10 +933,10 @@ constexpr int N_BLOCKS = 4;       // layers with parameters
 constexpr int Y_c1 = 0, D_c1 = 16576;
 constexpr int Y_p1 = 40912, D_p1 = 47696;
 constexpr int Y_c2 = 51088, D_c2 = 66064;
-constexpr int Y_p2 = 84928, D_p2 = 85664;
-constexpr int Y_f1 = 86032, D_f1 = 86192;
-constexpr int Y_out = 86352, D_out = 86368;
-constexpr int WORK_FLOATS = 86384;
+constexpr int Y_p2 = 122512, D_p2 = 123248;
+constexpr int Y_f1 = 123616, D_f1 = 123776;
+constexpr int Y_out = 123936, D_out = 123952;
+constexpr int WORK_FLOATS = 123968;
 // Passes timed by the profiler.
 // LOCK_WAIT: time spent waiting for a lock segment another worker holds (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };

@@ -2,7 +2,7 @@
 // spec:    specs/small.net (network "small")
 // target:  knc (IMCI (KNC 512-bit), 16 floats per vector, 64-byte alignment)
 // IR hash: 1213bae9ff0cb8a3
-// conv weight gradients: c1 dot, c2 lanes (the cost model's choice)
+// conv weight gradients: c1 taps (5 maps x 1 vectors), c2 lanes (the cost model's choice)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841
@@ -223,54 +223,53 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
 /* (Stored: z = W * x + b. The scaled_tanh activation runs in the max-pool that follows, on
    the pooled values only; the pool's backward multiplies by its derivative.) */
 
-/* The deltas in wide rows: map o, row i, column j at o * WIDE_PITCH + i * IN_W + j, zero in the
-   columns between rows, so that a span of them lines up with the input's wide rows. */
-constexpr int WIDE_PITCH = 752, WIDE_FLOATS = 3760;
-static void widen(const float *__restrict dz, float *__restrict wide) {
-    std::memset(wide, 0, sizeof(float) * WIDE_FLOATS);
-    for (int o = 0; o < OUT_MAPS; ++o)
-        for (int i = 0; i < OUT_H; ++i) {
-            #pragma omp simd
-            for (int j = 0; j < OUT_W; ++j) wide[o * WIDE_PITCH + i * IN_W + j] = dz[o * OUT_PLANE + i * OUT_W + j];
+/* Weight gradient, "taps" form: a small GEMM vectorized over the taps of all input maps. The
+   input unrolled position-major: XT[q][n] is the input under tap n = c * TAPS + ky * KW + kx of
+   output position q = i * OUT_W + j (zero from N_TAPS to XT_PITCH). A block of MB maps x VB tap
+   vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
+   is added to G, where each map's N_TAPS gradients are contiguous. */
+constexpr int V = 16, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 16, XT_FROM_D = 3392;
+constexpr int XT_MAPS = 5, XT_MAPS_FULL = 5, XT_VECS = 1, XT_VECS_FULL = 1;
+constexpr int XT_VECS_REAL = 1;  // the blocks before hold no padding
+
+static void unroll_input(const float *__restrict x, float *__restrict xt) {
+    for (int i = 0; i < OUT_H; ++i)
+        for (int j = 0; j < OUT_W; ++j) {
+            float *__restrict row = xt + (i * OUT_W + j) * XT_PITCH;
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int ky = 0; ky < KH; ++ky) {
+                    const float *__restrict src = x + c * IN_PLANE + (i * STRIDE + ky) * IN_W + j * STRIDE;
+                    CG_UNROLL(4)
+                    for (int kx = 0; kx < KW; ++kx) row[c * TAPS + ky * KW + kx] = src[kx];
+                }
+            for (int n = N_TAPS; n < XT_PITCH; ++n) row[n] = 0.0f;
         }
 }
 
-/* Weight gradient, "dot" form: dot products over the wide index of the deltas (zero between
-   rows) and the input shifted by each tap; MB maps x TB taps of one kernel row at a time,
-   accumulated lane by lane, the lanes added up at the end. */
-constexpr int D_SPAN = 752, D_MAPS = 5, D_MAPS_FULL = 5;
-constexpr int D_COLS = 4, D_COLS_FULL = 4, V = 16;
-
-template <int MB, int TB>
-static inline void dot_block(const float *__restrict wide, const float *__restrict xs, float *__restrict g) {
-    float acc[MB][TB][V] = {};
-    for (int k = 0; k < D_SPAN; k += V) {
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
+static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
+    float acc[MB][VB * V] = {};
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        const float *__restrict xq = xt + q * XT_PITCH + v0 * V;
         CG_UNROLL(32)
         for (int ob = 0; ob < MB; ++ob) {
-            CG_UNROLL(32)
-            for (int tb = 0; tb < TB; ++tb) {
-                #pragma omp simd
-                for (int l = 0; l < V; ++l) acc[ob][tb][l] += wide[ob * WIDE_PITCH + k + l] * xs[tb + (k + l) * STRIDE];
-            }
+            const float d = dz[(o0 + ob) * OUT_PLANE + q];
+            #pragma omp simd
+            for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
         }
     }
-    for (int ob = 0; ob < MB; ++ob)
-        for (int tb = 0; tb < TB; ++tb) {
-            float s = 0.0f;
-            #pragma omp simd reduction(+:s)
-            for (int l = 0; l < V; ++l) s += acc[ob][tb][l];
-            g[ob * IN_MAPS * TAPS + tb] += s;
-        }
+    for (int ob = 0; ob < MB; ++ob) {
+        float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
+        #pragma omp simd
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
+    }
 }
 
 template <int MB>
-static inline void dot_maps(const float *__restrict wide, const float *__restrict x, float *__restrict GW, int o0) {
-    for (int c = 0; c < IN_MAPS; ++c)
-        for (int ky = 0; ky < KH; ++ky) {
-            const float *__restrict xs = x + c * IN_PLANE + ky * IN_W;
-            float *__restrict g = GW + (o0 * IN_MAPS + c) * TAPS + ky * KW;
-            for (int kx = 0; kx < D_COLS_FULL; kx += D_COLS) dot_block<MB, D_COLS>(wide + o0 * WIDE_PITCH, xs + kx, g + kx);
-        }
+static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -283,9 +282,9 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    float *__restrict wide = dz + WIDE_FROM_D;
-    widen(dz, wide);  // (backward_data did it too: the passes do not rely on each other's order)
-    for (int o0 = 0; o0 < D_MAPS_FULL; o0 += D_MAPS) dot_maps<D_MAPS>(wide, x, G + W_OFFSET, o0);
+    float *__restrict xt = dz + XT_FROM_D;
+    unroll_input(x, xt);
+    for (int o0 = 0; o0 < XT_MAPS_FULL; o0 += XT_MAPS) taps_maps<XT_MAPS>(dz, xt, G + W_OFFSET, o0);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -924,12 +923,12 @@ constexpr int N_LAYERS = 6;
 constexpr int N_BLOCKS = 4;       // layers with parameters
 // One network instance's private buffer: each layer's activations Y_ and deltas D_.
 constexpr int Y_c1 = 0, D_c1 = 6448;
-constexpr int Y_p1 = 13600, D_p1 = 15296;
-constexpr int Y_c2 = 16144, D_c2 = 19904;
-constexpr int Y_p2 = 24960, D_p2 = 25152;
-constexpr int Y_f1 = 25248, D_f1 = 25312;
-constexpr int Y_out = 25376, D_out = 25392;
-constexpr int WORK_FLOATS = 25408;
+constexpr int Y_p1 = 20656, D_p1 = 22352;
+constexpr int Y_c2 = 23200, D_c2 = 26960;
+constexpr int Y_p2 = 32016, D_p2 = 32208;
+constexpr int Y_f1 = 32304, D_f1 = 32368;
+constexpr int Y_out = 32432, D_out = 32448;
+constexpr int WORK_FLOATS = 32464;
 // Passes timed by the profiler.
 // LOCK_WAIT: time spent waiting for a lock segment another worker holds (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };

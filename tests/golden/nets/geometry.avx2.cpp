@@ -2,7 +2,7 @@
 // spec:    tests/nets/geometry.net (network "geometry")
 // target:  avx2 (AVX2+FMA, 8 floats per vector, 64-byte alignment)
 // IR hash: 07992692a8c0e0e6
-// conv weight gradients: conv1 lanes, conv2 lanes, conv3 lanes, conv4 taps (2 maps x 6 vectors) (the cost model's choice)
+// conv weight gradients: conv1 lanes, conv2 lanes, conv3 taps (6 maps x 2 vectors), conv4 taps (4 maps x 3 vectors) (the cost model's choice)
 //
 // layer  kind     maps  map size  neurons  kernel          weights
 // input  input    3     32x32     3072
@@ -787,7 +787,7 @@ static void activation_gradient(const float *__restrict y, float *__restrict d) 
    span of compact positions, in registers), added at q + ky * OUT_W to planes DXC[c][kx] of
    IN_H rows x OUT_W columns; at the end, dx[c][r][j + kx] = sum over kx of DXC[c][kx][r][j].
    Only true products are computed, unlike a full correlation with zero padding. */
-constexpr int DXC_FROM_D = 8192, DXC_FLOATS = 15360;
+constexpr int DXC_FROM_D = 55296, DXC_FLOATS = 15360;
 struct Scatter {
     static constexpr int PLANES = OUT_MAPS, PLANE = 64, KH = 1, KW = 1;
     static constexpr int P_STEP = 1, KY_STEP = 0, KX_STEP = 0;
@@ -840,48 +840,53 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
             }
 }
 
-/* Weight gradient, "lanes" form: vectorized over output maps. The deltas transposed: position
-   q = i * OUT_W + j, map o at q * L_PITCH + o (zero past OUT_MAPS). A block is KR whole kernel
-   rows x OVB vectors of maps: per position, each tap's input value times the deltas of the
-   block's maps; then each map's KR * KW taps, contiguous in G, get the block's column. */
-constexpr int V = 8, L_PITCH = 64, TRANS_FROM_D = 4096;
-constexpr int L_OV = 2, L_OV_FULL = 8, L_KR = 1, L_KR_FULL = 5;
+/* Weight gradient, "taps" form: a small GEMM vectorized over the taps of all input maps. The
+   input unrolled position-major: XT[q][n] is the input under tap n = c * TAPS + ky * KW + kx of
+   output position q = i * OUT_W + j (zero from N_TAPS to XT_PITCH). A block of MB maps x VB tap
+   vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
+   is added to G, where each map's N_TAPS gradients are contiguous. */
+constexpr int V = 8, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 800, XT_FROM_D = 4096;
+constexpr int XT_MAPS = 6, XT_MAPS_FULL = 60, XT_VECS = 2, XT_VECS_FULL = 100;
+constexpr int XT_VECS_REAL = 100;  // the blocks before hold no padding
 
-static void transpose(const float *__restrict dz, float *__restrict dzt) {
-    for (int q = 0; q < OUT_PLANE; ++q) {
-        #pragma omp simd
-        for (int o = 0; o < L_PITCH; ++o) dzt[q * L_PITCH + o] = o < OUT_MAPS ? dz[o * OUT_PLANE + q] : 0.0f;
-    }
-}
-
-template <int KR, int OVB>
-static inline void lanes_block(const float *__restrict dzt, const float *__restrict xc, float *__restrict g, int v0, int ky0) {
-    float acc[KR * KW][OVB * V] = {};
+static void unroll_input(const float *__restrict x, float *__restrict xt) {
     for (int i = 0; i < OUT_H; ++i)
         for (int j = 0; j < OUT_W; ++j) {
-            const float *__restrict xs = xc + (i * STRIDE + ky0) * IN_W + j * STRIDE;
-            const float *__restrict dq = dzt + (i * OUT_W + j) * L_PITCH + v0 * V;
-            CG_UNROLL(32)
-            for (int t = 0; t < KR * KW; ++t) {
-                const float xv = xs[t / KW * IN_W + t % KW];
-                #pragma omp simd
-                for (int l = 0; l < OVB * V; ++l) acc[t][l] += xv * dq[l];
-            }
+            float *__restrict row = xt + (i * OUT_W + j) * XT_PITCH;
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int ky = 0; ky < KH; ++ky) {
+                    const float *__restrict src = x + c * IN_PLANE + (i * STRIDE + ky) * IN_W + j * STRIDE;
+                    CG_UNROLL(5)
+                    for (int kx = 0; kx < KW; ++kx) row[c * TAPS + ky * KW + kx] = src[kx];
+                }
+            for (int n = N_TAPS; n < XT_PITCH; ++n) row[n] = 0.0f;
         }
-    const int maps = OUT_MAPS - v0 * V < OVB * V ? OUT_MAPS - v0 * V : OVB * V;
-    for (int l = 0; l < maps; ++l) {
-        float *__restrict go = g + (v0 * V + l) * IN_MAPS * TAPS;
+}
+
+/* N: the real taps of the block, a constant, so that the write-back adds the accumulators
+   straight from registers (a count known only at run time made gcc spill them first). */
+template <int MB, int VB, int N = VB * V>
+static inline void taps_block(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0, int v0) {
+    float acc[MB][VB * V] = {};
+    for (int q = 0; q < OUT_PLANE; ++q) {
+        const float *__restrict xq = xt + q * XT_PITCH + v0 * V;
+        CG_UNROLL(32)
+        for (int ob = 0; ob < MB; ++ob) {
+            const float d = dz[(o0 + ob) * OUT_PLANE + q];
+            #pragma omp simd
+            for (int l = 0; l < VB * V; ++l) acc[ob][l] += d * xq[l];
+        }
+    }
+    for (int ob = 0; ob < MB; ++ob) {
+        float *__restrict g = GW + (o0 + ob) * N_TAPS + v0 * V;
         #pragma omp simd
-        for (int t = 0; t < KR * KW; ++t) go[t] += acc[t][l];
+        for (int l = 0; l < N; ++l) g[l] += acc[ob][l];
     }
 }
 
-template <int OVB>
-static inline void lanes_maps(const float *__restrict dzt, const float *__restrict x, float *__restrict GW, int v0) {
-    for (int c = 0; c < IN_MAPS; ++c) {
-        for (int ky0 = 0; ky0 < L_KR_FULL; ky0 += L_KR)
-            lanes_block<L_KR, OVB>(dzt, x + c * IN_PLANE, GW + c * TAPS + ky0 * KW, v0, ky0);
-    }
+template <int MB>
+static inline void taps_maps(const float *__restrict dz, const float *__restrict xt, float *__restrict GW, int o0) {
+    for (int v0 = 0; v0 < XT_VECS_REAL; v0 += XT_VECS) taps_block<MB, XT_VECS>(dz, xt, GW, o0, v0);
 }
 
 /* G += dL/dW, dL/db for this image (G has the parameters' layout). dz: this layer's deltas,
@@ -894,9 +899,10 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_PLANE; ++k) db += dz[o * OUT_PLANE + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    float *__restrict dzt = dz + TRANS_FROM_D;
-    transpose(dz, dzt);
-    for (int v0 = 0; v0 < L_OV_FULL; v0 += L_OV) lanes_maps<L_OV>(dzt, x, G + W_OFFSET, v0);
+    float *__restrict xt = dz + XT_FROM_D;
+    unroll_input(x, xt);
+    for (int o0 = 0; o0 < XT_MAPS_FULL; o0 += XT_MAPS) taps_maps<XT_MAPS>(dz, xt, G + W_OFFSET, o0);
+    taps_maps<4>(dz, xt, G + W_OFFSET, XT_MAPS_FULL);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -933,7 +939,7 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
 using core::activation_gradient;
 
 /* dx = the interior of the padded input's deltas (the border's deltas belong to the zeros). */
-constexpr int DXP_FROM_D = 23552;
+constexpr int DXP_FROM_D = 70656;
 static void backward_data(const float *__restrict P, float *__restrict dz, float *__restrict dx) {
     CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
     float *__restrict dxp = dz + DXP_FROM_D;
@@ -1230,7 +1236,7 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
    vectors: per position, each map's delta times VB vectors of XT, in registers; then the block
    is added to G, where each map's N_TAPS gradients are contiguous. */
 constexpr int V = 8, N_TAPS = IN_MAPS * TAPS, XT_PITCH = 384, XT_FROM_D = 80;
-constexpr int XT_MAPS = 2, XT_MAPS_FULL = 8, XT_VECS = 6, XT_VECS_FULL = 48;
+constexpr int XT_MAPS = 4, XT_MAPS_FULL = 8, XT_VECS = 3, XT_VECS_FULL = 48;
 constexpr int XT_VECS_REAL = 48;  // the blocks before hold no padding
 
 static void unroll_input(const float *__restrict x, float *__restrict xt) {
@@ -1641,12 +1647,12 @@ constexpr int Y_pool1 = 102192, D_pool1 = 118576;
 constexpr int Y_conv2 = 126768, D_conv2 = 147760;
 constexpr int Y_pool2 = 187184, D_pool2 = 189232;
 constexpr int Y_conv3 = 191280, D_conv3 = 215344;
-constexpr int Y_pool3 = 243504, D_pool3 = 244528;
-constexpr int Y_pool4 = 245552, D_pool4 = 246320;
-constexpr int Y_conv4 = 246704, D_conv4 = 247376;
-constexpr int Y_ip1 = 248864, D_ip1 = 248928;
-constexpr int Y_ip2 = 248992, D_ip2 = 249008;
-constexpr int WORK_FLOATS = 249024;
+constexpr int Y_pool3 = 290608, D_pool3 = 291632;
+constexpr int Y_pool4 = 292656, D_pool4 = 293424;
+constexpr int Y_conv4 = 293808, D_conv4 = 294480;
+constexpr int Y_ip1 = 295968, D_ip1 = 296032;
+constexpr int Y_ip2 = 296096, D_ip2 = 296112;
+constexpr int WORK_FLOATS = 296128;
 // Passes timed by the profiler.
 // LOCK_WAIT: time spent waiting for a lock segment another worker holds (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };
