@@ -73,6 +73,7 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "stride": AttrSpec(("int",), default=1),
         "activation": AttrSpec(("word",), default="scaled_tanh"),
         "pad": AttrSpec(("int", "dims"), default=0),
+        "algorithm": AttrSpec(("word",), default="auto"),
         **_INIT,
         **_MULTS,
     },
@@ -498,6 +499,7 @@ class _Checker:
         k = self.pair(st, what, "kernel", a["kernel"])
         ok = self.count(st, what, "maps", a["maps"]) & self.count(st, what, "stride", a["stride"])
         ok &= self.word(st, what, "activation", a["activation"], ir.ACTIVATIONS)
+        ok &= self.word(st, what, "algorithm", a["algorithm"], ir.CONV_ALGORITHMS)
         pad = self.padding(st, what, a["pad"], k)
         if k and pad and in_shape is not None:
             ph, pw = in_shape.h + 2 * pad[0], in_shape.w + 2 * pad[1]
@@ -537,6 +539,7 @@ class _Checker:
             init_scale=init[1],
             pad_h=pad[0],
             pad_w=pad[1],
+            algorithm=a["algorithm"],
         )
 
     def pool(self, st, what, a, *, name, index, in_shape, offset):

@@ -12,7 +12,7 @@ from pathlib import Path, PurePath
 
 import jinja2
 
-from . import __version__, ir
+from . import __version__, fft, ir
 from .errors import Diagnostic, SourceLoc, SpecError
 from .targets import Target
 
@@ -22,6 +22,19 @@ HEADER_NAME = "chaosgen_api.h"
 # about 1 s and 15 MB per 30 kB of this code (docs/language.md, "Limits"); the shipped nets
 # generate 60 to 75 kB.
 MAX_CODE_BYTES = 1_500_000
+
+
+def fftw_libs(target: Target) -> tuple[str, ...]:
+    """What a build links for FFT convolutions: FFTW's single-precision library; on KNC, MKL's
+    FFTW3 interface (icc -mkl: the wrappers are part of MKL; fft.hpp includes its fftw3.h)."""
+    return ("-mkl",) if target.name == "knc" else ("-lfftw3f",)
+
+
+def link_flags(net: ir.Net, target: Target, forms: Mapping[str, str] | None = None
+               ) -> tuple[str, ...]:
+    """Linker flags the generated code of `net` needs (after the sources)."""
+    views = layer_views(net, target, (), forms)
+    return fftw_libs(target) if any(v.get("algorithm") == "fft" for v in views) else ()
 
 
 # --- user text in generated files: one escaping helper per destination (Jinja filters) ------
@@ -95,6 +108,7 @@ class Source:
     cpp: str
     header: str
     header_name: str = HEADER_NAME
+    libs: tuple[str, ...] = ()  # linker flags the code needs (after the sources)
 
 
 def display_path(path: str) -> str:
@@ -432,7 +446,30 @@ def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True,
         d_floats=d_data + wide_floats + v["trans_floats"] + dxc_floats,
         reads_past_x=max(v["f_reads_past_x"], v["g_reads_past_x"], 0),
     )
-    return v
+    return _choose_algorithm(lay, v, needs_dx, grad_form)
+
+
+def _choose_algorithm(lay: ir.Conv, v: dict, needs_dx: bool, tuned: str | None) -> dict:
+    """Direct kernels (the view `v`) or FFT (fft.plan), as the spec asks; for algorithm=auto,
+    what `chaosgen tune` measured faster (`tuned`: "fft", or the weight-gradient form of the
+    direct kernels it measured fastest), else the cheaper estimate (cycles per image)."""
+    direct = v["f_cost"] + (v["b_cost"] if needs_dx else 0) + v["grad_costs"][v["grad_form"]]
+    v.update(algorithm="direct", direct_cost=direct)
+    if lay.algorithm == "direct":
+        return dict(v, algorithm_why="algorithm=direct in the spec")
+    f = fft.plan(lay, needs_dx)
+    estimate = f"cost model: direct {direct / 1e3:.0f}k, fft {f['fft_cost'] / 1e3:.0f}k cycles"
+    if lay.algorithm == "fft":
+        use, why = True, "algorithm=fft in the spec"
+    elif tuned:
+        use, why = tuned == "fft", f"measured faster by `chaosgen tune`; {estimate}"
+    else:
+        use, why = f["fft_cost"] < direct, estimate
+    if not use:
+        return dict(v, algorithm_why=why, fft_cost=f["fft_cost"])
+    d_data = ir.align(lay.out_shape.size)
+    return dict(v, **f, algorithm_why=why, template="conv_fft.j2", fft_from_d=d_data,
+                d_floats=d_data + f["fft_floats"], grad_form="fft")
 
 
 LOCK_SEGMENT_FLOATS = 2048  # floats per update lock (8 KB): see lock_segment
@@ -467,12 +504,12 @@ def _dense_view(lay: ir.Dense, target: Target) -> dict:
                 cols=per * vw, cols_full=vecs // per * per * vw, cols_rem=vecs % per * vw)
 
 
-def _reads_past(lay: ir.Layer | None, target: Target,
+def _reads_past(lay: ir.Layer | None, target: Target, needs_dx: bool,
                 forms: Mapping[str, str] | None = None) -> int:
     """How many floats past the end of its input `lay` may read (wide-row vector spans)."""
     if not isinstance(lay, ir.Conv) or lay.pad_h or lay.pad_w:
         return 0  # a padded conv reads its input once, to copy it into its zero-bordered buffer
-    return _conv_view(lay, target, grad_form=(forms or {}).get(lay.name))["reads_past_x"]
+    return _conv_view(lay, target, needs_dx, (forms or {}).get(lay.name))["reads_past_x"]
 
 
 def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
@@ -489,7 +526,8 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
                 if isinstance(lay, ir.Conv) else None)
         # Work layout: Y (with room for the next layer's reads past its end), then D, then the
         # conv kernels' scratch.
-        y_data = ir.align(lay.out_shape.size + _reads_past(nxt, target, forms))
+        nxt_dx = nxt is not None and nxt.index > first_trainable
+        y_data = ir.align(lay.out_shape.size + _reads_past(nxt, target, nxt_dx, forms))
         # a max-pool keeps each window's choice (the offset of its maximum) after its outputs
         codes = ir.align(lay.out_shape.size) if isinstance(lay, ir.Pool) and lay.op == "max" else 0
         if isinstance(lay, ir.Dropout):  # its mask (0 or the scale) after its outputs
@@ -536,6 +574,8 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             v["segments"] = -(-v["block_size"] // v["segment"])
         if conv:
             v.update(conv, xc_from_y=y_data)
+            if conv["algorithm"] == "fft":  # its scratch, after the deltas, from the activations
+                v["fft_from_y"] = y_size + conv["fft_from_d"]
         if pad:
             v.update(pad)
         if isinstance(lay, ir.Pool):
@@ -559,7 +599,8 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
     for v in views:
         if v.get("pad_h") or v.get("pad_w"):
             # the unpadded kernels, on the zero-bordered input, in a namespace of their own
-            v["core"] = dict(v, ns="core", template="conv.j2")
+            core = "conv_fft.j2" if v.get("algorithm") == "fft" else "conv.j2"
+            v["core"] = dict(v, ns="core", template=core)
     return views
 
 
@@ -659,7 +700,11 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
         summary=summary_rows(net),
         header_name=HEADER_NAME,
         layers=layers,
-        grad_forms=", ".join(_grad_form_label(v) for v in layers if v["kind"] == "conv"),
+        grad_forms=", ".join(_grad_form_label(v) for v in layers
+                             if v["kind"] == "conv" and v["algorithm"] == "direct"),
+        algorithms=[f"{v['name']} {v['algorithm']} ({v['algorithm_why']})"
+                    for v in layers if v["kind"] == "conv"],
+        fft=any(v.get("algorithm") == "fft" for v in layers),
         tuned_on=tuned_on,
         backward=[v for v in reversed(layers) if v["index"] >= first_trainable],
         blocks=blocks,
@@ -671,7 +716,7 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
         n_params=net.n_params,
         image_size=net.input.size,
         # room past each image for the first layer's wide-row reads
-        image_stride=ir.align(net.input.size + _reads_past(net.layers[0], target, forms)),
+        image_stride=ir.align(net.input.size + _reads_past(net.layers[0], target, False, forms)),
         output_size=net.output.out_shape.size,
         work_floats=max(last["end"], 16),
         dropout=[v for v in layers if v["kind"] == "dropout"],
@@ -685,4 +730,4 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
         msg = (f"the generated code ({len(cpp)} bytes) exceeds the limit of {MAX_CODE_BYTES} "
                f"bytes (the C++ compiler's time and memory grow with it): use fewer layers")
         raise SpecError([Diagnostic(where, msg)])
-    return Source(cpp=cpp, header=header)
+    return Source(cpp=cpp, header=header, libs=fftw_libs(target) if ctx["fft"] else ())

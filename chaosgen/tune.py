@@ -128,6 +128,7 @@ def _time_form(
         compiler,
         compiler.program_flags(target),
         f"building the tuning program of {net.name}",
+        source.libs,
     )
     env = os.environ | {"OMP_NUM_THREADS": "1"}  # it dies with chaosgen; stopped if it hangs
     return child.run_json(

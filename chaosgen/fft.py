@@ -1,0 +1,116 @@
+"""FFT convolution (`conv ... algorithm=fft`): the plan of a conv layer computed by FFTW, and the
+cost model that `algorithm=auto` compares with the direct kernels' (docs/kernels.md, "FFT
+convolution").
+
+The scheme is ZNN's (Zlateski, Lee, Seung 2015): per pass, every map is transformed once and
+reused across the layer; products of spectra are summed over maps in the frequency domain; one
+inverse transform per map out. With transforms of size N >= the (padded) input per dimension:
+
+- forward:  Y[m] = IFFT(sum_c FFT(x[c]) . conj(FFT(w[m][c]))) / N   (a cross-correlation, as the
+  direct kernels compute: conjugating the kernel's spectrum flips it; no index wraps round,
+  because every output position i + kernel tap k < input size <= N);
+- backward data: dx[c] = IFFT(sum_m FFT(dz[m]) . FFT(w[m][c])) / N  (the full convolution: the
+  indices that wrap round, p - k < 0, land at N - k >= the output size, where dz is zero);
+- weight gradient: g[m][c] = IFFT(FFT(x[c]) . conj(FFT(dz[m]))) / N, its first KH x KW values.
+
+Stride > 1: the full stride-1 output is computed and every STRIDE-th value kept (forward); the
+deltas are spread to the stride-1 positions, zero between (backward). Pad: the conv runs on the
+zero-bordered copy of the input (conv_pad.j2), like the direct kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import ir
+
+# Cost model constants (cycles), fitted to bench/fft.py on the development machine (Zen 4,
+# FFTW 3.3.10, gcc 12): see docs/kernels.md, "FFT convolution".
+FFT_CYCLES = 0.9  # per real point and log2(points) of one r2c or c2r transform (FFTW, float)
+PRODUCT_CYCLES = 0.7  # per complex multiply-add of two interleaved spectra into a third
+COPY_CYCLES = 0.5  # per real value copied into or out of a zero-padded plane
+
+
+def smooth_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c 7^d >= n: the sizes FFTW transforms fastest (its codelets)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5, 7):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def spatial(shape: ir.Shape) -> tuple[int, ...]:
+    """The spatial sizes of a shape, outermost first (rows, columns)."""
+    return (shape.h, shape.w)
+
+
+def kernel_dims(lay: ir.Conv) -> tuple[int, ...]:
+    """The kernel's sizes, outermost first."""
+    return (lay.kh, lay.kw)
+
+
+def _row_offset(lead: tuple[int, ...], strides: tuple[int, ...], scale: int) -> str:
+    """A C++ expression of `r`: where row r of a map with leading dimensions `lead` (rows in
+    row-major order, the last dimension contiguous) starts in a plane of element `strides`,
+    its index in every dimension multiplied by `scale` (the conv's stride)."""
+    terms, inner = [], math.prod(lead)
+    for k, d in enumerate(lead):
+        inner //= d
+        idx = "r" if k == 0 and inner == 1 else f"r / {inner}" if k == 0 else (
+            f"r % {d}" if inner == 1 else f"r / {inner} % {d}")
+        step = strides[k] * scale
+        terms.append(f"({idx}) * {step}" if " " in idx else f"{idx} * {step}")
+    return " + ".join(terms) if terms else "0"
+
+
+def plan(lay: ir.Conv, needs_dx: bool) -> dict:
+    """Every number conv_fft.j2 prints for `lay` (a valid conv: padded ones come as their core,
+    codegen.padded_core): the transform size, the scratch layout and the copy expressions."""
+    i, o, s = lay.in_shape, lay.out_shape, lay.stride
+    ins, outs, ks = spatial(i), spatial(o), kernel_dims(lay)
+    n = tuple(smooth_size(d) for d in ins)
+    nr = math.prod(n)  # real values of a transform
+    nc = math.prod(n[:-1]) * (n[-1] // 2 + 1)  # complex values of its spectrum (r2c)
+    rp, sp = ir.align(nr), ir.align(2 * nc)  # plane and spectrum pitches in floats (64-byte)
+    strides = tuple(math.prod(n[k + 1:]) for k in range(len(n)))
+    cin, cout = i.maps, o.maps
+    # scratch, floats from FFT_FROM_D: RE real planes (staging), XF the input's spectra (forward
+    # -> weight gradient), WF the kernels' (forward -> backward data), AF sums of products, DF
+    # the deltas' (backward data -> weight gradient)
+    layout = {}
+    off = 0
+    for name, floats in (("re", max(cin, cout) * rp), ("xf", cin * sp), ("wf", cout * cin * sp),
+                         ("af", max(cin, cout) * sp), ("df", cout * sp)):
+        layout[f"{name}_off"] = off
+        off += ir.align(floats)
+    return dict(
+        algorithm="fft", fft_rank=len(n), fft_n=n, fft_nr=nr, fft_nc=nc, fft_rp=rp, fft_sp=sp,
+        fft_floats=off, fft_scale=f"{1.0 / nr:.9g}f", **layout,
+        # rows (all dimensions but the last) and their length, of: the input, the output, the
+        # kernel; where each row goes in (or comes from) a transform plane
+        x_rows=math.prod(ins[:-1]), x_cols=ins[-1], x_row="r * " + str(ins[-1]),
+        x_plane_row=_row_offset(ins[:-1], strides, 1),
+        y_rows=math.prod(outs[:-1]), y_cols=outs[-1],
+        y_plane_row=_row_offset(outs[:-1], strides, s),
+        k_rows=math.prod(ks[:-1]), k_cols=ks[-1], k_plane_row=_row_offset(ks[:-1], strides, 1),
+        taps=math.prod(ks), in_plane=math.prod(ins), out_plane=math.prod(outs),
+        fft_cost=cost(cin, cout, n, needs_dx),
+        reads_past_x=0, xc_floats=0,
+    )
+
+
+def cost(cin: int, cout: int, n: tuple[int, ...], needs_dx: bool) -> int:
+    """Estimated cycles per image of the three passes by FFT: r2c of the input maps, the kernels
+    and the deltas; c2r of the outputs, the input deltas (if needed) and the gradients; three
+    (two) sets of cin x cout spectrum products; the copies into and out of padded planes."""
+    nr = math.prod(n)
+    nc = math.prod(n[:-1]) * (n[-1] // 2 + 1)
+    transforms = cin + 2 * cin * cout + 2 * cout + (cin if needs_dx else 0)
+    per_transform = FFT_CYCLES * nr * math.log2(max(nr, 2))
+    products = (3 if needs_dx else 2) * cin * cout * nc
+    return round(transforms * (per_transform + COPY_CYCLES * nr) + products * PRODUCT_CYCLES)
