@@ -24,10 +24,12 @@ import math
 
 from . import ir
 
-# Cost model constants (cycles), fitted to bench/fft.py on the development machine (Zen 4,
-# FFTW 3.3.10, gcc 12): see docs/kernels.md, "FFT convolution".
-FFT_CYCLES = 0.9  # per real point and log2(points) of one r2c or c2r transform (FFTW, float)
-PRODUCT_CYCLES = 0.7  # per complex multiply-add of two interleaved spectra into a third
+# Cost model constants, in the units of the direct kernels' estimates (codegen's cycles, which
+# run about 2x faster than the clock: the ratio is what auto compares). Fitted (least squares on
+# log(fft / direct)) to the 36 layers of bench/fft.py on the development machine (Zen 4, FFTW
+# 3.3.10, gcc 12); the fit is within 2x of every measured ratio: docs/kernels.md.
+FFT_CYCLES = 0.33  # per real point and log2(points) of one r2c or c2r transform (FFTW, float)
+PRODUCT_CYCLES = 3.1  # per complex multiply-add of two interleaved spectra into a third
 COPY_CYCLES = 0.5  # per real value copied into or out of a zero-padded plane
 
 
@@ -90,7 +92,7 @@ def plan(lay: ir.Conv, needs_dx: bool) -> dict:
         off += ir.align(floats)
     return dict(
         algorithm="fft", fft_rank=len(n), fft_n=n, fft_nr=nr, fft_nc=nc, fft_rp=rp, fft_sp=sp,
-        fft_floats=off, fft_scale=f"{1.0 / nr:.9g}f", **layout,
+        fft_floats=off, fft_scale=f"{1.0 / nr:#.9g}f", **layout,  # 1 -> "1.00000000f"
         # rows (all dimensions but the last) and their length, of: the input, the output, the
         # kernel; where each row goes in (or comes from) a transform plane
         x_rows=math.prod(ins[:-1]), x_cols=ins[-1], x_row="r * " + str(ins[-1]),

@@ -81,9 +81,11 @@ TAPS_SHAPES = 3  # register blockings of the taps form tried per layer
 
 
 def conv_forms(net: Net, target: Target) -> dict[str, tuple[str, ...]]:
-    """Every conv layer's feasible weight-gradient forms."""
+    """Every conv layer's feasible weight-gradient forms (not of layers the spec puts on FFT)."""
+    fft_only = {lay.name for lay in net.layers if getattr(lay, "algorithm", "") == "fft"}
     views = codegen.layer_views(net, target, ())
-    return {v["name"]: tuple(v["grad_costs"]) for v in views if v["kind"] == "conv"}
+    return {v["name"]: tuple(v["grad_costs"]) for v in views
+            if v["kind"] == "conv" and v["name"] not in fft_only}
 
 
 def candidates(net: Net, target: Target) -> dict[str, list[str]]:
@@ -110,15 +112,18 @@ def candidates(net: Net, target: Target) -> dict[str, list[str]]:
 
 
 def _time_form(
-    net: Net, target: Target, compiler: Compiler, forms: dict[str, str], root: str | Path | None
+    net: Net, target: Target, compiler: Compiler, forms: dict[str, str], root: str | Path | None,
+    whole: bool = False,
 ) -> dict[str, float]:
-    """Build (cached by content) and run the timing program for one assignment of forms."""
+    """Build (cached by content) and run the timing program for one assignment of forms: the
+    weight gradient of each conv layer, or (`whole`) its three passes."""
     source = codegen.render(net, target, (), forms=forms)
     views = [v for v in codegen.layer_views(net, target, (), forms) if v["kind"] == "conv"]
     program = (
         codegen.environment()
         .get_template("tune.cpp.j2")
-        .render(version=__version__, convs=views, repeats=REPEATS, window_s=WINDOW_S)
+        .render(version=__version__, convs=views, repeats=REPEATS, window_s=WINDOW_S,
+                whole=whole)
     )
     exe = cached_program(
         root,
@@ -159,8 +164,33 @@ def tune(
                     old = times[name].get(layers[name], float("inf"))
                     times[name][layers[name]] = min(old, float(us))
     forms = {name: min(t, key=t.__getitem__) for name, t in times.items() if t}
+    _choose_algorithms(net, target, compiler, root, forms, times, say)
     save(net, target, compiler, root, forms, times)
     return Tuning(forms, times, cpu_model())
+
+
+DIRECT, FFT = "direct (whole layer)", "fft (whole layer)"
+
+
+def _choose_algorithms(net: Net, target: Target, compiler: Compiler, root: str | Path | None,
+                       forms: dict[str, str], times: dict[str, dict[str, float]], say) -> None:
+    """For each algorithm=auto conv layer: time its three passes with the direct kernels (the
+    weight-gradient form just measured fastest) and by FFT, interleaved; the faster wins, and
+    forms[layer] becomes "fft" if FFT did."""
+    auto = [lay.name for lay in net.layers if getattr(lay, "algorithm", "") == "auto"]
+    if not auto:
+        return
+    by_fft = dict(forms, **{name: "fft" for name in auto})
+    say("  timing " + ", ".join(auto) + " whole, direct and fft ...")
+    for _ in range(SWEEPS):
+        for label, assignment in ((DIRECT, forms), (FFT, by_fft)):
+            for name, us in _time_form(net, target, compiler, assignment, root, True).items():
+                if name in auto:
+                    old = times[name].get(label, float("inf"))
+                    times[name][label] = min(old, float(us))
+    for name in auto:
+        if times[name][FFT] < times[name][DIRECT]:
+            forms[name] = "fft"
 
 
 def save(
