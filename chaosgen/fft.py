@@ -47,13 +47,13 @@ def smooth_size(n: int) -> int:
 
 
 def spatial(shape: ir.Shape) -> tuple[int, ...]:
-    """The spatial sizes of a shape, outermost first (rows, columns)."""
-    return (shape.h, shape.w)
+    """The spatial sizes of a shape, outermost first: (depth,) rows, columns."""
+    return shape.dims
 
 
 def kernel_dims(lay: ir.Conv) -> tuple[int, ...]:
     """The kernel's sizes, outermost first."""
-    return (lay.kh, lay.kw)
+    return lay.kernel
 
 
 def _row_offset(lead: tuple[int, ...], strides: tuple[int, ...], scale: int) -> str:
