@@ -446,10 +446,11 @@ def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True,
         d_floats=d_data + wide_floats + v["trans_floats"] + dxc_floats,
         reads_past_x=max(v["f_reads_past_x"], v["g_reads_past_x"], 0),
     )
-    return _choose_algorithm(lay, v, needs_dx, grad_form)
+    return _choose_algorithm(lay, v, needs_dx, grad_form, vw)
 
 
-def _choose_algorithm(lay: ir.Conv, v: dict, needs_dx: bool, tuned: str | None) -> dict:
+def _choose_algorithm(lay: ir.Conv, v: dict, needs_dx: bool, tuned: str | None,
+                      vector_width: int) -> dict:
     """Direct kernels (the view `v`) or FFT (fft.plan), as the spec asks; for algorithm=auto,
     what `chaosgen tune` measured faster (`tuned`: "fft", or the weight-gradient form of the
     direct kernels it measured fastest), else the cheaper estimate (cycles per image)."""
@@ -457,7 +458,7 @@ def _choose_algorithm(lay: ir.Conv, v: dict, needs_dx: bool, tuned: str | None) 
     v.update(algorithm="direct", direct_cost=direct)
     if lay.algorithm == "direct":
         return dict(v, algorithm_why="algorithm=direct in the spec")
-    f = fft.plan(lay, needs_dx)
+    f = fft.plan(lay, needs_dx, vector_width)
     estimate = f"cost model: direct {direct / 1e3:.0f}k, fft {f['fft_cost'] / 1e3:.0f}k cycles"
     if lay.algorithm == "fft":
         use, why = True, "algorithm=fft in the spec"

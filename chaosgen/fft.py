@@ -29,7 +29,11 @@ from . import ir
 # log(fft / direct)) to the 36 layers of bench/fft.py on the development machine (Zen 4, FFTW
 # 3.3.10, gcc 12); the fit is within 2x of every measured ratio: docs/kernels.md.
 FFT_CYCLES = 0.33  # per real point and log2(points) of one r2c or c2r transform (FFTW, float)
-PRODUCT_CYCLES = 3.1  # per complex multiply-add of two interleaved spectra into a third
+# per complex multiply-add of two interleaved spectra into a third, with 16-float vectors (the
+# loop is compiled for the target: narrower vectors take proportionally longer; FFTW's own
+# transforms pick their SIMD code at run time, whatever the target)
+PRODUCT_CYCLES = 3.1
+PRODUCT_WIDTH = 16
 COPY_CYCLES = 0.5  # per real value copied into or out of a zero-padded plane
 
 
@@ -70,7 +74,7 @@ def _row_offset(lead: tuple[int, ...], strides: tuple[int, ...], scale: int) -> 
     return " + ".join(terms) if terms else "0"
 
 
-def plan(lay: ir.Conv, needs_dx: bool) -> dict:
+def plan(lay: ir.Conv, needs_dx: bool, vector_width: int) -> dict:
     """Every number conv_fft.j2 prints for `lay` (a valid conv: padded ones come as their core,
     codegen.padded_core): the transform size, the scratch layout and the copy expressions."""
     i, o, s = lay.in_shape, lay.out_shape, lay.stride
@@ -101,12 +105,12 @@ def plan(lay: ir.Conv, needs_dx: bool) -> dict:
         y_plane_row=_row_offset(outs[:-1], strides, s),
         k_rows=math.prod(ks[:-1]), k_cols=ks[-1], k_plane_row=_row_offset(ks[:-1], strides, 1),
         taps=math.prod(ks), in_plane=math.prod(ins), out_plane=math.prod(outs),
-        fft_cost=cost(cin, cout, n, needs_dx),
+        fft_cost=cost(cin, cout, n, needs_dx, vector_width),
         reads_past_x=0, xc_floats=0,
     )
 
 
-def cost(cin: int, cout: int, n: tuple[int, ...], needs_dx: bool) -> int:
+def cost(cin: int, cout: int, n: tuple[int, ...], needs_dx: bool, vector_width: int) -> int:
     """Estimated cycles per image of the three passes by FFT: r2c of the input maps, the kernels
     and the deltas; c2r of the outputs, the input deltas (if needed) and the gradients; three
     (two) sets of cin x cout spectrum products; the copies into and out of padded planes."""
@@ -115,4 +119,5 @@ def cost(cin: int, cout: int, n: tuple[int, ...], needs_dx: bool) -> int:
     transforms = cin + 2 * cin * cout + 2 * cout + (cin if needs_dx else 0)
     per_transform = FFT_CYCLES * nr * math.log2(max(nr, 2))
     products = (3 if needs_dx else 2) * cin * cout * nc
-    return round(transforms * (per_transform + COPY_CYCLES * nr) + products * PRODUCT_CYCLES)
+    per_product = PRODUCT_CYCLES * PRODUCT_WIDTH / vector_width
+    return round(transforms * (per_transform + COPY_CYCLES * nr) + products * per_product)
