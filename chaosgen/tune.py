@@ -11,6 +11,7 @@ conv layer's weight gradient on real activations and deltas, and keeps the faste
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,6 +37,8 @@ class Tuning:
     forms: dict[str, str]
     times_us: dict[str, dict[str, float]]
     cpu: str
+    # algorithm=auto layers: their three passes, {"direct": us, "fft": us}
+    algorithm_us: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def _templates_digest() -> str:
@@ -71,7 +74,8 @@ def load(net: Net, target: Target, compiler: Compiler, root: str | Path | None) 
         rec = json.loads(record_path(net, target, compiler, root).read_text())
         if any(rec.get(k) != v for k, v in stamp.items()):
             return None
-        return Tuning(dict(rec["forms"]), dict(rec.get("times_us", {})), str(rec["cpu"]))
+        return Tuning(dict(rec["forms"]), dict(rec.get("times_us", {})), str(rec["cpu"]),
+                      dict(rec.get("algorithm_us", {})))
     # None, not a record, or not readable: as if there were no record (the cost model decides).
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -164,33 +168,31 @@ def tune(
                     old = times[name].get(layers[name], float("inf"))
                     times[name][layers[name]] = min(old, float(us))
     forms = {name: min(t, key=t.__getitem__) for name, t in times.items() if t}
-    _choose_algorithms(net, target, compiler, root, forms, times, say)
-    save(net, target, compiler, root, forms, times)
-    return Tuning(forms, times, cpu_model())
-
-
-DIRECT, FFT = "direct (whole layer)", "fft (whole layer)"
+    whole = _choose_algorithms(net, target, compiler, root, forms, say)
+    save(net, target, compiler, root, forms, times, whole)
+    return Tuning(forms, times, cpu_model(), whole)
 
 
 def _choose_algorithms(net: Net, target: Target, compiler: Compiler, root: str | Path | None,
-                       forms: dict[str, str], times: dict[str, dict[str, float]], say) -> None:
+                       forms: dict[str, str], say) -> dict[str, dict[str, float]]:
     """For each algorithm=auto conv layer: time its three passes with the direct kernels (the
-    weight-gradient form just measured fastest) and by FFT, interleaved; the faster wins, and
-    forms[layer] becomes "fft" if FFT did."""
+    weight-gradient form just measured fastest) and by FFT, interleaved, the best of SWEEPS;
+    forms[layer] becomes "fft" where FFT was faster. Returns {layer: {"direct": us, "fft": us}}."""
     auto = [lay.name for lay in net.layers if getattr(lay, "algorithm", "") == "auto"]
+    whole: dict[str, dict[str, float]] = {name: {} for name in auto}
     if not auto:
-        return
+        return whole
     by_fft = dict(forms, **{name: "fft" for name in auto})
-    say("  timing " + ", ".join(auto) + " whole, direct and fft ...")
+    say("  timing " + ", ".join(auto) + " whole (forward and backward), direct and fft ...")
     for _ in range(SWEEPS):
-        for label, assignment in ((DIRECT, forms), (FFT, by_fft)):
+        for algo, assignment in (("direct", forms), ("fft", by_fft)):
             for name, us in _time_form(net, target, compiler, assignment, root, True).items():
-                if name in auto:
-                    old = times[name].get(label, float("inf"))
-                    times[name][label] = min(old, float(us))
-    for name in auto:
-        if times[name][FFT] < times[name][DIRECT]:
+                if name in whole:
+                    whole[name][algo] = min(whole[name].get(algo, float("inf")), float(us))
+    for name, t in whole.items():
+        if t["fft"] < t["direct"]:
             forms[name] = "fft"
+    return whole
 
 
 def save(
@@ -200,6 +202,7 @@ def save(
     root: str | Path | None,
     forms: dict[str, str],
     times: dict[str, dict[str, float]],
+    algorithm_us: dict[str, dict[str, float]] | None = None,
 ) -> Path:
     """Record forms (and the times that chose them) for `load` to find."""
     rec = {
@@ -210,6 +213,7 @@ def save(
         **_stamp(compiler),
         "forms": forms,
         "times_us": times,
+        "algorithm_us": algorithm_us or {},
     }
     path = record_path(net, target, compiler, root)
     write(path, json.dumps(rec, indent=1) + "\n")  # a BuildError naming the path if refused
@@ -241,6 +245,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for name, row in t.times_us.items():
         cells = "  ".join(f"{f} {us:.2f}" for f, us in row.items())
         print(f"  {name:8} {cells}   -> {t.forms[name]} (model: {model[name]})")
+    if t.algorithm_us:
+        print("whole layer (forward, backward data, weight gradient), us per image")
+    for name, row in t.algorithm_us.items():
+        cells = "  ".join(f"{a} {us:.2f}" for a, us in row.items())
+        print(f"  {name:8} {cells}   -> {'fft' if t.forms[name] == 'fft' else 'direct'}")
     print(
         f"recorded in {record_path(net, target, compiler, args.build_dir)}; "
         "compile and train use it from now on"

@@ -11,6 +11,9 @@ import ctypes.util
 import hashlib
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +192,37 @@ def test_chaos_trains_an_fft_net_from_the_cli(tmp_path: Path) -> None:
     rec = json.loads(log.read_text().splitlines()[-1])
     assert rec["config"]["scheme"] == "chaos" and rec["config"]["threads"] == 2
     assert rec["test_error_rate"] < 0.3, rec  # chance: 0.9
+
+
+LIBDIR = Path("/usr/lib/x86_64-linux-gnu")
+
+
+@needs_fftw
+@pytest.mark.parametrize("hidden", [("/usr/include", ("fftw3.h",)),
+                                    (str(LIBDIR), ("libfftw3f.so", "libfftw3f.a"))],
+                         ids=["header", "library"])
+def test_missing_fftw_is_one_line_saying_how_to_install_it(hidden, tmp_path: Path) -> None:
+    """With FFTW's header (or its library) really absent, in a private mount namespace where an
+    overlay whites it out: `chaosgen compile` of an FFT net exits 1 with one line that says what
+    is missing and how to install it, and publishes no library."""
+    folder, names = hidden
+    if not (Path(folder) / names[0]).exists() or shutil.which("unshare") is None:
+        pytest.skip(f"{folder}/{names[0]} is not where this test hides it")
+    white = tmp_path / "whiteout"
+    white.mkdir()
+    spec = tmp_path / "f.net"
+    spec.write_text("input size=8x8\nconv maps=2 kernel=3 algorithm=fft\noutput classes=2\n")
+    mknod = " && ".join(f"mknod {white / n} c 0 0" for n in names)
+    script = (f"{mknod} && mount -t overlay overlay -o lowerdir={white}:{folder} {folder} && "
+              f"exec {sys.executable} -m chaosgen.cli compile {spec} "
+              f"--build-dir {tmp_path / 'build'}")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    if "mount" in proc.stderr or "unshare" in proc.stderr or "mknod" in proc.stderr:
+        pytest.skip(f"cannot hide FFTW here (needs root): {proc.stderr.strip()}")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("chaosgen: error: compiling f for native with ")
+    assert lines[0].endswith("FFTW (single precision), which algorithm=fft layers need, is not "
+                             "installed: apt-get install libfftw3-dev (or write algorithm=direct)")
+    assert not list((tmp_path / "build").rglob("*.so"))
