@@ -451,26 +451,26 @@ def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True,
 
 def _choose_algorithm(lay: ir.Conv, v: dict, needs_dx: bool, tuned: str | None,
                       vector_width: int) -> dict:
-    """Direct kernels (the view `v`) or FFT (fft.plan), as the spec asks; for algorithm=auto,
-    what `chaosgen tune` measured faster (`tuned`: "fft", or the weight-gradient form of the
-    direct kernels it measured fastest), else the cheaper estimate (cycles per image)."""
+    """Direct kernels (the view `v`) or FFT, as the spec asks; for algorithm=auto, what
+    `chaosgen tune` measured faster (`tuned`: "fft", or the weight-gradient form of the direct
+    kernels it measured fastest), else the cheaper estimate (cycles per image). The FFT plan
+    itself is made in layer_views, from the layer as written (fft.plan pads in the transform)."""
     direct = v["f_cost"] + (v["b_cost"] if needs_dx else 0) + v["grad_costs"][v["grad_form"]]
     v.update(algorithm="direct", direct_cost=direct)
     if lay.algorithm == "direct":
         return dict(v, algorithm_why="algorithm=direct in the spec")
-    f = fft.plan(lay, needs_dx, vector_width)
-    estimate = f"cost model: direct {direct / 1e3:.0f}k, fft {f['fft_cost'] / 1e3:.0f}k cycles"
+    by_fft = fft.cost(lay, needs_dx, vector_width)
+    estimate = f"cost model: direct {direct / 1e3:.0f}k, fft {by_fft / 1e3:.0f}k cycles"
     if lay.algorithm == "fft":
         use, why = True, "algorithm=fft in the spec"
     elif tuned:
         use, why = tuned == "fft", f"measured faster by `chaosgen tune`; {estimate}"
     else:
-        use, why = f["fft_cost"] < direct, estimate
-    if not use:
-        return dict(v, algorithm_why=why, fft_cost=f["fft_cost"])
-    d_data = ir.align(lay.out_shape.size)
-    return dict(v, **f, algorithm_why=why, template="conv_fft.j2", fft_from_d=d_data,
-                d_floats=d_data + f["fft_floats"], grad_form="fft")
+        use, why = by_fft < direct, estimate
+    v.update(algorithm_why=why, fft_cost=by_fft)
+    if use:  # (its input is read by the FFT plan's copy only)
+        v.update(algorithm="fft", grad_form="fft", reads_past_x=0)
+    return v
 
 
 LOCK_SEGMENT_FLOATS = 2048  # floats per update lock (8 KB): see lock_segment
@@ -525,6 +525,8 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
         needs_dx = lay.index > first_trainable
         conv = (_conv_view(padded_core(lay), target, needs_dx, (forms or {}).get(lay.name))
                 if isinstance(lay, ir.Conv) else None)
+        if conv and conv["algorithm"] == "fft":
+            conv.update(fft.plan(lay, needs_dx))
         # Work layout: Y (with room for the next layer's reads past its end), then D, then the
         # conv kernels' scratch.
         nxt_dx = nxt is not None and nxt.index > first_trainable
@@ -535,7 +537,8 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             codes = ir.align(lay.out_shape.size)
         y_size = y_data + (conv["xc_floats"] if conv else 0) + codes
         d_size = conv["d_floats"] if conv else ir.align(lay.out_shape.size)
-        pad = _pad_layout(lay, conv, y_size, d_size, needs_dx) if conv else None
+        fft_layer = conv is not None and conv["algorithm"] == "fft"
+        pad = _pad_layout(lay, conv, y_size, d_size, needs_dx) if conv and not fft_layer else None
         if pad:
             y_size, d_size = pad["y_size"], pad["d_size"]
         prev = views[-1]["name"] if views else None
@@ -600,8 +603,7 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
     for v in views:
         if v.get("pad_h") or v.get("pad_w"):
             # the unpadded kernels, on the zero-bordered input, in a namespace of their own
-            core = "conv_fft.j2" if v.get("algorithm") == "fft" else "conv.j2"
-            v["core"] = dict(v, ns="core", template=core)
+            v["core"] = dict(v, ns="core", template="conv.j2")
     return views
 
 

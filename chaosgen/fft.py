@@ -60,10 +60,11 @@ def kernel_dims(lay: ir.Conv) -> tuple[int, ...]:
     return lay.kernel
 
 
-def _row_offset(lead: tuple[int, ...], strides: tuple[int, ...], scale: int) -> str:
+def _row_offset(lead: tuple[int, ...], strides: tuple[int, ...], scale: int,
+                base: int = 0) -> str:
     """A C++ expression of `r`: where row r of a map with leading dimensions `lead` (rows in
     row-major order, the last dimension contiguous) starts in a plane of element `strides`,
-    its index in every dimension multiplied by `scale` (the conv's stride)."""
+    its index in every dimension multiplied by `scale` (the conv's stride), plus `base`."""
     terms, inner = [], math.prod(lead)
     for k, d in enumerate(lead):
         inner //= d
@@ -71,19 +72,29 @@ def _row_offset(lead: tuple[int, ...], strides: tuple[int, ...], scale: int) -> 
             f"r % {d}" if inner == 1 else f"r / {inner} % {d}")
         step = strides[k] * scale
         terms.append(f"({idx}) * {step}" if " " in idx else f"{idx} * {step}")
+    if base:
+        terms.append(str(base))
     return " + ".join(terms) if terms else "0"
 
 
-def plan(lay: ir.Conv, needs_dx: bool, vector_width: int) -> dict:
-    """Every number conv_fft.j2 prints for `lay` (a valid conv: padded ones come as their core,
-    codegen.padded_core): the transform size, the scratch layout and the copy expressions."""
+def transform_size(lay: ir.Conv) -> tuple[int, ...]:
+    """Per dimension, the smooth size (smooth_size) >= the padded input's."""
+    return tuple(smooth_size(d + 2 * p) for d, p in zip(spatial(lay.in_shape), lay.pad,
+                                                        strict=True))
+
+
+def plan(lay: ir.Conv, needs_dx: bool) -> dict:
+    """Every number conv_fft.j2 prints for `lay`: the transform size, the scratch layout (floats
+    after the layer's deltas) and the copy expressions. A padded input goes into the transform
+    planes at (pad_h, pad_w) from the corner, zeros around it: no padded copy is needed."""
     i, o, s = lay.in_shape, lay.out_shape, lay.stride
     ins, outs, ks = spatial(i), spatial(o), kernel_dims(lay)
-    n = tuple(smooth_size(d) for d in ins)
+    n = transform_size(lay)
     nr = math.prod(n)  # real values of a transform
     nc = math.prod(n[:-1]) * (n[-1] // 2 + 1)  # complex values of its spectrum (r2c)
     rp, sp = ir.align(nr), ir.align(2 * nc)  # plane and spectrum pitches in floats (64-byte)
     strides = tuple(math.prod(n[k + 1:]) for k in range(len(n)))
+    corner = sum(p * st for p, st in zip(lay.pad, strides, strict=True))
     cin, cout = i.maps, o.maps
     # scratch, floats from FFT_FROM_D: RE real planes (staging), XF the input's spectra (forward
     # -> weight gradient), WF the kernels' (forward -> backward data), AF sums of products, DF
@@ -94,26 +105,28 @@ def plan(lay: ir.Conv, needs_dx: bool, vector_width: int) -> dict:
                          ("af", max(cin, cout) * sp), ("df", cout * sp)):
         layout[f"{name}_off"] = off
         off += ir.align(floats)
+    d_data = ir.align(o.size)
     return dict(
-        algorithm="fft", fft_rank=len(n), fft_n=n, fft_nr=nr, fft_nc=nc, fft_rp=rp, fft_sp=sp,
-        fft_floats=off, fft_scale=f"{1.0 / nr:#.9g}f", **layout,  # 1 -> "1.00000000f"
+        algorithm="fft", template="conv_fft.j2", fft_rank=len(n), fft_n=n, fft_nr=nr,
+        fft_nc=nc, fft_rp=rp, fft_sp=sp, fft_scale=f"{1.0 / nr:#.9g}f", **layout,
+        fft_from_d=d_data, d_floats=d_data + off, xc_floats=0, reads_past_x=0,
         # rows (all dimensions but the last) and their length, of: the input, the output, the
         # kernel; where each row goes in (or comes from) a transform plane
-        x_rows=math.prod(ins[:-1]), x_cols=ins[-1], x_row="r * " + str(ins[-1]),
-        x_plane_row=_row_offset(ins[:-1], strides, 1),
+        x_rows=math.prod(ins[:-1]), x_cols=ins[-1],
+        x_plane_row=_row_offset(ins[:-1], strides, 1, corner),
         y_rows=math.prod(outs[:-1]), y_cols=outs[-1],
         y_plane_row=_row_offset(outs[:-1], strides, s),
         k_rows=math.prod(ks[:-1]), k_cols=ks[-1], k_plane_row=_row_offset(ks[:-1], strides, 1),
         taps=math.prod(ks), in_plane=math.prod(ins), out_plane=math.prod(outs),
-        fft_cost=cost(cin, cout, n, needs_dx, vector_width),
-        reads_past_x=0, xc_floats=0,
     )
 
 
-def cost(cin: int, cout: int, n: tuple[int, ...], needs_dx: bool, vector_width: int) -> int:
+def cost(lay: ir.Conv, needs_dx: bool, vector_width: int) -> int:
     """Estimated cycles per image of the three passes by FFT: r2c of the input maps, the kernels
     and the deltas; c2r of the outputs, the input deltas (if needed) and the gradients; three
     (two) sets of cin x cout spectrum products; the copies into and out of padded planes."""
+    n = transform_size(lay)
+    cin, cout = lay.in_shape.maps, lay.out_shape.maps
     nr = math.prod(n)
     nc = math.prod(n[:-1]) * (n[-1] // 2 + 1)
     transforms = cin + 2 * cin * cout + 2 * cout + (cin if needs_dx else 0)
