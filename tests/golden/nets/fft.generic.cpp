@@ -208,7 +208,8 @@ constexpr float SCALE = 0.00173611111f;  // 1 / NR
 constexpr int FFT_FROM_D = 1296, FFT_FROM_Y = 2592;
 constexpr int RE = 0, XF = 2304, WF = 3552, AF = 8544, DF = 11040;
 // Rows (every dimension but the last) and their lengths, of an input map, an output map and a
-// kernel; where row r starts in a transform plane (an output row: at STRIDE x its index)
+// kernel; where row r starts in a transform plane (an input row: shifted by the padding, which
+// stays zero; an output row: at STRIDE x its index)
 constexpr int X_ROWS = 24, X_COLS = 24, Y_ROWS = 18, Y_COLS = 18, K_ROWS = 7, K_COLS = 7;
 static inline int x_at(int r) { return r * 24; }
 static inline int y_at(int r) { return r * 24; }
@@ -378,11 +379,9 @@ static void backward_data(const float *__restrict x, const float *__restrict y,
 }
 }  // namespace layer_p1
 
-// tests/nets/fft.net:9: conv    c2: maps=6 kernel=5x5 stride=2 pad=2 activation=tanh algorithm=fft (padded: the conv below runs on the zero-bordered input)
-namespace layer_c2 {
 // tests/nets/fft.net:9: conv    c2: maps=6 kernel=5x5 stride=2 pad=2 activation=tanh algorithm=fft (FFT convolution: algorithm=fft in the spec)
-namespace core {
-constexpr int IN_MAPS = 4, IN_PLANE = 169, OUT_MAPS = 6, OUT_PLANE = 25;
+namespace layer_c2 {
+constexpr int IN_MAPS = 4, IN_PLANE = 81, OUT_MAPS = 6, OUT_PLANE = 25;
 constexpr int TAPS = 25, STRIDE = 2;
 constexpr int W_OFFSET = 416, B_OFFSET = 1024;  // weights (OUT_MAPS, IN_MAPS, kernel), then biases
 constexpr int BLOCK_SIZE = 614;  // floats from W_OFFSET to the end of the biases
@@ -395,12 +394,13 @@ constexpr float SCALE = 0.00510204082f;  // 1 / NR
 /* Scratch after this layer's deltas (FFT_FROM_D; FFT_FROM_Y from its activations): RE real planes,
    XF the input's spectra (forward -> weight gradient), WF the kernels' (forward -> backward data:
    the weights this image's forward used), AF sums of products, DF the deltas' spectra. */
-constexpr int FFT_FROM_D = 160, FFT_FROM_Y = 1008;
+constexpr int FFT_FROM_D = 160, FFT_FROM_Y = 320;
 constexpr int RE = 0, XF = 1248, WF = 2144, AF = 7520, DF = 8864;
 // Rows (every dimension but the last) and their lengths, of an input map, an output map and a
-// kernel; where row r starts in a transform plane (an output row: at STRIDE x its index)
-constexpr int X_ROWS = 13, X_COLS = 13, Y_ROWS = 5, Y_COLS = 5, K_ROWS = 5, K_COLS = 5;
-static inline int x_at(int r) { return r * 14; }
+// kernel; where row r starts in a transform plane (an input row: shifted by the padding, which
+// stays zero; an output row: at STRIDE x its index)
+constexpr int X_ROWS = 9, X_COLS = 9, Y_ROWS = 5, Y_COLS = 5, K_ROWS = 5, K_COLS = 5;
+static inline int x_at(int r) { return r * 14 + 30; }
 static inline int y_at(int r) { return r * 28; }
 static inline int k_at(int r) { return r * 14; }
 
@@ -530,50 +530,6 @@ static void update(float *__restrict P, const float *__restrict G, float scale, 
     #pragma omp simd
     for (int k = k0; k < k1; ++k) p[k] -= scale * g[k];
 }
-}  // namespace core
-constexpr int X_MAPS = 4, X_H = 9, X_W = 9, PAD_H = 2, PAD_W = 2;
-constexpr int XP_H = 13, XP_W = 13;  // the padded input: X_H + 2 PAD_H rows, X_W + 2 PAD_W columns
-constexpr int XP_FROM_Y = 160, XP_FLOATS = 688;  // XP after the activations, just before the deltas
-constexpr int XP_BEFORE_D = 688;
-
-/* y = the conv of the input with PAD_H x PAD_W zeros around it: the input copied once into the
-   interior of XP (border and the slack past its end zero), then the unpadded kernels on XP. */
-static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
-    CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
-    float *__restrict xp = y + XP_FROM_Y;
-    std::memset(xp, 0, sizeof(float) * XP_FLOATS);
-    for (int c = 0; c < X_MAPS; ++c)
-        for (int r = 0; r < X_H; ++r) {
-            float *__restrict d = xp + (c * XP_H + r + PAD_H) * XP_W + PAD_W;
-            const float *__restrict s = x + (c * X_H + r) * X_W;
-            #pragma omp simd
-            for (int j = 0; j < X_W; ++j) d[j] = s[j];
-        }
-    core::forward(P, xp, y);
-}
-using core::activation_gradient;
-
-/* dx = the interior of the padded input's deltas (the border's deltas belong to the zeros). */
-constexpr int DXP_FROM_D = 10368;
-static void backward_data(const float *__restrict P, float *__restrict dz, float *__restrict dx) {
-    CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
-    float *__restrict dxp = dz + DXP_FROM_D;
-    core::backward_data(P, dz, dxp);
-    for (int c = 0; c < X_MAPS; ++c)
-        for (int r = 0; r < X_H; ++r) {
-            const float *__restrict s = dxp + (c * XP_H + r + PAD_H) * XP_W + PAD_W;
-            float *__restrict d = dx + (c * X_H + r) * X_W;
-            #pragma omp simd
-            for (int j = 0; j < X_W; ++j) d[j] = s[j];
-        }
-}
-
-/* The weight gradient on XP (forward's copy; x itself has no border). */
-static void backward_weights(const float *__restrict x, float *__restrict dz, float *__restrict G) {
-    (void)x;
-    core::backward_weights(dz - XP_BEFORE_D, dz, G);
-}
-using core::update;
 }  // namespace layer_c2
 
 // tests/nets/fft.net:10: conv    c3: maps=6 kernel=3x3 activation=tanh
@@ -929,10 +885,10 @@ constexpr int N_BLOCKS = 4;       // layers with parameters
 // One network instance's private buffer: each layer's activations Y_ and deltas D_.
 constexpr int Y_c1 = 0, D_c1 = 1296;
 constexpr int Y_p1 = 16128, D_p1 = 16800;
-constexpr int Y_c2 = 17136, D_c2 = 17984;
-constexpr int Y_c3 = 29040, D_c3 = 29392;
-constexpr int Y_out = 29808, D_out = 29824;
-constexpr int WORK_FLOATS = 29840;
+constexpr int Y_c2 = 17136, D_c2 = 17296;
+constexpr int Y_c3 = 27664, D_c3 = 28016;
+constexpr int Y_out = 28432, D_out = 28448;
+constexpr int WORK_FLOATS = 28464;
 // Passes timed by the profiler.
 // LOCK_WAIT: time spent waiting for a lock segment another worker holds (CHAOS contention).
 enum Pass { FORWARD = 0, BACKWARD_DATA = 1, BACKWARD_WEIGHTS = 2, UPDATE = 3, LOCK_WAIT = 4, N_PASSES = 5 };
