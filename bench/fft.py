@@ -32,11 +32,13 @@ from chaosgen.targets import default_compiler_for, get_target  # noqa: E402
 
 def spec(size: int, kernel: int, maps: int) -> str:
     """The benchmark net for one point of the grid."""
-    return (f"network fft_s{size}_k{kernel}_m{maps}\n"
-            f"input maps={maps} size={size}x{size}\n"
-            f"conv c0: maps={maps} kernel=1 activation=linear algorithm=direct\n"
-            f"conv c1: maps={maps} kernel={kernel} activation=relu algorithm=auto\n"
-            "output out: classes=2\n")
+    return (
+        f"network fft_s{size}_k{kernel}_m{maps}\n"
+        f"input maps={maps} size={size}x{size}\n"
+        f"conv c0: maps={maps} kernel=1 activation=linear algorithm=direct\n"
+        f"conv c1: maps={maps} kernel={kernel} activation=relu algorithm=auto\n"
+        "output out: classes=2\n"
+    )
 
 
 def ints(text: str) -> list[int]:
@@ -55,8 +57,10 @@ def main() -> int:
     compiler = default_compiler_for(target)
     root = args.build_dir or tempfile.mkdtemp(prefix="chaosgen-bench-fft-")
     print(f"load before: {loadavg()}")
-    print("| map size | kernel | maps | direct us | fft us | fft / direct | auto picks "
-          "(model: direct, fft kcycles) |")
+    print(
+        "| map size | kernel | maps | direct us | fft us | fft / direct | auto picks "
+        "(model: direct, fft kcycles) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for kernel in args.kernels:
@@ -71,10 +75,14 @@ def main() -> int:
                         times[algo].append(us["c1"])
                 d, f = (statistics.median(times[a]) for a in ("direct", "fft"))
                 v = next(v for v in codegen.layer_views(net, target, ()) if v["name"] == "c1")
-                pick = (f"{v['algorithm']} ({v['direct_cost'] / 1e3:.0f}, "
-                        f"{v['fft_cost'] / 1e3:.0f})")
-                print(f"| {size}x{size} | {kernel}x{kernel} | {maps} | {d:.1f} | {f:.1f} | "
-                      f"{f / d:.2f} | {pick} |", flush=True)
+                pick = (
+                    f"{v['algorithm']} ({v['direct_cost'] / 1e3:.0f}, {v['fft_cost'] / 1e3:.0f})"
+                )
+                print(
+                    f"| {size}x{size} | {kernel}x{kernel} | {maps} | {d:.1f} | {f:.1f} | "
+                    f"{f / d:.2f} | {pick} |",
+                    flush=True,
+                )
     print(f"load after: {loadavg()}")
     return 0
 

@@ -60,16 +60,20 @@ def kernel_dims(lay: ir.Conv) -> tuple[int, ...]:
     return lay.kernel
 
 
-def _row_offset(lead: tuple[int, ...], strides: tuple[int, ...], scale: int,
-                base: int = 0) -> str:
+def _row_offset(lead: tuple[int, ...], strides: tuple[int, ...], scale: int, base: int = 0) -> str:
     """A C++ expression of `r`: where row r of a map with leading dimensions `lead` (rows in
     row-major order, the last dimension contiguous) starts in a plane of element `strides`,
     its index in every dimension multiplied by `scale` (the conv's stride), plus `base`."""
     terms, inner = [], math.prod(lead)
     for k, d in enumerate(lead):
         inner //= d
-        idx = "r" if k == 0 and inner == 1 else f"r / {inner}" if k == 0 else (
-            f"r % {d}" if inner == 1 else f"r / {inner} % {d}")
+        idx = (
+            "r"
+            if k == 0 and inner == 1
+            else f"r / {inner}"
+            if k == 0
+            else (f"r % {d}" if inner == 1 else f"r / {inner} % {d}")
+        )
         step = strides[k] * scale
         terms.append(f"({idx}) * {step}" if " " in idx else f"{idx} * {step}")
     if base:
@@ -79,8 +83,9 @@ def _row_offset(lead: tuple[int, ...], strides: tuple[int, ...], scale: int,
 
 def transform_size(lay: ir.Conv) -> tuple[int, ...]:
     """Per dimension, the smooth size (smooth_size) >= the padded input's."""
-    return tuple(smooth_size(d + 2 * p) for d, p in zip(spatial(lay.in_shape), lay.pad,
-                                                        strict=True))
+    return tuple(
+        smooth_size(d + 2 * p) for d, p in zip(spatial(lay.in_shape), lay.pad, strict=True)
+    )
 
 
 def plan(lay: ir.Conv, needs_dx: bool) -> dict:
@@ -93,7 +98,7 @@ def plan(lay: ir.Conv, needs_dx: bool) -> dict:
     nr = math.prod(n)  # real values of a transform
     nc = math.prod(n[:-1]) * (n[-1] // 2 + 1)  # complex values of its spectrum (r2c)
     rp, sp = ir.align(nr), ir.align(2 * nc)  # plane and spectrum pitches in floats (64-byte)
-    strides = tuple(math.prod(n[k + 1:]) for k in range(len(n)))
+    strides = tuple(math.prod(n[k + 1 :]) for k in range(len(n)))
     corner = sum(p * st for p, st in zip(lay.pad, strides, strict=True))
     cin, cout = i.maps, o.maps
     # scratch, floats from FFT_FROM_D: RE real planes (staging), XF the input's spectra (forward
@@ -101,23 +106,45 @@ def plan(lay: ir.Conv, needs_dx: bool) -> dict:
     # the deltas' (backward data -> weight gradient)
     layout = {}
     off = 0
-    for name, floats in (("re", max(cin, cout) * rp), ("xf", cin * sp), ("wf", cout * cin * sp),
-                         ("af", max(cin, cout) * sp), ("df", cout * sp)):
+    for name, floats in (
+        ("re", max(cin, cout) * rp),
+        ("xf", cin * sp),
+        ("wf", cout * cin * sp),
+        ("af", max(cin, cout) * sp),
+        ("df", cout * sp),
+    ):
         layout[f"{name}_off"] = off
         off += ir.align(floats)
     d_data = ir.align(o.size)
     return dict(
-        algorithm="fft", template="conv_fft.j2", fft_rank=len(n), fft_n=n, fft_nr=nr,
-        fft_nc=nc, fft_rp=rp, fft_sp=sp, fft_scale=f"{1.0 / nr:#.9g}f", **layout,
-        fft_from_d=d_data, d_floats=d_data + off, xc_floats=0, reads_past_x=0,
+        algorithm="fft",
+        template="conv_fft.j2",
+        fft_rank=len(n),
+        fft_n=n,
+        fft_nr=nr,
+        fft_nc=nc,
+        fft_rp=rp,
+        fft_sp=sp,
+        fft_scale=f"{1.0 / nr:#.9g}f",
+        **layout,
+        fft_from_d=d_data,
+        d_floats=d_data + off,
+        xc_floats=0,
+        reads_past_x=0,
         # rows (all dimensions but the last) and their length, of: the input, the output, the
         # kernel; where each row goes in (or comes from) a transform plane
-        x_rows=math.prod(ins[:-1]), x_cols=ins[-1],
+        x_rows=math.prod(ins[:-1]),
+        x_cols=ins[-1],
         x_plane_row=_row_offset(ins[:-1], strides, 1, corner),
-        y_rows=math.prod(outs[:-1]), y_cols=outs[-1],
+        y_rows=math.prod(outs[:-1]),
+        y_cols=outs[-1],
         y_plane_row=_row_offset(outs[:-1], strides, s),
-        k_rows=math.prod(ks[:-1]), k_cols=ks[-1], k_plane_row=_row_offset(ks[:-1], strides, 1),
-        taps=math.prod(ks), in_plane=math.prod(ins), out_plane=math.prod(outs),
+        k_rows=math.prod(ks[:-1]),
+        k_cols=ks[-1],
+        k_plane_row=_row_offset(ks[:-1], strides, 1),
+        taps=math.prod(ks),
+        in_plane=math.prod(ins),
+        out_plane=math.prod(outs),
     )
 
 

@@ -138,8 +138,9 @@ def test_random_net_by_fft_matches_the_oracles(spec, seed: int, tmp_path_factory
         compare(got, torch_run(loaded.ir, weights, x, label))
 
 
-@pytest.mark.parametrize("spec", ["small", "medium", "large", "lenet", "mnist_pytorch",
-                                  "cifar10_quick"])
+@pytest.mark.parametrize(
+    "spec", ["small", "medium", "large", "lenet", "mnist_pytorch", "cifar10_quick"]
+)
 def test_auto_keeps_the_shipped_nets_direct(spec: str) -> None:
     """algorithm=auto (the default): the cost model keeps every shipped net's conv layers on the
     direct kernels, and the header says so, with the estimates."""
@@ -155,8 +156,10 @@ def test_auto_keeps_the_shipped_nets_direct(spec: str) -> None:
 def test_auto_picks_fft_for_a_large_kernel() -> None:
     """A 64x64 input with a 17x17 kernel and 16 maps: the cost model picks FFT, says why, and the
     build links FFTW."""
-    text = ("input maps=16 size=64x64\nconv c0: maps=16 kernel=1\n"
-            "conv c1: maps=16 kernel=17x17 activation=relu\noutput classes=2\n")
+    text = (
+        "input maps=16 size=64x64\nconv c0: maps=16 kernel=1\n"
+        "conv c1: maps=16 kernel=17x17 activation=relu\noutput classes=2\n"
+    )
     net = check(parse_text(text, "big.net"))
     source = codegen.render(net, TARGETS["avx512"], tuple(text.splitlines()))
     assert "// conv algorithm: c1 fft (cost model: direct" in source.cpp
@@ -170,7 +173,8 @@ def test_an_unknown_algorithm_is_a_located_error() -> None:
         check(parse_text(text, "x.net"))
     assert str(e.value).splitlines()[0] == (
         "x.net:2:36: error: conv 'c1': unknown algorithm 'winograd'; "
-        "expected one of auto, direct, fft")
+        "expected one of auto, direct, fft"
+    )
 
 
 @needs_fftw
@@ -179,15 +183,35 @@ def test_chaos_trains_an_fft_net_from_the_cli(tmp_path: Path) -> None:
     """Two threads of CHAOS on an FFT net, from the CLI: the run finishes and learns (test error
     well below chance after one short epoch)."""
     spec = tmp_path / "fft.net"
-    spec.write_text("network fftnet\ninput size=29x29\n"
-                    "conv c1: maps=6 kernel=6x6 activation=relu algorithm=fft\n"
-                    "maxpool p1: window=2x2\n"
-                    "conv c2: maps=8 kernel=5x5 activation=relu algorithm=fft\n"
-                    "output out: classes=10\ntrain epochs=1 eta=0.01 seed=3\n")
+    spec.write_text(
+        "network fftnet\ninput size=29x29\n"
+        "conv c1: maps=6 kernel=6x6 activation=relu algorithm=fft\n"
+        "maxpool p1: window=2x2\n"
+        "conv c2: maps=8 kernel=5x5 activation=relu algorithm=fft\n"
+        "output out: classes=10\ntrain epochs=1 eta=0.01 seed=3\n"
+    )
     log = tmp_path / "run.jsonl"
-    argv = ["train", str(spec), "--build-dir", str(tmp_path / "build"), "--data", str(DATA),
-            "--limit", "3000", "--val-limit", "200", "--test-limit", "1000", "--threads", "2",
-            "--checkpoint-dir", str(tmp_path / "ck"), "--log", str(log), "--quiet"]
+    argv = [
+        "train",
+        str(spec),
+        "--build-dir",
+        str(tmp_path / "build"),
+        "--data",
+        str(DATA),
+        "--limit",
+        "3000",
+        "--val-limit",
+        "200",
+        "--test-limit",
+        "1000",
+        "--threads",
+        "2",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log",
+        str(log),
+        "--quiet",
+    ]
     assert cli.main(argv) == 0
     rec = json.loads(log.read_text().splitlines()[-1])
     assert rec["config"]["scheme"] == "chaos" and rec["config"]["threads"] == 2
@@ -198,9 +222,11 @@ LIBDIR = Path("/usr/lib/x86_64-linux-gnu")
 
 
 @needs_fftw
-@pytest.mark.parametrize("hidden", [("/usr/include", ("fftw3.h",)),
-                                    (str(LIBDIR), ("libfftw3f.so", "libfftw3f.a"))],
-                         ids=["header", "library"])
+@pytest.mark.parametrize(
+    "hidden",
+    [("/usr/include", ("fftw3.h",)), (str(LIBDIR), ("libfftw3f.so", "libfftw3f.a"))],
+    ids=["header", "library"],
+)
 def test_missing_fftw_is_one_line_saying_how_to_install_it(hidden, tmp_path: Path) -> None:
     """With FFTW's header (or its library) really absent, in a private mount namespace where an
     overlay whites it out: `chaosgen compile` of an FFT net exits 1 with one line that says what
@@ -213,16 +239,25 @@ def test_missing_fftw_is_one_line_saying_how_to_install_it(hidden, tmp_path: Pat
     spec = tmp_path / "f.net"
     spec.write_text("input size=8x8\nconv maps=2 kernel=3 algorithm=fft\noutput classes=2\n")
     mknod = " && ".join(f"mknod {white / n} c 0 0" for n in names)
-    script = (f"{mknod} && mount -t overlay overlay -o lowerdir={white}:{folder} {folder} && "
-              f"exec {sys.executable} -m chaosgen.cli compile {spec} "
-              f"--build-dir {tmp_path / 'build'}")
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    script = (
+        f"{mknod} && mount -t overlay overlay -o lowerdir={white}:{folder} {folder} && "
+        f"exec {sys.executable} -m chaosgen.cli compile {spec} "
+        f"--build-dir {tmp_path / 'build'}"
+    )
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     if "mount" in proc.stderr or "unshare" in proc.stderr or "mknod" in proc.stderr:
         pytest.skip(f"cannot hide FFTW here (needs root): {proc.stderr.strip()}")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("chaosgen: error: compiling f for native with ")
-    assert lines[0].endswith("FFTW (single precision), which algorithm=fft layers need, is not "
-                             "installed: apt-get install libfftw3-dev (or write algorithm=direct)")
+    assert lines[0].endswith(
+        "FFTW (single precision), which algorithm=fft layers need, is not "
+        "installed: apt-get install libfftw3-dev (or write algorithm=direct)"
+    )
     assert not list((tmp_path / "build").rglob("*.so"))
