@@ -142,6 +142,10 @@ def plan(lay: ir.Conv, needs_dx: bool) -> dict:
         k_rows=math.prod(ks[:-1]),
         k_cols=ks[-1],
         k_plane_row=_row_offset(ks[:-1], strides, 1),
+        # boxes of the pruned transforms (fft.hpp), all dimensions but the last
+        x_box=[p + d for p, d in zip(lay.pad[:-1], ins[:-1], strict=True)],
+        k_box=list(ks[:-1]),
+        d_box=[(d - 1) * s + 1 for d in outs[:-1]],
         taps=math.prod(ks),
         in_plane=math.prod(ins),
         out_plane=math.prod(outs),
