@@ -19,12 +19,13 @@
    values), pruned to a box: the real planes are zero outside box[0] x ... x box[rank - 2] (r2c),
    or only that box of them is wanted (c2r). Computed one dimension at a time (the last by r2c or
    c2r, the others by complex transforms in place), each over the lines the box needs: a 5x5
-   kernel in a 64x64 plane needs 5 row transforms, not 64. With MKL (KNC) one plain plan. */
+   kernel in a 64x64 plane needs 5 row transforms, not 64. Where the box saves less than half
+   the lines (an input map in its plane), and with MKL (KNC), one plain multi-dimensional plan. */
 struct CgFft {
     fftwf_plan last = nullptr;  // r2c or c2r along the last dimension
     fftwf_plan lines[CG_FFT_MAX_RANK - 1] = {};  // complex, along dimension d, in place
     int rank = 0;
-    bool forward = true;
+    bool forward = true, pruned = false;
     int spectrum_floats = 0;  // howmany x spectrum_pitch
 };
 
@@ -33,52 +34,65 @@ static void cg_fft_failed() {  // only out of memory: FFTW_ESTIMATE plans every 
     std::abort();
 }
 
+/* One plan over whole planes (howmany multi-dimensional transforms). */
+static fftwf_plan cg_fft_plan_whole(bool forward, int rank, const int *n, int howmany, int real_pitch,
+                                    int spectrum_pitch, float *r, fftwf_complex *c) {
+    return forward ? fftwf_plan_many_dft_r2c(rank, n, howmany, r, nullptr, 1, real_pitch, c, nullptr, 1,
+                                             spectrum_pitch / 2, FFTW_ESTIMATE)
+                   : fftwf_plan_many_dft_c2r(rank, n, howmany, c, nullptr, 1, spectrum_pitch / 2, r, nullptr,
+                                             1, real_pitch, FFTW_ESTIMATE);
+}
+
+/* The pruned plans: along the last dimension (r2c, c2r) over the box's lines; then along each
+   other dimension d in place, over the box in the dimensions before d and all of those after. */
+static void cg_fft_plan_pruned(CgFft &p, const int *n, const int *box, int howmany, int real_pitch,
+                               int spectrum_pitch, float *r, fftwf_complex *c) {
+    const int rank = p.rank;
+    int rs[CG_FFT_MAX_RANK], cs[CG_FFT_MAX_RANK];  // element strides of each dimension (real, complex)
+    rs[rank - 1] = cs[rank - 1] = 1;
+    for (int d = rank - 2; d >= 0; --d) {
+        rs[d] = rs[d + 1] * n[d + 1];
+        cs[d] = cs[d + 1] * (d + 1 == rank - 1 ? n[d + 1] / 2 + 1 : n[d + 1]);
+    }
+    const bool fw = p.forward;
+    fftwf_iodim last = {n[rank - 1], 1, 1}, many[CG_FFT_MAX_RANK];
+    many[0] = fw ? fftwf_iodim{howmany, real_pitch, spectrum_pitch / 2} : fftwf_iodim{howmany, spectrum_pitch / 2, real_pitch};
+    for (int d = 0; d + 1 < rank; ++d) many[d + 1] = fw ? fftwf_iodim{box[d], rs[d], cs[d]} : fftwf_iodim{box[d], cs[d], rs[d]};
+    p.last = fw ? fftwf_plan_guru_dft_r2c(1, &last, rank, many, r, c, FFTW_ESTIMATE)
+                : fftwf_plan_guru_dft_c2r(1, &last, rank, many, c, r, FFTW_ESTIMATE);
+    if (!p.last) cg_fft_failed();
+    for (int d = 0; d + 1 < rank; ++d) {
+        fftwf_iodim line = {n[d], cs[d], cs[d]}, other[CG_FFT_MAX_RANK];
+        int k = 0;
+        other[k++] = fftwf_iodim{howmany, spectrum_pitch / 2, spectrum_pitch / 2};
+        for (int e = 0; e < rank; ++e)
+            if (e != d) other[k++] = fftwf_iodim{e < d ? box[e] : e == rank - 1 ? n[e] / 2 + 1 : n[e], cs[e], cs[e]};
+        p.lines[d] = fftwf_plan_guru_dft(1, &line, k, other, c, c, fw ? FFTW_FORWARD : FFTW_BACKWARD, FFTW_ESTIMATE);
+        if (!p.lines[d]) cg_fft_failed();
+    }
+}
+
 static CgFft cg_fft_plan(bool forward, int rank, const int *n, const int *box, int howmany,
                          int real_pitch, int spectrum_pitch) {
     CgFft p;
     p.rank = rank;
     p.forward = forward;
     p.spectrum_floats = howmany * spectrum_pitch;
+    long lines = 1, kept = 1;  // of the lines along the last dimension, those in the box
+    for (int d = 0; d + 1 < rank; ++d) lines *= n[d], kept *= box[d];
+#if !defined(__MIC__)  // MKL's guru interface takes fewer howmany dimensions: not used there
+    p.pruned = 2 * kept <= lines;
+#endif
     void *re = nullptr, *sp = nullptr;  // planned on buffers aligned as the work buffers are
     if (posix_memalign(&re, CG_ALIGN, sizeof(float) * real_pitch * howmany) != 0 ||
         posix_memalign(&sp, CG_ALIGN, sizeof(float) * spectrum_pitch * howmany) != 0)
         cg_fft_failed();
     float *r = static_cast<float *>(re);
     fftwf_complex *c = static_cast<fftwf_complex *>(sp);
-#if defined(__MIC__)
-    (void)box;
-    p.last = forward ? fftwf_plan_many_dft_r2c(rank, n, howmany, r, nullptr, 1, real_pitch, c, nullptr, 1,
-                                               spectrum_pitch / 2, FFTW_ESTIMATE)
-                     : fftwf_plan_many_dft_c2r(rank, n, howmany, c, nullptr, 1, spectrum_pitch / 2, r,
-                                               nullptr, 1, real_pitch, FFTW_ESTIMATE);
-    if (!p.last) cg_fft_failed();
-#else
-    int rs[CG_FFT_MAX_RANK], cs[CG_FFT_MAX_RANK];  // element strides of each dimension
-    rs[rank - 1] = cs[rank - 1] = 1;
-    for (int d = rank - 2; d >= 0; --d) {
-        rs[d] = rs[d + 1] * n[d + 1];
-        cs[d] = cs[d + 1] * (d + 1 == rank - 1 ? n[d + 1] / 2 + 1 : n[d + 1]);
-    }
-    fftwf_iodim last = {n[rank - 1], 1, 1}, many[CG_FFT_MAX_RANK];
-    many[0] = forward ? fftwf_iodim{howmany, real_pitch, spectrum_pitch / 2} : fftwf_iodim{howmany, spectrum_pitch / 2, real_pitch};
-    for (int d = 0; d + 1 < rank; ++d)
-        many[d + 1] = forward ? fftwf_iodim{box[d], rs[d], cs[d]} : fftwf_iodim{box[d], cs[d], rs[d]};
-    p.last = forward ? fftwf_plan_guru_dft_r2c(1, &last, rank, many, r, c, FFTW_ESTIMATE)
-                     : fftwf_plan_guru_dft_c2r(1, &last, rank, many, c, r, FFTW_ESTIMATE);
-    if (!p.last) cg_fft_failed();
-    for (int d = 0; d + 1 < rank; ++d) {  // along d: the box before d (r2c) or up to d (c2r), all after
-        fftwf_iodim line = {n[d], cs[d], cs[d]}, other[CG_FFT_MAX_RANK];
-        int k = 0;
-        other[k++] = fftwf_iodim{howmany, spectrum_pitch / 2, spectrum_pitch / 2};
-        for (int e = 0; e < rank; ++e)
-            if (e != d) {
-                const int full = e == rank - 1 ? n[e] / 2 + 1 : n[e];
-                other[k++] = fftwf_iodim{e < d ? box[e] : full, cs[e], cs[e]};
-            }
-        p.lines[d] = fftwf_plan_guru_dft(1, &line, k, other, c, c, forward ? FFTW_FORWARD : FFTW_BACKWARD, FFTW_ESTIMATE);
-        if (!p.lines[d]) cg_fft_failed();
-    }
-#endif
+    if (p.pruned)
+        cg_fft_plan_pruned(p, n, box, howmany, real_pitch, spectrum_pitch, r, c);
+    else if (!(p.last = cg_fft_plan_whole(forward, rank, n, howmany, real_pitch, spectrum_pitch, r, c)))
+        cg_fft_failed();
     std::free(re);
     std::free(sp);
     return p;
@@ -87,21 +101,17 @@ static CgFft cg_fft_plan(bool forward, int rank, const int *n, const int *box, i
 /* spectra := the transforms of the real planes (which are zero outside the plan's box). */
 static void cg_fft_r2c(const CgFft &p, float *re, float *spectra) {
     fftwf_complex *c = reinterpret_cast<fftwf_complex *>(spectra);
-#if !defined(__MIC__)
-    if (p.rank > 1) std::memset(spectra, 0, sizeof(float) * p.spectrum_floats);  // lines outside the box
-#endif
+    if (p.pruned) std::memset(spectra, 0, sizeof(float) * p.spectrum_floats);  // lines outside the box
     fftwf_execute_dft_r2c(p.last, re, c);
-#if !defined(__MIC__)
-    for (int d = p.rank - 2; d >= 0; --d) fftwf_execute_dft(p.lines[d], c, c);
-#endif
+    if (p.pruned)
+        for (int d = p.rank - 2; d >= 0; --d) fftwf_execute_dft(p.lines[d], c, c);
 }
 
 /* The real planes, within the plan's box (elsewhere: undefined), := the inverse transforms of
    the spectra (not normalised), which are overwritten. */
 static void cg_fft_c2r(const CgFft &p, float *spectra, float *re) {
     fftwf_complex *c = reinterpret_cast<fftwf_complex *>(spectra);
-#if !defined(__MIC__)
-    for (int d = 0; d + 1 < p.rank; ++d) fftwf_execute_dft(p.lines[d], c, c);
-#endif
+    if (p.pruned)
+        for (int d = 0; d + 1 < p.rank; ++d) fftwf_execute_dft(p.lines[d], c, c);
     fftwf_execute_dft_c2r(p.last, c, re);
 }
