@@ -160,30 +160,108 @@ static inline void sgd_step(float *__restrict p, float *__restrict v, Grad G, fl
 #endif
 #include <cstdio>
 
-/* A plan of `howmany` r2c (forward) or c2r transforms of size n[0] x ... x n[rank - 1], real
-   planes `real_pitch` floats apart, spectra `spectrum_pitch` floats apart. Planned on buffers
-   with the alignment of the work buffers (CG_ALIGN), as the new-array execute functions need. */
-static fftwf_plan cg_fft_plan(bool forward, int rank, const int *n, int howmany, int real_pitch,
-                              int spectrum_pitch) {
-    void *re = nullptr, *sp = nullptr;
-    const size_t re_bytes = sizeof(float) * real_pitch * howmany;
-    const size_t sp_bytes = sizeof(float) * spectrum_pitch * howmany;
-    fftwf_plan p = nullptr;
-    if (posix_memalign(&re, CG_ALIGN, re_bytes) == 0 && posix_memalign(&sp, CG_ALIGN, sp_bytes) == 0) {
-        float *r = static_cast<float *>(re);
-        fftwf_complex *c = static_cast<fftwf_complex *>(sp);
-        p = forward ? fftwf_plan_many_dft_r2c(rank, n, howmany, r, nullptr, 1, real_pitch, c, nullptr, 1,
-                                              spectrum_pitch / 2, FFTW_ESTIMATE)
-                    : fftwf_plan_many_dft_c2r(rank, n, howmany, c, nullptr, 1, spectrum_pitch / 2, r,
-                                              nullptr, 1, real_pitch, FFTW_ESTIMATE);
+#define CG_FFT_MAX_RANK 3
+
+/* `howmany` transforms of size n[0] x ... x n[rank - 1] between real planes `real_pitch` floats
+   apart and spectra `spectrum_pitch` floats apart (r2c: n[0] x ... x (n[rank-1] / 2 + 1) complex
+   values), pruned to a box: the real planes are zero outside box[0] x ... x box[rank - 2] (r2c),
+   or only that box of them is wanted (c2r). Computed one dimension at a time (the last by r2c or
+   c2r, the others by complex transforms in place), each over the lines the box needs: a 5x5
+   kernel in a 64x64 plane needs 5 row transforms, not 64. Where the box saves less than half
+   the lines (an input map in its plane), and with MKL (KNC), one plain multi-dimensional plan. */
+struct CgFft {
+    fftwf_plan last = nullptr;  // r2c or c2r along the last dimension
+    fftwf_plan lines[CG_FFT_MAX_RANK - 1] = {};  // complex, along dimension d, in place
+    int rank = 0;
+    bool forward = true, pruned = false;
+    int spectrum_floats = 0;  // howmany x spectrum_pitch
+};
+
+static void cg_fft_failed() {  // only out of memory: FFTW_ESTIMATE plans every size
+    std::fprintf(stderr, "chaosgen: FFTW could not plan a transform (out of memory?)\n");
+    std::abort();
+}
+
+/* One plan over whole planes (howmany multi-dimensional transforms). */
+static fftwf_plan cg_fft_plan_whole(bool forward, int rank, const int *n, int howmany, int real_pitch,
+                                    int spectrum_pitch, float *r, fftwf_complex *c) {
+    return forward ? fftwf_plan_many_dft_r2c(rank, n, howmany, r, nullptr, 1, real_pitch, c, nullptr, 1,
+                                             spectrum_pitch / 2, FFTW_ESTIMATE)
+                   : fftwf_plan_many_dft_c2r(rank, n, howmany, c, nullptr, 1, spectrum_pitch / 2, r, nullptr,
+                                             1, real_pitch, FFTW_ESTIMATE);
+}
+
+/* The pruned plans: along the last dimension (r2c, c2r) over the box's lines; then along each
+   other dimension d in place, over the box in the dimensions before d and all of those after. */
+static void cg_fft_plan_pruned(CgFft &p, const int *n, const int *box, int howmany, int real_pitch,
+                               int spectrum_pitch, float *r, fftwf_complex *c) {
+    const int rank = p.rank;
+    int rs[CG_FFT_MAX_RANK], cs[CG_FFT_MAX_RANK];  // element strides of each dimension (real, complex)
+    rs[rank - 1] = cs[rank - 1] = 1;
+    for (int d = rank - 2; d >= 0; --d) {
+        rs[d] = rs[d + 1] * n[d + 1];
+        cs[d] = cs[d + 1] * (d + 1 == rank - 1 ? n[d + 1] / 2 + 1 : n[d + 1]);
     }
+    const bool fw = p.forward;
+    fftwf_iodim last = {n[rank - 1], 1, 1}, many[CG_FFT_MAX_RANK];
+    many[0] = fw ? fftwf_iodim{howmany, real_pitch, spectrum_pitch / 2} : fftwf_iodim{howmany, spectrum_pitch / 2, real_pitch};
+    for (int d = 0; d + 1 < rank; ++d) many[d + 1] = fw ? fftwf_iodim{box[d], rs[d], cs[d]} : fftwf_iodim{box[d], cs[d], rs[d]};
+    p.last = fw ? fftwf_plan_guru_dft_r2c(1, &last, rank, many, r, c, FFTW_ESTIMATE)
+                : fftwf_plan_guru_dft_c2r(1, &last, rank, many, c, r, FFTW_ESTIMATE);
+    if (!p.last) cg_fft_failed();
+    for (int d = 0; d + 1 < rank; ++d) {
+        fftwf_iodim line = {n[d], cs[d], cs[d]}, other[CG_FFT_MAX_RANK];
+        int k = 0;
+        other[k++] = fftwf_iodim{howmany, spectrum_pitch / 2, spectrum_pitch / 2};
+        for (int e = 0; e < rank; ++e)
+            if (e != d) other[k++] = fftwf_iodim{e < d ? box[e] : e == rank - 1 ? n[e] / 2 + 1 : n[e], cs[e], cs[e]};
+        p.lines[d] = fftwf_plan_guru_dft(1, &line, k, other, c, c, fw ? FFTW_FORWARD : FFTW_BACKWARD, FFTW_ESTIMATE);
+        if (!p.lines[d]) cg_fft_failed();
+    }
+}
+
+static CgFft cg_fft_plan(bool forward, int rank, const int *n, const int *box, int howmany,
+                         int real_pitch, int spectrum_pitch) {
+    CgFft p;
+    p.rank = rank;
+    p.forward = forward;
+    p.spectrum_floats = howmany * spectrum_pitch;
+    long lines = 1, kept = 1;  // of the lines along the last dimension, those in the box
+    for (int d = 0; d + 1 < rank; ++d) lines *= n[d], kept *= box[d];
+#if !defined(__MIC__)  // MKL's guru interface takes fewer howmany dimensions: not used there
+    p.pruned = 2 * kept <= lines;
+#endif
+    void *re = nullptr, *sp = nullptr;  // planned on buffers aligned as the work buffers are
+    if (posix_memalign(&re, CG_ALIGN, sizeof(float) * real_pitch * howmany) != 0 ||
+        posix_memalign(&sp, CG_ALIGN, sizeof(float) * spectrum_pitch * howmany) != 0)
+        cg_fft_failed();
+    float *r = static_cast<float *>(re);
+    fftwf_complex *c = static_cast<fftwf_complex *>(sp);
+    if (p.pruned)
+        cg_fft_plan_pruned(p, n, box, howmany, real_pitch, spectrum_pitch, r, c);
+    else if (!(p.last = cg_fft_plan_whole(forward, rank, n, howmany, real_pitch, spectrum_pitch, r, c)))
+        cg_fft_failed();
     std::free(re);
     std::free(sp);
-    if (!p) {  // only out of memory: FFTW_ESTIMATE plans every size
-        std::fprintf(stderr, "chaosgen: FFTW could not plan a transform (out of memory?)\n");
-        std::abort();
-    }
     return p;
+}
+
+/* spectra := the transforms of the real planes (which are zero outside the plan's box). */
+static void cg_fft_r2c(const CgFft &p, float *re, float *spectra) {
+    fftwf_complex *c = reinterpret_cast<fftwf_complex *>(spectra);
+    if (p.pruned) std::memset(spectra, 0, sizeof(float) * p.spectrum_floats);  // lines outside the box
+    fftwf_execute_dft_r2c(p.last, re, c);
+    if (p.pruned)
+        for (int d = p.rank - 2; d >= 0; --d) fftwf_execute_dft(p.lines[d], c, c);
+}
+
+/* The real planes, within the plan's box (elsewhere: undefined), := the inverse transforms of
+   the spectra (not normalised), which are overwritten. */
+static void cg_fft_c2r(const CgFft &p, float *spectra, float *re) {
+    fftwf_complex *c = reinterpret_cast<fftwf_complex *>(spectra);
+    if (p.pruned)
+        for (int d = 0; d + 1 < p.rank; ++d) fftwf_execute_dft(p.lines[d], c, c);
+    fftwf_execute_dft_c2r(p.last, c, re);
 }
 
 extern "C" {
@@ -215,13 +293,19 @@ static inline int x_at(int r) { return r * 24; }
 static inline int y_at(int r) { return r * 24; }
 static inline int k_at(int r) { return r * 24; }
 
+// The boxes (all dimensions but the last) where a plane is nonzero or wanted: the padded input
+// up to its last row; the kernel; the deltas spread to the stride (and the outputs kept)
+static const int X_BOX[RANK - 1] = { 24 }, K_BOX[RANK - 1] = { 7 }, D_BOX[RANK - 1] = { 18 };
+
 struct Plans {  // made once, at load time (fft.hpp)
-    fftwf_plan in_r2c = cg_fft_plan(true, RANK, N, IN_MAPS, RP, SP), out_r2c = cg_fft_plan(true, RANK, N, OUT_MAPS, RP, SP);
-    fftwf_plan in_c2r = cg_fft_plan(false, RANK, N, IN_MAPS, RP, SP), out_c2r = cg_fft_plan(false, RANK, N, OUT_MAPS, RP, SP);
+    CgFft inputs = cg_fft_plan(true, RANK, N, X_BOX, IN_MAPS, RP, SP);
+    CgFft kernels = cg_fft_plan(true, RANK, N, K_BOX, IN_MAPS, RP, SP);
+    CgFft deltas = cg_fft_plan(true, RANK, N, D_BOX, OUT_MAPS, RP, SP);
+    CgFft outputs = cg_fft_plan(false, RANK, N, D_BOX, OUT_MAPS, RP, SP);
+    CgFft input_deltas = cg_fft_plan(false, RANK, N, X_BOX, IN_MAPS, RP, SP);
+    CgFft gradients = cg_fft_plan(false, RANK, N, K_BOX, IN_MAPS, RP, SP);
 };
 static const Plans plans;
-
-static inline fftwf_complex *spectra(float *p) { return reinterpret_cast<fftwf_complex *>(p); }
 
 /* acc (+)= a . b, or a . conj(b), over the NC complex values of a spectrum (interleaved re, im). */
 template <bool CONJ, bool ADD>
@@ -242,7 +326,7 @@ static void delta_spectra(const float *__restrict dz, float *__restrict f) {
     for (int o = 0; o < OUT_MAPS; ++o)
         for (int r = 0; r < Y_ROWS; ++r)
             for (int j = 0; j < Y_COLS; ++j) re[o * RP + y_at(r) + j * STRIDE] = dz[o * OUT_PLANE + r * Y_COLS + j];
-    fftwf_execute_dft_r2c(plans.out_r2c, re, spectra(f + DF));
+    cg_fft_r2c(plans.deltas, re, f + DF);
 }
 
 /* z = W * x + b (the relu activation runs in the max-pool after this layer): the spectra
@@ -258,19 +342,19 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
             #pragma omp simd
             for (int j = 0; j < X_COLS; ++j) re[c * RP + x_at(r) + j] = x[c * IN_PLANE + r * X_COLS + j];
         }
-    fftwf_execute_dft_r2c(plans.in_r2c, re, spectra(f + XF));
+    cg_fft_r2c(plans.inputs, re, f + XF);
     for (int o = 0; o < OUT_MAPS; ++o) {  // kernel spectra: recomputed every image (the weights change)
         std::memset(re, 0, sizeof(float) * IN_MAPS * RP);
         for (int c = 0; c < IN_MAPS; ++c)
             for (int r = 0; r < K_ROWS; ++r)
                 for (int j = 0; j < K_COLS; ++j) re[c * RP + k_at(r) + j] = P[W_OFFSET + (o * IN_MAPS + c) * TAPS + r * K_COLS + j];
-        fftwf_execute_dft_r2c(plans.in_r2c, re, spectra(f + WF + o * IN_MAPS * SP));
+        cg_fft_r2c(plans.kernels, re, f + WF + o * IN_MAPS * SP);
     }
     for (int o = 0; o < OUT_MAPS; ++o) {
         product<true, false>(f + AF + o * SP, f + XF, f + WF + o * IN_MAPS * SP);
         for (int c = 1; c < IN_MAPS; ++c) product<true, true>(f + AF + o * SP, f + XF + c * SP, f + WF + (o * IN_MAPS + c) * SP);
     }
-    fftwf_execute_dft_c2r(plans.out_c2r, spectra(f + AF), re);
+    cg_fft_c2r(plans.outputs, f + AF, re);
     for (int o = 0; o < OUT_MAPS; ++o)
         for (int r = 0; r < Y_ROWS; ++r) {
             #pragma omp simd
@@ -298,7 +382,7 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
     delta_spectra(dz, f);
     for (int o = 0; o < OUT_MAPS; ++o) {
         for (int c = 0; c < IN_MAPS; ++c) product<true, false>(f + AF + c * SP, f + XF + c * SP, f + DF + o * SP);
-        fftwf_execute_dft_c2r(plans.in_c2r, spectra(f + AF), re);
+        cg_fft_c2r(plans.gradients, f + AF, re);
         for (int c = 0; c < IN_MAPS; ++c)
             for (int r = 0; r < K_ROWS; ++r)
                 for (int j = 0; j < K_COLS; ++j) G[W_OFFSET + (o * IN_MAPS + c) * TAPS + r * K_COLS + j] += re[c * RP + k_at(r) + j] * SCALE;
@@ -404,13 +488,19 @@ static inline int x_at(int r) { return r * 14 + 30; }
 static inline int y_at(int r) { return r * 28; }
 static inline int k_at(int r) { return r * 14; }
 
+// The boxes (all dimensions but the last) where a plane is nonzero or wanted: the padded input
+// up to its last row; the kernel; the deltas spread to the stride (and the outputs kept)
+static const int X_BOX[RANK - 1] = { 11 }, K_BOX[RANK - 1] = { 5 }, D_BOX[RANK - 1] = { 9 };
+
 struct Plans {  // made once, at load time (fft.hpp)
-    fftwf_plan in_r2c = cg_fft_plan(true, RANK, N, IN_MAPS, RP, SP), out_r2c = cg_fft_plan(true, RANK, N, OUT_MAPS, RP, SP);
-    fftwf_plan in_c2r = cg_fft_plan(false, RANK, N, IN_MAPS, RP, SP), out_c2r = cg_fft_plan(false, RANK, N, OUT_MAPS, RP, SP);
+    CgFft inputs = cg_fft_plan(true, RANK, N, X_BOX, IN_MAPS, RP, SP);
+    CgFft kernels = cg_fft_plan(true, RANK, N, K_BOX, IN_MAPS, RP, SP);
+    CgFft deltas = cg_fft_plan(true, RANK, N, D_BOX, OUT_MAPS, RP, SP);
+    CgFft outputs = cg_fft_plan(false, RANK, N, D_BOX, OUT_MAPS, RP, SP);
+    CgFft input_deltas = cg_fft_plan(false, RANK, N, X_BOX, IN_MAPS, RP, SP);
+    CgFft gradients = cg_fft_plan(false, RANK, N, K_BOX, IN_MAPS, RP, SP);
 };
 static const Plans plans;
-
-static inline fftwf_complex *spectra(float *p) { return reinterpret_cast<fftwf_complex *>(p); }
 
 /* acc (+)= a . b, or a . conj(b), over the NC complex values of a spectrum (interleaved re, im). */
 template <bool CONJ, bool ADD>
@@ -431,7 +521,7 @@ static void delta_spectra(const float *__restrict dz, float *__restrict f) {
     for (int o = 0; o < OUT_MAPS; ++o)
         for (int r = 0; r < Y_ROWS; ++r)
             for (int j = 0; j < Y_COLS; ++j) re[o * RP + y_at(r) + j * STRIDE] = dz[o * OUT_PLANE + r * Y_COLS + j];
-    fftwf_execute_dft_r2c(plans.out_r2c, re, spectra(f + DF));
+    cg_fft_r2c(plans.deltas, re, f + DF);
 }
 
 /* y = tanh(W * x + b): the spectra of the input maps, then of each output map's kernels;
@@ -447,19 +537,19 @@ static void forward(const float *__restrict P, const float *__restrict x, float 
             #pragma omp simd
             for (int j = 0; j < X_COLS; ++j) re[c * RP + x_at(r) + j] = x[c * IN_PLANE + r * X_COLS + j];
         }
-    fftwf_execute_dft_r2c(plans.in_r2c, re, spectra(f + XF));
+    cg_fft_r2c(plans.inputs, re, f + XF);
     for (int o = 0; o < OUT_MAPS; ++o) {  // kernel spectra: recomputed every image (the weights change)
         std::memset(re, 0, sizeof(float) * IN_MAPS * RP);
         for (int c = 0; c < IN_MAPS; ++c)
             for (int r = 0; r < K_ROWS; ++r)
                 for (int j = 0; j < K_COLS; ++j) re[c * RP + k_at(r) + j] = P[W_OFFSET + (o * IN_MAPS + c) * TAPS + r * K_COLS + j];
-        fftwf_execute_dft_r2c(plans.in_r2c, re, spectra(f + WF + o * IN_MAPS * SP));
+        cg_fft_r2c(plans.kernels, re, f + WF + o * IN_MAPS * SP);
     }
     for (int o = 0; o < OUT_MAPS; ++o) {
         product<true, false>(f + AF + o * SP, f + XF, f + WF + o * IN_MAPS * SP);
         for (int c = 1; c < IN_MAPS; ++c) product<true, true>(f + AF + o * SP, f + XF + c * SP, f + WF + (o * IN_MAPS + c) * SP);
     }
-    fftwf_execute_dft_c2r(plans.out_c2r, spectra(f + AF), re);
+    cg_fft_c2r(plans.outputs, f + AF, re);
     for (int o = 0; o < OUT_MAPS; ++o)
         for (int r = 0; r < Y_ROWS; ++r) {
             #pragma omp simd
@@ -489,7 +579,7 @@ static void backward_data(const float *__restrict P, float *__restrict dz, float
         product<false, false>(f + AF + c * SP, f + DF, f + WF + c * SP);
         for (int o = 1; o < OUT_MAPS; ++o) product<false, true>(f + AF + c * SP, f + DF + o * SP, f + WF + (o * IN_MAPS + c) * SP);
     }
-    fftwf_execute_dft_c2r(plans.in_c2r, spectra(f + AF), re);
+    cg_fft_c2r(plans.input_deltas, f + AF, re);
     for (int c = 0; c < IN_MAPS; ++c)
         for (int r = 0; r < X_ROWS; ++r) {
             #pragma omp simd
@@ -513,7 +603,7 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
     float *__restrict re = f + RE;
     for (int o = 0; o < OUT_MAPS; ++o) {
         for (int c = 0; c < IN_MAPS; ++c) product<true, false>(f + AF + c * SP, f + XF + c * SP, f + DF + o * SP);
-        fftwf_execute_dft_c2r(plans.in_c2r, spectra(f + AF), re);
+        cg_fft_c2r(plans.gradients, f + AF, re);
         for (int c = 0; c < IN_MAPS; ++c)
             for (int r = 0; r < K_ROWS; ++r)
                 for (int j = 0; j < K_COLS; ++j) G[W_OFFSET + (o * IN_MAPS + c) * TAPS + r * K_COLS + j] += re[c * RP + k_at(r) + j] * SCALE;
