@@ -146,6 +146,7 @@ def plan(lay: ir.Conv, needs_dx: bool) -> dict:
         x_box=[p + d for p, d in zip(lay.pad[:-1], ins[:-1], strict=True)],
         k_box=list(ks[:-1]),
         d_box=[(d - 1) * s + 1 for d in outs[:-1]],
+        stride=s,
         taps=math.prod(ks),
         in_plane=math.prod(ins),
         out_plane=math.prod(outs),

@@ -122,7 +122,8 @@ def _time_form(
     """Build (cached by content) and run the timing program for one assignment of forms: the
     weight gradient of each conv layer, or (`whole`) its three passes."""
     source = codegen.render(net, target, (), forms=forms)
-    views = [v for v in codegen.layer_views(net, target, (), forms) if v["kind"] == "conv"]
+    kinds = ("conv", "conv3d") if whole else ("conv",)  # 3D convs have one direct form
+    views = [v for v in codegen.layer_views(net, target, (), forms) if v["kind"] in kinds]
     program = (
         codegen.environment()
         .get_template("tune.cpp.j2")
@@ -182,6 +183,7 @@ def _choose_algorithms(net: Net, target: Target, compiler: Compiler, root: str |
     whole: dict[str, dict[str, float]] = {name: {} for name in auto}
     if not auto:
         return whole
+    forms.update({name: forms.get(name, "direct") for name in auto})  # 3D: no form timed
     by_fft = dict(forms, **{name: "fft" for name in auto})
     say("  timing " + ", ".join(auto) + " whole (forward and backward), direct and fft ...")
     for _ in range(SWEEPS):
