@@ -487,8 +487,8 @@ def _decide(lay: ir.Conv, direct: float, needs_dx: bool, tuned: str | None,
 
 
 # Cycles (of the cost model's scale) per vector of multiply-adds of the 3D direct kernels
-# (conv3d.j2), fitted with bench/fft.py --volume as FFT's constants were (docs/kernels.md).
-VOLUME_CYCLES_PER_VECTOR = 1.0
+# (conv3d.j2), fitted with FFT's constants (chaosgen/fft.py) to bench/fft.py --volume.
+VOLUME_CYCLES_PER_VECTOR = 1.4
 
 
 def _volume_algorithm(lay: ir.Conv, needs_dx: bool, target: Target, tuned: str | None) -> dict:

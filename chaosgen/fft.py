@@ -24,15 +24,15 @@ import math
 
 from . import ir
 
-# Cost model constants, in the units of the direct kernels' estimates (codegen's cycles, which
-# run about 2x faster than the clock: the ratio is what auto compares). Fitted (least squares on
-# log(fft / direct)) to the 36 layers of bench/fft.py on the development machine (Zen 4, FFTW
-# 3.3.10, gcc 12); the fit is within 2x of every measured ratio: docs/kernels.md.
-FFT_CYCLES = 0.33  # per real point and log2(points) of one r2c or c2r transform (FFTW, float)
+# Cost model constants, in the units of the direct kernels' estimates (codegen's cycles: the
+# ratio is what auto compares). Fitted, with codegen.VOLUME_CYCLES_PER_VECTOR (least squares on
+# log(fft / direct)), to 26 layers of bench/fft.py, 8 planes and 18 volumes, on the development
+# machine (Zen 4, FFTW 3.3.10, gcc 12): within 2x of every measured ratio (docs/kernels.md).
+FFT_CYCLES = 0.20  # per real point and log2(points) of one r2c or c2r transform (FFTW, float)
 # per complex multiply-add of two interleaved spectra into a third, with 16-float vectors (the
 # loop is compiled for the target: narrower vectors take proportionally longer; FFTW's own
 # transforms pick their SIMD code at run time, whatever the target)
-PRODUCT_CYCLES = 3.1
+PRODUCT_CYCLES = 3.3
 PRODUCT_WIDTH = 16
 COPY_CYCLES = 0.5  # per real value copied into or out of a zero-padded plane
 
@@ -153,6 +153,18 @@ def plan(lay: ir.Conv, needs_dx: bool) -> dict:
     )
 
 
+def pruned_fraction(n: tuple[int, ...], box: list[int]) -> float:
+    """The share of a whole transform's work that fft.hpp's pruned plan does for a plane zero
+    (or unwanted) outside `box` (all dimensions but the last): one pass per dimension, each over
+    the lines the box needs, the passes counted as equal; 1 where the plan is not pruned (the
+    box keeps more than half the lines)."""
+    lines, kept = math.prod(n[:-1]), math.prod(box)
+    if 2 * kept > lines:
+        return 1.0
+    passes = [kept / lines] + [math.prod(box[:d]) / math.prod(n[:d]) for d in range(len(n) - 1)]
+    return sum(passes) / len(passes)
+
+
 def cost(lay: ir.Conv, needs_dx: bool, vector_width: int) -> int:
     """Estimated cycles per image of the three passes by FFT: r2c of the input maps, the kernels
     and the deltas; c2r of the outputs, the input deltas (if needed) and the gradients; three
@@ -161,7 +173,9 @@ def cost(lay: ir.Conv, needs_dx: bool, vector_width: int) -> int:
     cin, cout = lay.in_shape.maps, lay.out_shape.maps
     nr = math.prod(n)
     nc = math.prod(n[:-1]) * (n[-1] // 2 + 1)
-    transforms = cin + 2 * cin * cout + 2 * cout + (cin if needs_dx else 0)
+    # the kernels' r2c and the gradients' c2r are pruned to the kernel's box
+    kernel_share = pruned_fraction(n, list(kernel_dims(lay)[:-1]))
+    transforms = cin + 2 * cin * cout * kernel_share + 2 * cout + (cin if needs_dx else 0)
     per_transform = FFT_CYCLES * nr * math.log2(max(nr, 2))
     products = (3 if needs_dx else 2) * cin * cout * nc
     per_product = PRODUCT_CYCLES * PRODUCT_WIDTH / vector_width
