@@ -5,7 +5,7 @@
 // conv weight gradients: c3 wide (the cost model's choice)
 // conv algorithm: c1 fft (algorithm=fft in the spec)
 // conv algorithm: c2 fft (algorithm=fft in the spec)
-// conv algorithm: c3 direct (cost model: direct 2k, fft 10k cycles)
+// conv algorithm: c3 direct (cost model: direct 2k, fft 9k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel          weights
 // input  input    2     24x24     1152
