@@ -476,6 +476,14 @@ def _decide(lay: ir.Conv, direct: float, needs_dx: bool, tuned: str | None,
                     direct_cost=direct)
     by_fft = fft.cost(lay, needs_dx, vector_width)
     estimate = f"cost model: direct {direct / 1e3:.0f}k, fft {by_fft / 1e3:.0f}k cycles"
+    floats = fft.scratch(lay)[1]
+    if floats > MAX_FFT_FLOATS:  # the out x in kernel spectra of every worker
+        what = (f"{lay.kind} '{lay.name}': FFT would need {floats} floats of scratch per worker "
+                f"(above the bound of {MAX_FFT_FLOATS}, 1 GiB)")
+        if lay.algorithm == "fft":
+            raise SpecError([Diagnostic(lay.loc, f"{what}: use algorithm=direct or fewer maps")])
+        return dict(algorithm="direct", algorithm_why=f"{what}; {estimate}", direct_cost=direct,
+                    fft_cost=by_fft)
     if lay.algorithm == "fft":
         use, why = True, "algorithm=fft in the spec"
     elif tuned:
@@ -485,6 +493,8 @@ def _decide(lay: ir.Conv, direct: float, needs_dx: bool, tuned: str | None,
     return dict(algorithm="fft" if use else "direct", algorithm_why=why, direct_cost=direct,
                 fft_cost=by_fft)
 
+
+MAX_FFT_FLOATS = 1 << 28  # check.MAX_FLOATS: the bound on one instance's buffers, for FFT's too
 
 # Cycles (of the cost model's scale) per vector of multiply-adds of the 3D direct kernels
 # (conv3d.j2), fitted with FFT's constants (chaosgen/fft.py) to bench/fft.py --volume.

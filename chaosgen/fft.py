@@ -88,6 +88,23 @@ def transform_size(lay: ir.Conv) -> tuple[int, ...]:
     )
 
 
+def scratch(lay: ir.Conv) -> tuple[dict[str, int], int]:
+    """The FFT scratch of one worker, in floats from FFT_FROM_D: RE real planes (staging), XF
+    the input's spectra (forward -> weight gradient), WF the kernels' (forward -> backward data:
+    out maps x in maps of them), AF sums of products, DF the deltas' (backward data -> weight
+    gradient). Returns each one's offset and the total."""
+    n = transform_size(lay)
+    rp = ir.align(math.prod(n))
+    sp = ir.align(2 * math.prod(n[:-1]) * (n[-1] // 2 + 1))
+    cin, cout = lay.in_shape.maps, lay.out_shape.maps
+    layout, off = {}, 0
+    for name, floats in (("re", max(cin, cout) * rp), ("xf", cin * sp), ("wf", cout * cin * sp),
+                         ("af", max(cin, cout) * sp), ("df", cout * sp)):
+        layout[f"{name}_off"] = off
+        off += ir.align(floats)
+    return layout, off
+
+
 def plan(lay: ir.Conv, needs_dx: bool) -> dict:
     """Every number conv_fft.j2 prints for `lay`: the transform size, the scratch layout (floats
     after the layer's deltas) and the copy expressions. A padded input goes into the transform
@@ -100,21 +117,7 @@ def plan(lay: ir.Conv, needs_dx: bool) -> dict:
     rp, sp = ir.align(nr), ir.align(2 * nc)  # plane and spectrum pitches in floats (64-byte)
     strides = tuple(math.prod(n[k + 1 :]) for k in range(len(n)))
     corner = sum(p * st for p, st in zip(lay.pad, strides, strict=True))
-    cin, cout = i.maps, o.maps
-    # scratch, floats from FFT_FROM_D: RE real planes (staging), XF the input's spectra (forward
-    # -> weight gradient), WF the kernels' (forward -> backward data), AF sums of products, DF
-    # the deltas' (backward data -> weight gradient)
-    layout = {}
-    off = 0
-    for name, floats in (
-        ("re", max(cin, cout) * rp),
-        ("xf", cin * sp),
-        ("wf", cout * cin * sp),
-        ("af", max(cin, cout) * sp),
-        ("df", cout * sp),
-    ):
-        layout[f"{name}_off"] = off
-        off += ir.align(floats)
+    layout, off = scratch(lay)
     d_data = ir.align(o.size)
     return dict(
         algorithm="fft",
