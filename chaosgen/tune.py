@@ -186,13 +186,21 @@ def _choose_algorithms(net: Net, target: Target, compiler: Compiler, root: str |
     forms.update({name: forms.get(name, "direct") for name in auto})  # 3D: no form timed
     by_fft = dict(forms, **{name: "fft" for name in auto})
     say("  timing " + ", ".join(auto) + " whole (forward and backward), direct and fft ...")
+    algos = [("direct", forms), ("fft", by_fft)]
+    try:  # built once here: without FFTW the auto layers stay direct, and tuning goes on
+        _time_form(net, target, compiler, by_fft, root, True)
+    except BuildError as e:
+        if "FFTW" not in str(e):
+            raise
+        say(f"  {e}: FFT not timed, the auto layers stay direct")
+        algos = algos[:1]
     for _ in range(SWEEPS):
-        for algo, assignment in (("direct", forms), ("fft", by_fft)):
+        for algo, assignment in algos:
             for name, us in _time_form(net, target, compiler, assignment, root, True).items():
                 if name in whole:
                     whole[name][algo] = min(whole[name].get(algo, float("inf")), float(us))
     for name, t in whole.items():
-        if t["fft"] < t["direct"]:
+        if t.get("fft", float("inf")) < t["direct"]:
             forms[name] = "fft"
     return whole
 

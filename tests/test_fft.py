@@ -7,7 +7,6 @@ direct; a bad algorithm is a located error; CHAOS trains an FFT net from the CLI
 
 from __future__ import annotations
 
-import ctypes.util
 import hashlib
 import json
 import re
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, ROOT
+from conftest import DATA, HAVE_FFTW, ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import (
@@ -40,7 +39,6 @@ from chaosgen.parse import parse_text
 from chaosgen.pipeline import front_end
 from chaosgen.targets import TARGETS
 
-HAVE_FFTW = Path("/usr/include/fftw3.h").exists() and ctypes.util.find_library("fftw3f")
 needs_fftw = pytest.mark.skipif(not HAVE_FFTW, reason="FFTW (libfftw3-dev) is not installed")
 
 try:
