@@ -64,8 +64,8 @@ def znn(rounds: int, root: str) -> None:
     import json
     import subprocess
 
-    tmp = Path(root)
-    data = tmp / "shapes32.npz"
+    tmp = Path(tempfile.mkdtemp(prefix="znn-", dir=root))  # this run's specs, logs, checkpoints
+    data = Path(root) / "shapes32.npz"
     if not data.exists():
         subprocess.run(
             [
