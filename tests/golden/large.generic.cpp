@@ -3,6 +3,9 @@
 // target:  generic (SSE2, 4 floats per vector, 64-byte alignment)
 // IR hash: d7842636ae1f2311
 // conv weight gradients: c1 taps (3 maps x 4 vectors), c2 taps (4 maps x 3 vectors), c3 taps (4 maps x 3 vectors) (the cost model's choice)
+// conv algorithm: c1 direct (cost model: direct 113k, fft 395k cycles)
+// conv algorithm: c2 direct (cost model: direct 533k, fft 5929k cycles)
+// conv algorithm: c3 direct (cost model: direct 701k, fft 6217k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841
