@@ -4,6 +4,7 @@
 #include <cstring>
 #include <cmath>
 #include <atomic>
+#include <new>
 #include <omp.h>
 #if defined(__INTEL_COMPILER)
 #include <immintrin.h>  // _mm_malloc and _mm_free (runtime.hpp); with icc -mmic, the KNC header
