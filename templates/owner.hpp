@@ -19,7 +19,11 @@
    --------------------------------------------------------------------------------------------- */
 namespace chaos {
 
-constexpr int OWNER_DEPTH_PER_WORKER = 4;  // ring slots per worker: room for the records in flight
+/* Ring slots per worker. Running, a worker is a record or two behind the others; descheduled
+   (another process took its core) it holds its segment, maybe its lock, for a time slice, while
+   the others go on publishing: room for a few milliseconds of records before they must wait. */
+constexpr int OWNER_DEPTH_PER_WORKER = 16;
+constexpr int OWNER_SPINS = 256;  // checks of a full ring before a waiting worker yields its core
 
 /* One worker's units of a ring (its segment): a lock for whoever applies records to them (their
    owner, or a helper), and how many records they have received: records [0, done). */
@@ -123,7 +127,7 @@ static void publish(OwnerRing &r, int me, int team, float *P, const cg_config &c
                     Waited &&after_wait) {
     const long q = r.head.fetch_add(1, std::memory_order_relaxed);
     if (q - r.depth >= floor) {  // slot q % depth held record q - depth: received everywhere?
-        bool waited = false;
+        int waited = 0;
         for (;;) {
             long low = q;
             for (int s = 0; s < team; ++s) {
@@ -133,7 +137,7 @@ static void publish(OwnerRing &r, int me, int team, float *P, const cg_config &c
             floor = low;
             if (q - r.depth < floor) break;
             if (!waited) before_wait();
-            waited = true;
+            if (waited++ % OWNER_SPINS == OWNER_SPINS - 1) std::this_thread::yield();
             for (int k = 0; k < team; ++k) {
                 const int s = (me + k) % team;
                 if (r.segment[s].done.load(std::memory_order_relaxed) <= q - r.depth)
@@ -163,7 +167,8 @@ static void publish(OwnerRing &r, int me, int team, float *P, const cg_config &c
    publish) and every segment has received every record. */
 static void drain(OwnerRing &r, int me, int team, float *P, const cg_config &c,
                   std::atomic<int> &finished) {
-    for (;;) {
+    for (int spins = 1;; ++spins) {
+        if (spins % OWNER_SPINS == 0) std::this_thread::yield();
         const bool last = finished.load(std::memory_order_acquire) == team;  // head is final
         const long head = r.head.load(std::memory_order_relaxed);
         bool all = true;
