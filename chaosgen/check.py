@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -109,6 +110,9 @@ _KIND_WORDS = {
     "word": "a name",
     "list": "numbers like 0.5,0.5,0.5",
 }
+RANKS = (2, 3)  # spatial axes: planes (HxW) and volumes (DxHxW)
+_AXES = {2: "HxW", 3: "DxHxW"}
+_RANK_WORD = {2: "plane (HxW)", 3: "volume (DxHxW)"}
 MAX_NORM = 1e6  # bound on |mean|, std and scale: pixels are in [0, 1]
 MIN_NORM = 1e-6  # std and scale at least this (a tiny std overflows float32)
 
@@ -117,6 +121,9 @@ class _Checker:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.errors: list[Diagnostic] = []
+        # spatial axes of every layer's sizes, set by the input (None: unknown after an error)
+        self.rank: int | None = None
+        self.input_line = 0
 
     def error(self, loc: SourceLoc, msg: str) -> None:
         src = self.spec.lines[loc.line - 1] if 0 < loc.line <= len(self.spec.lines) else None
@@ -189,12 +196,20 @@ class _Checker:
             return False
         return True
 
-    def pair(self, st: Statement, what: str, key: str, value: object) -> tuple[int, int] | None:
-        """A `HxW` (or a single int for a square) attribute, each side within bounds."""
-        dims = (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[arg-type]
-        if len(dims) != 2:
+    def sizes(self, st: Statement, what: str, key: str, value: object) -> tuple[int, ...] | None:
+        """A `HxW` attribute on a plane, `DxHxW` on a volume (a single int: the same size on
+        every axis), each side within bounds. The input sets which (`self.rank`)."""
+        rank = self.rank or (len(value) if isinstance(value, tuple) and len(value) in RANKS
+                             else 2)
+        dims = (value,) * rank if isinstance(value, int) else tuple(value)  # type: ignore[arg-type]
+        if len(dims) != rank:
+            why = ""
+            if self.rank and len(dims) in RANKS:  # the other of 2D and 3D: say why not
+                why = (f" (the input at line {self.input_line} is a {_RANK_WORD[rank]}: 2D and 3D "
+                       f"layers do not mix)")
             self.error(
-                self.loc_of(st, key), f"{what}: '{key}' must be HxW, found {len(dims)} sizes"
+                self.loc_of(st, key),
+                f"{what}: '{key}' must be {_AXES[rank]}, found {len(dims)} sizes{why}",
             )
             return None
         if all(self.count(st, what, key, d) for d in dims):
@@ -394,9 +409,21 @@ class _Checker:
         if in_st is not None:
             a = self.attrs(in_st, "input")
             if a is not None:
-                hw = self.pair(in_st, "input", "size", a["size"])
-                if self.count(in_st, "input", "maps", a["maps"]) and hw:  # type: ignore[arg-type]
-                    shape = ir.Shape(maps=a["maps"], h=hw[0], w=hw[1])  # type: ignore[arg-type]
+                size = a["size"]
+                n = len(size) if isinstance(size, tuple) else 2  # type: ignore[arg-type]
+                if n not in RANKS:
+                    self.error(
+                        self.loc_of(in_st, "size"),
+                        f"input: 'size' must be HxW (a plane) or DxHxW (a volume), "
+                        f"found {n} sizes",
+                    )
+                    size = None
+                else:
+                    self.rank, self.input_line = n, in_st.loc.line
+                dims = self.sizes(in_st, "input", "size", size) if size is not None else None
+                if self.count(in_st, "input", "maps", a["maps"]) and dims:  # type: ignore
+                    shape = ir.Shape(maps=a["maps"], h=dims[-2], w=dims[-1],  # type: ignore
+                                     d=dims[0] if len(dims) == 3 else 0)
                 if shape is not None and shape.size > MAX_FLOATS:  # the image buffer, too
                     self.error(
                         in_st.loc,
@@ -495,32 +522,28 @@ class _Checker:
 
     # --- one builder per layer kind: (checker, statement, what, attrs, **common) -> Layer | None
     def conv(self, st, what, a, *, name, index, in_shape, offset):
-        k = self.pair(st, what, "kernel", a["kernel"])
+        k = self.sizes(st, what, "kernel", a["kernel"])
         ok = self.count(st, what, "maps", a["maps"]) & self.count(st, what, "stride", a["stride"])
         ok &= self.word(st, what, "activation", a["activation"], ir.ACTIVATIONS)
         pad = self.padding(st, what, a["pad"], k)
         if k and pad and in_shape is not None:
-            ph, pw = in_shape.h + 2 * pad[0], in_shape.w + 2 * pad[1]
-            if k[0] > ph or k[1] > pw:
-                padded = f" (padded {ph}x{pw})" if pad != (0, 0) else ""
+            padded = tuple(n + 2 * p for n, p in zip(in_shape.dims, pad, strict=True))
+            if any(kk > n for kk, n in zip(k, padded, strict=True)):
+                note = f" (padded {_x(padded)})" if any(pad) else ""
                 self.error(
                     self.loc_of(st, "kernel"),
-                    f"{what}: kernel {k[0]}x{k[1]} is larger than its input "
-                    f"{in_shape.h}x{in_shape.w}{padded}",
+                    f"{what}: kernel {_x(k)} is larger than its input {_x(in_shape.dims)}{note}",
                 )
                 return None
         init = self.init_of(st, what, a, self.train_settings)
         if not (k and ok and pad and init) or in_shape is None:
             return None
-        kh, kw = k
         s = a["stride"]
-        # PyTorch's and Caffe's size: floor((H + 2 * pad - kernel) / stride) + 1
-        out = ir.Shape(
-            maps=a["maps"],
-            h=(in_shape.h + 2 * pad[0] - kh) // s + 1,
-            w=(in_shape.w + 2 * pad[1] - kw) // s + 1,
-        )
-        n_w = out.maps * in_shape.maps * kh * kw
+        # PyTorch's and Caffe's size: floor((H + 2 * pad - kernel) / stride) + 1, on every axis
+        dims = [(n + 2 * p - kk) // s + 1 for n, p, kk in zip(in_shape.dims, pad, k, strict=True)]
+        out = ir.Shape(maps=a["maps"], h=dims[-2], w=dims[-1], d=in_shape.d and dims[0])
+        n_w = out.maps * in_shape.maps * math.prod(k)
+        depth = dict(kd=k[0], pad_d=pad[0]) if len(k) == 3 else {}
         return ir.Conv(
             name=name,
             index=index,
@@ -530,48 +553,49 @@ class _Checker:
             activation=a["activation"],
             w_offset=offset,
             b_offset=ir.align(offset + n_w),
-            kh=kh,
-            kw=kw,
+            kh=k[-2],
+            kw=k[-1],
             stride=s,
             init=init[0],
             init_scale=init[1],
-            pad_h=pad[0],
-            pad_w=pad[1],
+            pad_h=pad[-2],
+            pad_w=pad[-1],
+            **depth,
         )
 
     def pool(self, st, what, a, *, name, index, in_shape, offset):
-        win = self.pair(st, what, "window", a["window"])
-        stride = self.pair(st, what, "stride", a["stride"]) if a["stride"] is not None else win
+        win = self.sizes(st, what, "window", a["window"])
+        stride = self.sizes(st, what, "stride", a["stride"]) if a["stride"] is not None else win
         rnd = a["round"]
         ok = rnd is None or self.word(st, what, "round", rnd, ROUNDS)
         if not (win and stride and ok) or in_shape is None:
             return None
-        wh, ww = win
-        if wh > in_shape.h or ww > in_shape.w:
+        dims = in_shape.dims
+        if any(k > n for k, n in zip(win, dims, strict=True)):
             self.error(
                 self.loc_of(st, "window"),
-                f"{what}: window {wh}x{ww} is larger than its input {in_shape.h}x{in_shape.w}",
+                f"{what}: window {_x(win)} is larger than its input {_x(dims)}",
             )
             return None
-        sh, sw = stride
-        if rnd is None and ((in_shape.h - wh) % sh or (in_shape.w - ww) % sw):
+        if rnd is None and any((n - k) % s for n, k, s in zip(dims, win, stride, strict=True)):
             how = (
                 "pooling windows do not overlap and must divide the input exactly"
-                if (sh, sw) == (wh, ww)
-                else f"windows {sh}x{sw} apart must end exactly at the input's edge"
+                if stride == win
+                else f"windows {_x(stride)} apart must end exactly at the input's edge"
             )
             self.error(
                 self.loc_of(st, "window"),
-                f"{what}: window {wh}x{ww} does not tile its input {in_shape.h}x{in_shape.w} "
+                f"{what}: window {_x(win)} does not tile its input {_x(dims)} "
                 f"({how}); add round=floor to drop the rest (PyTorch, Keras) or round=ceil "
                 f"for a last, partial window (Caffe)",
             )
             return None
-        out = ir.Shape(
-            maps=in_shape.maps,
-            h=pool_size(in_shape.h, wh, sh, rnd or "floor"),
-            w=pool_size(in_shape.w, ww, sw, rnd or "floor"),
-        )
+        out_dims = [pool_size(n, k, s, rnd or "floor")
+                    for n, k, s in zip(dims, win, stride, strict=True)]
+        out = ir.Shape(maps=in_shape.maps, h=out_dims[-2], w=out_dims[-1],
+                       d=in_shape.d and out_dims[0])
+        given = a["stride"] is not None
+        depth = dict(wd=win[0], stride_d=stride[0] if given else 0) if len(win) == 3 else {}
         return ir.Pool(
             name=name,
             index=index,
@@ -579,22 +603,27 @@ class _Checker:
             out_shape=out,
             loc=st.loc,
             op=st.kind[:3],
-            wh=wh,
-            ww=ww,
-            stride_h=sh if a["stride"] is not None else 0,
-            stride_w=sw if a["stride"] is not None else 0,
+            wh=win[-2],
+            ww=win[-1],
+            stride_h=stride[-2] if given else 0,
+            stride_w=stride[-1] if given else 0,
             round=rnd or "",
+            **depth,
         )
 
-    def padding(self, st, what, value, kernel) -> tuple[int, int] | None:
-        """`pad=P` or `pad=PHxPW`: 0 <= each < its kernel side (a larger pad only adds outputs
-        that see nothing but zeros; PyTorch allows it, Caffe too, but it is never meant)."""
-        dims = (value, value) if isinstance(value, int) else tuple(value)
+    def padding(self, st, what, value, kernel) -> tuple[int, ...] | None:
+        """`pad=P`, `pad=PHxPW` (planes) or `pad=PDxPHxPW` (volumes): 0 <= each < its kernel
+        side (a larger pad only adds outputs that see nothing but zeros; PyTorch allows it,
+        Caffe too, but it is never meant)."""
+        rank = len(kernel) if kernel else self.rank or 2
+        dims = (value,) * rank if isinstance(value, int) else tuple(value)
         loc = self.loc_of(st, "pad")
-        if len(dims) != 2:
-            self.error(loc, f"{what}: 'pad' must be P or PHxPW, found {len(dims)} sizes")
+        if len(dims) != rank:
+            want = "P or PHxPW" if rank == 2 else "P or PDxPHxPW"
+            self.error(loc, f"{what}: 'pad' must be {want}, found {len(dims)} sizes")
             return None
-        for d, k, side in zip(dims, kernel or (None, None), ("height", "width"), strict=True):
+        sides = ("height", "width") if rank == 2 else ("depth", "height", "width")
+        for d, k, side in zip(dims, kernel or (None,) * rank, sides, strict=True):
             if d < 0 or (k is not None and d >= k) or d > MAX_DIM:
                 top = f"{k - 1} (the kernel {side} {k} less one)" if k is not None else MAX_DIM
                 self.error(loc, f"{what}: 'pad' must be between 0 and {top}, found {d}")
@@ -680,6 +709,11 @@ def pool_size(n: int, k: int, s: int, rnd: str) -> int:
         return (n - k) // s + 1
     out = -(-(n - k) // s) + 1
     return out - 1 if (out - 1) * s >= n else out
+
+
+def _x(dims) -> str:
+    """Sizes as written in a spec: 5x5, 3x5x5."""
+    return "x".join(str(n) for n in dims)
 
 
 def _stem(path: str) -> str:

@@ -22,19 +22,37 @@ PARAM_ALIGN = 16  # floats: each parameter block starts on a 64-byte boundary
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Shape:
-    """maps x h x w (a fully connected layer is units x 1 x 1)."""
+    """maps x h x w, or maps x d x h x w for a volume (d >= 1); a fully connected layer is
+    units x 1 x 1. `d` is 0 for a plane: a 2D net has no depth axis at all (its IR, digest and
+    generated code are what they were before volumes existed)."""
 
     maps: int
     h: int
     w: int
+    d: int = field(default=0, metadata={"omit_default": True})  # depth: 0 for a plane
+
+    @property
+    def volume(self) -> bool:
+        """A 3D map (maps x d x h x w)."""
+        return self.d > 0
+
+    @property
+    def depth(self) -> int:
+        """Planes per map: d for a volume, 1 for a plane."""
+        return self.d or 1
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The spatial sizes: (d, h, w) for a volume, (h, w) for a plane."""
+        return (self.d, self.h, self.w) if self.d else (self.h, self.w)
 
     @property
     def size(self) -> int:
         """Number of values."""
-        return self.maps * self.h * self.w
+        return self.maps * self.depth * self.h * self.w
 
     def __str__(self) -> str:
-        return f"{self.maps}x{self.h}x{self.w}"
+        return "x".join(str(n) for n in (self.maps, *self.dims))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,7 +113,9 @@ class Trainable(Layer):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Conv(Trainable):
-    """Valid convolution, every output map connected to every input map."""
+    """Valid convolution, every output map connected to every input map. On volumes (3D, the
+    input's d >= 1) the kernel is kd x kh x kw and the pad pad_d x pad_h x pad_w; on planes kd
+    and pad_d are 0. The stride is the same along every axis."""
 
     kh: int
     kw: int
@@ -103,26 +123,39 @@ class Conv(Trainable):
     # zeros around the input (PyTorch's `padding`, Caffe's `pad`); 0 keeps today's valid conv
     pad_h: int = field(default=0, metadata={"omit_default": True})
     pad_w: int = field(default=0, metadata={"omit_default": True})
+    kd: int = field(default=0, metadata={"omit_default": True})  # kernel depth: 0 on planes
+    pad_d: int = field(default=0, metadata={"omit_default": True})
     kind = "conv"
 
     @property
+    def kernel(self) -> tuple[int, ...]:
+        """(kd, kh, kw) on volumes, (kh, kw) on planes."""
+        return (self.kd, self.kh, self.kw) if self.kd else (self.kh, self.kw)
+
+    @property
+    def pad(self) -> tuple[int, ...]:
+        """(pad_d, pad_h, pad_w) on volumes, (pad_h, pad_w) on planes."""
+        return (self.pad_d, self.pad_h, self.pad_w) if self.kd else (self.pad_h, self.pad_w)
+
+    @property
     def n_weights(self) -> int:
-        return self.out_shape.maps * self.in_shape.maps * self.kh * self.kw
+        return self.out_shape.maps * self.in_shape.maps * math.prod(self.kernel)
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
-        return (self.out_shape.maps, self.in_shape.maps, self.kh, self.kw)
+        return (self.out_shape.maps, self.in_shape.maps, *self.kernel)
 
     @property
     def macs(self) -> int:
-        return self.n_weights * self.out_shape.h * self.out_shape.w
+        return self.n_weights * math.prod(self.out_shape.dims)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pool(Layer):
     """Max or average pooling; windows `stride_h` x `stride_w` apart (0: the window, which then
     tiles the input). `round` says how a window that does not tile was sized: "" (it tiles),
-    "floor" (PyTorch, Keras: the rest is dropped) or "ceil" (Caffe: a last, partial window)."""
+    "floor" (PyTorch, Keras: the rest is dropped) or "ceil" (Caffe: a last, partial window).
+    On volumes the window is wd x wh x ww, `stride_d` planes apart; on planes wd is 0."""
 
     op: str  # "max" | "avg"
     wh: int
@@ -130,6 +163,23 @@ class Pool(Layer):
     stride_h: int = field(default=0, metadata={"omit_default": True})
     stride_w: int = field(default=0, metadata={"omit_default": True})
     round: str = field(default="", metadata={"omit_default": True})
+    wd: int = field(default=0, metadata={"omit_default": True})  # window depth: 0 on planes
+    stride_d: int = field(default=0, metadata={"omit_default": True})
+
+    @property
+    def sd(self) -> int:
+        """Planes between window starts (volumes)."""
+        return self.stride_d or self.wd
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        """(wd, wh, ww) on volumes, (wh, ww) on planes."""
+        return (self.wd, self.wh, self.ww) if self.wd else (self.wh, self.ww)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Window starts apart along each axis: (sd, sh, sw) on volumes, (sh, sw) on planes."""
+        return (self.sd, self.sh, self.sw) if self.wd else (self.sh, self.sw)
 
     @property
     def sh(self) -> int:
@@ -144,10 +194,9 @@ class Pool(Layer):
     @property
     def tiles(self) -> bool:
         """The windows cut the input into whole tiles (today's kernels)."""
-        return (self.sh, self.sw) == (self.wh, self.ww) and (
-            self.in_shape.h == self.out_shape.h * self.wh
-            and self.in_shape.w == self.out_shape.w * self.ww
-        )
+        return self.strides == self.window and all(
+            i == o * k for i, o, k in zip(self.in_shape.dims, self.out_shape.dims, self.window,
+                                          strict=True))
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -317,7 +366,9 @@ def verify(net: Net) -> None:
     for i, lay in enumerate(net.layers):
         assert lay.index == i, lay
         assert lay.in_shape == prev, (lay.name, lay.in_shape, prev)
-        assert min(lay.out_shape.maps, lay.out_shape.h, lay.out_shape.w) >= 1, lay
+        assert min(lay.out_shape.maps, *lay.out_shape.dims) >= 1, lay
+        # a volume stays a volume up to the first dense layer (2D and 3D do not mix)
+        assert isinstance(lay, Dense) or lay.out_shape.volume == lay.in_shape.volume, lay
         if isinstance(lay, Trainable):
             assert lay.w_offset % PARAM_ALIGN == 0 and lay.b_offset % PARAM_ALIGN == 0
             assert lay.w_offset >= end and lay.b_offset >= lay.w_offset + lay.n_weights
@@ -326,15 +377,16 @@ def verify(net: Net) -> None:
         if isinstance(lay, Dropout):
             assert lay.out_shape == lay.in_shape and 0 <= lay.rate < 1, lay
         if isinstance(lay, Pool):
-            i = lay.in_shape
-            assert lay.round or ((i.h - lay.wh) % lay.sh == 0 and (i.w - lay.ww) % lay.sw == 0)
-            # every window starts inside the input
-            assert (lay.out_shape.h - 1) * lay.sh < lay.in_shape.h, lay
-            assert (lay.out_shape.w - 1) * lay.sw < lay.in_shape.w, lay
+            assert len(lay.window) == len(lay.in_shape.dims), lay
+            for n, o, k, s in zip(lay.in_shape.dims, lay.out_shape.dims, lay.window, lay.strides,
+                                  strict=True):
+                assert lay.round or (n - k) % s == 0, lay
+                assert (o - 1) * s < n, lay  # every window starts inside the input
         if isinstance(lay, Conv):
-            ph, pw = lay.in_shape.h + 2 * lay.pad_h, lay.in_shape.w + 2 * lay.pad_w
-            assert lay.out_shape.h == (ph - lay.kh) // lay.stride + 1, lay
-            assert lay.out_shape.w == (pw - lay.kw) // lay.stride + 1, lay
+            assert len(lay.kernel) == len(lay.in_shape.dims), lay
+            for n, o, k, p in zip(lay.in_shape.dims, lay.out_shape.dims, lay.kernel, lay.pad,
+                                  strict=True):
+                assert o == (n + 2 * p - k) // lay.stride + 1, lay
         prev = lay.out_shape
     assert isinstance(net.layers[-1], Output)
     assert sum(isinstance(lay, Output) for lay in net.layers) == 1

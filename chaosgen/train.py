@@ -695,7 +695,12 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("train", help="train a network on MNIST with CHAOS (or another scheme)")
     add_compile_options(p)
-    p.add_argument("--scheme", choices=tuple(SCHEMES), default="chaos")
+    p.add_argument(
+        "--scheme",
+        choices=tuple(SCHEMES),
+        default=None,
+        help="default: chaos; a --resume continues with the run's own",
+    )
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
     p.add_argument("--epochs", type=int, default=None, help="default: the spec's train epochs")
     p.add_argument("--eta", type=float, default=None, help="initial learning rate (default: spec)")
@@ -817,7 +822,13 @@ def check_train_flags(args: argparse.Namespace) -> None:
         v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and low < v <= high):
             raise UsageError(f"--{name.replace('_', '-')} must be {what}, found {v}")
-    scheme = getattr(args, "scheme", None) or "chaos"
+    if getattr(args, "scheme", None) or not getattr(args, "resume", False):
+        check_scheme_flags(args, getattr(args, "scheme", None) or "chaos")
+    # else a --resume's scheme is the checkpoint's: train_config checks it once that is read
+
+
+def check_scheme_flags(args: argparse.Namespace, scheme: str) -> None:
+    """--update-every and --batch belong to the delayed and averaged schemes (usage error)."""
     for flag, owner, what in (
         ("update_every", "delayed", "images between updates"),
         ("batch", "averaged", "images per synchronous step"),
@@ -896,7 +907,9 @@ def train_config(
             "continues from the checkpoint; drop --seed, or start a new run"
         )
     values = {k: given.get(k, old.get(k, spec.get(k))) for k in keys}
-    cfg = Config(scheme=args.scheme or "chaos", threads=threads, profile=args.profile, **values)
+    scheme = getattr(args, "scheme", None) or old.get("scheme") or "chaos"  # a run keeps its own
+    check_scheme_flags(args, scheme)
+    cfg = Config(scheme=scheme, threads=threads, profile=args.profile, **values)
     changed = {}
     if ck is not None:
         now = asdict(cfg)
@@ -952,11 +965,11 @@ def _train(
     from .data.sets import load
 
     asked = resolve_threads(args.threads)
-    if args.scheme == "sequential":
+    cfg, changed = train_config(args, asked, spec_net.training, ck)
+    if cfg.scheme == "sequential":
         if args.threads not in (None, 1):
             raise UsageError("--scheme sequential runs on one thread; drop --threads")
-        asked = 1
-    cfg, changed = train_config(args, asked, spec_net.training, ck)
+        asked = cfg.threads = 1
     if ck is not None and ck.epoch >= cfg.epochs:
         if cluster is None or cluster.root:
             print(f"nothing to do: {ck.epoch} epochs done, --epochs {cfg.epochs}; raise --epochs")
@@ -1060,7 +1073,7 @@ def train(
     data: str | os.PathLike[str] | None = None,
     epochs: int | None = None,
     threads: int | None = None,
-    scheme: str = "chaos",
+    scheme: str | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     on_epoch: Callable[[dict], object] | None = None,
     quiet: bool = True,
@@ -1071,8 +1084,8 @@ def train(
     (epoch, eta, train_loss, val_/test_error_rate, images per second, config, machine...).
 
     data: a data set directory or .npz (default $CHAOSGEN_DATA, else the MNIST cache); epochs,
-    scheme (chaos, sequential, hogwild, delayed, averaged), threads (default: the usable CPUs):
-    as the CLI's flags; checkpoint_dir: default runs/<network>, as the CLI (last.npz, written
+    scheme (chaos, sequential, hogwild, delayed, averaged; default chaos, or a resumed run's
+    own), threads (default: the usable CPUs): as the CLI's flags; checkpoint_dir: default runs/<network>, as the CLI (last.npz, written
     after every epoch); on_epoch(record): called after each epoch is checkpointed and logged;
     quiet: no banner, progress bars or epoch lines (True here; the CLI prints them). **options:
     every other `chaosgen train` flag by its name with underscores (eta, decay, seed,

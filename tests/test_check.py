@@ -252,3 +252,50 @@ def test_error_echoes_its_own_line_after_a_form_feed() -> None:
         _check("# a\fb\ninput size=4\nconv c1: maps=0 kernel=1\noutput classes=2\n")
     (diag,) = err.value.diagnostics
     assert (diag.loc.line, diag.source_line) == (3, "conv c1: maps=0 kernel=1")
+
+
+def test_volume_shapes_match_brute_force() -> None:
+    """A 3D net (input DxHxW): every axis sized as the windows that fit, counted one by one."""
+    net = _check(
+        "input maps=2 size=9x10x11\n"
+        "conv c1: maps=3 kernel=3x2x4 stride=2 pad=1x0x2\n"
+        "maxpool p1: window=2x2x1 stride=1x2x1 round=floor\n"
+        "avgpool p2: window=2 round=floor\n"
+        "dense f: units=4\n"
+        "output classes=2\n"
+    )
+    c1, p1, p2 = net.layers[:3]
+    dims = [len(conv_positions(n + 2 * p, k, 2)) for n, p, k in
+            zip((9, 10, 11), (1, 0, 2), (3, 2, 4), strict=True)]
+    assert c1.out_shape == ir.Shape(maps=3, d=dims[0], h=dims[1], w=dims[2])
+    assert (c1.kernel, c1.pad, c1.n_weights) == ((3, 2, 4), (1, 0, 2), 3 * 2 * 3 * 2 * 4)
+    dims = [len(conv_positions(n, k, s)) for n, k, s in
+            zip(dims, (2, 2, 1), (1, 2, 1), strict=True)]
+    assert p1.out_shape.dims == tuple(dims) and p1.window == (2, 2, 1)
+    dims = [len(conv_positions(n, 2, 2)) for n in dims]
+    assert p2.out_shape.dims == tuple(dims) and str(p2.in_shape) == "3x" + "x".join(
+        map(str, p1.out_shape.dims))
+    assert net.layers[3].in_shape.size == 3 * math.prod(dims)
+
+
+def test_plane_and_volume_do_not_mix() -> None:
+    """A 3D size in a 2D net and a 2D size in a 3D net: located errors that say why."""
+    assert _errors("input size=8x8\nconv c: maps=2 kernel=3x3x3\noutput classes=2\n") == [
+        "2:23: conv 'c': 'kernel' must be HxW, found 3 sizes (the input at line 1 is a plane "
+        "(HxW): 2D and 3D layers do not mix)"
+    ]
+    assert _errors("input size=4x8x8\nmaxpool p: window=2x2\noutput classes=2\n") == [
+        "2:19: maxpool 'p': 'window' must be DxHxW, found 2 sizes (the input at line 1 is a "
+        "volume (DxHxW): 2D and 3D layers do not mix)"
+    ]
+    assert _errors("input size=4x8x8\nconv c: maps=1 kernel=3 pad=1x1\noutput classes=2\n") == [
+        "2:29: conv 'c': 'pad' must be P or PDxPHxPW, found 2 sizes"
+    ]
+    assert _errors("input size=4x8x8\nconv c: maps=1 kernel=5x3x3\noutput classes=2\n") == [
+        "2:23: conv 'c': kernel 5x3x3 is larger than its input 4x8x8"
+    ]
+    assert _errors("input size=5x8x8\nmaxpool p: window=2\noutput classes=2\n") == [
+        "2:19: maxpool 'p': window 2x2x2 does not tile its input 5x8x8 (pooling windows do not "
+        "overlap and must divide the input exactly); add round=floor to drop the rest "
+        "(PyTorch, Keras) or round=ceil for a last, partial window (Caffe)"
+    ]

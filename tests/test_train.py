@@ -186,6 +186,23 @@ def test_log_and_checkpoint_then_resume_continues_at_the_right_epoch(tmp_path):
     assert checkpoint.load(tmp_path / "ck" / "last.npz").epoch == 3
 
 
+def test_resume_keeps_the_runs_scheme_unless_told(tmp_path):
+    """A --resume without --scheme continues with the checkpoint's scheme and its knob (here
+    delayed, every 4 images), and --update-every is accepted for it; a --scheme given is a
+    change of the run, recorded in the next epoch's line."""
+    assert _cli_train(tmp_path, "--epochs", "1", "--scheme", "delayed", "--update-every", "4") == 0
+    assert _cli_train(tmp_path, "--epochs", "2", "--resume", "--update-every", "4") == 0
+    assert _cli_train(tmp_path, "--epochs", "3", "--resume", "--scheme", "chaos") == 0
+    lines = [json.loads(s) for s in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert [r["config"]["scheme"] for r in lines] == ["delayed", "delayed", "chaos"]
+    assert [r["config"]["update_every"] for r in lines] == [4, 4, 4]
+    assert "changed" not in lines[1] or "scheme" not in lines[1]["changed"]
+    assert lines[2]["changed"]["scheme"] == ["delayed", "chaos"]
+    # the checkpoint's scheme is chaos now: --batch is a usage error, the run untouched
+    assert _cli_train(tmp_path, "--epochs", "4", "--resume", "--batch", "8") == 2
+    assert checkpoint.load(tmp_path / "ck" / "last.npz").epoch == 3
+
+
 def test_checkpoint_of_another_network_is_refused(tmp_path, capsys):
     assert _cli_train(tmp_path, "--epochs", "1") == 0
     rc = main(
