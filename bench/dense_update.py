@@ -47,10 +47,10 @@ def main() -> int:
 
             def run(mode: str, images: int, profile: bool = False):
                 b.reset()
-                cfg = Config(scheme=args.scheme, threads=t, dense_update=mode, profile=profile,
-                             **recipe(b.net.ir))
+                cfg = Config(scheme=args.scheme, threads=t, profile=profile, **recipe(b.net.ir))
                 order = b.order(images)
-                return _with_share(lambda: b.rt.train(b.x, b.y, order, cfg, 0.001), t)
+                return _with_share(
+                    lambda: b.rt.train(b.x, b.y, order, cfg, 0.001, dense_update=mode), t)
 
             for m in MODES:
                 run(m, min(args.images, 1000))  # warm-up

@@ -71,7 +71,6 @@ class Config:
     profile: bool = False
     fit: str | None = None  # pad | center | crop (chaosgen.data.fit); None: pad if smaller
     val_split: int | None = None  # hold out the last N training images for validation
-    dense_update: str = "auto"  # DENSE_UPDATES
 
 
 @dataclass
@@ -180,12 +179,14 @@ class Runtime:
         epoch: int = 0,
         iter0: int = 0,
         max_iter: int = 0,
+        dense_update: str = "auto",
         trace: np.ndarray | None = None,
     ) -> PhaseStats:
         """One training pass over images[order] (native, GIL released; Ctrl-C stops it early).
         Dropout masks hash (cfg.seed, epoch, each image's index in `images`). eta: this pass's,
         or the base of a per-iteration lr_policy, whose iterations (images; averaged: steps) are
-        counted from iter0; cosine ends at max_iter. trace: float64, for each dense layer in
+        counted from iter0; cosine ends at max_iter. dense_update: DENSE_UPDATES (the runtime's
+        choice, or one forced for tests and benchmarks). trace: float64, for each dense layer in
         order len(order) x (2 + inputs + units), receives the owner-applied layers' records
         (eta, image index, x, dz) in the order they were applied (cg_config.trace)."""
         lab = self._labels(labels)
@@ -209,7 +210,7 @@ class Runtime:
                 progress=seen,
                 seed=cfg.seed,
                 epoch=epoch,
-                dense_update=DENSE_UPDATES[cfg.dense_update],
+                dense_update=DENSE_UPDATES[dense_update],
                 trace=self.ffi.NULL if trace is None else self.ffi.cast("double *", trace.ctypes.data),
                 **self._rule(cfg, iter0, max_iter),
             ),

@@ -82,11 +82,15 @@ struct Tally {
 };
 
 /* Whether the update of dense block b is owner-applied (owner.hpp) by a team of `team` workers
-   (cg_config.dense_update DENSE_AUTO). */
+   (cg_config.dense_update DENSE_AUTO): on two or more threads, when the floats the locked update
+   writes into shared lines per image (the block, and its velocity under momentum) are at least
+   OWNER_MIN_RATIO times the record that replaces them (x and dz). Below that the record's lines
+   and the ring's few shared counters move about as much as the locked update would. */
+constexpr int OWNER_MIN_RATIO = 8;
+
 static bool owner_applies(int b, const cg_config &c, int team) {
-    (void)b;
-    (void)c;
-    return team >= 2;
+    const long written = long(net::BLOCK_FLOATS[b]) * (c.velocity ? 2 : 1);
+    return team >= 2 && written >= long(OWNER_MIN_RATIO) * (net::BLOCK_INPUTS[b] + net::BLOCK_UNITS[b]);
 }
 
 /* Whether a call with configuration c applies each image's update at once (CHAOS, Hogwild,
@@ -119,7 +123,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
     auto stopped = [&]() { return failed || (cfg.stop && *cfg.stop); };
     const int me = omp_get_thread_num(), team = omp_get_num_threads();
     bool owned[net::N_BLOCKS];  // every worker decides alike
-    long floor[net::N_BLOCKS] = {};  // publish's bound on the ring's slowest worker
+    OwnerCursor cursor[net::N_BLOCKS];  // this worker's place in each ring
     unsigned long long owner_bits = 0;
     for (int b = 0; b < net::N_BLOCKS; ++b) {
         owned[b] = rings[b].block >= 0 && (cfg.dense_update == DENSE_OWNER || owner_applies(b, cfg, team));
@@ -138,7 +142,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         if (owned[b]) {  // (only for the per-image schemes: rings exist for them alone)
             const float *x, *dz;
             net::record_of(b, work, image, &x, &dz);
-            publish(rings[b], me, team, P, cfg, x, dz, scale, index, floor[b],
+            publish(rings[b], me, team, P, cfg, x, dz, scale, index, cursor[b],
                     [&] { prof.tick(layer, net::UPDATE); }, [&] { prof.tick(layer, net::LOCK_WAIT); });
             prof.tick(layer, net::UPDATE);
             return;

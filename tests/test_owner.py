@@ -86,8 +86,8 @@ def test_two_threads_apply_every_record_once_in_one_order(case, setup) -> None:
     w0 = net.get_weights()
     order = np.random.default_rng(1).permutation(N_IMAGES).astype(np.int32)
     trace = np.full(N_IMAGES * trace_floats(net.ir), np.nan)
-    cfg = Config(scheme="chaos", threads=2, dense_update="owner", **rule)
-    st = rt.train(x, y, order, cfg, eta0, trace=trace)
+    cfg = Config(scheme="chaos", threads=2, **rule)
+    st = rt.train(x, y, order, cfg, eta0, dense_update="owner", trace=trace)
     if st.threads < 2:
         pytest.skip("OpenMP ran one thread")
     dense = [lay for lay in net.ir.trainable if isinstance(lay, Dense)]
@@ -128,8 +128,8 @@ def test_batched_schemes_and_locked_leave_the_dense_update_locked(setup) -> None
     'locked' keeps the segment locks."""
     net, rt, x, y = setup
     order = np.arange(256, dtype=np.int32)
-    for cfg in (Config(scheme="delayed", threads=2, update_every=4, dense_update="owner"),
-                Config(scheme="averaged", threads=2, batch=16, dense_update="owner"),
-                Config(scheme="chaos", threads=2, dense_update="locked")):
+    for cfg, mode in ((Config(scheme="delayed", threads=2, update_every=4), "owner"),
+                      (Config(scheme="averaged", threads=2, batch=16), "owner"),
+                      (Config(scheme="chaos", threads=2), "locked")):
         net.init_weights(3)
-        assert rt.train(x, y, order, cfg, 0.003).owner_blocks == 0, cfg
+        assert rt.train(x, y, order, cfg, 0.003, dense_update=mode).owner_blocks == 0, cfg

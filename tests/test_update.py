@@ -129,7 +129,7 @@ def _torch_trajectory(net, w0, images, labels, rule, eta, batch, checkpoints):
     return out
 
 
-def _native_trajectory(loaded, images, labels, cfg, eta, chunk, per_step):
+def _native_trajectory(loaded, images, labels, cfg, eta, chunk, per_step, dense_update="auto"):
     """chaosgen's weights after each chunk of images (one cg_train call each, iter0 carried)."""
     rt = Runtime(loaded)
     x, y = rt.images(images), np.ascontiguousarray(labels, np.int32)
@@ -138,9 +138,10 @@ def _native_trajectory(loaded, images, labels, cfg, eta, chunk, per_step):
     dense = sum(1 << k for k, lay in enumerate(loaded.ir.trainable) if isinstance(lay, Dense))
     for c0 in range(0, n, chunk):
         order = np.arange(c0, min(c0 + chunk, n), dtype=np.int32)
-        st = rt.train(x, y, order, cfg, eta, iter0=c0 // per_step, max_iter=total)
+        st = rt.train(x, y, order, cfg, eta, iter0=c0 // per_step, max_iter=total,
+                      dense_update=dense_update)
         assert st.images == len(order)
-        assert st.owner_blocks == (dense if cfg.dense_update == "owner" else 0)
+        assert st.owner_blocks == (dense if dense_update == "owner" else 0)
         out[c0 + len(order)] = loaded.get_weights()
     return out
 
@@ -190,8 +191,8 @@ def test_owner_applied_update_follows_torch_sgd(case, loaded, mnist) -> None:
     rule, eta = OWNER_CASES[case], 0.003
     loaded.init_weights(7)
     w0 = loaded.get_weights()
-    cfg = Config(scheme="chaos", threads=1, dense_update="owner", **rule)
-    got = _native_trajectory(loaded, images, labels, cfg, eta, CHUNK, 1)
+    cfg = Config(scheme="chaos", threads=1, **rule)
+    got = _native_trajectory(loaded, images, labels, cfg, eta, CHUNK, 1, "owner")
     ref = _torch_trajectory(loaded.ir, w0, images, labels, rule, eta, 1, set(got))
     print(f"owner {case}: worst scaled error {_compare(got, ref, case):.2e}")
     moved = max(scaled_error(got[N_IMAGES][k], w0[k]) for k in w0 if k.startswith("d1."))
