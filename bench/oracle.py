@@ -48,16 +48,24 @@ def torch_reference(net: ir.Net, weights: dict, x: np.ndarray, label: int, dtype
     dt = getattr(torch, dtype)
     w = {k: torch.tensor(v, dtype=dt, requires_grad=True) for k, v in weights.items()}
     s = net.input
-    h = torch.tensor(x, dtype=dt).reshape(1, s.maps, s.h, s.w)
+    h = torch.tensor(x, dtype=dt).reshape(1, s.maps, *s.dims)
     for lay in net.layers:
+        volume = lay.in_shape.volume  # 3D: conv3d and the 3D pools
         if isinstance(lay, ir.Conv):
+            conv = F.conv3d if volume else F.conv2d
             h = act(
                 lay.activation,
-                F.conv2d(h, w[f"{lay.name}.weight"], w[f"{lay.name}.bias"], stride=lay.stride),
+                conv(h, w[f"{lay.name}.weight"], w[f"{lay.name}.bias"], stride=lay.stride,
+                     padding=lay.pad),
             )
         elif isinstance(lay, ir.Pool):
-            pool = F.max_pool2d if lay.op == "max" else F.avg_pool2d
-            h = pool(h, (lay.wh, lay.ww))
+            if lay.op == "max":
+                pool = F.max_pool3d if volume else F.max_pool2d
+            else:
+                pool = F.avg_pool3d if volume else F.avg_pool2d
+            h = pool(h, lay.window, lay.strides, ceil_mode=lay.round == "ceil")
+        elif isinstance(lay, ir.Dropout):
+            pass  # the identity: forward() evaluates, gradients() without a key keeps every unit
         else:
             h = act(
                 lay.activation,
@@ -91,7 +99,7 @@ def check_net(
     s = net.ir.input
     worst = ratio = 0.0
     for _ in range(images):
-        x = rng.uniform(0, 1, (s.maps, s.h, s.w)).astype(np.float32)
+        x = rng.uniform(0, 1, (s.maps, *s.dims)).astype(np.float32)
         label = int(rng.integers(net.ir.output.out_shape.size))
         weights = net.get_weights()
         y64, g64 = torch_reference(net.ir, weights, x, label)

@@ -33,22 +33,26 @@ def build_model(ir):
     mods: list = []
     flat = False
     for lay in ir.layers:
+        volume = lay.in_shape.volume  # 3D: Conv3d and the 3D pools
         if lay.kind == "conv":
             mods += [
-                nn.Conv2d(
+                (nn.Conv3d if volume else nn.Conv2d)(
                     lay.in_shape.maps,
                     lay.out_shape.maps,
-                    (lay.kh, lay.kw),
+                    lay.kernel,
                     stride=lay.stride,
-                    padding=(lay.pad_h, lay.pad_w),
+                    padding=lay.pad,
                 ),
                 acts[lay.activation](),
             ]
         elif lay.kind == "dropout":
             mods.append(nn.Dropout(lay.rate))
         elif lay.kind in ("maxpool", "avgpool"):
-            pool = nn.MaxPool2d if lay.kind == "maxpool" else nn.AvgPool2d
-            mods.append(pool((lay.wh, lay.ww), (lay.sh, lay.sw), ceil_mode=lay.round == "ceil"))
+            if lay.kind == "maxpool":
+                pool = nn.MaxPool3d if volume else nn.MaxPool2d
+            else:
+                pool = nn.AvgPool3d if volume else nn.AvgPool2d
+            mods.append(pool(lay.window, lay.strides, ceil_mode=lay.round == "ceil"))
         else:
             if not flat:
                 mods.append(nn.Flatten())
@@ -82,9 +86,10 @@ def _sgd(ir, model, x, y, batch: int, eta: float) -> None:
 
 
 def _batch(ir, images: np.ndarray):
-    """(N, maps, h, w) float32 tensor of (N, h, w) or (N, maps, h, w) images."""
+    """(N, maps, h, w) float32 tensor of (N, h, w) or (N, maps, h, w) images (volumes: (N, maps,
+    d, h, w))."""
     s = ir.input
-    return torch.from_numpy(np.ascontiguousarray(images, np.float32)).reshape(-1, s.maps, s.h, s.w)
+    return torch.from_numpy(np.ascontiguousarray(images, np.float32)).reshape(-1, s.maps, *s.dims)
 
 
 def train_rate(

@@ -648,7 +648,7 @@ class _Checker:
         init = self.init_of(st, what, a, self.train_settings)
         if not (ok and init) or in_shape is None:
             return None
-        out = ir.Shape(maps=a[key], h=1, w=1)
+        out = ir.Shape(maps=a[key], h=1, w=1, d=1 if in_shape.volume else 0)  # 2D or 3D stays
         n_w = out.maps * in_shape.size
         if n_w > MAX_FLOATS:
             self.error(

@@ -12,7 +12,7 @@ from pathlib import Path, PurePath
 
 import jinja2
 
-from . import __version__, ir
+from . import __version__, ir, volume
 from .errors import Diagnostic, SourceLoc, SpecError
 from .targets import Target
 
@@ -107,23 +107,23 @@ def summary_rows(net: ir.Net) -> list[str]:
     """The paper's Table 2: layer, maps, map size, neurons, kernel, weights."""
     rows = [("layer", "kind", "maps", "map size", "neurons", "kernel", "weights")]
     i = net.input
-    rows.append(("input", "input", str(i.maps), f"{i.h}x{i.w}", str(i.size), "", ""))
+    rows.append(("input", "input", str(i.maps), _x(i.dims), str(i.size), "", ""))
     for lay in net.layers:
         o = lay.out_shape
         kernel = ""
         if isinstance(lay, ir.Conv):
-            kernel = f"{lay.kh}x{lay.kw}" + (f" /{lay.stride}" if lay.stride > 1 else "")
-            if lay.pad_h or lay.pad_w:
-                kernel += f" pad {lay.pad_h}x{lay.pad_w}"
+            kernel = _x(lay.kernel) + (f" /{lay.stride}" if lay.stride > 1 else "")
+            if any(lay.pad):
+                kernel += f" pad {_x(lay.pad)}"
         elif isinstance(lay, ir.Pool):
-            kernel = f"{lay.wh}x{lay.ww}"
-            if (lay.sh, lay.sw) != (lay.wh, lay.ww):
-                kernel += f" /{lay.sh}x{lay.sw}"
+            kernel = _x(lay.window)
+            if lay.strides != lay.window:
+                kernel += f" /{_x(lay.strides)}"
             if lay.round:
                 kernel += f" {lay.round}"
         elif isinstance(lay, ir.Dropout):
             kernel = f"rate {lay.rate:g}"
-        size = f"{o.h}x{o.w}" if not isinstance(lay, ir.Dense) else "1"
+        size = _x(o.dims) if not isinstance(lay, ir.Dense) else "1"
         n_par = lay.n_weights + lay.n_bias
         params = str(n_par) if n_par else ""
         rows.append((lay.name, lay.kind, str(o.maps), size, str(o.size), kernel, params))
@@ -131,6 +131,11 @@ def summary_rows(net: ir.Net) -> list[str]:
     rows.append(("total", "", "", "", "", "", str(total)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     return ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _x(dims: tuple[int, ...]) -> str:
+    """Sizes as a spec writes them: 5x5, 3x5x5."""
+    return "x".join(map(str, dims))
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,8 +479,10 @@ def _dense_view(lay: ir.Dense, target: Target) -> dict:
 def _reads_past(lay: ir.Layer | None, target: Target,
                 forms: Mapping[str, str] | None = None) -> int:
     """How many floats past the end of its input `lay` may read (wide-row vector spans)."""
-    if not isinstance(lay, ir.Conv) or lay.pad_h or lay.pad_w:
-        return 0  # a padded conv reads its input once, to copy it into its zero-bordered buffer
+    if not isinstance(lay, ir.Conv) or lay.pad_h or lay.pad_w or lay.kd:
+        # a padded conv reads its input once, to copy it into its zero-bordered buffer; the 3D
+        # kernels read only inside their input
+        return 0
     return _conv_view(lay, target, grad_form=(forms or {}).get(lay.name))["reads_past_x"]
 
 
@@ -489,8 +496,9 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
     for k, lay in enumerate(net.layers):
         nxt = net.layers[k + 1] if k + 1 < len(net.layers) else None
         needs_dx = lay.index > first_trainable
+        vol = volume.view(lay, needs_dx, target) if volume.is_volume(lay) else None
         conv = (_conv_view(padded_core(lay), target, needs_dx, (forms or {}).get(lay.name))
-                if isinstance(lay, ir.Conv) else None)
+                if isinstance(lay, ir.Conv) and not vol else None)
         # Work layout: Y (with room for the next layer's reads past its end), then D, then the
         # conv kernels' scratch.
         y_data = ir.align(lay.out_shape.size + _reads_past(nxt, target, forms))
@@ -500,6 +508,11 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             codes = ir.align(lay.out_shape.size)
         y_size = y_data + (conv["xc_floats"] if conv else 0) + codes
         d_size = conv["d_floats"] if conv else ir.align(lay.out_shape.size)
+        if vol:  # a 3D conv's XP ends the activations' region, where the deltas begin
+            d_size = ir.align(lay.out_shape.size + vol["d_slack"])
+            vol.update(xp_from_y=y_size, dxp_from_d=d_size,
+                       dz_from_d=d_size + vol.get("dz_after_dxp", 0))
+            y_size, d_size = y_size + vol["y_scratch"], d_size + vol["d_scratch"]
         pad = _pad_layout(lay, conv, y_size, d_size, needs_dx) if conv else None
         if pad:
             y_size, d_size = pad["y_size"], pad["d_size"]
@@ -547,7 +560,7 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             # window by window, one store each, to the input forward chose
             v.update(op=lay.op, wh=lay.wh, ww=lay.ww, codes_from_y=y_data,
                      scatter=lay.out_shape.w * 4 <= target.vector_width)
-            if not lay.tiles:
+            if not lay.tiles and not vol:
                 v.update(pool_view(lay))
         if isinstance(lay, ir.Dense):
             # deltas often exactly zero (ReLU off, dropped units): backward data reads only the
@@ -557,6 +570,8 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             v.update(_dense_view(lay, target), sparse_delta=sparse, bd_rows=DENSE_BD_ROWS)
         if isinstance(lay, ir.Dropout):
             v.update(dropout_view(lay, net, y_data))
+        if vol:
+            v.update(vol)
         v["activation_in_pool"] = False
         views.append(v)
     _activation_into_max_pool(views)
@@ -651,10 +666,6 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
     the weight-gradient form per conv layer (from `chaosgen tune`, measured on `tuned_on`);
     other layers get the cost model's choice."""
     _check_names(net)
-    if net.input.volume:  # the 3D kernels are not written yet (issue 16)
-        where = SourceLoc(net.path, net.input_loc.line or 1, net.input_loc.col or 1)
-        raise SpecError([Diagnostic(where, "3D networks (input size=DxHxW) cannot be compiled "
-                                           "yet: only their shapes are checked")])
     layers = layer_views(net, target, lines, forms)
     blocks = [v for v in layers if "block" in v]
     last = layers[-1]

@@ -180,8 +180,7 @@ class Net:
     # --- one image ----------------------------------------------------------------------------
     def _load_image(self, x: np.ndarray) -> None:
         s = self.ir.input
-        shapes = ((s.maps, s.h, s.w), (s.h, s.w) if s.maps == 1 else None, (s.size,))
-        self._image[: s.size] = _finite_float32("input", x, shapes)
+        self._image[: s.size] = _finite_float32("input", x, self._image_shapes())
 
     def forward(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
         """Output-layer activations, float32. One image, (C, H, W), (H, W) when C == 1, or flat
@@ -291,25 +290,25 @@ class Net:
 
     def _image_shapes(self) -> tuple[tuple[int, ...], ...]:
         """The shapes forward() takes for one image."""
-        s = self.ir.input
+        s = self.ir.input  # a volume's dims are (D, H, W)
         return tuple(
-            t for t in ((s.maps, s.h, s.w), (s.h, s.w) if s.maps == 1 else None, (s.size,)) if t
+            t for t in ((s.maps, *s.dims), s.dims if s.maps == 1 else None, (s.size,)) if t
         )
 
     def _rows(self, x: np.ndarray) -> np.ndarray:
         """A batch (N, C, H, W), or (N, H, W) when C == 1, copied once into 64-byte aligned
-        float32 rows of the image stride (the native layout), checked finite."""
+        float32 rows of the image stride (the native layout), checked finite. A volume's batch
+        is (N, C, D, H, W), or (N, D, H, W) when C == 1."""
         s = self.ir.input
         if x.dtype.kind not in "iuf":
             raise ChaosgenError(f"input has dtype {x.dtype}, expected real numbers (float32)")
-        x4 = x[:, None] if x.ndim == 3 and s.maps == 1 else x
-        if x4.ndim != 4 or x4.shape[1:] != (s.maps, s.h, s.w):
-            batch = f"(N, {s.maps}, {s.h}, {s.w})" + (
-                f" or (N, {s.h}, {s.w})" if s.maps == 1 else ""
-            )
+        one = (s.maps, *s.dims)
+        x4 = x[:, None] if x.ndim == len(one) and s.maps == 1 else x
+        if x4.shape[1:] != one:
+            sides = ", ".join(map(str, s.dims))
+            batch = f"(N, {s.maps}, {sides})" + (f" or (N, {sides})" if s.maps == 1 else "")
             raise ChaosgenError(
-                f"input has shape {x.shape}, expected one image {(s.maps, s.h, s.w)} or a batch "
-                f"{batch}"
+                f"input has shape {x.shape}, expected one image {one} or a batch {batch}"
             )
         n, stride = len(x4), self.lib.cg_image_stride()
         rows = aligned_zeros(n * stride).reshape(n, stride)
@@ -341,7 +340,7 @@ class Net:
 
     def dropout_masks(self, seed: int, epoch: int, index: int) -> dict[str, np.ndarray]:
         """Each dropout layer's training mask for one image: layer name -> bool array of the
-        layer's shape (maps, h, w), True where a unit is kept (then scaled by 1 / (1 - rate)).
+        layer's shape (maps, h, w) or (maps, d, h, w), True where a unit is kept (then scaled by 1 / (1 - rate)).
         `index` is the image's index in the training set (not its position in the epoch's
         order), `epoch` counts from 0; computed by the native code that trains with it."""
         drops = self.ir.dropouts
@@ -352,7 +351,7 @@ class Net:
         out, off = {}, 0
         for d in drops:
             s = d.out_shape
-            out[d.name] = keep[off : off + s.size].reshape(s.maps, s.h, s.w).astype(bool)
+            out[d.name] = keep[off : off + s.size].reshape(s.maps, *s.dims).astype(bool)
             off += s.size
         return out
 

@@ -228,6 +228,11 @@ def render_program(
     from .train import MAX_LOSS_FACTOR, MAX_WEIGHT, PASSES, SCHEMES, Config
 
     s = net.input
+    if s.volume:  # the program reads IDX images and fits them in 2D (templates/main.cpp.j2)
+        raise ChaosgenError(
+            f"{net.name}: the standalone program reads 2D images only, and this network takes "
+            f"volumes ({s}); train it with `chaosgen train SPEC --data FILE.npz` on a host"
+        )
     source = codegen.render(net, target, lines)
     t, cfg = net.training, Config()
     ctx = dict(

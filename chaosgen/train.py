@@ -148,22 +148,23 @@ class Runtime:
         return self.net.checked_labels(labels)
 
     def images(self, x: np.ndarray, fit: str | None = None) -> np.ndarray:
-        """Native copy of images (N, C, H, W) or (N, H, W): fitted to the input layer (`fit`:
-        chaosgen.data.fit.choose_fit) and normalised by the spec's mean/std/scale, in one pass."""
+        """Native copy of images (N, C, H, W) or (N, H, W), or volumes (N, C, D, H, W) or
+        (N, D, H, W): fitted to the input layer (`fit`: chaosgen.data.fit.choose_fit) and
+        normalised by the spec's mean/std/scale, in one pass."""
         from .data.fit import choose_fit, normalise, place
 
         s = self.net.ir.input
-        x4 = x[:, None] if x.ndim == 3 else x
-        if x4.ndim != 4 or x4.shape[1] != s.maps:
+        x4 = x[:, None] if x.ndim == 1 + len(s.dims) else x
+        if x4.ndim != 2 + len(s.dims) or x4.shape[1] != s.maps:
             raise ChaosgenError(
                 f"the data's images are {'x'.join(map(str, x.shape[1:]))}, but network "
-                f"{self.net.ir.name} takes {s.maps}x{s.h}x{s.w}"
+                f"{self.net.ir.name} takes {s}"
             )
-        how = choose_fit(x4.shape[2:], (s.h, s.w), fit)
+        how = choose_fit(tuple(x4.shape[2:]), s.dims, fit)
         if how is None and self.net.ir.norm is None:
             return to_native_images(x, self.stride)
         out = aligned_zeros(len(x4) * self.stride).reshape(len(x4), self.stride)
-        view = out[:, : s.size].reshape(len(x4), s.maps, s.h, s.w)
+        view = out[:, : s.size].reshape(len(x4), s.maps, *s.dims)
         place(x4, view, how)
         normalise(view, self.net.ir.norm)
         return out

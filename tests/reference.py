@@ -282,27 +282,30 @@ def torch_run(
     p = {
         k: torch.tensor(np.asarray(v, np.float64), requires_grad=True) for k, v in weights.items()
     }
-    x = torch.tensor(np.asarray(image, np.float64)).reshape(
-        1, net.input.maps, net.input.h, net.input.w
-    )
+    x = torch.tensor(np.asarray(image, np.float64)).reshape(1, net.input.maps, *net.input.dims)
     for lay in net.layers:
+        volume = lay.in_shape.volume  # 3D: conv3d, max_pool3d, avg_pool3d
         if isinstance(lay, ir.Conv):
-            x = F.conv2d(
+            conv = F.conv3d if volume else F.conv2d
+            x = conv(
                 x,
                 p[f"{lay.name}.weight"],
                 p[f"{lay.name}.bias"],
                 stride=lay.stride,
-                padding=(lay.pad_h, lay.pad_w),
+                padding=lay.pad,
             )
             x = acts[lay.activation](x)
         elif isinstance(lay, ir.Pool):
-            pool = F.max_pool2d if lay.op == "max" else F.avg_pool2d
+            if lay.op == "max":
+                pool = F.max_pool3d if volume else F.max_pool2d
+            else:
+                pool = F.avg_pool3d if volume else F.avg_pool2d
             # ceil_mode: PyTorch's last, partial windows; avg_pool2d divides by the part of the
             # window inside the (unpadded) input, count_include_pad or not
             x = pool(
                 x,
-                kernel_size=(lay.wh, lay.ww),
-                stride=(lay.sh, lay.sw),
+                kernel_size=lay.window,
+                stride=lay.strides,
                 ceil_mode=lay.round == "ceil",
             )
         elif isinstance(lay, ir.Dropout):
@@ -312,7 +315,7 @@ def torch_run(
         else:
             z = F.linear(x.reshape(1, -1), p[f"{lay.name}.weight"], p[f"{lay.name}.bias"])
             x = torch.softmax(z, dim=1) if lay.activation == "softmax" else acts[lay.activation](z)
-        x = x.reshape(1, lay.out_shape.maps, lay.out_shape.h, lay.out_shape.w)
+        x = x.reshape(1, lay.out_shape.maps, *lay.out_shape.dims)
     target = torch.tensor([label])
     if net.output.loss == "cross_entropy":
         loss = F.cross_entropy(z, target, reduction="sum")

@@ -301,3 +301,59 @@ def plain_text(desc: NetDesc) -> str:
     if desc.train is not None:
         lines.append(" ".join(["train", *(f"{k}={v}" for k, v in desc.train.items())]))
     return "\n".join(lines) + "\n"
+
+
+# --- volumes (3D nets) --------------------------------------------------------------------------
+def _x(dims) -> str:
+    return "x".join(map(str, dims))
+
+
+@st.composite
+def volume_texts(draw, max_side: int = 7, max_hidden: int = 3) -> tuple[list, str]:
+    """A valid random 3D spec: input DxHxW, then conv (kernel, stride, pad per axis), max/avg
+    pooling (window, stride, round per axis), dropout or dense layers, and an output. Returns
+    ([(maps, d, h, w) after each layer by brute force, or None after a dense layer], text)."""
+    maps = draw(st.integers(1, 2))
+    dims = [draw(st.integers(2, max_side)) for _ in range(3)]
+    lines = [f"input maps={maps} size={_x(dims)}"]
+    shapes: list = []
+    flat = False
+    for k in range(draw(st.integers(1, max_hidden))):
+        kind = draw(st.sampled_from(("conv", "conv", "maxpool", "avgpool", "dropout", "dense")))
+        if flat and kind != "dense":
+            kind = "dense"
+        if kind == "conv":
+            pad = [draw(st.integers(0, 1)) for _ in dims]
+            kern = [draw(st.integers(max(1, p + 1), min(3, n + 2 * p)))
+                    for n, p in zip(dims, pad, strict=True)]
+            stride = draw(st.integers(1, 2))
+            maps = draw(st.integers(1, 3))
+            act = draw(st.sampled_from(HIDDEN_ACTIVATIONS))
+            cube = len(set(kern)) == 1 and draw(st.booleans())
+            pads = str(pad[0]) if len(set(pad)) == 1 and draw(st.booleans()) else _x(pad)
+            lines.append(f"conv c{k}: maps={maps} kernel={kern[0] if cube else _x(kern)} "
+                         f"stride={stride} pad={pads} activation={act}")
+            dims = [len(conv_positions(n + 2 * p, kk, stride))
+                    for n, p, kk in zip(dims, pad, kern, strict=True)]
+        elif kind in ("maxpool", "avgpool"):
+            win = [draw(st.integers(1, min(3, n))) for n in dims]
+            rnd = draw(st.sampled_from(("floor", "ceil")))
+            if draw(st.booleans()):
+                stride = [draw(st.integers(1, 3)) for _ in dims]
+                extra = f" stride={_x(stride)}"
+            else:
+                stride, extra = win, ""
+            lines.append(f"{kind} p{k}: window={_x(win)}{extra} round={rnd}")
+            dims = [len(pool_windows(n, w, s, rnd)) for n, w, s in zip(dims, win, stride,
+                                                                         strict=True)]
+        elif kind == "dropout":
+            lines.append(f"dropout d{k}: rate=0.25")
+        else:
+            maps, dims, flat = draw(st.integers(1, 5)), [1, 1, 1], True
+            lines.append(f"dense f{k}: units={maps} activation="
+                         f"{draw(st.sampled_from(HIDDEN_ACTIVATIONS))}")
+        shapes.append(None if flat else (maps, *dims))
+    act, loss = draw(st.sampled_from((("softmax", "cross_entropy"), ("sigmoid", "mse"),
+                                      ("linear", "mse"), ("tanh", "mse"))))
+    lines.append(f"output classes={draw(st.integers(2, 4))} activation={act} loss={loss}")
+    return shapes, "\n".join(lines) + "\n"

@@ -56,13 +56,15 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def images_for(net, mnist: np.ndarray) -> np.ndarray:
     """(n, maps, h, w) pixels from real MNIST for `net`'s input: the images padded (bottom,
-    right) or cut to h x w, map k taken k pixels further down and right."""
+    right) or cut to h x w, map k taken k pixels further down and right; on a volume
+    (n, maps, d, h, w), plane z taken z pixels further again."""
     s = net.input
-    out = np.zeros((len(mnist), s.maps, s.h, s.w), np.float32)
+    out = np.zeros((len(mnist), s.maps, s.depth, s.h, s.w), np.float32)
     for k in range(s.maps):
-        src = mnist[:, k : k + s.h, k : k + s.w]
-        out[:, k, : src.shape[1], : src.shape[2]] = src
-    return out
+        for z in range(s.depth):
+            src = mnist[:, k + z : k + z + s.h, k + z : k + z + s.w]
+            out[:, k, z, : src.shape[1], : src.shape[2]] = src
+    return out.reshape(len(mnist), s.maps, *s.dims)
 
 
 def run_onnx(model, x: np.ndarray) -> np.ndarray:

@@ -458,7 +458,8 @@ def add_parser(sub) -> None:
     from ..options import bounded
 
     p = sub.add_parser("data", help="get a data set, or show what a data directory holds")
-    data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,info,convert}", required=True)
+    data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,info,convert,shapes3d}",
+                                required=True)
     f = data_sub.add_parser("fetch", help="download MNIST, Fashion-MNIST or CIFAR-10, checked")
     f.add_argument("dataset", nargs="?", choices=tuple(FETCHABLE), default="mnist")
     f.add_argument(
@@ -494,6 +495,9 @@ def add_parser(sub) -> None:
     c.add_argument("--out", required=True, help="directory for the four .idx files")
     c.add_argument("--dataset", default=None, help="its format (default: recognised)")
     c.set_defaults(func=cmd_convert)
+    from .synthetic import add_parser
+
+    add_parser(data_sub)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

@@ -15,15 +15,22 @@ from ..errors import DataError
 FITS = ("pad", "center", "crop")
 
 
-def choose_fit(have: tuple[int, int], want: tuple[int, int], fit: str | None) -> str | None:
-    """The fitting that takes `have` (H, W) images to `want`: None when they are equal; `fit` if
-    it can; without `fit`, 'pad' for smaller images (the CHAOS paper's 28x28 MNIST into 29x29:
-    zeros at the bottom and right). Errors: DataError saying what to give instead."""
+def choose_fit(have: tuple[int, ...], want: tuple[int, ...], fit: str | None) -> str | None:
+    """The fitting that takes `have` (H, W) images, or (D, H, W) volumes, to `want`: None when
+    they are equal; `fit` if it can; without `fit`, 'pad' for smaller images (the CHAOS paper's
+    28x28 MNIST into 29x29: zeros at the bottom and right). Errors: DataError saying what to
+    give instead."""
     if have == want:
         return None
     hs, ws = "x".join(map(str, have)), "x".join(map(str, want))
-    smaller = have[0] <= want[0] and have[1] <= want[1]
-    larger = have[0] >= want[0] and have[1] >= want[1]
+    if len(have) != len(want):
+        kind = {2: "planes (H x W)", 3: "volumes (D x H x W)"}
+        raise DataError(
+            f"the data's images are {hs}, {kind.get(len(have), f'{len(have)} axes')}, but the "
+            f"network takes {ws}, {kind.get(len(want))}; give data of the input's shape"
+        )
+    smaller = all(h <= w for h, w in zip(have, want, strict=True))
+    larger = all(h >= w for h, w in zip(have, want, strict=True))
     if fit is None:
         if smaller:
             return "pad"
@@ -43,9 +50,9 @@ def choose_fit(have: tuple[int, int], want: tuple[int, int], fit: str | None) ->
 
 
 def check_fit(
-    shape: tuple[int, int, int], classes: int, exact: bool, net: ir.Net, fit: str | None
+    shape: tuple[int, ...], classes: int, exact: bool, net: ir.Net, fit: str | None
 ) -> str | None:
-    """Check data of image `shape` (C, H, W) and `classes` against `net` before any work; returns
+    """Check data of image `shape` (C, H, W), or (C, D, H, W), and `classes` against `net` before any work; returns
     the fitting to use. `exact`: the format names its classes (MNIST, CIFAR-10: the output must
     have as many), else (npz) the output needs at least as many. Errors: one-line DataError with
     what the data has, what the network takes, and the fix."""
@@ -61,23 +68,21 @@ def check_fit(
             f"the data has {classes} classes, network {net.name} has {out} outputs; write "
             f"`output classes={classes}` in the spec"
         )
-    return choose_fit(shape[1:], (s.h, s.w), fit)
+    return choose_fit(tuple(shape[1:]), s.dims, fit)
 
 
 def place(x: np.ndarray, out: np.ndarray, fit: str | None) -> None:
     """Copy images `x` (N, C, h, w) into `out` (N, C, H, W, zero-filled) by `fit`: 'pad' at the
     top left (zeros below and right), 'center' in the middle (an odd margin's extra row or
-    column below/right), 'crop' the middle H x W (as torchvision's CenterCrop)."""
-    n, _, h, w = x.shape
-    H, W = out.shape[2:]
+    column below/right), 'crop' the middle H x W (as torchvision's CenterCrop). Volumes
+    (N, C, d, h, w) likewise along every axis."""
+    have, want = x.shape[2:], out.shape[2:]
     if fit is None or fit == "pad":
-        out[:, :, :h, :w] = x
+        out[(..., *(slice(0, h) for h in have))] = x
     elif fit == "center":
-        t, left = (H - h) // 2, (W - w) // 2
-        out[:, :, t : t + h, left : left + w] = x
+        out[(..., *(slice((w - h) // 2, (w - h) // 2 + h) for h, w in zip(have, want)))] = x
     else:
-        t, left = (h - H) // 2, (w - W) // 2
-        out[:] = x[:, :, t : t + H, left : left + W]
+        out[:] = x[(..., *(slice((h - w) // 2, (h - w) // 2 + w) for h, w in zip(have, want)))]
 
 
 def normalise(out: np.ndarray, norm: ir.Normalization | None) -> None:

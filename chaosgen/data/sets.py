@@ -1,5 +1,6 @@
 """Any image data set behind one function: MNIST and Fashion-MNIST IDX files, CIFAR-10 binary and
-python batches, NumPy .npz arrays -> a `Dataset` of float32 (N, C, H, W) images in [0, 1].
+python batches, NumPy .npz arrays -> a `Dataset` of float32 (N, C, H, W) images in [0, 1] (an .npz may
+also hold volumes, (N, C, D, H, W)).
 
 The format is recognised from the files' own bytes and structure (`probe`), or named by
 `--dataset`; `probe` reads headers only (IDX headers, file sizes, the .npz members' array headers),
@@ -391,12 +392,12 @@ def _probe_npz(path: Path) -> Header:
             counts.append(0)
             continue
         (xs, xd), (ys, yd) = heads[f"x_{split}"], heads[f"y_{split}"]
-        if xd.kind not in "uf" or (xd.kind == "u" and xd != np.uint8) or len(xs) not in (3, 4):
+        if xd.kind not in "uf" or (xd.kind == "u" and xd != np.uint8) or len(xs) not in (3, 4, 5):
             raise DataError(
                 f"{path}: x_{split} is {xd} of shape {xs}; expected uint8 or float images "
-                "(N, C, H, W) or (N, H, W)"
+                "(N, C, H, W) or (N, H, W), or volumes (N, C, D, H, W)"
             )
-        chw = tuple(xs[1:]) if len(xs) == 4 else (1, *xs[1:])
+        chw = tuple(xs[1:]) if len(xs) >= 4 else (1, *xs[1:])
         if min(xs) < 1 or math.prod(xs) * xd.itemsize > MAX_NPZ_BYTES:
             raise DataError(f"{path}: x_{split} of shape {xs} is empty or too large")
         if shape is not None and chw != shape:

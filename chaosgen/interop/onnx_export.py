@@ -54,13 +54,13 @@ class _Graph:
         return out
 
 
-def _pool_end_pads(lay: ir.Pool) -> tuple[int, int]:
-    """Rows and columns to add after the input so that whole windows reach round=ceil's last,
-    partial one (0 where the windows fit). Written as pads, not as ceil_mode: ONNX's shape
-    inference sizes ceil_mode without PyTorch's rule that a last window starts inside the input,
-    per axis, so one axis's ceil may not be another's."""
-    return (max(0, (lay.out_shape.h - 1) * lay.sh + lay.wh - lay.in_shape.h),
-            max(0, (lay.out_shape.w - 1) * lay.sw + lay.ww - lay.in_shape.w))
+def _pool_end_pads(lay: ir.Pool) -> tuple[int, ...]:
+    """Rows and columns (and planes, on volumes) to add after the input so that whole windows
+    reach round=ceil's last, partial one (0 where the windows fit). Written as pads, not as
+    ceil_mode: ONNX's shape inference sizes ceil_mode without PyTorch's rule that a last window
+    starts inside the input, per axis, so one axis's ceil may not be another's."""
+    return tuple(max(0, (o - 1) * s + k - n) for n, o, k, s in zip(
+        lay.in_shape.dims, lay.out_shape.dims, lay.window, lay.strides, strict=True))
 
 
 def _activation(g: _Graph, act: str, z: str, name: str, out: str) -> str:
@@ -80,12 +80,13 @@ def to_onnx(net: ir.Net, weights: dict[str, np.ndarray]):
     """The ModelProto of `net` with `weights` (get_weights() keys), checked by onnx.checker."""
     onnx = need("onnx", "ONNX export")
     g = _Graph(onnx)
-    x, rank = INPUT, 4
+    spatial = len(net.input.dims)  # 2 (planes) or 3 (volumes): ONNX's Conv and pools take both
+    x, rank = INPUT, 2 + spatial
     maps = net.input.maps
     if net.norm is not None:  # (x - mean) / std * scale, per channel or for all
         def per_channel(v: tuple[float, ...]) -> np.ndarray:
             a = np.asarray(v, np.float32)
-            return a.reshape(1, maps, 1, 1) if a.size > 1 else a.reshape(())
+            return a.reshape(1, maps, *[1] * spatial) if a.size > 1 else a.reshape(())
 
         x = g.node("Sub", [x, g.const("input.mean", per_channel(net.norm.mean))],
                    "input.centred", "input/mean")
@@ -97,18 +98,19 @@ def to_onnx(net: ir.Net, weights: dict[str, np.ndarray]):
         n = lay.name
         out = OUTPUT if isinstance(lay, ir.Output) else f"{n}.y"
         if isinstance(lay, (ir.Conv, ir.Pool)) and rank == 2:  # after a dense: units x 1 x 1
-            shape = g.const(f"{n}.shape", np.array([-1, lay.in_shape.maps, 1, 1], np.int64))
-            x, rank = g.node("Reshape", [x, shape], f"{n}.x", f"{n}/reshape"), 4
+            ones = [1] * spatial
+            shape = g.const(f"{n}.shape", np.array([-1, lay.in_shape.maps, *ones], np.int64))
+            x, rank = g.node("Reshape", [x, shape], f"{n}.x", f"{n}/reshape"), 2 + spatial
         if isinstance(lay, ir.Conv):
             w = g.const(f"{n}.weight", weights[f"{n}.weight"])
             b = g.const(f"{n}.bias", weights[f"{n}.bias"])
-            z = g.node("Conv", [x, w, b], f"{n}.z", n, kernel_shape=[lay.kh, lay.kw],
-                       strides=[lay.stride] * 2, pads=[lay.pad_h, lay.pad_w] * 2,
-                       dilations=[1, 1], group=1)
+            z = g.node("Conv", [x, w, b], f"{n}.z", n, kernel_shape=list(lay.kernel),
+                       strides=[lay.stride] * spatial, pads=list(lay.pad) * 2,
+                       dilations=[1] * spatial, group=1)
             x = _activation(g, lay.activation, z, n, out)
         elif isinstance(lay, ir.Pool):
-            attrs = dict(kernel_shape=[lay.wh, lay.ww], strides=[lay.sh, lay.sw],
-                         pads=[0, 0, *_pool_end_pads(lay)])
+            attrs = dict(kernel_shape=list(lay.window), strides=list(lay.strides),
+                         pads=[0] * spatial + list(_pool_end_pads(lay)))
             if lay.op == "avg":  # the divisor: the inputs inside the window, pads not counted
                 x = g.node("AveragePool", [x], out, n, count_include_pad=0, **attrs)
             else:
@@ -117,7 +119,7 @@ def to_onnx(net: ir.Net, weights: dict[str, np.ndarray]):
             ratio = g.const(f"{n}.ratio", np.float32(lay.rate))
             x = g.node("Dropout", [x, ratio], out, n)
         elif isinstance(lay, ir.Dense):
-            if rank == 4:
+            if rank > 2:
                 x, rank = g.node("Flatten", [x], f"{n}.x", f"{n}/flatten", axis=1), 2
             w = g.const(f"{n}.weight", weights[f"{n}.weight"])
             b = g.const(f"{n}.bias", weights[f"{n}.bias"])
@@ -129,7 +131,7 @@ def to_onnx(net: ir.Net, weights: dict[str, np.ndarray]):
     s = net.input
     graph = h.make_graph(
         g.nodes, net.name,
-        [h.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, ["N", s.maps, s.h, s.w])],
+        [h.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, ["N", s.maps, *s.dims])],
         [h.make_tensor_value_info(OUTPUT, onnx.TensorProto.FLOAT,
                                   ["N", net.output.out_shape.size])],
         initializer=g.inits,
@@ -139,7 +141,8 @@ def to_onnx(net: ir.Net, weights: dict[str, np.ndarray]):
     # The loss is training, not inference; kept so that an import gives the same network back.
     # So are the pools' stride= and round= as written where ONNX has one spelling for two
     # (stride=2 on a 2x2 window; round= on windows that tile): they are part of the IR's digest.
-    pools = {lay.name: {"stride_h": lay.stride_h, "stride_w": lay.stride_w, "round": lay.round}
+    pools = {lay.name: {"stride_h": lay.stride_h, "stride_w": lay.stride_w, "round": lay.round,
+                        **({"stride_d": lay.stride_d} if lay.wd else {})}
              for lay in net.layers if isinstance(lay, ir.Pool)}
     h.set_model_props(model, {LOSS_KEY: net.output.loss, POOLS_KEY: json.dumps(pools)})
     model.doc_string = f"{net.name} from {Path(net.path).name} (chaosgen IR {net.digest()})"

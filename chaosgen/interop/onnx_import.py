@@ -116,6 +116,11 @@ class _Reader:
     def _input_shape(self) -> tuple[int, int, int]:
         t = self.input.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if t.elem_type == self.onnx.TensorProto.FLOAT and len(dims) == 5:
+            raise ChaosgenError(
+                f"input '{self.input.name}': a volume {dims}; importing 3D models (N, C, D, H, "
+                f"W) is not supported (chaosgen exports them; write the spec by hand)"
+            )
         if t.elem_type != self.onnx.TensorProto.FLOAT or len(dims) != 4 or None in dims[1:]:
             raise ChaosgenError(
                 f"input '{self.input.name}': expected float32 (N, C, H, W) with C, H, W fixed, "
