@@ -191,7 +191,7 @@ static void publish(OwnerRing &r, int me, int team, float *P, const cg_config &c
             cur.floor = low;
             if (before < cur.floor) break;
             if (!waited) before_wait();
-            if (waited++ % OWNER_SPINS == OWNER_SPINS - 1) std::this_thread::yield();
+            if (waited++ % OWNER_SPINS == OWNER_SPINS - 1) sched_yield();
             apply_behind(r, me, team, before + 1, P, c);
         }
         if (waited) after_wait();
@@ -224,7 +224,7 @@ static void publish(OwnerRing &r, int me, int team, float *P, const cg_config &c
 static void drain(OwnerRing &r, int me, int team, float *P, const cg_config &c,
                   std::atomic<int> &finished) {
     for (int spins = 1;; ++spins) {
-        if (spins % OWNER_SPINS == 0) std::this_thread::yield();
+        if (spins % OWNER_SPINS == 0) sched_yield();
         const bool last = finished.load(std::memory_order_acquire) == team;  // head is final
         const long head = r.head.load(std::memory_order_relaxed);
         apply_behind(r, me, team, head, P, c);

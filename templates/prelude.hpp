@@ -5,7 +5,7 @@
 #include <cmath>
 #include <atomic>
 #include <new>
-#include <thread>
+#include <sched.h>  // sched_yield (owner.hpp)
 #include <omp.h>
 #if defined(__INTEL_COMPILER)
 #include <immintrin.h>  // _mm_malloc and _mm_free (runtime.hpp); with icc -mmic, the KNC header
