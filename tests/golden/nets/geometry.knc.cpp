@@ -27,7 +27,7 @@
 #include <cmath>
 #include <atomic>
 #include <new>
-#include <thread>
+#include <sched.h>  // sched_yield (owner.hpp)
 #include <omp.h>
 #if defined(__INTEL_COMPILER)
 #include <immintrin.h>  // _mm_malloc and _mm_free (runtime.hpp); with icc -mmic, the KNC header
@@ -2254,7 +2254,7 @@ static void publish(OwnerRing &r, int me, int team, float *P, const cg_config &c
             cur.floor = low;
             if (before < cur.floor) break;
             if (!waited) before_wait();
-            if (waited++ % OWNER_SPINS == OWNER_SPINS - 1) std::this_thread::yield();
+            if (waited++ % OWNER_SPINS == OWNER_SPINS - 1) sched_yield();
             apply_behind(r, me, team, before + 1, P, c);
         }
         if (waited) after_wait();
@@ -2287,7 +2287,7 @@ static void publish(OwnerRing &r, int me, int team, float *P, const cg_config &c
 static void drain(OwnerRing &r, int me, int team, float *P, const cg_config &c,
                   std::atomic<int> &finished) {
     for (int spins = 1;; ++spins) {
-        if (spins % OWNER_SPINS == 0) std::this_thread::yield();
+        if (spins % OWNER_SPINS == 0) sched_yield();
         const bool last = finished.load(std::memory_order_acquire) == team;  // head is final
         const long head = r.head.load(std::memory_order_relaxed);
         apply_behind(r, me, team, head, P, c);
