@@ -15,6 +15,7 @@ docs/performance-model.md's validation reads).
 
     python bench/mpi.py                                   # 3 nets x 5 configurations, 2 epochs
     python bench/mpi.py --nets small --ks 100,1000 --limit 20000 --epochs 1
+    python bench/mpi.py --overlap --no-predict            # blocking against --sync-overlap
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def loadavg() -> str:
         return "unknown"
 
 
-def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> dict:
-    """One `chaosgen train` job; its figures from its log."""
-    name = f"{net}-{ranks}x{threads}-{k or 0}"
+def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path,
+        overlap: bool = False) -> dict:  # fmt: skip
+    """One `chaosgen train` job (`overlap`: with --sync-overlap); its figures from its log."""
+    name = f"{net}-{ranks}x{threads}-{k or 0}{'-overlap' * overlap}"
     log = work / f"{name}.jsonl"
     train = [
         sys.executable, "-m", "chaosgen.cli", "train", str(ROOT / "specs" / f"{net}.net"),
@@ -61,6 +63,7 @@ def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> 
         mpirun = shutil.which("mpirun") or "mpirun"
         cmd = [mpirun, "--oversubscribe", *args.mpirun, "-np", str(ranks), *train,
                "--sync-every", str(k), "--sync-rule", args.rule]  # fmt: skip
+        cmd += ["--sync-overlap"] * overlap
     else:
         cmd = train
     env = {**os.environ, **MPI_ENV, "PYTHONPATH": str(ROOT)}
@@ -77,6 +80,7 @@ def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> 
         "threads": threads,
         "sync_every": k,
         "sync_rule": args.rule if ranks > 1 else None,
+        "sync_overlap": overlap,
         "epochs": len(recs),
         "train_images": images,
         "seconds_train": seconds,
@@ -88,23 +92,26 @@ def run(net: str, ranks: int, threads: int, k: int | None, args, work: Path) -> 
     }
 
 
-def calibrated(nets: list[str], data: str | None, tmp: Path, mpirun: list[str]):
-    """This machine's profile (`chaosgen calibrate` of the nets) and its loopback network's
-    (`chaosgen calibrate-network`), measured now into scratch files, as bench/model.py does."""
-    from chaosgen import calibrate, netmodel
+def calibrate_net(net: str, data: str | None, tmp: Path):
+    """This machine's profile of `net` (`chaosgen calibrate`), measured now into a scratch file
+    that keeps the nets measured before, as bench/model.py does: just before the net's runs, so
+    that a calibration and the runs it predicts share the VM's state of the moment (it has
+    minutes-long slow and fast states, docs/kernels.md)."""
+    from chaosgen import calibrate
     from chaosgen.predict import read_profile
 
     path = tmp / "machine.json"
-    specs = [str(ROOT / "specs" / f"{n}.net") for n in nets]
-    calibrate.run(specs, out=path, data_dir=data, build_dir=str(tmp / "build"))
-    return read_profile(path), netmodel.calibrate(tmp / "network.json", mpirun)
+    calibrate.run([str(ROOT / "specs" / f"{net}.net")], out=path, data_dir=data,
+                  build_dir=str(tmp / "build"))  # fmt: skip
+    return read_profile(path)
 
 
 def predicted_seconds(row: dict, machine, network) -> float:
     """The model's training seconds for a row: each rank's shard of the epochs' images on its
-    threads (chaosgen.predict), plus its syncs over the loopback network (chaosgen.netmodel);
-    validation, test and the epochs' preparation are not in the measured training seconds, so
-    not here either."""
+    threads (chaosgen.predict), plus, under MPI, its chunks' native calls beyond one per epoch
+    (the profile's call_s) and its syncs over the loopback network (chaosgen.netmodel: the
+    alpha-beta allreduce plus sync_s); validation, test and the epochs' preparation are not in
+    the measured training seconds, so not here either."""
     from chaosgen.pipeline import front_end
     from chaosgen.predict import predict, work_of
 
@@ -112,8 +119,9 @@ def predicted_seconds(row: dict, machine, network) -> float:
     shard = -(-row["train_images"] // row["epochs"] // row["ranks"])
     p = predict(work_of(net), machine, row["threads"], net=net.name, epochs=row["epochs"],
                 images=shard, val_images=0, test_images=0)  # fmt: skip
-    comm = row["syncs"] * network.allreduce_s(4 * net.n_params, row["ranks"])
-    return p.t_train + p.t_mem + comm
+    comm = row["syncs"] * network.model_sync_s(4 * net.n_params, row["ranks"])
+    calls = max(0, row["syncs"] - row["epochs"]) * machine.factors(net.name)[0].call_s
+    return p.t_train + p.t_mem + comm + calls
 
 
 def model_plot(path: str) -> None:
@@ -167,6 +175,11 @@ def main() -> int:
     ap.add_argument("--nets", default="small,medium,large")
     ap.add_argument("--ks", default="100,1000,10000", help="--sync-every values of the 2x1 runs")
     ap.add_argument("--rule", default="sum", choices=("sum", "average"))
+    ap.add_argument(
+        "--overlap",
+        action="store_true",
+        help="also run every 2x1 row with --sync-overlap (non-blocking allreduce)",
+    )
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="training images per epoch")
     ap.add_argument("--data", default=os.environ.get("CHAOSGEN_DATA"))
@@ -196,15 +209,22 @@ def main() -> int:
     before, rows = loadavg(), []
     data = str(Path(args.data).resolve()) if args.data else None
     with tempfile.TemporaryDirectory(prefix="bench-mpi-") as tmp:
-        if not args.no_predict:
-            machine, network = calibrated(args.nets.split(","), data, Path(tmp), args.mpirun)
+        if not args.no_predict:  # the loopback's alpha, beta and sync_s
+            network = netmodel.calibrate(Path(tmp) / "network.json", args.mpirun)
         for net in args.nets.split(","):
-            configs = [(1, 1, None), (1, 2, None), *((2, 1, k) for k in ks)]
-            for ranks, threads, k in configs:
-                rows.append(run(net, ranks, threads, k, args, Path(tmp)))
+            if not args.no_predict:
+                machine = calibrate_net(net, data, Path(tmp))
+            # with --overlap, each K blocking then overlapped (A/B, one after the other)
+            both = (False, True) if args.overlap else (False,)
+            configs = [(1, 1, None, False), (1, 2, None, False),
+                       *((2, 1, k, o) for k in ks for o in both)]  # fmt: skip
+            for ranks, threads, k, overlap in configs:
+                rows.append(run(net, ranks, threads, k, args, Path(tmp), overlap))
+                if not args.no_predict and not overlap:  # the model's syncs are blocking
+                    rows[-1]["predicted_seconds_train"] = predicted_seconds(
+                        rows[-1], machine, network
+                    )
                 print(f"bench: {rows[-1]}", file=sys.stderr, flush=True)
-        for r in rows if not args.no_predict else ():
-            r["predicted_seconds_train"] = predicted_seconds(r, machine, network)
     after = loadavg()
     base = {r["net"]: r["images_per_s"] for r in rows if r["ranks"] == r["threads"] == 1}
     print(f"load average before {before}, after {after} (2 cores; other jobs may share them)")
@@ -217,6 +237,7 @@ def main() -> int:
     print("|---|---|---:|---:|---:|---:|---:|" + "---:|---:|" * bool(model))
     for r in rows:
         k = f"{r['sync_every']:,}" if r["sync_every"] else "-"
+        k += " overlap" * r["sync_overlap"]
         moved = f"{r['bytes_per_image']:,.0f}" if r["ranks"] > 1 else "(caches)"
         line = (
             f"| {r['net']} | {r['ranks']} x {r['threads']} | {k} | {r['images_per_s']:,.0f} | "
@@ -225,6 +246,8 @@ def main() -> int:
         if "predicted_seconds_train" in r:
             rate = r["train_images"] / r["predicted_seconds_train"]
             line += f" {rate:,.0f} | {rate / r['images_per_s'] - 1:+.1%} |"
+        elif model:
+            line += " - | - |"
         print(line)
     if args.json:
         Path(args.json).write_text(

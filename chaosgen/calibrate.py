@@ -47,6 +47,9 @@ from .threads import usable_cpus
 
 REPEATS = 3  # training measurements per network (median)
 CONTENTION_REPEATS = 5  # microbenchmark runs per thread count (median)
+CONTENTION_PAUSE_S = 0.5  # between two rounds of contention runs (spreads them in time)
+CALL_IMAGES = 32  # images of the per-call measurement: one call of 32 against 32 calls of 1
+CALL_ROUNDS = 11  # rounds of it (median): each takes milliseconds
 # A run counts as undisturbed if the process got this share of its threads' cores in CPU time;
 # below it, other work shared the cores (a shared machine) and the run measured that instead.
 MIN_SHARE = 0.9
@@ -154,32 +157,66 @@ def undisturbed(samples: Sequence[tuple[float, float]]) -> tuple[list[float], bo
     return (clean, True) if clean else ([v for v, _ in samples], False)
 
 
-def measure_contention(
-    exe: Path, work: Work, train_s: float, threads: Sequence[int], seconds: float
-) -> tuple[dict[int, float], bool]:
-    """Seconds per image in the locked updates, per thread count: medians of undisturbed runs
-    (runs interleaved so that a burst of load from elsewhere hits every thread count alike; up
-    to twice as many runs while fewer than three are undisturbed). Also: were they undisturbed?
-    Each layer's private compute is its share (by operation counts) of `train_s` per image."""
-    blocks = [
+def contention_blocks(work: Work, train_s: float) -> list[str]:
+    """The microbenchmark's block arguments of a network: size:segment:forward_s:backward_s,
+    each layer's private compute its share (by operation counts) of `train_s` per image."""
+    return [
         f"{size}:{lock_segment(size)}:"
         f"{train_s * f / work.train:.9g}:{train_s * b / work.train:.9g}"
         for size, (f, b) in zip(work.blocks, work.block_ops, strict=True)
     ]
-    images = max(20, min(5000, int(seconds / CONTENTION_REPEATS / len(threads) / train_s)))
-    samples: dict[int, list[tuple[float, float]]] = {p: [] for p in threads}
+
+
+def measure_contention(
+    exe: Path, nets: dict[str, tuple[Work, float]], threads: Sequence[int], seconds: float
+) -> dict[str, tuple[dict[int, float], float, list[float], bool]]:
+    """Seconds per image in the locked updates of each network (name: (work, train_s)) per thread
+    count, in rounds: every round runs every network at every thread count once, rounds
+    CONTENTION_PAUSE_S apart, until each network has three undisturbed rounds (at least
+    CONTENTION_REPEATS rounds, at most twice as many). So a network's samples span the whole
+    measurement, not one burst of it: this VM has minutes-long states in which every cross-core
+    line transfer is several times slower (docs/kernels.md), and the samples of one network
+    taken back to back all fell in one state. Per network: the median per count over the
+    undisturbed runs; the contention c, the median over the undisturbed rounds of each round's
+    slope of c(p) - c(1) against p - 1 (over all rounds if none was undisturbed); every round's
+    slope (their spread shows a state change during the calibration); and whether any round was
+    undisturbed."""
+    samples = {name: {p: [] for p in threads} for name in nets}  # (value, cpu share) per run
+    args = {
+        name: (max(20, min(5000, int(seconds / CONTENTION_REPEATS / len(threads) / t))),
+               contention_blocks(w, t))
+        for name, (w, t) in nets.items()
+    }  # fmt: skip
+
+    def enough(per_p: dict) -> bool:  # three rounds whose every run was undisturbed
+        shares = zip(*([share for _, share in v] for v in per_p.values()), strict=True)
+        return sum(min(r) >= MIN_SHARE for r in shares) >= 3
+
     for k in range(2 * CONTENTION_REPEATS):
-        for p in threads:
-            r = _run(exe, "contention", p, images, *blocks)
-            samples[p].append((r["update_s_per_image"], r["cpu_share"]))
-        if k + 1 >= CONTENTION_REPEATS and all(
-            len(undisturbed(v)[0]) >= 3 and undisturbed(v)[1] for v in samples.values()
-        ):
+        if k:
+            time.sleep(CONTENTION_PAUSE_S)
+        for name, (images, blocks) in args.items():
+            for p in threads:
+                r = _run(exe, "contention", p, images, *blocks)
+                samples[name][p].append((r["update_s_per_image"], r["cpu_share"]))
+        if k + 1 >= CONTENTION_REPEATS and all(enough(v) for v in samples.values()):
             break
-    out = {p: undisturbed(v) for p, v in samples.items()}
-    return {p: statistics.median(v) for p, (v, _) in out.items()}, all(
-        ok for _, ok in out.values()
-    )
+    extra = [p for p in threads if p > 1]
+    out = {}
+    for name, per_p in samples.items():
+        got = {p: undisturbed(v) for p, v in per_p.items()}
+        medians = {p: statistics.median(v) for p, (v, _) in got.items()}
+        # per round: c(p) = slope * (p - 1), least squares through the origin over the counts,
+        # from that round's runs only (a state that lasts the round cancels out of the pairs)
+        slopes, clean = [], []
+        for k in range(len(per_p[1]) if extra else 0):
+            pts = [(p - 1, per_p[p][k][0] - per_p[1][k][0]) for p in extra]
+            slopes.append(sum(x * y for x, y in pts) / sum(x * x for x, _ in pts))
+            clean.append(all(per_p[p][k][1] >= MIN_SHARE for p in threads))
+        kept = [v for v, ok in zip(slopes, clean, strict=True) if ok]
+        slope = max(0.0, statistics.median(kept or slopes)) if slopes else 0.0
+        out[name] = (medians, slope, slopes, bool(kept) or not slopes)
+    return out
 
 
 def measure_peak(exe: Path, threads: Sequence[int], seconds: float = 0.2) -> dict[int, float]:
@@ -238,6 +275,30 @@ def _probe(rt, data) -> tuple[float, int]:
         n = min(2 * n, len(data.train_labels))
 
 
+def measure_call(rt, data) -> float:
+    """Seconds one Runtime.train call costs beyond its images (a Python thread started and
+    joined, the labels checked, the cffi config built, the native team started): an MPI rank
+    makes one call per --sync-every chunk. Per round, CALL_IMAGES one-image calls against one
+    call of the same images, (many - one) / (CALL_IMAGES - 1); the median of CALL_ROUNDS rounds
+    (one thread: the runs under mpirun in bench/mpi.py have one per rank)."""
+    from .train import Config
+
+    n = CALL_IMAGES
+    # all the labels, as training passes them: every call checks them (Net.checked_labels)
+    x, y = rt.images(data.train_images[:n]), data.train_labels
+    order, cfg = np.arange(n, dtype=np.int32), Config(threads=1)
+    rounds = []
+    for _ in range(CALL_ROUNDS):
+        t0 = time.perf_counter()
+        rt.train(x, y, order, cfg, 1e-4)
+        one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in range(n):
+            rt.train(x, y, order[i : i + 1], cfg, 1e-4)
+        rounds.append((time.perf_counter() - t0 - one) / (n - 1))
+    return max(0.0, statistics.median(rounds))
+
+
 def measure_net(
     spec: str,
     seconds: float,
@@ -254,6 +315,7 @@ def measure_net(
     net = compile_net(spec, build_dir=build_dir)
     rt = Runtime(net)
     per_image, _ = _probe(rt, full)
+    call_s = measure_call(rt, full)
     # One epoch = n training + n validation + n/4 test images, about seconds / REPEATS long.
     n = int(min(len(full.train_labels), max(200, seconds / REPEATS / (per_image * 1.6))))
     nt = min(len(full.test_labels), max(50, n // 4))
@@ -284,7 +346,7 @@ def measure_net(
     log(
         f"  {net.ir.name}: {n} training + {n} validation + {nt} test images x {REPEATS} on "
         f"1 thread ({kind} data): {1 / train_s:,.0f} training img/s, "
-        f"{1 / fwd_s:,.0f} forward img/s"
+        f"{1 / fwd_s:,.0f} forward img/s, {call_s * 1e6:.0f} us per training call"
     )
     return {
         "net": net.ir.name,
@@ -298,6 +360,7 @@ def measure_net(
         "train_s_per_image": train_s,
         "forward_s_per_image": fwd_s,
         "prep_s": prep_s,
+        "call_s": call_s,
         "undisturbed": clean,
     }
 
@@ -366,14 +429,19 @@ def run(
     nets = dict(old.get("nets", {}))
     extra = sorted({2, cores} - {1}) if cores > 1 else []
     full, kind = _data(data_dir, 20000)
+    measured = {}
     for spec in specs:
         m = measure_net(spec, seconds * 0.6, full, kind, build_dir, log)
+        measured[m.pop("net")] = m
+    contention = measure_contention(
+        exe,
+        {name: (m["work"], m["train_s_per_image"]) for name, m in measured.items()},
+        [1, *extra],
+        seconds * 0.4,
+    )
+    for net_name, m in measured.items():
         w = m.pop("work")
-        c, c_clean = measure_contention(exe, w, m["train_s_per_image"], [1, *extra], seconds * 0.4)
-        # c(p) = slope * (p - 1): least squares through the origin over the measured counts
-        pts = [(p - 1, max(0.0, c[p] - c[1])) for p in extra]
-        slope = sum(x * y for x, y in pts) / sum(x * x for x, _ in pts) if pts else 0.0
-        net_name = m.pop("net")
+        c, slope, rounds, c_clean = contention[net_name]
         slope, how = _contention_fallback(nets, net_name, w, slope, c_clean)
         nets[net_name] = {
             **m,
@@ -384,6 +452,7 @@ def run(
             "contention_s": slope,
             "lines": w.lines,
             "update_s_per_image": {str(p): v for p, v in c.items()},
+            "contention_rounds_s": rounds,
             "contention_undisturbed": c_clean or how != "measured (disturbed)",
             "contention_source": how,
         }
@@ -392,10 +461,16 @@ def run(
                 f"  note: other work shared the cores during every {net_name} measurement "
                 "(calibrate again when the machine is quiet)"
             )
+        spread = f"; rounds {min(rounds) * 1e6:.2f}..{max(rounds) * 1e6:.2f} us" if rounds else ""
         log(
             f"  {net_name}: contention {slope * 1e6:.2f} us per image per extra thread "
-            f"({w.lines} lines written per image; {how})"
+            f"({w.lines} lines written per image; {how}{spread})"
         )
+        if rounds and min(rounds) > 0 and max(rounds) > 2 * min(rounds):
+            log(
+                f"  note: {net_name}'s contention changed more than twofold between rounds: "
+                "the machine changed state during the calibration (the median is kept)"
+            )
     peak = measure_peak(exe, sorted({1, cores}))
     log(
         "  peak: "
@@ -422,6 +497,7 @@ def run(
         "operation_factor": {
             **med,
             "prep_s": statistics.median(v["prep_s"] for v in nets.values()),
+            "call_s": statistics.median(v.get("call_s", 0.0) for v in nets.values()),
             "source": f"median over {', '.join(sorted(nets))}",
         },
         "contention": {
@@ -633,9 +709,14 @@ def cmd_calibrate_network(args: argparse.Namespace) -> int:
     from . import netmodel
 
     how = shlex.split(args.mpirun_args) if args.mpirun_args is not None else netmodel.LOOPBACK
+    load = os.getloadavg()[0]
+    if load > 0.5:  # busy ranks that other work deschedules wait for each other in every sync
+        print(f"note: load average {load:.1f}: other work is running, so sync_s (and alpha) "
+              "will be pessimistic; calibrate again when the machine is quiet")  # fmt: skip
     net = netmodel.calibrate(Path(args.out) if args.out else None, how)
     print(f"mpirun -np 2 {shlex.join(how)}: alpha {net.alpha_s * 1e6:.3g} us, beta "
-          f"{net.beta_bytes_per_s / 1e9:.3g} GB/s -> {args.out or netmodel.default_path()}")
+          f"{net.beta_bytes_per_s / 1e9:.3g} GB/s, a sync's fixed cost {net.sync_s * 1e6:.3g} us "
+          f"-> {args.out or netmodel.default_path()}")  # fmt: skip
     return 0
 
 

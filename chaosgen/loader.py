@@ -340,7 +340,8 @@ class Net:
 
     def dropout_masks(self, seed: int, epoch: int, index: int) -> dict[str, np.ndarray]:
         """Each dropout layer's training mask for one image: layer name -> bool array of the
-        layer's shape (maps, h, w) or (maps, d, h, w), True where a unit is kept (then scaled by 1 / (1 - rate)).
+        layer's shape (maps, h, w), or (maps, d, h, w) on volumes, True where a unit is kept
+        (then scaled by 1 / (1 - rate)).
         `index` is the image's index in the training set (not its position in the epoch's
         order), `epoch` counts from 0; computed by the native code that trains with it."""
         drops = self.ir.dropouts

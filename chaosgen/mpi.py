@@ -19,7 +19,9 @@ of each epoch's shuffled order, and the ranks join their models every K images p
   about as much as 1/N epoch of one process (4.9-5.0% for every K above), but it never
   overshoots: the rule for large K or many ranks.
   Every rank runs the same number of chunks (the last ones of a shorter shard may be smaller or
-  empty), so the collectives always match.
+  empty), so the collectives always match. --sync-overlap joins by MPI_Iallreduce while the next
+  chunk trains and applies the result after it: the other ranks' changes arrive one chunk late
+  (Cluster.overlapped).
 - Momentum buffers (the velocity of chaosgen.update) stay local between syncs, as in local SGD
   with momentum (Lin et al. 2020, "Don't use large mini-batches, use local SGD", Algorithm 1):
   under `sum` with K = 1 the sum of the local velocities is exactly the velocity of synchronous
@@ -115,8 +117,12 @@ class Cluster:
     syncs: int = 0  # model joins of the current epoch
     sync_seconds: float = 0.0  # spent in them on this rank
     threads: list[int] = field(default_factory=list)  # each rank's in the last epoch
-    base: np.ndarray | None = None  # the model of the last sync (rule sum)
+    base: np.ndarray | None = None  # the model of the last sync (rule sum; with overlap, both)
     host: str = field(default_factory=platform.node)
+    overlap: bool = False  # --sync-overlap: a non-blocking allreduce, applied one chunk late
+    _pending: object = None  # the MPI request of the allreduce in flight (overlap)
+    _mine: np.ndarray | None = None  # this rank's change it carries (overlap)
+    _total: np.ndarray | None = None  # its buffer: the change, then the ranks' sum (overlap)
 
     @property
     def rank(self) -> int:
@@ -207,15 +213,59 @@ class Cluster:
         params += self.base
         self.base[:] = params
 
-    def sync(self, params: np.ndarray) -> None:
-        """Join the ranks' models by the rule; counted and timed for the log."""
-        t0 = time.perf_counter()
+    def join(self, params: np.ndarray) -> None:
+        """Join the ranks' models by the rule now (blocking); base <- the joined model."""
         if self.rule == "sum":
             self.add_deltas(params)
         else:
             self.average(params)
+            if self.base is not None:
+                self.base[:] = params
+
+    def sync(self, params: np.ndarray, last: bool = True) -> None:
+        """Join the ranks' models by the rule after a chunk (`last`: the epoch's last chunk);
+        counted and timed for the log. With overlap, a non-blocking join (see overlapped)."""
+        t0 = time.perf_counter()
+        if self.overlap:
+            self.overlapped(params, last)
+        else:
+            self.join(params)
         self.sync_seconds += time.perf_counter() - t0
         self.syncs += 1
+
+    def overlapped(self, params: np.ndarray, last: bool) -> None:
+        """--sync-overlap: the join of the changes up to chunk c runs (MPI_Iallreduce) while
+        chunk c + 1 trains, and is applied after it: p <- p + S - d, base <- base + S, with d
+        this rank's change since base sent at c and S the ranks' sum of theirs (divided by N
+        under `average`). So every rank's model is the joined model of sync c plus its own
+        not yet joined change: the other ranks' changes arrive one chunk late. After the
+        epoch's last chunk the join is blocking, so that every rank ends the epoch with the
+        same model (evaluated and checkpointed). While the chunk trains, Runtime.train's
+        watcher calls progress() every POLL_S seconds."""
+        from mpi4py import MPI
+
+        if self._pending is not None:
+            self._pending.Wait()
+            self._pending = None
+            if self.rule == "average":
+                self._total /= self.size  # float32 division, correctly rounded
+            params += self._total
+            params -= self._mine
+            self.base += self._total
+        if last:
+            self.join(params)
+            return
+        if self._mine is None or self._mine.shape != params.shape:
+            self._mine, self._total = np.empty_like(params), np.empty_like(params)
+        np.subtract(params, self.base, out=self._mine)
+        self._total[:] = self._mine
+        self._pending = self.comm.Iallreduce(MPI.IN_PLACE, self._total, op=MPI.SUM)
+
+    def progress(self) -> None:
+        """Let the allreduce in flight advance (MPI_Test): Open MPI progresses a non-blocking
+        collective only inside MPI calls, and a rank makes none while its chunk trains."""
+        if self._pending is not None:
+            self._pending.Test()
 
     def _sum(self, values: list[float]) -> list[float]:
         from mpi4py import MPI
@@ -274,6 +324,7 @@ class Cluster:
                         epoch=epoch,
                         iter0=iter0 + update.iterations(done, cfg.scheme, cfg.batch),
                         max_iter=max_iter,
+                        poll=self.progress if self._pending is not None else None,
                     )  # fmt: skip
                 except _Interrupted:
                     raise ChaosgenError(
@@ -284,7 +335,7 @@ class Cluster:
                 threads = min(threads, st.threads)
                 if st.profile is not None:
                     prof = st.profile if prof is None else prof + st.profile
-            self.sync(rt.net.params)
+            self.sync(rt.net.params, last=c == chunks - 1)
         if rt.velocity is not None:  # local between syncs; one state for the checkpoint
             self.average(rt.velocity)
         seconds = self._max(time.perf_counter() - t0)
@@ -314,6 +365,7 @@ class Cluster:
             "threads_per_rank": self.threads[0] if len(set(self.threads)) == 1 else self.threads,
             "sync_every": self.sync_every,
             "sync_rule": self.rule,
+            "sync_overlap": self.overlap,
             "syncs": self.syncs,
             "sync_seconds": self._max(self.sync_seconds),
             "ring_bytes_per_sync": per_sync,
@@ -328,7 +380,8 @@ def run_train(args: argparse.Namespace, spec_net, on_epoch=None) -> list[dict]:
 
     if args.sync_every is None:
         args.sync_every = DEFAULT_SYNC_EVERY
-    cluster = Cluster(world(), args.sync_every, args.sync_rule or "sum")
+    cluster = Cluster(world(), args.sync_every, args.sync_rule or "sum",
+                      overlap=bool(getattr(args, "sync_overlap", False)))  # fmt: skip
     args.quiet = args.quiet or not cluster.root
     run = None
     try:
@@ -370,11 +423,15 @@ def _abort(cluster: Cluster, e: BaseException) -> None:
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    """--sync-every and --sync-rule: in range, and only for a job under MPI."""
+    """--sync-every, --sync-rule and --sync-overlap: in range, and only for a job under MPI."""
     k = getattr(args, "sync_every", None)
     if k is not None and not 1 <= k <= MAX_SYNC_EVERY:
         raise UsageError(f"--sync-every must be an integer in [1, {MAX_SYNC_EVERY}], found {k}")
-    for flag, v in (("--sync-every", k), ("--sync-rule", getattr(args, "sync_rule", None))):
+    for flag, v in (
+        ("--sync-every", k),
+        ("--sync-rule", getattr(args, "sync_rule", None)),
+        ("--sync-overlap", getattr(args, "sync_overlap", None) or None),
+    ):
         if v is not None and not wanted(args):
             raise UsageError(
                 f"{flag} joins the models of MPI ranks: start the job with mpirun (or give --mpi)"

@@ -4,8 +4,9 @@ train` under mpirun (chaosgen/mpi.py), each node one rank with p threads.
 Per epoch of I training, V validation and It test images:
 
     T_node(N) = the one-machine model (chaosgen.predict.predict) for ceil(I/N), ceil(V/N) and
-                ceil(It/N) images with p threads: each rank trains and evaluates its shard
-    T_comm(N) = syncs x T_allreduce(N, M),   syncs = ceil(ceil(I/N) / K)
+                ceil(It/N) images with p threads: each rank trains and evaluates its shard,
+                + (syncs - 1) x call_s: the shard is trained in one native call per chunk
+    T_comm(N) = syncs x (T_allreduce(N, M) + sync_s),   syncs = ceil(ceil(I/N) / K)
     T_allreduce(N, M) = 2 (N - 1) alpha + 2 (N - 1) / N x M / beta
 
 M = 4 x n_params bytes (the float32 weights), K = --sync-every. T_allreduce is the alpha-beta
@@ -13,13 +14,16 @@ M = 4 x n_params bytes (the float32 weights), K = --sync-every. T_allreduce is t
 N - 1 steps each, every step moving M / N bytes per rank (Patarasuk and Yuan 2009, "Bandwidth
 optimal all-reduce algorithms for clusters of workstations"; Thakur, Rabenseifner and Gropp 2005,
 "Optimization of collective communication operations in MPICH"). The reduction's arithmetic
-(M / 4 additions per rank) is left out: below 0.1 ms for the large net. The syncs do not overlap
-with computing (chaosgen.mpi calls a blocking allreduce), so the terms add.
+(M / 4 additions per rank) is left out: below 0.1 ms for the large net. call_s (seconds a
+training call costs beyond its images) is measured per network by `chaosgen calibrate`; sync_s
+(a sync's cost beyond T_allreduce: its buffer arithmetic, the mpi4py call, the wait for a rank
+that arrives later) by `chaosgen calibrate-network`. The blocking syncs do not overlap with
+computing, so the terms add.
 
 A network profile gives alpha (seconds) and beta (bytes per second): `10GbE` and `ib-edr` from
 published figures (NETWORKS, each with its source), `this` measured by `chaosgen calibrate-network`
 (the ranks of `mpirun -np 2` over TCP on the loopback interface), or a JSON file
-{"name", "alpha_s", "beta_bytes_per_s", "source"}.
+{"name", "alpha_s", "beta_bytes_per_s", "source"[, "sync_s"]}.
 """
 
 from __future__ import annotations
@@ -56,12 +60,20 @@ class Network:
     alpha_s: float  # latency of one message, seconds
     beta_bytes_per_s: float  # bandwidth of one link, one direction
     source: str
+    # Seconds a sync of chaosgen.mpi costs beyond the alpha-beta allreduce: its buffer arithmetic,
+    # mpi4py's call, and the wait for ranks that arrive later. Measured by calibrate-network on
+    # busy ranks; 0 in the published profiles, which describe the network alone.
+    sync_s: float = 0.0
 
     def allreduce_s(self, n_bytes: float, nodes: int) -> float:
         """Seconds of one ring allreduce of n_bytes over `nodes` ranks (0 for one)."""
         if nodes <= 1:
             return 0.0
         return 2 * (nodes - 1) * self.alpha_s + ring_bytes(n_bytes, nodes) / self.beta_bytes_per_s
+
+    def model_sync_s(self, n_bytes: float, nodes: int) -> float:
+        """Seconds of one of chaosgen.mpi's syncs of n_bytes: the allreduce plus sync_s."""
+        return self.allreduce_s(n_bytes, nodes) + self.sync_s * (nodes > 1)
 
 
 # Published figures (not measured here). Bandwidths are the link's data rate after encoding,
@@ -91,6 +103,7 @@ NETWORKS = {
 # large net's 0.48 MB.
 SIZES = (8, 1024, 16384, 131072, 524288, 1048576)
 REPEATS = 30
+BUSY_S = 1e-3  # work on every rank between two timed syncs (a short chunk of training)
 
 
 def default_path() -> Path:
@@ -117,7 +130,7 @@ def load_network(name: str) -> Network:
     try:
         d = json.loads(path.read_text())
         return Network(str(d["name"]), float(d["alpha_s"]), float(d["beta_bytes_per_s"]),
-                       str(d.get("source", path)))  # fmt: skip
+                       str(d.get("source", path)), float(d.get("sync_s", 0.0)))  # fmt: skip
     except FileNotFoundError:
         raise ChaosgenError(f"{path}: no such network profile") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -140,13 +153,33 @@ def fit(sizes: list[int], seconds: list[float], nodes: int = 2) -> tuple[float, 
     return max(float(alpha), 0.0), 1.0 / max(float(inv_beta), 1e-15)
 
 
+def _busy(seconds: float) -> None:
+    """A chunk's stand-in between two syncs: a thread started and joined (Runtime.train runs its
+    native call in one) that keeps its core busy for `seconds`."""
+    import threading
+
+    def spin() -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    t.join()
+
+
 def measure() -> None:
-    """Run under mpirun: the median seconds of an in-place float32 allreduce per size; rank 0
-    prints them as JSON."""
+    """Run under mpirun: per size, the median seconds of (1) a bare in-place float32 allreduce,
+    the ranks released together by a barrier (alpha and beta), and (2) chaosgen.mpi's sync
+    (rule sum: subtract, allreduce, add, copy), each after BUSY_S of work on every rank and no
+    barrier, as in training: what it costs beyond (1) is the sync's fixed cost (sync_s). Rank 0
+    prints both as JSON."""
     from mpi4py import MPI
 
+    from .mpi import Cluster
+
     comm = MPI.COMM_WORLD
-    out = {}
+    bare, synced = {}, {}
     for size in SIZES:
         buf = np.ones(size // FLOAT_BYTES, np.float32)
         times = []
@@ -156,9 +189,18 @@ def measure() -> None:
             comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
             times.append(time.perf_counter() - t0)
         times = comm.allreduce(times[3:], op=MPI.SUM)  # both ranks' samples
-        out[size] = float(np.median(times))
+        bare[size] = float(np.median(times))
+        cluster = Cluster(comm, base=np.zeros_like(buf))
+        times = []
+        for _ in range(REPEATS + 3):
+            _busy(BUSY_S)
+            t0 = time.perf_counter()
+            cluster.sync(buf)
+            times.append(time.perf_counter() - t0)
+        times = comm.allreduce(times[3:], op=MPI.SUM)
+        synced[size] = float(np.median(times))
     if comm.rank == 0:
-        print(json.dumps({"nodes": comm.size, "seconds": out}))
+        print(json.dumps({"nodes": comm.size, "seconds": bare, "sync_seconds": synced}))
 
 
 LOOPBACK = ("--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo")
@@ -185,18 +227,28 @@ def calibrate(out: Path | None = None, mpirun_args: Sequence[str] = LOOPBACK) ->
     got = child.run_json(cmd, "the allreduce microbenchmark", timeout=300, env=env)
     sizes = sorted(int(s) for s in got["seconds"])
     alpha, beta = fit(sizes, [got["seconds"][str(s)] for s in sizes], got["nodes"])
+    bare = Network("this", alpha, beta, "")
+    # the sync's cost beyond the fitted allreduce, per size; their median (it should not depend
+    # on the size: what depends on it is in beta)
+    extra = [got["sync_seconds"][str(s)] - bare.allreduce_s(s, got["nodes"]) for s in sizes]
+    sync_s = max(0.0, float(np.median(extra)))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     net = Network(
         "this",
         alpha,
         beta,
         f"measured: mpirun -np 2 {' '.join(mpirun_args)}, in-place float32 MPI_Allreduce, "
-        f"median of {REPEATS} per size, sizes {sizes[0]}..{sizes[-1]} bytes, load average "
-        f"{load:.2f}",
+        f"median of {REPEATS} per size, sizes {sizes[0]}..{sizes[-1]} bytes; sync_s: median "
+        f"over the sizes of chaosgen.mpi's sync after {BUSY_S * 1e3:g} ms of work per rank "
+        f"minus the fitted allreduce; load average {load:.2f}",
+        sync_s,
     )
     path = out or default_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = asdict(net) | {"measured_seconds": got["seconds"]}
+    record = asdict(net) | {
+        "measured_seconds": got["seconds"],
+        "measured_sync_seconds": got["sync_seconds"],
+    }
     atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
     return net
 
@@ -222,7 +274,9 @@ def predict_nodes(
     test_images: int = 10000,
 ) -> ClusterPrediction:  # fmt: skip
     """T_node + T_comm of one epoch on `nodes` nodes (module docstring); n_params: the floats
-    of the weight buffer the ranks allreduce (ir.Net.n_params)."""
+    of the weight buffer the ranks allreduce (ir.Net.n_params). T_node includes the per-call
+    cost (machine profile: call_s) of the chunks beyond the one call a process makes alone;
+    T_comm the syncs' fixed cost (network profile: sync_s)."""
     from .predict import predict
 
     val = images if val_images is None else val_images
@@ -238,8 +292,10 @@ def predict_nodes(
         test_images=math.ceil(test_images / nodes),
     )
     syncs = math.ceil(shard / sync_every) if nodes > 1 else 0
-    t_comm = syncs * network.allreduce_s(FLOAT_BYTES * n_params, nodes)
-    return ClusterPrediction(nodes, p.total, t_comm, syncs)  # fmt: skip
+    # a rank trains its shard in `syncs` native calls (one per chunk), one without MPI
+    calls = machine.factors(net)[0].call_s * max(syncs - 1, 0)
+    t_comm = syncs * network.model_sync_s(FLOAT_BYTES * n_params, nodes)
+    return ClusterPrediction(nodes, p.total + calls, t_comm, syncs)
 
 
 def dominates_from(work, machine, threads: int, sync_every: int, network: Network,
@@ -267,7 +323,8 @@ def print_cluster(spec_net, machine, work, threads: int, nodes: list[int], sync_
     mb = FLOAT_BYTES * n_params / 1e6
     print(
         f"{spec_net.name} on N x {machine.name} ({threads} threads each), network {network.name} "
-        f"(alpha {network.alpha_s * 1e6:.3g} us, beta {network.beta_bytes_per_s / 1e9:.3g} GB/s), "
+        f"(alpha {network.alpha_s * 1e6:.3g} us, beta {network.beta_bytes_per_s / 1e9:.3g} GB/s"
+        f"{f', sync_s {network.sync_s * 1e6:.3g} us' if network.sync_s else ''}), "
         f"models joined every {sync_every:,} images per node ({mb:.3g} MB of weights, ring "
         "allreduce)"
     )

@@ -27,6 +27,7 @@ DEFAULT_THREADS = (1, 2, 15, 30, 60, 120, 240, 480, 960, 1920, 3840)
 MACHINE_ENV = "CHAOSGEN_MACHINE"
 MAX_IMAGES = 2**31 - 1  # a C int in the native runtime, as for `train`
 LINE_FLOATS = 16  # 64-byte cache lines
+PER_NET = ("prep_s", "contention_s", "call_s")  # a calibrated network's Factors beside its factors
 
 
 # --- operation counts ---------------------------------------------------------------------------
@@ -87,6 +88,7 @@ class Factors:
     forward: float  # cycles per forward-only operation
     prep_s: float = 0.0  # sequential seconds per epoch (shuffle, thread start-up)
     contention_s: float | None = None  # c: seconds per image per extra thread (None: from lines)
+    call_s: float = 0.0  # seconds a training call costs beyond its images (one per MPI chunk)
     source: str = ""
 
 
@@ -163,6 +165,7 @@ def _factors(d: dict, source: str = "") -> Factors:
         forward=float(d["forward"]),
         prep_s=float(d.get("prep_s", 0.0)),
         contention_s=None if d.get("contention_s") is None else float(d["contention_s"]),
+        call_s=float(d.get("call_s", 0.0)),
         source=d.get("source", source),
     )
 
@@ -174,7 +177,7 @@ def machine_from_dict(d: dict, path: str = "") -> Machine:
         op = d["operation_factor"]
         nets = {
             name: _factors(
-                v["operation_factor"] | {k: v[k] for k in ("prep_s", "contention_s") if k in v},
+                v["operation_factor"] | {k: v[k] for k in PER_NET if k in v},
                 "calibrated",
             )
             for name, v in d.get("nets", {}).items()

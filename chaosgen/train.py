@@ -43,6 +43,11 @@ PASSES = ("forward", "backward_data", "backward_weights", "update", "lock_wait")
 # How dense layers' updates reach the shared weights (templates/owner.hpp): the runtime decides,
 # the segment locks as for every layer, or their rows' owners from per-image records.
 DENSE_UPDATES = {"auto": 0, "locked": 1, "owner": 2}
+PROGRESS_S = 0.1  # seconds between two progress updates of a running pass
+# Seconds between two polls of a running pass (Runtime.train's poll): often enough for a 0.5 MB
+# allreduce to advance through its fragments during a 2 ms chunk, rarely enough to cost its core
+# little (a wake-up and an MPI_Test are tens of microseconds).
+POLL_S = 5e-4
 
 
 @dataclass
@@ -180,16 +185,19 @@ class Runtime:
         epoch: int = 0,
         iter0: int = 0,
         max_iter: int = 0,
+        poll=None,
         dense_update: str = "auto",
         trace: np.ndarray | None = None,
     ) -> PhaseStats:
         """One training pass over images[order] (native, GIL released; Ctrl-C stops it early).
         Dropout masks hash (cfg.seed, epoch, each image's index in `images`). eta: this pass's,
         or the base of a per-iteration lr_policy, whose iterations (images; averaged: steps) are
-        counted from iter0; cosine ends at max_iter. dense_update: DENSE_UPDATES (the runtime's
-        choice, or one forced for tests and benchmarks). trace: float64, for each dense layer in
-        order len(order) x (2 + inputs + units), receives the owner-applied layers' records
-        (eta, image index, x, dz) in the order they were applied (cg_config.trace)."""
+        counted from iter0; cosine ends at max_iter. poll(): called every POLL_S seconds from
+        this thread while the pass runs (chaosgen.mpi: progress of a non-blocking allreduce).
+        dense_update: DENSE_UPDATES (the runtime's choice, or one forced for tests and
+        benchmarks). trace: float64, for each dense layer in order len(order) x (2 + inputs +
+        units), receives the owner-applied layers' records (eta, image index, x, dz) in the order
+        they were applied (cg_config.trace)."""
         lab = self._labels(labels)
         threads = allowed_threads(cfg.threads)
         order = np.ascontiguousarray(order, np.int32)
@@ -235,7 +243,7 @@ class Runtime:
                 prof_ptr,
             )
 
-        rc, interrupted = _run_watched(call, stop, seen, len(order), progress)
+        rc, interrupted = _run_watched(call, stop, seen, len(order), progress, poll)
         out = self._stats(rc, stats, threads, prof)
         if progress is not None:
             progress(out.images)  # the images trained, not the last hint
@@ -296,10 +304,10 @@ class _Interrupted(Exception):
         self.stats = stats
 
 
-def _run_watched(call, stop, seen, total: int, progress) -> tuple[int, bool]:
-    """Run `call` in a thread; update `progress(n)` meanwhile; on Ctrl-C ask the workers to stop
-    picking images and wait until the call has returned. Returns its result and whether it was
-    interrupted.
+def _run_watched(call, stop, seen, total: int, progress, poll=None) -> tuple[int, bool]:
+    """Run `call` in a thread; update `progress(n)` meanwhile (and call `poll()` every POLL_S
+    seconds); on Ctrl-C ask the workers to stop picking images and wait until the call has
+    returned. Returns its result and whether it was interrupted.
 
     The wait is on an event the thread sets after the call, not on Thread.join: a join that a
     KeyboardInterrupt breaks marks a still running thread as finished (Python 3.11), and the
@@ -317,11 +325,16 @@ def _run_watched(call, stop, seen, total: int, progress) -> tuple[int, bool]:
             done.set()
 
     threading.Thread(target=run, daemon=True).start()
-    interrupted = False
+    interrupted, shown = False, time.perf_counter()
     while not done.is_set():
         try:
-            if not done.wait(0.1) and progress is not None:
+            if done.wait(POLL_S if poll is not None else PROGRESS_S):
+                break
+            if poll is not None:
+                poll()
+            if progress is not None and time.perf_counter() - shown >= PROGRESS_S:
                 progress(min(int(seen[0]), total))
+                shown = time.perf_counter()
         except KeyboardInterrupt:  # stop picking images; keep waiting for the call to return
             stop[0] = 1
             interrupted = True
@@ -745,6 +758,11 @@ def add_parser(sub) -> None:
         "their models (average)",
     )  # fmt: skip
     p.add_argument(
+        "--sync-overlap", action="store_true",
+        help="under mpirun: join the models by a non-blocking allreduce while the next chunk "
+        "trains (the other ranks' changes arrive one chunk late; see chaosgen.mpi)",
+    )  # fmt: skip
+    p.add_argument(
         "--mpi", action="store_true",
         help="run as an MPI rank (implied under mpirun; needs mpi4py: pip install '.[mpi]')",
     )  # fmt: skip
@@ -1003,8 +1021,9 @@ def _train(
         )
         if cluster is not None:
             print(f"  mpi: {cluster.size} rank{'s' * (cluster.size != 1)} x {cfg.threads} "
-                  f"thread{'s' * (cfg.threads != 1)}, models joined ({cluster.rule}) every "
-                  f"{cluster.sync_every} images per rank")
+                  f"thread{'s' * (cfg.threads != 1)}, models joined ({cluster.rule}"
+                  f"{', overlapped' * cluster.overlap}) every {cluster.sync_every} images per "
+                  "rank")
         print(f"  data: {header.name} ({header.format}) from {header.source}")
         for row in summary_rows(net.ir):
             print("  " + row)
@@ -1092,7 +1111,8 @@ def train(
     quiet: no banner, progress bars or epoch lines (True here; the CLI prints them). **options:
     every other `chaosgen train` flag by its name with underscores (eta, decay, seed,
     update_every, batch, limit, val_limit, test_limit, dataset, fit, val_split, log, resume,
-    profile, target, cc, build_dir; under mpirun: sync_every, sync_rule, mpi, see chaosgen.mpi);
+    profile, target, cc, build_dir; under mpirun: sync_every, sync_rule, sync_overlap, mpi, see
+    chaosgen.mpi);
     None or False leaves a flag out. Errors: UsageError for an unknown option or a bad value
     (named as its flag), and every error of `chaosgen train` (ChaosgenError: the spec, the data,
     the run directory, divergence, Ctrl-C after the interrupted epoch was checkpointed)."""

@@ -6,6 +6,7 @@ innermost (W) axis vectorized; the 2D kernels and their planning in codegen.py a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from . import ir
 from .errors import Diagnostic, SpecError
@@ -22,12 +23,22 @@ def is_volume(lay: ir.Layer) -> bool:
     return isinstance(lay, (ir.Conv, ir.Pool)) and lay.in_shape.volume
 
 
-def _block(maps: int, vectors_each: int, budget: int) -> int:
-    """Maps per register block: the largest divisor of `maps` whose accumulators (each map
-    `vectors_each` vectors) fit the budget. Each map's sum is its own dependency chain, so a
-    block of several hides the FMA latency that a single row's chain waits on."""
-    return max(m for m in range(1, maps + 1) if maps % m == 0 and m * vectors_each <= budget
-               or m == 1)
+@dataclass(frozen=True, slots=True)
+class MapBlock:
+    """Maps per register block, `maps` at a time up to `full`, then one block of `rem`."""
+
+    maps: int
+    full: int
+    rem: int
+
+
+def _block(maps: int, vectors_each: int, budget: int) -> MapBlock:
+    """As many maps per block as their accumulators (each map `vectors_each` vectors) fit in
+    the target's budget: each map's sum is its own dependency chain, so a block of several hides
+    the FMA latency that a single row's chain waits on. The rest of the maps form one smaller
+    block."""
+    m = max(1, min(maps, budget // vectors_each))
+    return MapBlock(maps=m, full=maps - maps % m, rem=maps % m)
 
 
 def view(lay: ir.Layer, needs_dx: bool, target: Target) -> dict:
@@ -71,8 +82,9 @@ def view(lay: ir.Layer, needs_dx: bool, target: Target) -> dict:
         span=span, xp_span=xp_span, padded=padded,
         # register blocks: forward over output maps, backward data over input maps, the weight
         # gradient over output maps (each with KW accumulator rows)
-        f_maps=_block(o.maps, span // vw, budget), b_maps=_block(i.maps, xp_span // vw, budget),
-        g_maps=_block(o.maps, lay.kw * span // vw, budget), xp_floats=xp_floats, y_scratch=xp_floats,
+        f=_block(o.maps, span // vw, budget), b=_block(i.maps, xp_span // vw, budget),
+        g=_block(o.maps, lay.kw * span // vw, budget),
+        xp_floats=xp_floats, y_scratch=xp_floats,
         d_slack=span - o.w, dz_row=dz_row, dz_after_dxp=dxp_floats,
         d_scratch=dxp_floats + dz_floats,
     )

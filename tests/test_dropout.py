@@ -144,6 +144,20 @@ def test_dropout_net_matches_torch(net) -> None:
     assert all(not np.allclose(plain[k], masked[k]) for k in plain)
 
 
+def test_gradients_without_a_key_treat_dropout_as_identity(net) -> None:
+    """Net.gradients(x, label) with no dropout key: every dropout layer is the identity in the
+    backward pass as in the forward (PyTorch float64 without dropout), whatever mask a
+    training pass left behind; was zero (or that stale mask) below each dropout layer."""
+    rng = np.random.default_rng(5)
+    net.set_weights(random_weights(net.ir, rng))
+    x = rng.uniform(-1, 1, (1, 29, 29)).astype(np.float32)
+    net.gradients(x, 2, dropout=(7, 0, 0))  # leaves a training mask in the work buffer
+    got = chaosgen_run(net, x, 2)
+    errs = compare(got, oracle_run(torch_run, net.ir, net.get_weights(), x, 2))  # no masks
+    assert max(errs.values()) < 1e-4, errs
+    assert all(np.any(g != 0) for k, g in got.grads.items() if k.endswith("weight")), got.grads
+
+
 _WORST: dict = {}
 
 

@@ -90,12 +90,16 @@ def records(run: Path) -> list[dict]:
 
 
 # --- K = 1 against a reference written here -----------------------------------------------------
-def reference(spec: Path, build_dir: Path, rule: str, epochs: int, limit: int, seed: int):
+def reference(spec: Path, build_dir: Path, rule: str, epochs: int, limit: int, seed: int,
+              overlap: bool = False):  # fmt: skip
     """The job `mpirun -np 2 chaosgen train SPEC --sync-every 1 --sync-rule RULE` computes,
     written from its definition with one process and per-rank sequential native runs: every
     epoch one permutation from the seed; rank r trains the images at positions r, r + 2, ...;
     after each image of each rank the models are joined (sum: p0 + d0 + d1; average: (p0 + p1)
-    / 2, float32); momentum buffers are per rank, averaged at the end of each epoch."""
+    / 2, float32); momentum buffers are per rank, averaged at the end of each epoch.
+    overlap (--sync-overlap): each rank keeps its own model; the sum S of the changes d_r since
+    the joined model b, sent after image i, is applied after image i + 1 (p_r += S - d_r, b +=
+    S; S / 2 under average); after an epoch's last image the join is immediate."""
     import chaosgen
     from chaosgen.data.sets import load_dataset
     from chaosgen.loader import aligned_zeros
@@ -117,19 +121,36 @@ def reference(spec: Path, build_dir: Path, rule: str, epochs: int, limit: int, s
     for epoch in range(epochs):
         order = rng.permutation(len(y))[:limit].astype(np.int32)
         shards = [order[0::2], order[1::2]]
+        base, models, pending = net.params.copy(), [net.params.copy() for _ in (0, 1)], None
         for i in range(len(shards[0])):
-            start, ends = net.params.copy(), []
+            ends = []
             for r in (0, 1):
-                net.params[:] = start
+                net.params[:] = models[r]
                 rt.velocity = velocity[r]
                 if i < len(shards[r]):
                     rt.train(x, y, shards[r][i : i + 1], cfg, eta, epoch=epoch,
                              iter0=epoch * per_rank + i, max_iter=epochs * per_rank)  # fmt: skip
                 ends.append(net.params.copy())
+            if pending is not None:  # overlap: the join sent after the previous image
+                total, mine = pending
+                if rule == "average":
+                    total = total / np.float32(2)
+                for r in (0, 1):
+                    ends[r] += total
+                    ends[r] -= mine[r]
+                base += total
+                pending = None
+            if overlap and i < len(shards[0]) - 1:
+                mine = [e - base for e in ends]
+                pending, models = (mine[0] + mine[1], mine), ends
+                continue
+            start = base
             if rule == "sum":
-                net.params[:] = start + ((ends[0] - start) + (ends[1] - start))
+                joined = start + ((ends[0] - start) + (ends[1] - start))
             else:
-                net.params[:] = (ends[0] + ends[1]) / np.float32(2)
+                joined = (ends[0] + ends[1]) / np.float32(2)
+            base, models = joined.copy(), [joined.copy(), joined.copy()]
+        net.params[:] = models[0]
         mean = (velocity[0] + velocity[1]) / np.float32(2)
         velocity[0][:] = velocity[1][:] = mean
         eta *= t.decay if t.lr_policy == "exp" else 1.0
@@ -138,21 +159,26 @@ def reference(spec: Path, build_dir: Path, rule: str, epochs: int, limit: int, s
 
 @needs_mpi
 @pytest.mark.parametrize(
-    "rule, schedule",
-    [("sum", "decay=0.9"), ("average", "lr_policy=inv gamma=0.01 power=0.75")],
+    "rule, schedule, overlap",
+    [
+        ("sum", "decay=0.9", False),
+        ("average", "lr_policy=inv gamma=0.01 power=0.75", False),
+        ("sum", "decay=0.9", True),
+    ],
 )
-def test_sync_every_1_follows_the_reference_exactly(tmp_path, build_dir, rule, schedule):
+def test_sync_every_1_follows_the_reference_exactly(tmp_path, build_dir, rule, schedule, overlap):
     spec = tmp_path / "small_momentum.net"  # momentum: the local velocities are part of the state
     spec.write_text(Path(SMALL).read_text().replace("decay=0.9", f"{schedule} momentum=0.5"))
     run = tmp_path / "run"
     epochs, limit, seed = 2, 101, 5  # an odd count: rank 1's shard is one image shorter
     mpirun(
         train_argv(spec, run, build_dir, "--epochs", epochs, "--limit", limit, "--seed", seed,
-                   "--val-limit", 50, "--test-limit", 50, "--sync-every", 1, "--sync-rule", rule),
+                   "--val-limit", 50, "--test-limit", 50, "--sync-every", 1, "--sync-rule", rule,
+                   *["--sync-overlap"] * overlap),
         cwd=tmp_path,
     )  # fmt: skip
     ck = ckpt.load(run / "last.npz")
-    params, velocity = reference(spec, build_dir, rule, epochs, limit, seed)
+    params, velocity = reference(spec, build_dir, rule, epochs, limit, seed, overlap)
     assert ck.epoch == epochs
     assert np.array_equal(ck.params, params)
     assert np.array_equal(ck.velocity, velocity)
@@ -160,6 +186,7 @@ def test_sync_every_1_follows_the_reference_exactly(tmp_path, build_dir, rule, s
     assert rec["train_images"] == limit and rec["val_images"] == 50 and rec["test_images"] == 50
     assert rec["mpi"]["ranks"] == 2 and rec["mpi"]["threads_per_rank"] == 1
     assert rec["mpi"]["sync_every"] == 1 and rec["mpi"]["sync_rule"] == rule
+    assert rec["mpi"]["sync_overlap"] == overlap
     assert rec["mpi"]["syncs"] == 51  # ceil(101 / 2) chunks of one image on rank 0
 
 
@@ -284,5 +311,7 @@ def test_sync_flags_need_mpi(capsys):
     assert "--sync-every joins the models of MPI ranks" in capsys.readouterr().err
     assert main(["train", SMALL, "--sync-rule", "average"]) == 2
     assert "start the job with mpirun (or give --mpi)" in capsys.readouterr().err
+    assert main(["train", SMALL, "--sync-overlap"]) == 2
+    assert "--sync-overlap joins the models of MPI ranks" in capsys.readouterr().err
     assert main(["train", SMALL, "--mpi", "--sync-every", "0"]) == 2
     assert "--sync-every must be an integer in [1, " in capsys.readouterr().err

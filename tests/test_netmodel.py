@@ -15,7 +15,7 @@ from conftest import ROOT
 from chaosgen import netmodel
 from chaosgen.cli import main
 from chaosgen.pipeline import front_end
-from chaosgen.predict import load_machine, predict, work_of
+from chaosgen.predict import load_machine, machine_from_dict, predict, work_of
 
 LARGE = str(ROOT / "specs" / "large.net")
 
@@ -119,3 +119,28 @@ def test_predict_nodes_refusals(capsys, tmp_path):
     bad.write_text('{"name": "x"}')
     assert main([*base, "--nodes", "2", "--threads", "1", "--network", str(bad)]) == 1
     assert "not a network profile (KeyError" in capsys.readouterr().err
+
+
+def test_per_chunk_call_and_per_sync_fixed_costs_add(tmp_path):
+    """A calibrated call_s (machine) is paid once per chunk beyond a lone process's one call, a
+    calibrated sync_s (network, read from its JSON) once per sync."""
+    _, net = front_end(LARGE)
+    knc = load_machine("knc")
+    d = dict(knc.data)
+    d["nets"] = {"large": {"operation_factor": dict(d["operation_factor"]), "call_s": 1e-3}}
+    slow = machine_from_dict(d)
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps({"name": "x", "alpha_s": 2e-6, "beta_bytes_per_s": 1e9,
+                                "source": "test", "sync_s": 2e-3}))  # fmt: skip
+    fixed = netmodel.load_network(str(path))
+    bare = netmodel.Network("x", 2e-6, 1e9, "test")
+    args = (work_of(net), 240, 8, 100)
+    a = netmodel.predict_nodes(args[0], knc, *args[1:], bare, net.n_params, net="large")
+    b = netmodel.predict_nodes(args[0], slow, *args[1:], fixed, net.n_params, net="large")
+    assert b.syncs == a.syncs == math.ceil(math.ceil(60000 / 8) / 100)
+    assert b.t_node - a.t_node == pytest.approx((a.syncs - 1) * 1e-3)
+    assert b.t_comm - a.t_comm == pytest.approx(a.syncs * 2e-3)
+    one = netmodel.predict_nodes(args[0], slow, 240, 1, 100, fixed, net.n_params, net="large")
+    assert one.t_comm == 0 and one.per_epoch == pytest.approx(
+        predict(args[0], slow, 240, net="large").total
+    )

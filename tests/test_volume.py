@@ -38,7 +38,8 @@ SPEC = ROOT / "specs" / "znn3d.net"
 # Between them: every hidden activation on a 3D conv, stride 2, pads that differ per axis, a
 # one-integer kernel and pad (a cube), non-cubic kernels and windows, max and avg pooling with
 # strides, overlapping windows, round=floor and round=ceil (clipped windows), two input maps,
-# dropout, a dense layer between volumes, and both losses.
+# dropout, a dense layer between volumes, both losses, and more maps than one register block
+# holds (a full block, then a smaller one: 29 = 24 + 5, 31 = 24 + 7 on AVX-512).
 FIXED = {
     "tanh_max_ceil": """
         input maps=2 size=7x8x9
@@ -57,6 +58,13 @@ FIXED = {
         dropout d: rate=0.3
         conv c3: maps=2 kernel=2x2x2 activation=sigmoid
         output classes=4 activation=linear loss=mse
+    """,
+    "many_maps": """
+        input maps=3 size=4x5x6
+        conv c1: maps=29 kernel=2 activation=relu
+        conv c2: maps=31 kernel=1x2x3 activation=tanh
+        conv c3: maps=2 kernel=1 activation=scaled_tanh
+        output classes=3
     """,
     "dense_between": """
         input size=5x4x3
@@ -89,14 +97,39 @@ def build(tmp_path_factory: pytest.TempPathFactory):
     return tmp_path_factory.mktemp("volumes")
 
 
+def _fixed(name: str, build):
+    """FIXED[name] written to a file, compiled and loaded (cached across this module's tests)."""
+    path = build / f"{name}.net"
+    path.write_text("\n".join(line.strip() for line in FIXED[name].strip().splitlines()) + "\n")
+    return chaosgen.compile(path, build_dir=build / "cache")
+
+
 @pytest.mark.parametrize("name", sorted(FIXED))
 def test_fixed_volume_net_matches_torch(name: str, build) -> None:
     """Each fixed 3D net, on two random weight sets and volumes."""
-    path = build / f"{name}.net"
-    path.write_text("\n".join(line.strip() for line in FIXED[name].strip().splitlines()) + "\n")
-    loaded = chaosgen.compile(path, build_dir=build / "cache")
+    loaded = _fixed(name, build)
     for seed in (1, 2):
         _check_against_torch(loaded, seed)
+
+
+@pytest.mark.parametrize("name", sorted(FIXED))
+def test_fixed_volume_net_exports_to_onnx(name: str, build) -> None:
+    """Each fixed 3D net exported to ONNX (3D Conv, MaxPool, AveragePool, the Reshape after a
+    dense layer): onnxruntime's outputs on 8 random volumes equal chaosgen's forward (1e-5)."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from chaosgen.interop.onnx_export import to_onnx
+
+    loaded = _fixed(name, build)
+    rng = np.random.default_rng(4)
+    weights = random_weights(loaded.ir, rng)
+    loaded.set_weights(weights)
+    s = loaded.ir.input
+    x = rng.uniform(-1, 1, (8, s.maps, *s.dims)).astype(np.float32)
+    sess = ort.InferenceSession(to_onnx(loaded.ir, weights).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert np.abs(got - loaded.forward(x)).max() <= 1e-5
 
 
 def test_shipped_volume_spec_matches_torch(build) -> None:
@@ -179,11 +212,14 @@ def test_volumes_train_with_chaos_from_the_cli(tmp_path) -> None:
 
 # --- what refuses volumes, in one line --------------------------------------------------------
 def test_what_volumes_cannot_do_is_one_line_each(tmp_path) -> None:
-    """The standalone program, 2D data for a 3D net and rows too wide for the kernels'
-    accumulators: a one-line error (located for the spec), exit status 1, no traceback."""
+    """The standalone program, 2D data for a 3D net, volumes converted for the program and
+    rows too wide for the kernels' accumulators: a one-line error (located for the spec), exit
+    status 1, no traceback, nothing written."""
     cli = [sys.executable, "-m", "chaosgen.cli"]
     flat = tmp_path / "flat.npz"
     np.savez(flat, x_train=np.zeros((4, 1, 18, 18), np.float32), y_train=np.arange(4) % 3)
+    vols = tmp_path / "vols.npz"
+    np.savez(vols, x_train=np.zeros((4, 1, 3, 4, 5), np.float32), y_train=np.arange(4) % 3)
     wide = tmp_path / "wide.net"
     wide.write_text("input size=1x1x40000\nconv c: maps=1 kernel=1x1x2\noutput classes=2\n")
     cases = [
@@ -191,6 +227,8 @@ def test_what_volumes_cannot_do_is_one_line_each(tmp_path) -> None:
          "the standalone program reads 2D images only, and this network takes volumes"),
         (["train", SPEC, "--data", flat, "--epochs", "1", "--build-dir", tmp_path / "b"],
          "the data's images are 18x18, planes (H x W), but the network takes 18x18x18"),
+        (["data", "convert", vols, "--out", tmp_path / "idx"],
+         f"{vols}: volumes 1x3x4x5: the native program reads 2D images only"),
         (["compile", wide, "--emit", "cpp"],
          f"{wide}:2:1: error: conv 'c': rows of 80000 accumulators"),
     ]
@@ -198,4 +236,4 @@ def test_what_volumes_cannot_do_is_one_line_each(tmp_path) -> None:
         proc = subprocess.run([*cli, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and not proc.stdout.strip(), proc
-    assert not (tmp_path / "prog").exists()
+    assert not (tmp_path / "prog").exists() and not (tmp_path / "idx").exists()

@@ -59,6 +59,12 @@ def convert(source: str | Path, out: str | Path, dataset: str | None = None) -> 
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a directory")
     d = load_dataset(source, dataset)
+    if d.train_images.ndim == 5:  # the program reads and fits 2D images (templates/main.cpp.j2)
+        raise DataError(
+            f"{d.source}: volumes {'x'.join(map(str, d.train_images.shape[1:]))}: the native "
+            f"program reads 2D images only; train a 3D network with `chaosgen train SPEC --data "
+            f"{d.source}`"
+        )
     arrays = (
         stored_images(d.train_images),
         stored_labels(d.train_labels),

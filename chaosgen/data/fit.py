@@ -52,10 +52,10 @@ def choose_fit(have: tuple[int, ...], want: tuple[int, ...], fit: str | None) ->
 def check_fit(
     shape: tuple[int, ...], classes: int, exact: bool, net: ir.Net, fit: str | None
 ) -> str | None:
-    """Check data of image `shape` (C, H, W), or (C, D, H, W), and `classes` against `net` before any work; returns
-    the fitting to use. `exact`: the format names its classes (MNIST, CIFAR-10: the output must
-    have as many), else (npz) the output needs at least as many. Errors: one-line DataError with
-    what the data has, what the network takes, and the fix."""
+    """Check data of image `shape` (C, H, W), or (C, D, H, W), and `classes` against `net`
+    before any work; returns the fitting to use. `exact`: the format names its classes (MNIST,
+    CIFAR-10: the output must have as many), else (npz) the output needs at least as many.
+    Errors: one-line DataError with what the data has, what the network takes, and the fix."""
     s, out = net.input, net.output.out_shape.maps
     if shape[0] != s.maps:
         raise DataError(
@@ -80,9 +80,11 @@ def place(x: np.ndarray, out: np.ndarray, fit: str | None) -> None:
     if fit is None or fit == "pad":
         out[(..., *(slice(0, h) for h in have))] = x
     elif fit == "center":
-        out[(..., *(slice((w - h) // 2, (w - h) // 2 + h) for h, w in zip(have, want)))] = x
+        starts = [(w - h) // 2 for h, w in zip(have, want, strict=True)]
+        out[(..., *(slice(s, s + h) for s, h in zip(starts, have, strict=True)))] = x
     else:
-        out[:] = x[(..., *(slice((h - w) // 2, (h - w) // 2 + w) for h, w in zip(have, want)))]
+        starts = [(h - w) // 2 for h, w in zip(have, want, strict=True)]
+        out[:] = x[(..., *(slice(s, s + w) for s, w in zip(starts, want, strict=True)))]
 
 
 def normalise(out: np.ndarray, norm: ir.Normalization | None) -> None:

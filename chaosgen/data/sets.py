@@ -1,6 +1,6 @@
 """Any image data set behind one function: MNIST and Fashion-MNIST IDX files, CIFAR-10 binary and
-python batches, NumPy .npz arrays -> a `Dataset` of float32 (N, C, H, W) images in [0, 1] (an .npz may
-also hold volumes, (N, C, D, H, W)).
+python batches, NumPy .npz arrays -> a `Dataset` of float32 (N, C, H, W) images in [0, 1] (an
+.npz may also hold volumes, (N, C, D, H, W)).
 
 The format is recognised from the files' own bytes and structure (`probe`), or named by
 `--dataset`; `probe` reads headers only (IDX headers, file sizes, the .npz members' array headers),

@@ -375,15 +375,19 @@ static void keep(uint64_t drop, unsigned char *keep) {
 }
 
 /* Training (drop != 0): y = x * mask, mask = kept ? 1 / (1 - rate) : 0 (inverted dropout).
-   Evaluation (drop == 0): y = x. */
+   Evaluation (drop == 0): y = x, and the mask is all ones, so that a backward pass after it
+   (gradients without a dropout key) is the identity too. */
 static void forward(const float *__restrict x, float *__restrict y, uint64_t drop) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
+    float *__restrict mask = y + MASK_FROM_Y;
     if (!drop) {
         #pragma omp simd
-        for (int u = 0; u < SIZE; ++u) y[u] = x[u];
+        for (int u = 0; u < SIZE; ++u) {
+            y[u] = x[u];
+            mask[u] = 1.0f;
+        }
         return;
     }
-    float *__restrict mask = y + MASK_FROM_Y;
     const uint64_t key = cg_mix64(drop ^ (1 * CG_GOLDEN));
     #pragma omp simd
     for (int u = 0; u < SIZE; ++u) {
@@ -475,15 +479,19 @@ static void keep(uint64_t drop, unsigned char *keep) {
 }
 
 /* Training (drop != 0): y = x * mask, mask = kept ? 1 / (1 - rate) : 0 (inverted dropout).
-   Evaluation (drop == 0): y = x. */
+   Evaluation (drop == 0): y = x, and the mask is all ones, so that a backward pass after it
+   (gradients without a dropout key) is the identity too. */
 static void forward(const float *__restrict x, float *__restrict y, uint64_t drop) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
+    float *__restrict mask = y + MASK_FROM_Y;
     if (!drop) {
         #pragma omp simd
-        for (int u = 0; u < SIZE; ++u) y[u] = x[u];
+        for (int u = 0; u < SIZE; ++u) {
+            y[u] = x[u];
+            mask[u] = 1.0f;
+        }
         return;
     }
-    float *__restrict mask = y + MASK_FROM_Y;
     const uint64_t key = cg_mix64(drop ^ (2 * CG_GOLDEN));
     #pragma omp simd
     for (int u = 0; u < SIZE; ++u) {
@@ -721,15 +729,19 @@ static void keep(uint64_t drop, unsigned char *keep) {
 }
 
 /* Training (drop != 0): y = x * mask, mask = kept ? 1 / (1 - rate) : 0 (inverted dropout).
-   Evaluation (drop == 0): y = x. */
+   Evaluation (drop == 0): y = x, and the mask is all ones, so that a backward pass after it
+   (gradients without a dropout key) is the identity too. */
 static void forward(const float *__restrict x, float *__restrict y, uint64_t drop) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
+    float *__restrict mask = y + MASK_FROM_Y;
     if (!drop) {
         #pragma omp simd
-        for (int u = 0; u < SIZE; ++u) y[u] = x[u];
+        for (int u = 0; u < SIZE; ++u) {
+            y[u] = x[u];
+            mask[u] = 1.0f;
+        }
         return;
     }
-    float *__restrict mask = y + MASK_FROM_Y;
     const uint64_t key = cg_mix64(drop ^ (3 * CG_GOLDEN));
     #pragma omp simd
     for (int u = 0; u < SIZE; ++u) {

@@ -228,45 +228,50 @@ static void copy_interior(const float *__restrict src, float *__restrict dst) {
 static inline int xp_row(int c, int z, int r) { return (c * XP_D + z) * XP_H * XP_W + r * XP_W; }
 static inline int w_row(int o, int c, int kz, int ky) { return ((o * IN_MAPS + c) * KD + kz) * KH * KW + ky * KW; }
 
-/* y = relu(W * x + b), output row (z, i) of F_MAPS maps at a time in F_MAPS x SPAN
-   accumulators: one load of each input row serves the block. */
-constexpr int F_MAPS = 8;
+/* y = relu(W * x + b) of MB output maps from o0, output row (z, i) at a time in
+   MB x SPAN accumulators (MB independent chains; one load of each input row serves them all). */
+template <int MB>
+static inline void forward_block(const float *__restrict P, const float *__restrict xp, float *__restrict y, int o0) {
+    for (int z = 0; z < OUT_D; ++z)
+        for (int i = 0; i < OUT_H; ++i) {
+            alignas(CG_ALIGN) float acc[MB][SPAN];
+            for (int ob = 0; ob < MB; ++ob) {
+                #pragma omp simd
+                for (int j = 0; j < SPAN; ++j) acc[ob][j] = P[B_OFFSET + o0 + ob];
+            }
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int kz = 0; kz < KD; ++kz)
+                    for (int ky = 0; ky < KH; ++ky) {
+                        const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
+                        const float *__restrict wr = P + W_OFFSET + w_row(o0, c, kz, ky);
+                        CG_UNROLL(5)
+                        for (int kx = 0; kx < KW; ++kx) {
+                            CG_UNROLL(8)  // MB <= F_MAPS: whole
+                            for (int ob = 0; ob < MB; ++ob) {
+                                const float w = wr[ob * IN_MAPS * KD * KH * KW + kx];
+                                #pragma omp simd
+                                for (int j = 0; j < SPAN; ++j) acc[ob][j] += w * xr[j * STRIDE + kx];
+                            }
+                        }
+                    }
+            for (int ob = 0; ob < MB; ++ob) {
+                #pragma omp simd
+                for (int j = 0; j < SPAN; ++j) acc[ob][j] = (acc[ob][j] > 0.0f ? acc[ob][j] : 0.0f);
+                float *__restrict yr = y + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
+                #pragma omp simd
+                for (int j = 0; j < OUT_W; ++j) yr[j] = acc[ob][j];
+            }
+        }
+}
+
+/* Blocks of F_MAPS output maps up to F_FULL. */
+constexpr int F_MAPS = 8, F_FULL = 8;
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
     float *__restrict xp = y + XP_FROM_Y;
     std::memset(xp + IN_MAPS * XP_VOL, 0, sizeof(float) * (XP_FLOATS - IN_MAPS * XP_VOL));
     copy_interior<true>(x, xp);
-    for (int o0 = 0; o0 < OUT_MAPS; o0 += F_MAPS)
-        for (int z = 0; z < OUT_D; ++z)
-            for (int i = 0; i < OUT_H; ++i) {
-                alignas(CG_ALIGN) float acc[F_MAPS][SPAN];
-                for (int ob = 0; ob < F_MAPS; ++ob) {
-                    #pragma omp simd
-                    for (int j = 0; j < SPAN; ++j) acc[ob][j] = P[B_OFFSET + o0 + ob];
-                }
-                for (int c = 0; c < IN_MAPS; ++c)
-                    for (int kz = 0; kz < KD; ++kz)
-                        for (int ky = 0; ky < KH; ++ky) {
-                            const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
-                            const float *__restrict wr = P + W_OFFSET + w_row(o0, c, kz, ky);
-                            CG_UNROLL(5)
-                            for (int kx = 0; kx < KW; ++kx) {
-                                CG_UNROLL(8)
-                                for (int ob = 0; ob < F_MAPS; ++ob) {
-                                    const float w = wr[ob * IN_MAPS * KD * KH * KW + kx];
-                                    #pragma omp simd
-                                    for (int j = 0; j < SPAN; ++j) acc[ob][j] += w * xr[j * STRIDE + kx];
-                                }
-                            }
-                        }
-                for (int ob = 0; ob < F_MAPS; ++ob) {
-                    #pragma omp simd
-                    for (int j = 0; j < SPAN; ++j) acc[ob][j] = (acc[ob][j] > 0.0f ? acc[ob][j] : 0.0f);
-                    float *__restrict yr = y + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
-                    #pragma omp simd
-                    for (int j = 0; j < OUT_W; ++j) yr[j] = acc[ob][j];
-                }
-            }
+    for (int o0 = 0; o0 < F_FULL; o0 += F_MAPS) forward_block<F_MAPS>(P, xp, y, o0);
 }
 
 /* d := dL/dz = dL/dy * f'(z), with f' written in terms of y. */
@@ -276,11 +281,43 @@ static void activation_gradient(const float *__restrict y, float *__restrict d) 
     for (int k = 0; k < OUT_MAPS * OUT_VOL; ++k) d[k] *= (y[k] > 0.0f ? 1.0f : 0.0f);
 }
 
-/* G += dL/dW and dL/db: for weight rows (o, c, kz, ky) of G_MAPS output maps at a time,
-   G_MAPS x KW x SPAN accumulators gather deltas times XP over every output row; each kx's real
-   lanes are added up once at the end. The deltas are followed by 2 floats of slack
-   for the last row's spare lanes. */
-constexpr int G_MAPS = 4;
+/* G += dL/dW for the weight rows (o, c, kz, ky) of MB output maps from o0: MB x KW x SPAN
+   accumulators gather deltas times XP over every output row; each kx's real lanes are added up
+   once at the end. */
+template <int MB>
+static inline void weights_block(const float *__restrict xp, const float *__restrict dz, float *__restrict G, int o0) {
+    for (int c = 0; c < IN_MAPS; ++c)
+        for (int kz = 0; kz < KD; ++kz)
+            for (int ky = 0; ky < KH; ++ky) {
+                alignas(CG_ALIGN) float acc[MB][KW][SPAN] = {};
+                for (int z = 0; z < OUT_D; ++z)
+                    for (int i = 0; i < OUT_H; ++i) {
+                        const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
+                        CG_UNROLL(4)  // MB <= G_MAPS: whole
+                        for (int ob = 0; ob < MB; ++ob) {
+                            const float *__restrict dr = dz + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
+                            CG_UNROLL(5)
+                            for (int kx = 0; kx < KW; ++kx) {
+                                #pragma omp simd
+                                for (int j = 0; j < SPAN; ++j) acc[ob][kx][j] += dr[j] * xr[j * STRIDE + kx];
+                            }
+                        }
+                    }
+                for (int ob = 0; ob < MB; ++ob) {
+                    float *__restrict g = G + W_OFFSET + w_row(o0 + ob, c, kz, ky);
+                    for (int kx = 0; kx < KW; ++kx) {
+                        float s = 0.0f;
+                        #pragma omp simd reduction(+:s)
+                        for (int j = 0; j < OUT_W; ++j) s += acc[ob][kx][j];
+                        g[kx] += s;
+                    }
+                }
+            }
+}
+
+/* G += dL/dW and dL/db: blocks of G_MAPS output maps up to G_FULL. The deltas are followed by 2 floats of slack for the last
+   row's spare lanes. */
+constexpr int G_MAPS = 4, G_FULL = 8;
 static void backward_weights(const float *__restrict x, float *__restrict dz, float *__restrict G) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(G);
     (void)x;
@@ -291,34 +328,7 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_VOL; ++k) db += dz[o * OUT_VOL + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    for (int o0 = 0; o0 < OUT_MAPS; o0 += G_MAPS)
-        for (int c = 0; c < IN_MAPS; ++c)
-            for (int kz = 0; kz < KD; ++kz)
-                for (int ky = 0; ky < KH; ++ky) {
-                    alignas(CG_ALIGN) float acc[G_MAPS][KW][SPAN] = {};
-                    for (int z = 0; z < OUT_D; ++z)
-                        for (int i = 0; i < OUT_H; ++i) {
-                            const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
-                            CG_UNROLL(4)
-                            for (int ob = 0; ob < G_MAPS; ++ob) {
-                                const float *__restrict dr = dz + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
-                                CG_UNROLL(5)
-                                for (int kx = 0; kx < KW; ++kx) {
-                                    #pragma omp simd
-                                    for (int j = 0; j < SPAN; ++j) acc[ob][kx][j] += dr[j] * xr[j * STRIDE + kx];
-                                }
-                            }
-                        }
-                    for (int ob = 0; ob < G_MAPS; ++ob) {
-                        float *__restrict g = G + W_OFFSET + w_row(o0 + ob, c, kz, ky);
-                        for (int kx = 0; kx < KW; ++kx) {
-                            float s = 0.0f;
-                            #pragma omp simd reduction(+:s)
-                            for (int j = 0; j < OUT_W; ++j) s += acc[ob][kx][j];
-                            g[kx] += s;
-                        }
-                    }
-                }
+    for (int o0 = 0; o0 < G_FULL; o0 += G_MAPS) weights_block<G_MAPS>(xp, dz, G, o0);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
@@ -427,45 +437,50 @@ static void copy_interior(const float *__restrict src, float *__restrict dst) {
 static inline int xp_row(int c, int z, int r) { return (c * XP_D + z) * XP_H * XP_W + r * XP_W; }
 static inline int w_row(int o, int c, int kz, int ky) { return ((o * IN_MAPS + c) * KD + kz) * KH * KW + ky * KW; }
 
-/* y = relu(W * x + b), output row (z, i) of F_MAPS maps at a time in F_MAPS x SPAN
-   accumulators: one load of each input row serves the block. */
-constexpr int F_MAPS = 16;
+/* y = relu(W * x + b) of MB output maps from o0, output row (z, i) at a time in
+   MB x SPAN accumulators (MB independent chains; one load of each input row serves them all). */
+template <int MB>
+static inline void forward_block(const float *__restrict P, const float *__restrict xp, float *__restrict y, int o0) {
+    for (int z = 0; z < OUT_D; ++z)
+        for (int i = 0; i < OUT_H; ++i) {
+            alignas(CG_ALIGN) float acc[MB][SPAN];
+            for (int ob = 0; ob < MB; ++ob) {
+                #pragma omp simd
+                for (int j = 0; j < SPAN; ++j) acc[ob][j] = P[B_OFFSET + o0 + ob];
+            }
+            for (int c = 0; c < IN_MAPS; ++c)
+                for (int kz = 0; kz < KD; ++kz)
+                    for (int ky = 0; ky < KH; ++ky) {
+                        const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
+                        const float *__restrict wr = P + W_OFFSET + w_row(o0, c, kz, ky);
+                        CG_UNROLL(3)
+                        for (int kx = 0; kx < KW; ++kx) {
+                            CG_UNROLL(16)  // MB <= F_MAPS: whole
+                            for (int ob = 0; ob < MB; ++ob) {
+                                const float w = wr[ob * IN_MAPS * KD * KH * KW + kx];
+                                #pragma omp simd
+                                for (int j = 0; j < SPAN; ++j) acc[ob][j] += w * xr[j * STRIDE + kx];
+                            }
+                        }
+                    }
+            for (int ob = 0; ob < MB; ++ob) {
+                #pragma omp simd
+                for (int j = 0; j < SPAN; ++j) acc[ob][j] = (acc[ob][j] > 0.0f ? acc[ob][j] : 0.0f);
+                float *__restrict yr = y + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
+                #pragma omp simd
+                for (int j = 0; j < OUT_W; ++j) yr[j] = acc[ob][j];
+            }
+        }
+}
+
+/* Blocks of F_MAPS output maps up to F_FULL. */
+constexpr int F_MAPS = 16, F_FULL = 16;
 static void forward(const float *__restrict P, const float *__restrict x, float *__restrict y) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(y);
     float *__restrict xp = y + XP_FROM_Y;
     std::memset(xp + IN_MAPS * XP_VOL, 0, sizeof(float) * (XP_FLOATS - IN_MAPS * XP_VOL));
     copy_interior<true>(x, xp);
-    for (int o0 = 0; o0 < OUT_MAPS; o0 += F_MAPS)
-        for (int z = 0; z < OUT_D; ++z)
-            for (int i = 0; i < OUT_H; ++i) {
-                alignas(CG_ALIGN) float acc[F_MAPS][SPAN];
-                for (int ob = 0; ob < F_MAPS; ++ob) {
-                    #pragma omp simd
-                    for (int j = 0; j < SPAN; ++j) acc[ob][j] = P[B_OFFSET + o0 + ob];
-                }
-                for (int c = 0; c < IN_MAPS; ++c)
-                    for (int kz = 0; kz < KD; ++kz)
-                        for (int ky = 0; ky < KH; ++ky) {
-                            const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
-                            const float *__restrict wr = P + W_OFFSET + w_row(o0, c, kz, ky);
-                            CG_UNROLL(3)
-                            for (int kx = 0; kx < KW; ++kx) {
-                                CG_UNROLL(16)
-                                for (int ob = 0; ob < F_MAPS; ++ob) {
-                                    const float w = wr[ob * IN_MAPS * KD * KH * KW + kx];
-                                    #pragma omp simd
-                                    for (int j = 0; j < SPAN; ++j) acc[ob][j] += w * xr[j * STRIDE + kx];
-                                }
-                            }
-                        }
-                for (int ob = 0; ob < F_MAPS; ++ob) {
-                    #pragma omp simd
-                    for (int j = 0; j < SPAN; ++j) acc[ob][j] = (acc[ob][j] > 0.0f ? acc[ob][j] : 0.0f);
-                    float *__restrict yr = y + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
-                    #pragma omp simd
-                    for (int j = 0; j < OUT_W; ++j) yr[j] = acc[ob][j];
-                }
-            }
+    for (int o0 = 0; o0 < F_FULL; o0 += F_MAPS) forward_block<F_MAPS>(P, xp, y, o0);
 }
 
 /* d := dL/dz = dL/dy * f'(z), with f' written in terms of y. */
@@ -488,54 +503,91 @@ static void spread(const float *__restrict dz, float *__restrict dzw) {
     }
 }
 
-/* dx = W^T * dz, row (z, r) of XP for B_MAPS input maps at a time in B_MAPS x XP_SPAN
+/* dx = W^T * dz for MB input maps from c0, one row (z, r) of XP at a time in MB x XP_SPAN
    accumulators: it gathers, from every output row (o, (z - kz) / STRIDE, (r - ky) / STRIDE) that
    read it, the spread deltas times the weights, shifted by kx (no store per tap, unlike a
    scatter; one load of each delta row serves the block). */
-constexpr int B_MAPS = 8;
+template <int MB>
+static inline void backward_block(const float *__restrict P, const float *__restrict dzw, float *__restrict dxp, int c0) {
+    for (int z = 0; z < XP_D; ++z)
+        for (int r = 0; r < XP_H; ++r) {
+            alignas(CG_ALIGN) float acc[MB][XP_SPAN] = {};
+            for (int kz = z % STRIDE; kz < KD; kz += STRIDE) {
+                const int oz = (z - kz) / STRIDE;
+                if (oz < 0 || oz >= OUT_D) continue;
+                for (int ky = r % STRIDE; ky < KH; ky += STRIDE) {
+                    const int oy = (r - ky) / STRIDE;
+                    if (oy < 0 || oy >= OUT_H) continue;
+                    for (int o = 0; o < OUT_MAPS; ++o) {
+                        const float *__restrict dr = dzw + ((o * OUT_D + oz) * OUT_H + oy) * DZ_ROW + KW - 1;
+                        const float *__restrict wr = P + W_OFFSET + w_row(o, c0, kz, ky);
+                        CG_UNROLL(3)
+                        for (int kx = 0; kx < KW; ++kx) {
+                            CG_UNROLL(8)  // MB <= B_MAPS: whole
+                            for (int cb = 0; cb < MB; ++cb) {
+                                const float w = wr[cb * KD * KH * KW + kx];
+                                #pragma omp simd
+                                for (int q = 0; q < XP_SPAN; ++q) acc[cb][q] += w * dr[q - kx];
+                            }
+                        }
+                    }
+                }
+            }
+            for (int cb = 0; cb < MB; ++cb) {
+                float *__restrict xr = dxp + xp_row(c0 + cb, z, r);
+                #pragma omp simd
+                for (int q = 0; q < XP_W; ++q) xr[q] = acc[cb][q];
+            }
+        }
+}
+
+/* Blocks of B_MAPS input maps up to B_FULL. */
+constexpr int B_MAPS = 8, B_FULL = 8;
 static void backward_data(const float *__restrict P, float *__restrict dz, float *__restrict dx) {
     CG_ASSUME_ALIGNED(P); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(dx);
     float *__restrict dxp = dx;
     float *__restrict dzw = dz + DZ_FROM_D;
     spread(dz, dzw);
-    for (int c0 = 0; c0 < IN_MAPS; c0 += B_MAPS)
-        for (int z = 0; z < XP_D; ++z)
-            for (int r = 0; r < XP_H; ++r) {
-                alignas(CG_ALIGN) float acc[B_MAPS][XP_SPAN] = {};
-                for (int kz = z % STRIDE; kz < KD; kz += STRIDE) {
-                    const int oz = (z - kz) / STRIDE;
-                    if (oz < 0 || oz >= OUT_D) continue;
-                    for (int ky = r % STRIDE; ky < KH; ky += STRIDE) {
-                        const int oy = (r - ky) / STRIDE;
-                        if (oy < 0 || oy >= OUT_H) continue;
-                        for (int o = 0; o < OUT_MAPS; ++o) {
-                            const float *__restrict dr = dzw + ((o * OUT_D + oz) * OUT_H + oy) * DZ_ROW + KW - 1;
-                            const float *__restrict wr = P + W_OFFSET + w_row(o, c0, kz, ky);
+    for (int c0 = 0; c0 < B_FULL; c0 += B_MAPS) backward_block<B_MAPS>(P, dzw, dxp, c0);
+}
+
+/* G += dL/dW for the weight rows (o, c, kz, ky) of MB output maps from o0: MB x KW x SPAN
+   accumulators gather deltas times XP over every output row; each kx's real lanes are added up
+   once at the end. */
+template <int MB>
+static inline void weights_block(const float *__restrict xp, const float *__restrict dz, float *__restrict G, int o0) {
+    for (int c = 0; c < IN_MAPS; ++c)
+        for (int kz = 0; kz < KD; ++kz)
+            for (int ky = 0; ky < KH; ++ky) {
+                alignas(CG_ALIGN) float acc[MB][KW][SPAN] = {};
+                for (int z = 0; z < OUT_D; ++z)
+                    for (int i = 0; i < OUT_H; ++i) {
+                        const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
+                        CG_UNROLL(8)  // MB <= G_MAPS: whole
+                        for (int ob = 0; ob < MB; ++ob) {
+                            const float *__restrict dr = dz + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
                             CG_UNROLL(3)
                             for (int kx = 0; kx < KW; ++kx) {
-                                CG_UNROLL(8)
-                                for (int cb = 0; cb < B_MAPS; ++cb) {
-                                    const float w = wr[cb * KD * KH * KW + kx];
-                                    #pragma omp simd
-                                    for (int q = 0; q < XP_SPAN; ++q) acc[cb][q] += w * dr[q - kx];
-                                }
+                                #pragma omp simd
+                                for (int j = 0; j < SPAN; ++j) acc[ob][kx][j] += dr[j] * xr[j * STRIDE + kx];
                             }
                         }
                     }
-                }
-                for (int cb = 0; cb < B_MAPS; ++cb) {
-                    float *__restrict xr = dxp + xp_row(c0 + cb, z, r);
-                    #pragma omp simd
-                    for (int q = 0; q < XP_W; ++q) xr[q] = acc[cb][q];
+                for (int ob = 0; ob < MB; ++ob) {
+                    float *__restrict g = G + W_OFFSET + w_row(o0 + ob, c, kz, ky);
+                    for (int kx = 0; kx < KW; ++kx) {
+                        float s = 0.0f;
+                        #pragma omp simd reduction(+:s)
+                        for (int j = 0; j < OUT_W; ++j) s += acc[ob][kx][j];
+                        g[kx] += s;
+                    }
                 }
             }
 }
 
-/* G += dL/dW and dL/db: for weight rows (o, c, kz, ky) of G_MAPS output maps at a time,
-   G_MAPS x KW x SPAN accumulators gather deltas times XP over every output row; each kx's real
-   lanes are added up once at the end. The deltas are followed by 11 floats of slack
-   for the last row's spare lanes. */
-constexpr int G_MAPS = 8;
+/* G += dL/dW and dL/db: blocks of G_MAPS output maps up to G_FULL. The deltas are followed by 11 floats of slack for the last
+   row's spare lanes. */
+constexpr int G_MAPS = 8, G_FULL = 16;
 static void backward_weights(const float *__restrict x, float *__restrict dz, float *__restrict G) {
     CG_ASSUME_ALIGNED(x); CG_ASSUME_ALIGNED(dz); CG_ASSUME_ALIGNED(G);
     (void)x;
@@ -546,34 +598,7 @@ static void backward_weights(const float *__restrict x, float *__restrict dz, fl
         for (int k = 0; k < OUT_VOL; ++k) db += dz[o * OUT_VOL + k];
         G[B_OFFSET + o] += static_cast<float>(db);
     }
-    for (int o0 = 0; o0 < OUT_MAPS; o0 += G_MAPS)
-        for (int c = 0; c < IN_MAPS; ++c)
-            for (int kz = 0; kz < KD; ++kz)
-                for (int ky = 0; ky < KH; ++ky) {
-                    alignas(CG_ALIGN) float acc[G_MAPS][KW][SPAN] = {};
-                    for (int z = 0; z < OUT_D; ++z)
-                        for (int i = 0; i < OUT_H; ++i) {
-                            const float *__restrict xr = xp + xp_row(c, z * STRIDE + kz, i * STRIDE + ky);
-                            CG_UNROLL(8)
-                            for (int ob = 0; ob < G_MAPS; ++ob) {
-                                const float *__restrict dr = dz + ((o0 + ob) * OUT_D + z) * OUT_H * OUT_W + i * OUT_W;
-                                CG_UNROLL(3)
-                                for (int kx = 0; kx < KW; ++kx) {
-                                    #pragma omp simd
-                                    for (int j = 0; j < SPAN; ++j) acc[ob][kx][j] += dr[j] * xr[j * STRIDE + kx];
-                                }
-                            }
-                        }
-                    for (int ob = 0; ob < G_MAPS; ++ob) {
-                        float *__restrict g = G + W_OFFSET + w_row(o0 + ob, c, kz, ky);
-                        for (int kx = 0; kx < KW; ++kx) {
-                            float s = 0.0f;
-                            #pragma omp simd reduction(+:s)
-                            for (int j = 0; j < OUT_W; ++j) s += acc[ob][kx][j];
-                            g[kx] += s;
-                        }
-                    }
-                }
+    for (int o0 = 0; o0 < G_FULL; o0 += G_MAPS) weights_block<G_MAPS>(xp, dz, G, o0);
 }
 
 /* P -= scale * G over parameters [k0, k1) of this layer's block. The runtime calls it once per
