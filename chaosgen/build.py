@@ -96,8 +96,10 @@ class Build:
     seconds: float
 
 
-def command(compiler: Compiler, target: Target, out: str = LIB_NAME) -> tuple[str, ...]:
-    """The exact compiler command line for a shared library, run inside the build directory."""
+def command(compiler: Compiler, target: Target, out: str = LIB_NAME,
+            libs: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The exact compiler command line for a shared library, run inside the build directory
+    (`libs`: what the code links, e.g. FFTW, after the source)."""
     return (
         compiler.resolve() or compiler.cxx,
         *compiler.flags(target),
@@ -105,6 +107,7 @@ def command(compiler: Compiler, target: Target, out: str = LIB_NAME) -> tuple[st
         "-o",
         out,
         CPP_NAME,
+        *libs,
     )
 
 
@@ -147,7 +150,7 @@ def build(
     directory = cache_root(root) / f"{name}-{target.name}-{compiler.name}-{key}"
     lib = directory / LIB_NAME
     cpp = directory / CPP_NAME
-    cmd = command(compiler, target)
+    cmd = command(compiler, target, libs=source.libs)
     if lib.exists() and not force:
         return Build(directory, lib, cmd, True, time.perf_counter() - t0)
     what = f"compiling {name} for {target.name} with {compiler.name}"
@@ -161,7 +164,7 @@ def build(
         write(directory / source.header_name, source.header)
         tmp = _temp_name(lib)
         run_and_publish(
-            command(compiler, target, tmp.name),
+            command(compiler, target, tmp.name, source.libs),
             directory,
             tmp,
             lib,
@@ -251,6 +254,11 @@ def _compile_failure(
 ) -> BuildError:
     """The compiler failed: its command and the first lines of its stderr; or, if it ran out of
     space, which place is full."""
+    if "fftw3.h" in proc.stderr or "-lfftw3f" in proc.stderr:  # header or library missing
+        return BuildError(
+            f"{what}: FFTW (single precision), which algorithm=fft layers need, is not "
+            "installed: apt-get install libfftw3-dev (or write algorithm=direct)"
+        )
     full = {os.strerror(errno.ENOSPC), "No space left on device"}
     if any(text in proc.stderr for text in full):
         # The compiler writes its intermediate files to $TMPDIR, its output into the cache.
@@ -332,6 +340,7 @@ def cached_program(
     compiler: Compiler,
     flags: tuple[str, ...] | list[str],
     what: str,
+    libs: tuple[str, ...] = (),
 ) -> Path:
     """A helper program (a microbenchmark, a timing harness) compiled from `files`, written side
     by side, with `main` the file compiled: built once into the cache directory
@@ -341,7 +350,7 @@ def cached_program(
         raise BuildError(
             f"C++ compiler '{compiler.cxx}' not found: {what} needs it ({compiler.install})"
         )
-    parts = [f"{k}\0{v}" for k, v in sorted(files.items())] + [compiler.version(), *flags]
+    parts = [f"{k}\0{v}" for k, v in sorted(files.items())] + [compiler.version(), *flags, *libs]
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     directory = cache_root(root) / f"{name}-{key}"
     exe = directory / name.split("-")[0]
@@ -353,7 +362,7 @@ def cached_program(
             for fname, text in files.items():
                 write(directory / fname, text)
             tmp = _temp_name(exe)
-            cmd = (compiler.resolve() or compiler.cxx, *flags, "-o", tmp.name, main)
+            cmd = (compiler.resolve() or compiler.cxx, *flags, "-o", tmp.name, main, *libs)
             run_and_publish(cmd, directory, tmp, exe, what, host_binary=True)
     return exe
 

@@ -74,6 +74,7 @@ ATTRS: dict[str, dict[str, AttrSpec]] = {
         "stride": AttrSpec(("int",), default=1),
         "activation": AttrSpec(("word",), default="scaled_tanh"),
         "pad": AttrSpec(("int", "dims"), default=0),
+        "algorithm": AttrSpec(("word",), default="auto"),
         **_INIT,
         **_MULTS,
     },
@@ -525,6 +526,7 @@ class _Checker:
         k = self.sizes(st, what, "kernel", a["kernel"])
         ok = self.count(st, what, "maps", a["maps"]) & self.count(st, what, "stride", a["stride"])
         ok &= self.word(st, what, "activation", a["activation"], ir.ACTIVATIONS)
+        ok &= self.word(st, what, "algorithm", a["algorithm"], ir.CONV_ALGORITHMS)
         pad = self.padding(st, what, a["pad"], k)
         if k and pad and in_shape is not None:
             padded = tuple(n + 2 * p for n, p in zip(in_shape.dims, pad, strict=True))
@@ -561,6 +563,7 @@ class _Checker:
             pad_h=pad[-2],
             pad_w=pad[-1],
             **depth,
+            algorithm=a["algorithm"],
         )
 
     def pool(self, st, what, a, *, name, index, in_shape, offset):

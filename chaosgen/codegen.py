@@ -12,7 +12,7 @@ from pathlib import Path, PurePath
 
 import jinja2
 
-from . import __version__, ir, volume
+from . import __version__, fft, ir, volume
 from .errors import Diagnostic, SourceLoc, SpecError
 from .targets import Target
 
@@ -22,6 +22,19 @@ HEADER_NAME = "chaosgen_api.h"
 # about 1 s and 15 MB per 30 kB of this code (docs/language.md, "Limits"); the shipped nets
 # generate 60 to 75 kB.
 MAX_CODE_BYTES = 1_500_000
+
+
+def fftw_libs(target: Target) -> tuple[str, ...]:
+    """What a build links for FFT convolutions: FFTW's single-precision library; on KNC, MKL's
+    FFTW3 interface (icc -mkl: the wrappers are part of MKL; fft.hpp includes its fftw3.h)."""
+    return ("-mkl",) if target.name == "knc" else ("-lfftw3f",)
+
+
+def link_flags(net: ir.Net, target: Target, forms: Mapping[str, str] | None = None
+               ) -> tuple[str, ...]:
+    """Linker flags the generated code of `net` needs (after the sources)."""
+    views = layer_views(net, target, (), forms)
+    return fftw_libs(target) if any(v.get("algorithm") == "fft" for v in views) else ()
 
 
 # --- user text in generated files: one escaping helper per destination (Jinja filters) ------
@@ -95,6 +108,7 @@ class Source:
     cpp: str
     header: str
     header_name: str = HEADER_NAME
+    libs: tuple[str, ...] = ()  # linker flags the code needs (after the sources)
 
 
 def display_path(path: str) -> str:
@@ -437,7 +451,62 @@ def _conv_view(lay: ir.Conv, target: Target, needs_dx: bool = True,
         d_floats=d_data + wide_floats + v["trans_floats"] + dxc_floats,
         reads_past_x=max(v["f_reads_past_x"], v["g_reads_past_x"], 0),
     )
+    return _choose_algorithm(lay, v, needs_dx, grad_form, vw)
+
+
+def _choose_algorithm(lay: ir.Conv, v: dict, needs_dx: bool, tuned: str | None,
+                      vector_width: int) -> dict:
+    """Direct kernels (the view `v`) or FFT, as the spec asks; for algorithm=auto, what
+    `chaosgen tune` measured faster (`tuned`: "fft", or the weight-gradient form of the direct
+    kernels it measured fastest), else the cheaper estimate (cycles per image). The FFT plan
+    itself is made in layer_views, from the layer as written (fft.plan pads in the transform)."""
+    direct = v["f_cost"] + (v["b_cost"] if needs_dx else 0) + v["grad_costs"][v["grad_form"]]
+    v.update(_decide(lay, direct, needs_dx, tuned, vector_width))
+    if v["algorithm"] == "fft":  # (its input is read by the FFT plan's copy only)
+        v.update(grad_form="fft", reads_past_x=0)
     return v
+
+
+def _decide(lay: ir.Conv, direct: float, needs_dx: bool, tuned: str | None,
+            vector_width: int) -> dict:
+    """algorithm ("direct" or "fft"), algorithm_why and both estimates, given the direct kernels'
+    estimate `direct` (cycles per image) and what tuning recorded for the layer (or None)."""
+    if lay.algorithm == "direct":
+        return dict(algorithm="direct", algorithm_why="algorithm=direct in the spec",
+                    direct_cost=direct)
+    by_fft = fft.cost(lay, needs_dx, vector_width)
+    estimate = f"cost model: direct {direct / 1e3:.0f}k, fft {by_fft / 1e3:.0f}k cycles"
+    floats = fft.scratch(lay)[1]
+    if floats > MAX_FFT_FLOATS:  # the out x in kernel spectra of every worker
+        what = (f"{lay.kind} '{lay.name}': FFT would need {floats} floats of scratch per worker "
+                f"(above the bound of {MAX_FFT_FLOATS}, 1 GiB)")
+        if lay.algorithm == "fft":
+            raise SpecError([Diagnostic(lay.loc, f"{what}: use algorithm=direct or fewer maps")])
+        return dict(algorithm="direct", algorithm_why=f"{what}; {estimate}", direct_cost=direct,
+                    fft_cost=by_fft)
+    if lay.algorithm == "fft":
+        use, why = True, "algorithm=fft in the spec"
+    elif tuned:
+        use, why = tuned == "fft", f"measured faster by `chaosgen tune`; {estimate}"
+    else:
+        use, why = by_fft < direct, estimate
+    return dict(algorithm="fft" if use else "direct", algorithm_why=why, direct_cost=direct,
+                fft_cost=by_fft)
+
+
+MAX_FFT_FLOATS = 1 << 28  # check.MAX_FLOATS: the bound on one instance's buffers, for FFT's too
+
+# Cycles (of the cost model's scale) per vector of multiply-adds of the 3D direct kernels
+# (conv3d.j2), fitted with FFT's constants (chaosgen/fft.py) to bench/fft.py --volume.
+VOLUME_CYCLES_PER_VECTOR = 1.4
+
+
+def _volume_algorithm(lay: ir.Conv, needs_dx: bool, target: Target, tuned: str | None) -> dict:
+    """A 3D conv's algorithm: the direct kernels' estimate is their multiply-adds in vectors,
+    for forward, the weight gradient and (if needed) backward data."""
+    passes = 3 if needs_dx else 2
+    direct = passes * lay.macs / target.vector_width * VOLUME_CYCLES_PER_VECTOR
+    return _decide(lay, direct, needs_dx, tuned, target.vector_width)
 
 
 LOCK_SEGMENT_FLOATS = 2048  # floats per update lock (8 KB): see lock_segment
@@ -476,14 +545,14 @@ def _dense_view(lay: ir.Dense, target: Target) -> dict:
                 cols=per * vw, cols_full=vecs // per * per * vw, cols_rem=vecs % per * vw)
 
 
-def _reads_past(lay: ir.Layer | None, target: Target,
+def _reads_past(lay: ir.Layer | None, target: Target, needs_dx: bool,
                 forms: Mapping[str, str] | None = None) -> int:
     """How many floats past the end of its input `lay` may read (wide-row vector spans)."""
     if not isinstance(lay, ir.Conv) or lay.pad_h or lay.pad_w or lay.kd:
         # a padded conv reads its input once, to copy it into its zero-bordered buffer; the 3D
-        # kernels read only inside their input
+        # kernels (and FFT) read only inside their input
         return 0
-    return _conv_view(lay, target, grad_form=(forms or {}).get(lay.name))["reads_past_x"]
+    return _conv_view(lay, target, needs_dx, (forms or {}).get(lay.name))["reads_past_x"]
 
 
 def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
@@ -496,12 +565,24 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
     for k, lay in enumerate(net.layers):
         nxt = net.layers[k + 1] if k + 1 < len(net.layers) else None
         needs_dx = lay.index > first_trainable
-        vol = volume.view(lay, needs_dx, target) if volume.is_volume(lay) else None
-        conv = (_conv_view(padded_core(lay), target, needs_dx, (forms or {}).get(lay.name))
-                if isinstance(lay, ir.Conv) and not vol else None)
+        tuned = (forms or {}).get(lay.name)
+        vol, conv = None, None
+        if isinstance(lay, ir.Conv) and volume.is_volume(lay):
+            choice = _volume_algorithm(lay, needs_dx, target, tuned)
+            if choice["algorithm"] == "fft":  # kind conv3d: it keeps its activation (pool3d.j2)
+                conv = dict(choice, kind="conv3d", grad_form="fft", reads_past_x=0)
+            else:
+                vol = dict(volume.view(lay, needs_dx, target), **choice)
+        elif volume.is_volume(lay):
+            vol = volume.view(lay, needs_dx, target)
+        elif isinstance(lay, ir.Conv):
+            conv = _conv_view(padded_core(lay), target, needs_dx, tuned)
+        if conv and conv["algorithm"] == "fft":
+            conv.update(fft.plan(lay, needs_dx))
         # Work layout: Y (with room for the next layer's reads past its end), then D, then the
         # conv kernels' scratch.
-        y_data = ir.align(lay.out_shape.size + _reads_past(nxt, target, forms))
+        nxt_dx = nxt is not None and nxt.index > first_trainable
+        y_data = ir.align(lay.out_shape.size + _reads_past(nxt, target, nxt_dx, forms))
         # a max-pool keeps each window's choice (the offset of its maximum) after its outputs
         codes = ir.align(lay.out_shape.size) if isinstance(lay, ir.Pool) and lay.op == "max" else 0
         if isinstance(lay, ir.Dropout):  # its mask (0 or the scale) after its outputs
@@ -513,7 +594,8 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             vol.update(xp_from_y=y_size, dxp_from_d=d_size,
                        dz_from_d=d_size + vol.get("dz_after_dxp", 0))
             y_size, d_size = y_size + vol["y_scratch"], d_size + vol["d_scratch"]
-        pad = _pad_layout(lay, conv, y_size, d_size, needs_dx) if conv else None
+        fft_layer = conv is not None and conv["algorithm"] == "fft"
+        pad = _pad_layout(lay, conv, y_size, d_size, needs_dx) if conv and not fft_layer else None
         if pad:
             y_size, d_size = pad["y_size"], pad["d_size"]
         prev = views[-1]["name"] if views else None
@@ -553,6 +635,8 @@ def layer_views(net: ir.Net, target: Target, lines: tuple[str, ...],
             v["segments"] = -(-v["block_size"] // v["segment"])
         if conv:
             v.update(conv, xc_from_y=y_data)
+            if conv["algorithm"] == "fft":  # its scratch, after the deltas, from the activations
+                v["fft_from_y"] = y_size + conv["fft_from_d"]
         if pad:
             v.update(pad)
         if isinstance(lay, ir.Pool):
@@ -678,7 +762,11 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
         summary=summary_rows(net),
         header_name=HEADER_NAME,
         layers=layers,
-        grad_forms=", ".join(_grad_form_label(v) for v in layers if v["kind"] == "conv"),
+        grad_forms=", ".join(_grad_form_label(v) for v in layers
+                             if v["kind"] == "conv" and v["algorithm"] == "direct"),
+        algorithms=[f"{v['name']} {v['algorithm']} ({v['algorithm_why']})"
+                    for v in layers if v["kind"] in ("conv", "conv3d")],
+        fft=any(v.get("algorithm") == "fft" for v in layers),
         tuned_on=tuned_on,
         backward=[v for v in reversed(layers) if v["index"] >= first_trainable],
         blocks=blocks,
@@ -690,7 +778,7 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
         n_params=net.n_params,
         image_size=net.input.size,
         # room past each image for the first layer's wide-row reads
-        image_stride=ir.align(net.input.size + _reads_past(net.layers[0], target, forms)),
+        image_stride=ir.align(net.input.size + _reads_past(net.layers[0], target, False, forms)),
         output_size=net.output.out_shape.size,
         work_floats=max(last["end"], 16),
         dropout=[v for v in layers if v["kind"] == "dropout"],
@@ -705,4 +793,4 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
         msg = (f"the generated code ({len(cpp)} bytes) exceeds the limit of {MAX_CODE_BYTES} "
                f"bytes (the C++ compiler's time and memory grow with it): use fewer layers")
         raise SpecError([Diagnostic(where, msg)])
-    return Source(cpp=cpp, header=header)
+    return Source(cpp=cpp, header=header, libs=fftw_libs(target) if ctx["fft"] else ())

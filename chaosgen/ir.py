@@ -11,6 +11,9 @@ from .errors import NOWHERE, SourceLoc
 ACTIVATIONS = ("scaled_tanh", "tanh", "sigmoid", "relu", "linear")
 OUTPUT_ACTIVATIONS = ("softmax", *ACTIVATIONS)
 LOSSES = ("cross_entropy", "mse")
+# How a conv layer is computed (`algorithm=`): auto lets the cost model (or `chaosgen tune`) pick
+# between the direct kernels and FFT convolution (docs/kernels.md, "FFT convolution").
+CONV_ALGORITHMS = ("auto", "direct", "fft")
 # Weight initialisations (`init=`): see chaosgen/loader.py initial_params for each law.
 INITS = ("default", "xavier", "he", "gaussian", "uniform")
 INIT_PARAM = {"gaussian": "std", "uniform": "range"}  # the init that takes each parameter
@@ -125,6 +128,8 @@ class Conv(Trainable):
     pad_w: int = field(default=0, metadata={"omit_default": True})
     kd: int = field(default=0, metadata={"omit_default": True})  # kernel depth: 0 on planes
     pad_d: int = field(default=0, metadata={"omit_default": True})
+    # one of CONV_ALGORITHMS, as written; auto (the default) keeps the digest of older specs
+    algorithm: str = field(default="auto", metadata={"omit_default": True})
     kind = "conv"
 
     @property

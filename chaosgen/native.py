@@ -148,7 +148,8 @@ def program_command(
     Compiler.flags; `cxx` and `out` replace the compiler's name and the executable's)."""
     flags = compiler.program_flags(target, version)
     exe = out or program_name(net)
-    return (cxx or compiler.cxx, *flags, "-o", exe, MAIN_NAME, CPP_NAME)
+    libs = codegen.link_flags(net, target)
+    return (cxx or compiler.cxx, *flags, "-o", exe, MAIN_NAME, CPP_NAME, *libs)
 
 
 def _float_literal(v: float) -> str:
@@ -264,6 +265,7 @@ def render_program(
             batch=t.batch or cfg.batch,  # the spec's batch= (chaosgen.update), as train's
         ),
         flags=shlex.join(compiler.program_flags(target, version)),
+        libs="".join(" " + shlex.quote(f) for f in source.libs),
         mic=target.name == "knc",
     )
     env = codegen.environment()

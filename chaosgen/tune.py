@@ -11,6 +11,7 @@ conv layer's weight gradient on real activations and deltas, and keeps the faste
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,6 +37,8 @@ class Tuning:
     forms: dict[str, str]
     times_us: dict[str, dict[str, float]]
     cpu: str
+    # algorithm=auto layers: their three passes, {"direct": us, "fft": us}
+    algorithm_us: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def _templates_digest() -> str:
@@ -71,7 +74,8 @@ def load(net: Net, target: Target, compiler: Compiler, root: str | Path | None) 
         rec = json.loads(record_path(net, target, compiler, root).read_text())
         if any(rec.get(k) != v for k, v in stamp.items()):
             return None
-        return Tuning(dict(rec["forms"]), dict(rec.get("times_us", {})), str(rec["cpu"]))
+        return Tuning(dict(rec["forms"]), dict(rec.get("times_us", {})), str(rec["cpu"]),
+                      dict(rec.get("algorithm_us", {})))
     # None, not a record, or not readable: as if there were no record (the cost model decides).
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -81,9 +85,11 @@ TAPS_SHAPES = 3  # register blockings of the taps form tried per layer
 
 
 def conv_forms(net: Net, target: Target) -> dict[str, tuple[str, ...]]:
-    """Every conv layer's feasible weight-gradient forms."""
+    """Every conv layer's feasible weight-gradient forms (not of layers the spec puts on FFT)."""
+    fft_only = {lay.name for lay in net.layers if getattr(lay, "algorithm", "") == "fft"}
     views = codegen.layer_views(net, target, ())
-    return {v["name"]: tuple(v["grad_costs"]) for v in views if v["kind"] == "conv"}
+    return {v["name"]: tuple(v["grad_costs"]) for v in views
+            if v["kind"] == "conv" and v["name"] not in fft_only}
 
 
 def candidates(net: Net, target: Target) -> dict[str, list[str]]:
@@ -110,15 +116,19 @@ def candidates(net: Net, target: Target) -> dict[str, list[str]]:
 
 
 def _time_form(
-    net: Net, target: Target, compiler: Compiler, forms: dict[str, str], root: str | Path | None
+    net: Net, target: Target, compiler: Compiler, forms: dict[str, str], root: str | Path | None,
+    whole: bool = False,
 ) -> dict[str, float]:
-    """Build (cached by content) and run the timing program for one assignment of forms."""
+    """Build (cached by content) and run the timing program for one assignment of forms: the
+    weight gradient of each conv layer, or (`whole`) its three passes."""
     source = codegen.render(net, target, (), forms=forms)
-    views = [v for v in codegen.layer_views(net, target, (), forms) if v["kind"] == "conv"]
+    kinds = ("conv", "conv3d") if whole else ("conv",)  # 3D convs have one direct form
+    views = [v for v in codegen.layer_views(net, target, (), forms) if v["kind"] in kinds]
     program = (
         codegen.environment()
         .get_template("tune.cpp.j2")
-        .render(version=__version__, convs=views, repeats=REPEATS, window_s=WINDOW_S)
+        .render(version=__version__, convs=views, repeats=REPEATS, window_s=WINDOW_S,
+                whole=whole)
     )
     exe = cached_program(
         root,
@@ -128,6 +138,7 @@ def _time_form(
         compiler,
         compiler.program_flags(target),
         f"building the tuning program of {net.name}",
+        source.libs,
     )
     env = os.environ | {"OMP_NUM_THREADS": "1"}  # it dies with chaosgen; stopped if it hangs
     return child.run_json(
@@ -158,8 +169,40 @@ def tune(
                     old = times[name].get(layers[name], float("inf"))
                     times[name][layers[name]] = min(old, float(us))
     forms = {name: min(t, key=t.__getitem__) for name, t in times.items() if t}
-    save(net, target, compiler, root, forms, times)
-    return Tuning(forms, times, cpu_model())
+    whole = _choose_algorithms(net, target, compiler, root, forms, say)
+    save(net, target, compiler, root, forms, times, whole)
+    return Tuning(forms, times, cpu_model(), whole)
+
+
+def _choose_algorithms(net: Net, target: Target, compiler: Compiler, root: str | Path | None,
+                       forms: dict[str, str], say) -> dict[str, dict[str, float]]:
+    """For each algorithm=auto conv layer: time its three passes with the direct kernels (the
+    weight-gradient form just measured fastest) and by FFT, interleaved, the best of SWEEPS;
+    forms[layer] becomes "fft" where FFT was faster. Returns {layer: {"direct": us, "fft": us}}."""
+    auto = [lay.name for lay in net.layers if getattr(lay, "algorithm", "") == "auto"]
+    whole: dict[str, dict[str, float]] = {name: {} for name in auto}
+    if not auto:
+        return whole
+    forms.update({name: forms.get(name, "direct") for name in auto})  # 3D: no form timed
+    by_fft = dict(forms, **{name: "fft" for name in auto})
+    say("  timing " + ", ".join(auto) + " whole (forward and backward), direct and fft ...")
+    algos = [("direct", forms), ("fft", by_fft)]
+    try:  # built once here: without FFTW the auto layers stay direct, and tuning goes on
+        _time_form(net, target, compiler, by_fft, root, True)
+    except BuildError as e:
+        if "FFTW" not in str(e):
+            raise
+        say(f"  {e}: FFT not timed, the auto layers stay direct")
+        algos = algos[:1]
+    for _ in range(SWEEPS):
+        for algo, assignment in algos:
+            for name, us in _time_form(net, target, compiler, assignment, root, True).items():
+                if name in whole:
+                    whole[name][algo] = min(whole[name].get(algo, float("inf")), float(us))
+    for name, t in whole.items():
+        if t.get("fft", float("inf")) < t["direct"]:
+            forms[name] = "fft"
+    return whole
 
 
 def save(
@@ -169,6 +212,7 @@ def save(
     root: str | Path | None,
     forms: dict[str, str],
     times: dict[str, dict[str, float]],
+    algorithm_us: dict[str, dict[str, float]] | None = None,
 ) -> Path:
     """Record forms (and the times that chose them) for `load` to find."""
     rec = {
@@ -179,6 +223,7 @@ def save(
         **_stamp(compiler),
         "forms": forms,
         "times_us": times,
+        "algorithm_us": algorithm_us or {},
     }
     path = record_path(net, target, compiler, root)
     write(path, json.dumps(rec, indent=1) + "\n")  # a BuildError naming the path if refused
@@ -210,6 +255,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for name, row in t.times_us.items():
         cells = "  ".join(f"{f} {us:.2f}" for f, us in row.items())
         print(f"  {name:8} {cells}   -> {t.forms[name]} (model: {model[name]})")
+    if t.algorithm_us:
+        print("whole layer (forward, backward data, weight gradient), us per image")
+    for name, row in t.algorithm_us.items():
+        cells = "  ".join(f"{a} {us:.2f}" for a, us in row.items())
+        print(f"  {name:8} {cells}   -> {'fft' if t.forms[name] == 'fft' else 'direct'}")
     print(
         f"recorded in {record_path(net, target, compiler, args.build_dir)}; "
         "compile and train use it from now on"

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ SHIPPED = ("small", "medium", "large")
 # MNIST as the README's test command finds it: $CHAOSGEN_DATA, else ../shared/data/mnist. A
 # command that a test runs without --data would look in ~/.cache instead.
 DATA = os.environ.get("CHAOSGEN_DATA") or str(ROOT.parent / "shared" / "data" / "mnist")
+# FFTW (libfftw3-dev: header and single-precision library), for algorithm=fft layers
+HAVE_FFTW = Path("/usr/include/fftw3.h").exists() and bool(ctypes.util.find_library("fftw3f"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

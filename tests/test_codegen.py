@@ -326,7 +326,7 @@ def test_odd_source_text_compiles_and_trains(tmp_path: Path, monkeypatch) -> Non
 
 
 # --- a spec with the geometry of published nets (pad, stride, round; tests/nets/) ----------------
-NETS = ("geometry",)
+NETS = ("geometry", "fft")
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

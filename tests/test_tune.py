@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import HAVE_FFTW, ROOT  # tune times FFT only where FFTW is installed
 from reference import chaosgen_run, compare, numpy_run, random_weights
 
 import chaosgen
@@ -76,7 +76,11 @@ def test_tune_records_the_fastest_form_and_compile_uses_it(tmp_path, capsys) -> 
         assert set(times) == set(tune.candidates(net, target)[layer])  # every candidate timed
         assert {f.partition("/")[0] for f in times} == set(tune.conv_forms(net, target)[layer])
         assert all(t > 0 for t in times.values())
-        assert rec["forms"][layer] == min(times, key=times.get)
+        whole = rec["algorithm_us"][layer]  # algorithm=auto: both algorithms timed whole
+        assert set(whole) == ({"direct", "fft"} if HAVE_FFTW else {"direct"})
+        assert all(t > 0 for t in whole.values())
+        fastest = min(whole, key=whole.get)
+        assert rec["forms"][layer] == ("fft" if fastest == "fft" else min(times, key=times.get))
         assert f"-> {rec['forms'][layer]}" in out
     cpp = (chaosgen.compile(spec, build_dir=build).library.parent / "net.cpp").read_text()
     assert "by `chaosgen tune`" in cpp.splitlines()[4]

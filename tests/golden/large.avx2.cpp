@@ -3,6 +3,9 @@
 // target:  avx2 (AVX2+FMA, 8 floats per vector, 64-byte alignment)
 // IR hash: d7842636ae1f2311
 // conv weight gradients: c1 taps (6 maps x 2 vectors), c2 lanes, c3 taps (2 maps x 6 vectors) (the cost model's choice)
+// conv algorithm: c1 direct (cost model: direct 64k, fft 268k cycles)
+// conv algorithm: c2 direct (cost model: direct 290k, fft 3268k cycles)
+// conv algorithm: c3 direct (cost model: direct 380k, fft 3366k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

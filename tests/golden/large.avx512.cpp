@@ -3,6 +3,9 @@
 // target:  avx512 (AVX-512, 16 floats per vector, 64-byte alignment)
 // IR hash: d7842636ae1f2311
 // conv weight gradients: c1 taps (20 maps x 1 vectors), c2 lanes, c3 taps (2 maps x 12 vectors) (the cost model's choice)
+// conv algorithm: c1 direct (cost model: direct 36k, fft 204k cycles)
+// conv algorithm: c2 direct (cost model: direct 152k, fft 1938k cycles)
+// conv algorithm: c3 direct (cost model: direct 223k, fft 1940k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

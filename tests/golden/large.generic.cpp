@@ -3,6 +3,9 @@
 // target:  generic (SSE2, 4 floats per vector, 64-byte alignment)
 // IR hash: d7842636ae1f2311
 // conv weight gradients: c1 wide, c2 lanes, c3 lanes (the cost model's choice)
+// conv algorithm: c1 direct (cost model: direct 121k, fft 395k cycles)
+// conv algorithm: c2 direct (cost model: direct 540k, fft 5929k cycles)
+// conv algorithm: c3 direct (cost model: direct 721k, fft 6217k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

@@ -3,6 +3,8 @@
 // target:  avx2 (AVX2+FMA, 8 floats per vector, 64-byte alignment)
 // IR hash: 4b3d222ef56435b0
 // conv weight gradients: c1 taps (6 maps x 2 vectors), c2 lanes (the cost model's choice)
+// conv algorithm: c1 direct (cost model: direct 64k, fft 268k cycles)
+// conv algorithm: c2 direct (cost model: direct 750k, fft 2252k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

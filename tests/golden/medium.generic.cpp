@@ -3,6 +3,8 @@
 // target:  generic (SSE2, 4 floats per vector, 64-byte alignment)
 // IR hash: 4b3d222ef56435b0
 // conv weight gradients: c1 wide, c2 lanes (the cost model's choice)
+// conv algorithm: c1 direct (cost model: direct 121k, fft 395k cycles)
+// conv algorithm: c2 direct (cost model: direct 1327k, fft 4026k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

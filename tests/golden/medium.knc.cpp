@@ -3,6 +3,8 @@
 // target:  knc (IMCI (KNC 512-bit), 16 floats per vector, 64-byte alignment)
 // IR hash: 4b3d222ef56435b0
 // conv weight gradients: c1 taps (20 maps x 1 vectors), c2 lanes (the cost model's choice)
+// conv algorithm: c1 direct (cost model: direct 36k, fft 204k cycles)
+// conv algorithm: c2 direct (cost model: direct 403k, fft 1365k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

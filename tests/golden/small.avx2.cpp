@@ -3,6 +3,8 @@
 // target:  avx2 (AVX2+FMA, 8 floats per vector, 64-byte alignment)
 // IR hash: 1213bae9ff0cb8a3
 // conv weight gradients: c1 taps (5 maps x 2 vectors), c2 lanes (the cost model's choice)
+// conv algorithm: c1 direct (cost model: direct 21k, fft 69k cycles)
+// conv algorithm: c2 direct (cost model: direct 61k, fft 150k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

@@ -3,6 +3,8 @@
 // target:  generic (SSE2, 4 floats per vector, 64-byte alignment)
 // IR hash: 1213bae9ff0cb8a3
 // conv weight gradients: c1 wide, c2 lanes (the cost model's choice)
+// conv algorithm: c1 direct (cost model: direct 34k, fft 100k cycles)
+// conv algorithm: c2 direct (cost model: direct 105k, fft 261k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel  weights
 // input  input    1     29x29     841

@@ -3,6 +3,10 @@
 // target:  avx2 (AVX2+FMA, 8 floats per vector, 64-byte alignment)
 // IR hash: 07992692a8c0e0e6
 // conv weight gradients: conv1 lanes, conv2 lanes, conv3 lanes, conv4 taps (2 maps x 6 vectors) (the cost model's choice)
+// conv algorithm: conv1 direct (cost model: direct 650k, fft 1454k cycles)
+// conv algorithm: conv2 direct (cost model: direct 2568k, fft 5716k cycles)
+// conv algorithm: conv3 direct (cost model: direct 1323k, fft 4268k cycles)
+// conv algorithm: conv4 direct (cost model: direct 12k, fft 115k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel          weights
 // input  input    3     32x32     3072

@@ -3,6 +3,10 @@
 // target:  generic (SSE2, 4 floats per vector, 64-byte alignment)
 // IR hash: 07992692a8c0e0e6
 // conv weight gradients: conv1 lanes, conv2 lanes, conv3 lanes, conv4 lanes (the cost model's choice)
+// conv algorithm: conv1 direct (cost model: direct 1264k, fft 2320k cycles)
+// conv algorithm: conv2 direct (cost model: direct 5103k, fft 10176k cycles)
+// conv algorithm: conv3 direct (cost model: direct 2583k, fft 7674k cycles)
+// conv algorithm: conv4 direct (cost model: direct 13k, fft 216k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel          weights
 // input  input    3     32x32     3072

@@ -3,6 +3,10 @@
 // target:  knc (IMCI (KNC 512-bit), 16 floats per vector, 64-byte alignment)
 // IR hash: 07992692a8c0e0e6
 // conv weight gradients: conv1 lanes, conv2 lanes, conv3 lanes, conv4 taps (2 maps x 12 vectors) (the cost model's choice)
+// conv algorithm: conv1 direct (cost model: direct 342k, fft 1020k cycles)
+// conv algorithm: conv2 direct (cost model: direct 1323k, fft 3486k cycles)
+// conv algorithm: conv3 direct (cost model: direct 696k, fft 2565k cycles)
+// conv algorithm: conv4 direct (cost model: direct 10k, fft 64k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel          weights
 // input  input    3     32x32     3072

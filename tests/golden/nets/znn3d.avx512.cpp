@@ -2,6 +2,8 @@
 // spec:    specs/znn3d.net (network "znn3d")
 // target:  avx512 (AVX-512, 16 floats per vector, 64-byte alignment)
 // IR hash: fa9beb90676359f2
+// conv algorithm: c1 direct (cost model: direct 480k, fft 595k cycles)
+// conv algorithm: c2 direct (cost model: direct 113k, fft 387k cycles)
 //
 // layer  kind     maps  map size  neurons  kernel      weights
 // input  input    1     18x18x18  5832
