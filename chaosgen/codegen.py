@@ -565,6 +565,10 @@ def lock_segment(block_size: int) -> int:
     return ir.align(per)
 
 
+# records of a dense layer the owner-applied update (templates/owner.hpp) applies in one pass over
+# its rows: per vector of weights, N inputs, N deltas and N learning rates beside the weight and
+# velocity, 3 N + 2 registers (14 of AVX2's 16)
+OWNER_BATCH = 4
 DENSE_ROWS = 8  # units per dense forward block: independent dot products hide the FMA latency
 # rows of W added into dx together by the sparse backward data: one load and store of dx per
 # BD_ROWS multiply-adds (the loads of W stream; dx stays in cache)
@@ -821,6 +825,7 @@ def render(net: ir.Net, target: Target, lines: tuple[str, ...] = (),
         work_floats=max(last["end"], 16),
         dropout=[v for v in layers if v["kind"] == "dropout"],
         unroll_limit=UNROLL_LIMIT,
+        owner_batch=OWNER_BATCH,
     )
     env = environment()
     cpp = env.get_template("net.cpp.j2").render(ctx)

@@ -40,6 +40,9 @@ CHANCE_MARGIN = 0.5  # "learns nothing": error rate >= 1 - (1 + CHANCE_MARGIN) /
 
 SCHEMES = {"chaos": 0, "sequential": 0, "hogwild": 1, "delayed": 2, "averaged": 3}
 PASSES = ("forward", "backward_data", "backward_weights", "update", "lock_wait")
+# How dense layers' updates reach the shared weights (templates/owner.hpp): the runtime decides,
+# the segment locks as for every layer, or their rows' owners from per-image records.
+DENSE_UPDATES = {"auto": 0, "locked": 1, "owner": 2}
 PROGRESS_S = 0.1  # seconds between two progress updates of a running pass
 # Seconds between two polls of a running pass (Runtime.train's poll): often enough for a 0.5 MB
 # allreduce to advance through its fragments during a 2 ms chunk, rarely enough to cost its core
@@ -85,6 +88,7 @@ class PhaseStats:
     seconds: float
     profile: np.ndarray | None = field(default=None, repr=False)
     threads: int = 1  # OpenMP threads that ran
+    owner_blocks: int = 0  # bit b: block b's update was owner-applied (templates/owner.hpp)
 
     @property
     def error_rate(self) -> float:
@@ -95,6 +99,12 @@ class PhaseStats:
     def images_per_s(self) -> float:
         """Throughput of the phase."""
         return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def trace_floats(net_ir: ir.Net) -> int:
+    """Values per image of Runtime.train's trace: 2 + inputs + units for each dense layer."""
+    return sum(2 + lay.in_shape.size + lay.out_shape.maps
+               for lay in net_ir.trainable if isinstance(lay, ir.Dense))
 
 
 def to_native_images(x: np.ndarray, stride: int) -> np.ndarray:
@@ -176,15 +186,25 @@ class Runtime:
         iter0: int = 0,
         max_iter: int = 0,
         poll=None,
+        dense_update: str = "auto",
+        trace: np.ndarray | None = None,
     ) -> PhaseStats:
         """One training pass over images[order] (native, GIL released; Ctrl-C stops it early).
         Dropout masks hash (cfg.seed, epoch, each image's index in `images`). eta: this pass's,
         or the base of a per-iteration lr_policy, whose iterations (images; averaged: steps) are
         counted from iter0; cosine ends at max_iter. poll(): called every POLL_S seconds from
-        this thread while the pass runs (chaosgen.mpi: progress of a non-blocking allreduce)."""
+        this thread while the pass runs (chaosgen.mpi: progress of a non-blocking allreduce).
+        dense_update: DENSE_UPDATES (the runtime's choice, or one forced for tests and
+        benchmarks). trace: float64, for each dense layer in order len(order) x (2 + inputs +
+        units), receives the owner-applied layers' records (eta, image index, x, dz) in the order
+        they were applied (cg_config.trace)."""
         lab = self._labels(labels)
         threads = allowed_threads(cfg.threads)
         order = np.ascontiguousarray(order, np.int32)
+        if trace is not None:
+            need = len(order) * trace_floats(self.net.ir)
+            if trace.dtype != np.float64 or not trace.flags.c_contiguous or trace.size < need:
+                raise ValueError(f"trace: a C-contiguous float64 array of {need} values")
         stop = self.ffi.new("int *", 0)
         seen = self.ffi.new("long *", 0)
         conf = self.ffi.new(
@@ -199,6 +219,8 @@ class Runtime:
                 progress=seen,
                 seed=cfg.seed,
                 epoch=epoch,
+                dense_update=DENSE_UPDATES[dense_update],
+                trace=self.ffi.NULL if trace is None else self.ffi.cast("double *", trace.ctypes.data),
                 **self._rule(cfg, iter0, max_iter),
             ),
         )
@@ -266,7 +288,8 @@ class Runtime:
                 "the native runtime could not allocate its buffers (out of memory)"
             )
         ran = self._ran(asked, stats.threads)
-        return PhaseStats(stats.loss, stats.errors, stats.images, stats.seconds, prof, ran)
+        return PhaseStats(stats.loss, stats.errors, stats.images, stats.seconds, prof, ran,
+                          getattr(stats, "owner_blocks", 0))
 
 
 def _stat(st: PhaseStats | None, name: str) -> float | int | None:

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <cmath>
 #include <atomic>
+#include <new>
+#include <sched.h>  // sched_yield (owner.hpp)
 #include <omp.h>
 #if defined(__INTEL_COMPILER)
 #include <immintrin.h>  // _mm_malloc and _mm_free (runtime.hpp); with icc -mmic, the KNC header

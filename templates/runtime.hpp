@@ -5,8 +5,9 @@
    once by the thread that uses them (first touch); the weights P are shared. Workers pick the
    next image from a shared atomic counter; during back-propagation each layer's update goes into
    P as soon as that layer is done, under the locks of that layer's segments (one writer per
-   segment at a time, segments taken in whatever order they are free: locks.hpp); readers of P
-   never wait. No barrier per image.
+   segment at a time, segments taken in whatever order they are free: locks.hpp), or, for dense
+   layers on two or more threads, by the owners of its rows (owner.hpp); readers of P never
+   wait. No barrier per image.
    --------------------------------------------------------------------------------------------- */
 {% include "locks.hpp" %}
 {# dropout nets: each training image's mask key, from (seed, epoch, the image's dataset index) #}
@@ -16,25 +17,34 @@
 namespace chaos {
 
 enum Scheme { CHAOS = 0, HOGWILD = 1, DELAYED = 2, AVERAGED = 3 };
+enum DenseUpdate { DENSE_AUTO = 0, DENSE_LOCKED = 1, DENSE_OWNER = 2 };  // cg_config.dense_update
 
-static float *alloc_floats(size_t n) {
+static void *alloc_aligned(size_t bytes) {
     void *p = nullptr;
 #if defined(__INTEL_COMPILER)
-    p = _mm_malloc(n * sizeof(float), CG_ALIGN);
+    p = _mm_malloc(bytes, CG_ALIGN);
 #else
-    if (posix_memalign(&p, CG_ALIGN, n * sizeof(float)) != 0) p = nullptr;
+    if (posix_memalign(&p, CG_ALIGN, bytes) != 0) p = nullptr;
 #endif
-    if (p) std::memset(p, 0, n * sizeof(float));  // first touch by the calling (owning) thread
-    return static_cast<float *>(p);
+    if (p) std::memset(p, 0, bytes);  // first touch by the calling (owning) thread
+    return p;
 }
 
-static void free_floats(float *p) {
+static void free_aligned(void *p) {
 #if defined(__INTEL_COMPILER)
     _mm_free(p);
 #else
     std::free(p);
 #endif
 }
+
+static float *alloc_floats(size_t n) { return static_cast<float *>(alloc_aligned(n * sizeof(float))); }
+static void free_floats(float *p) { free_aligned(p); }
+
+}  // namespace chaos
+{% include "owner.hpp" %}
+
+namespace chaos {
 
 struct NoProfile {
     void start() {}
@@ -71,12 +81,34 @@ struct Tally {
     }
 };
 
-/* One worker's share of a training epoch. Returns false if it could not allocate its buffers. */
+/* Whether the update of dense block b is owner-applied (owner.hpp) by a team of `team` workers
+   (cg_config.dense_update DENSE_AUTO): on two or more threads, when the floats the locked update
+   writes into shared lines per image (the block, and its velocity under momentum) are at least
+   OWNER_MIN_RATIO times the record that replaces them (x and dz). Below that the record's lines
+   and the ring's few shared counters move about as much as the locked update would. */
+constexpr int OWNER_MIN_RATIO = 8;
+
+static bool owner_applies(int b, const cg_config &c, int team) {
+    const long written = long(net::BLOCK_FLOATS[b]) * (c.velocity ? 2 : 1);
+    return team >= 2 && written >= long(OWNER_MIN_RATIO) * (net::BLOCK_INPUTS[b] + net::BLOCK_UNITS[b]);
+}
+
+/* Whether a call with configuration c applies each image's update at once (CHAOS, Hogwild,
+   sequential, delayed with k = 1): the schemes whose dense updates may be owner-applied. */
+static bool per_image(const cg_config &c) {
+    return c.scheme == CHAOS || c.scheme == HOGWILD || (c.scheme == DELAYED && c.update_every <= 1);
+}
+
+/* One worker's share of a training epoch. Returns false if it could not allocate its buffers.
+   rings[b]: block b's ring if its update may be owner-applied (block -1: not); every worker
+   adds 1 to `finished` after its last image, then drains the rings of the blocks it owns
+   rows of; the bits of owner_blocks say which blocks were. */
 template <class Prof>
 static bool train_worker(float *P, const float *images, const int *labels, const int *order,
                          long n, const cg_config &cfg, std::atomic<long> &next,
                          LayerLock *locks, Tally &tally, Prof &prof, volatile int &failed,
-                         float *S) {
+                         float *S, OwnerRing *rings, std::atomic<int> &finished,
+                         unsigned long long &owner_blocks) {
     float *work = alloc_floats(net::WORK_FLOATS);
     float *G = alloc_floats(net::N_PARAMS);
     const bool ok = work && G;
@@ -90,14 +122,31 @@ static bool train_worker(float *P, const float *images, const int *labels, const
     auto image_of = [&](long i) { return images + static_cast<size_t>(order[i]) * net::IMAGE_STRIDE; };
     auto stopped = [&]() { return failed || (cfg.stop && *cfg.stop); };
     const int me = omp_get_thread_num(), team = omp_get_num_threads();
+    bool owned[net::N_BLOCKS];  // every worker decides alike
+    OwnerCursor cursor[net::N_BLOCKS];  // this worker's place in each ring
+    unsigned long long owner_bits = 0;
+    for (int b = 0; b < net::N_BLOCKS; ++b) {
+        owned[b] = rings[b].block >= 0 && (cfg.dense_update == DENSE_OWNER || owner_applies(b, cfg, team));
+        owner_bits |= owned[b] ? 1ull << b : 0ull;
+    }
+    if (me == 0) owner_blocks = owner_bits;
     /* Apply this worker's gradient of block b (locked: segment by segment, see locks.hpp,
        starting at a segment of its own so that workers begin apart). fused: the image's
        gradient of a BLOCK_FUSED block is computed on the fly from work (train_image<true>);
        any other gradient is read from G, which is cleared after, outside the locks. */
     const float *image = nullptr;  // the image being trained on (fused updates read it)
+    long index = 0;                // its index in images (owner.hpp's trace)
     auto apply = [&](int b, float scale, bool locked, bool fused) {
         const int layer = net::BLOCK_LAYER[b], seg = net::SEGMENT_FLOATS[b], size = net::BLOCK_FLOATS[b];
         const int first = net::BLOCK_SEGMENT0[b], n = net::BLOCK_SEGMENT0[b + 1] - first;
+        if (owned[b]) {  // (only for the per-image schemes: rings exist for them alone)
+            const float *x, *dz;
+            net::record_of(b, work, image, &x, &dz);
+            publish(rings[b], me, team, P, cfg, x, dz, scale, index, cursor[b],
+                    [&] { prof.tick(layer, net::UPDATE); }, [&] { prof.tick(layer, net::LOCK_WAIT); });
+            prof.tick(layer, net::UPDATE);
+            return;
+        }
         fused = fused && net::BLOCK_FUSED[b];
         auto update = [&](int k0, int k1) {
             if (fused && sgd)
@@ -180,6 +229,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         for (long i; !stopped() && (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
             const int label = labels[order[i]];
             image = image_of(i);
+            index = order[i];
             if (per_iter) eta = eta_at(cfg, cfg.iter0 + i);
             prof.start();
             float l;
@@ -200,6 +250,13 @@ static bool train_worker(float *P, const float *images, const int *labels, const
             for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
         }
     }
+    finished.fetch_add(1, std::memory_order_release);
+    for (int b = net::N_BLOCKS - 1; b >= 0; --b)
+        if (owned[b]) {
+            prof.start();
+            drain(rings[b], me, team, P, cfg, finished);
+            prof.tick(net::BLOCK_LAYER[b], net::UPDATE);
+        }
     free_floats(work);
     free_floats(G);
     return ok;
@@ -242,6 +299,29 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
     const bool sgd = config->momentum > 0 || config->weight_decay > 0 || config->mults;
     float *S = sgd && config->scheme == chaos::AVERAGED ? chaos::alloc_floats(net::N_PARAMS) : nullptr;
     if (sgd && config->scheme == chaos::AVERAGED && !S) return -1;
+    /* The rings of the dense blocks whose update may be owner-applied (the workers decide, from
+       the team they are); the trace: every dense block's n records, in block order. */
+    chaos::OwnerRing rings[net::N_BLOCKS];
+    std::atomic<int> finished{0};
+    unsigned long long owner_blocks = 0;
+    const bool may_own = chaos::per_image(*config) && config->dense_update != chaos::DENSE_LOCKED &&
+                         (threads >= 2 || config->dense_update == chaos::DENSE_OWNER);
+    bool no_memory = false;
+    double *trace = config->trace;
+    for (int b = 0; b < net::N_BLOCKS; ++b) {
+        if (!net::BLOCK_UNITS[b]) continue;
+        if (may_own && (config->dense_update == chaos::DENSE_OWNER || chaos::owner_applies(b, *config, threads)))
+            no_memory = no_memory || !chaos::ring_init(rings[b], b, threads, trace);
+        if (trace) trace += size_t(n) * size_t(2 + net::BLOCK_INPUTS[b] + net::BLOCK_UNITS[b]);
+    }
+    auto release = [&] {
+        for (int b = 0; b < net::N_BLOCKS; ++b) chaos::ring_free(rings[b]);
+        chaos::free_floats(S);
+    };
+    if (no_memory) {
+        release();
+        return -1;
+    }
 #pragma omp parallel num_threads(threads) reduction(+ : loss, errors, done)
     {
         if (omp_get_thread_num() == 0) ran = omp_get_num_threads();
@@ -249,12 +329,14 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
         if (profile) {
             double mine[net::N_LAYERS * net::N_PASSES] = {};
             chaos::Profile prof(mine);
-            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S);
+            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S,
+                                rings, finished, owner_blocks);
 #pragma omp critical
             for (int k = 0; k < net::N_LAYERS * net::N_PASSES; ++k) profile[k] += mine[k];
         } else {
             chaos::NoProfile prof;
-            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S);
+            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S,
+                                rings, finished, owner_blocks);
         }
         loss += tally.loss;
         errors += tally.errors;
@@ -265,7 +347,8 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
     stats->images = done;
     stats->seconds = omp_get_wtime() - t0;
     stats->threads = ran;
-    chaos::free_floats(S);
+    stats->owner_blocks = owner_blocks;
+    release();
     return failed ? -1 : 0;
 }
 

@@ -15,6 +15,7 @@ from reference import scaled_error
 import chaosgen
 from chaosgen.check import check
 from chaosgen.errors import SpecError
+from chaosgen.ir import Dense
 from chaosgen.parse import parse_text
 from chaosgen.train import Config, Runtime
 
@@ -128,16 +129,19 @@ def _torch_trajectory(net, w0, images, labels, rule, eta, batch, checkpoints):
     return out
 
 
-def _native_trajectory(loaded, images, labels, cfg, eta, chunk, per_step):
+def _native_trajectory(loaded, images, labels, cfg, eta, chunk, per_step, dense_update="auto"):
     """chaosgen's weights after each chunk of images (one cg_train call each, iter0 carried)."""
     rt = Runtime(loaded)
     x, y = rt.images(images), np.ascontiguousarray(labels, np.int32)
     n, out = len(labels), {}
     total = -(-n // per_step)
+    dense = sum(1 << k for k, lay in enumerate(loaded.ir.trainable) if isinstance(lay, Dense))
     for c0 in range(0, n, chunk):
         order = np.arange(c0, min(c0 + chunk, n), dtype=np.int32)
-        st = rt.train(x, y, order, cfg, eta, iter0=c0 // per_step, max_iter=total)
+        st = rt.train(x, y, order, cfg, eta, iter0=c0 // per_step, max_iter=total,
+                      dense_update=dense_update)
         assert st.images == len(order)
+        assert st.owner_blocks == (dense if dense_update == "owner" else 0)
         out[c0 + len(order)] = loaded.get_weights()
     return out
 
@@ -168,6 +172,31 @@ def test_per_image_trajectory_follows_torch_sgd(case, loaded, mnist) -> None:
     moved = max(scaled_error(got[N_IMAGES][k], w0[k]) for k in w0)
     assert moved > 100 * TOL, f"{case}: the weights barely moved ({moved:.1e}): a weak test"
     print(f"{case}: worst scaled error {worst:.2e}")
+
+
+# the owner-applied dense update (templates/owner.hpp) forced on one thread, where its order is
+# the sequential one: with momentum, Nesterov, decay, and with the multipliers alone (the path
+# that skips rows whose deltas are all zero)
+OWNER_CASES = {**{k: CASES[k] for k in ("nesterov_inv", "momentum_step", "decay_only_exp")},
+               "multipliers_only": dict(lr_policy="fixed")}
+
+
+@pytest.mark.parametrize("case", list(OWNER_CASES))
+def test_owner_applied_update_follows_torch_sgd(case, loaded, mnist) -> None:
+    """The dense layers' owner-applied update (records published, then applied by the owner of
+    their rows), forced on one thread: 500 images follow torch.optim.SGD per image in float64
+    as the locked update does, and every dense block was owner-applied."""
+    pytest.importorskip("torch")
+    images, labels = mnist
+    rule, eta = OWNER_CASES[case], 0.003
+    loaded.init_weights(7)
+    w0 = loaded.get_weights()
+    cfg = Config(scheme="chaos", threads=1, **rule)
+    got = _native_trajectory(loaded, images, labels, cfg, eta, CHUNK, 1, "owner")
+    ref = _torch_trajectory(loaded.ir, w0, images, labels, rule, eta, 1, set(got))
+    print(f"owner {case}: worst scaled error {_compare(got, ref, case):.2e}")
+    moved = max(scaled_error(got[N_IMAGES][k], w0[k]) for k in w0 if k.startswith("d1."))
+    assert moved > 100 * TOL, f"{case}: d1 barely moved ({moved:.1e}): a weak test"
 
 
 @pytest.mark.parametrize("case", ["momentum_fixed", "nesterov_inv"])

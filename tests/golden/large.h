@@ -23,6 +23,9 @@ typedef struct cg_config {
     long step_size;       /* step: iterations per factor gamma */
     long iter0;           /* iterations (images; averaged: steps) of the run before this call */
     long max_iter;        /* cosine: iterations of the whole run */
+    int dense_update;     /* dense layers' update: 0 the runtime decides, 1 locked segments, 2 owner-applied */
+    double *trace;        /* if not NULL: per dense block, n records (eta, image index, x, dz) in the
+                             order they were applied, for the owner-applied ones (tests) */
 } cg_config;
 
 typedef struct cg_stats {
@@ -31,6 +34,7 @@ typedef struct cg_stats {
     long images;          /* images processed (fewer than asked if stopped) */
     double seconds;       /* wall time of the call */
     int threads;          /* OpenMP threads that ran (OMP_THREAD_LIMIT can give fewer than asked) */
+    unsigned long long owner_blocks; /* bit b: block b's update was owner-applied */
 } cg_stats;
 
 int cg_n_params(void);

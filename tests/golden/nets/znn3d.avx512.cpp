@@ -23,6 +23,8 @@
 #include <cstring>
 #include <cmath>
 #include <atomic>
+#include <new>
+#include <sched.h>  // sched_yield (owner.hpp)
 #include <omp.h>
 #if defined(__INTEL_COMPILER)
 #include <immintrin.h>  // _mm_malloc and _mm_free (runtime.hpp); with icc -mmic, the KNC header
@@ -120,7 +122,8 @@ static inline void cg_correlate(const float *__restrict w, const float *__restri
 /* One step of torch.optim.SGD (dampening 0) over p[k0, k1), written once for every caller: the
    runtime's update from a stored gradient (update.hpp) and the dense layers' fused update, which
    computes each gradient value as it goes (dense.j2). G(k): the gradient at k. g = G(k) + wd p;
-   v = mu v + g (v == nullptr: no momentum, step = g); p -= lr * (v, or g + mu v with Nesterov). */
+   v = mu v + g (v == nullptr: no momentum, step = g); p -= lr * (v, or g + mu v with Nesterov).
+   sgd_steps below applies N such steps in one pass. */
 namespace chaos {
 template <class Grad>
 static inline void sgd_step(float *__restrict p, float *__restrict v, Grad G, float lr, float wd,
@@ -141,6 +144,49 @@ static inline void sgd_step(float *__restrict p, float *__restrict v, Grad G, fl
             const float vk = mu * v[k] + (G(k) + wd * p[k]);
             v[k] = vk;
             p[k] -= lr * vk;
+        }
+    }
+}
+
+/* N steps of sgd_step over p[k0, k1), oldest first, in one pass (the owner-applied dense update,
+   owner.hpp): each p[k] and v[k] loaded once, the N steps applied in registers, stored once.
+   G(j, k): step j's gradient at k; lr[j]: its learning rate. Step by step the arithmetic of
+   sgd_step, so the result is that of N calls of it (to rounding: the compiler may contract the
+   two forms into FMAs differently). */
+template <int N, class Grad>
+static inline void sgd_steps(float *__restrict p, float *__restrict v, Grad G, const float *lr,
+                             float wd, float mu, bool nesterov, int k0, int k1) {
+    float l[N];
+    for (int j = 0; j < N; ++j) l[j] = lr[j];
+    if (!v) {
+        #pragma omp simd
+        for (int k = k0; k < k1; ++k) {
+            float pk = p[k];
+            for (int j = 0; j < N; ++j) pk -= l[j] * (G(j, k) + wd * pk);
+            p[k] = pk;
+        }
+    } else if (nesterov) {
+        #pragma omp simd
+        for (int k = k0; k < k1; ++k) {
+            float pk = p[k], vk = v[k];
+            for (int j = 0; j < N; ++j) {
+                const float g = G(j, k) + wd * pk;
+                vk = mu * vk + g;
+                pk -= l[j] * (g + mu * vk);
+            }
+            p[k] = pk;
+            v[k] = vk;
+        }
+    } else {
+        #pragma omp simd
+        for (int k = k0; k < k1; ++k) {
+            float pk = p[k], vk = v[k];
+            for (int j = 0; j < N; ++j) {
+                vk = mu * vk + (G(j, k) + wd * pk);
+                pk -= l[j] * vk;
+            }
+            p[k] = pk;
+            v[k] = vk;
         }
     }
 }
@@ -787,6 +833,46 @@ static void update_fused_sgd(float *__restrict P, float *__restrict V, const flo
         chaos::sgd_step(W, VW, [dz](int k) { return dz[k - B0]; }, lr, wd, mu, nesterov,
                         k0 > B0 ? k0 : B0, k1);
 }
+
+/* The owner-applied update (owner.hpp): the SGD steps of N records, oldest first (record j: one
+   image's input x[j] and deltas dz[j], learning rates lr_w[j] and lr_b[j]), on units [u0, u1):
+   their rows of W and V and their biases, each row in one pass (sgd_steps). Without momentum
+   and weight decay, a row whose N deltas are all exactly 0 is left as it is (the steps add 0). */
+template <int N>
+static void update_owned_n(float *__restrict P, float *__restrict V, const float *const *x,
+                           const float *const *dz, const float *lr_w, const float *lr_b, float wd_w,
+                           float wd_b, float mu, bool nesterov, int u0, int u1) {
+    float *__restrict W = P + W_OFFSET;
+    float *__restrict VW = V ? V + W_OFFSET : nullptr;
+    const bool skip_zero = !V && wd_w == 0.0f;
+    const float *__restrict xs[N];
+    for (int j = 0; j < N; ++j) xs[j] = x[j];
+    for (int u = u0; u < u1; ++u) {
+        float d[N];
+        bool live = false;
+        for (int j = 0; j < N; ++j) {
+            d[j] = dz[j][u];
+            live = live || d[j] != 0.0f;
+        }
+        if (skip_zero && !live) continue;
+        chaos::sgd_steps<N>(W + u * IN, VW ? VW + u * IN : nullptr,
+                            [&](int j, int i) { return d[j] * xs[j][i]; }, lr_w, wd_w, mu, nesterov, 0, IN);
+    }
+    chaos::sgd_steps<N>(P + B_OFFSET, V ? V + B_OFFSET : nullptr, [&](int j, int u) { return dz[j][u]; },
+                        lr_b, wd_b, mu, nesterov, u0, u1);
+}
+
+/* update_owned_n for n = 1 .. OWNER_BATCH records. */
+static void update_owned(int n, float *P, float *V, const float *const *x, const float *const *dz,
+                         const float *lr_w, const float *lr_b, float wd_w, float wd_b, float mu,
+                         bool nesterov, int u0, int u1) {
+    switch (n) {
+    case 1: update_owned_n<1>(P, V, x, dz, lr_w, lr_b, wd_w, wd_b, mu, nesterov, u0, u1); break;
+    case 2: update_owned_n<2>(P, V, x, dz, lr_w, lr_b, wd_w, wd_b, mu, nesterov, u0, u1); break;
+    case 3: update_owned_n<3>(P, V, x, dz, lr_w, lr_b, wd_w, wd_b, mu, nesterov, u0, u1); break;
+    case 4: update_owned_n<4>(P, V, x, dz, lr_w, lr_b, wd_w, wd_b, mu, nesterov, u0, u1); break;
+    }
+}
 }  // namespace layer_f1
 
 // specs/znn3d.net:13: output  out: classes=3 activation=softmax loss=cross_entropy
@@ -928,6 +1014,46 @@ static void update_fused_sgd(float *__restrict P, float *__restrict V, const flo
         chaos::sgd_step(W, VW, [dz](int k) { return dz[k - B0]; }, lr, wd, mu, nesterov,
                         k0 > B0 ? k0 : B0, k1);
 }
+
+/* The owner-applied update (owner.hpp): the SGD steps of N records, oldest first (record j: one
+   image's input x[j] and deltas dz[j], learning rates lr_w[j] and lr_b[j]), on units [u0, u1):
+   their rows of W and V and their biases, each row in one pass (sgd_steps). Without momentum
+   and weight decay, a row whose N deltas are all exactly 0 is left as it is (the steps add 0). */
+template <int N>
+static void update_owned_n(float *__restrict P, float *__restrict V, const float *const *x,
+                           const float *const *dz, const float *lr_w, const float *lr_b, float wd_w,
+                           float wd_b, float mu, bool nesterov, int u0, int u1) {
+    float *__restrict W = P + W_OFFSET;
+    float *__restrict VW = V ? V + W_OFFSET : nullptr;
+    const bool skip_zero = !V && wd_w == 0.0f;
+    const float *__restrict xs[N];
+    for (int j = 0; j < N; ++j) xs[j] = x[j];
+    for (int u = u0; u < u1; ++u) {
+        float d[N];
+        bool live = false;
+        for (int j = 0; j < N; ++j) {
+            d[j] = dz[j][u];
+            live = live || d[j] != 0.0f;
+        }
+        if (skip_zero && !live) continue;
+        chaos::sgd_steps<N>(W + u * IN, VW ? VW + u * IN : nullptr,
+                            [&](int j, int i) { return d[j] * xs[j][i]; }, lr_w, wd_w, mu, nesterov, 0, IN);
+    }
+    chaos::sgd_steps<N>(P + B_OFFSET, V ? V + B_OFFSET : nullptr, [&](int j, int u) { return dz[j][u]; },
+                        lr_b, wd_b, mu, nesterov, u0, u1);
+}
+
+/* update_owned_n for n = 1 .. OWNER_BATCH records. */
+static void update_owned(int n, float *P, float *V, const float *const *x, const float *const *dz,
+                         const float *lr_w, const float *lr_b, float wd_w, float wd_b, float mu,
+                         bool nesterov, int u0, int u1) {
+    switch (n) {
+    case 1: update_owned_n<1>(P, V, x, dz, lr_w, lr_b, wd_w, wd_b, mu, nesterov, u0, u1); break;
+    case 2: update_owned_n<2>(P, V, x, dz, lr_w, lr_b, wd_w, wd_b, mu, nesterov, u0, u1); break;
+    case 3: update_owned_n<3>(P, V, x, dz, lr_w, lr_b, wd_w, wd_b, mu, nesterov, u0, u1); break;
+    case 4: update_owned_n<4>(P, V, x, dz, lr_w, lr_b, wd_w, wd_b, mu, nesterov, u0, u1); break;
+    }
+}
 }  // namespace layer_out
 
 namespace net {
@@ -1051,6 +1177,32 @@ static void update_block_fused_sgd(int block, float *P, float *V, const float *w
     }
 }
 
+/* The owner-applied update of dense blocks (owner.hpp): per image, a record of the block's
+   input (BLOCK_INPUTS floats) and deltas (BLOCK_UNITS floats); each worker applies every record
+   to the units it owns, up to OWNER_BATCH records in one pass. 0 for the other blocks. */
+static const int BLOCK_UNITS[N_BLOCKS] = { 0, 0, 32, 3 };
+static const int BLOCK_INPUTS[N_BLOCKS] = { 0, 0, 432, 32 };
+constexpr int OWNER_BATCH = 4;
+
+/* Where this image's record of dense block `block` is in work: its input x and deltas dz. */
+static void record_of(int block, const float *work, const float *image, const float **x, const float **dz) {
+    (void)image;
+    switch (block) {
+    case 2: *x = work + Y_p2; *dz = work + D_f1; break;
+    case 3: *x = work + Y_f1; *dz = work + D_out; break;
+    }
+}
+
+/* n <= OWNER_BATCH records' SGD steps on units [u0, u1) of dense block `block` (dense.j2). */
+static void update_block_owned(int block, int n, float *P, float *V, const float *const *x,
+                               const float *const *dz, const float *lr_w, const float *lr_b,
+                               float wd_w, float wd_b, float mu, bool nesterov, int u0, int u1) {
+    switch (block) {
+    case 2: layer_f1::update_owned(n, P, V, x, dz, lr_w, lr_b, wd_w, wd_b, mu, nesterov, u0, u1); break;
+    case 3: layer_out::update_owned(n, P, V, x, dz, lr_w, lr_b, wd_w, wd_b, mu, nesterov, u0, u1); break;
+    }
+}
+
 /* P -= scale * G over floats [k0, k1) of one block of parameters. */
 static void update_block(int block, float *P, const float *G, float scale, int k0, int k1) {
     switch (block) {
@@ -1069,8 +1221,9 @@ static void update_block(int block, float *P, const float *G, float scale, int k
    once by the thread that uses them (first touch); the weights P are shared. Workers pick the
    next image from a shared atomic counter; during back-propagation each layer's update goes into
    P as soon as that layer is done, under the locks of that layer's segments (one writer per
-   segment at a time, segments taken in whatever order they are free: locks.hpp); readers of P
-   never wait. No barrier per image.
+   segment at a time, segments taken in whatever order they are free: locks.hpp), or, for dense
+   layers on two or more threads, by the owners of its rows (owner.hpp); readers of P never
+   wait. No barrier per image.
    --------------------------------------------------------------------------------------------- */
 /* ---------------------------------------------------------------------------------------------
    CHAOS's synchronization, shared by the runtime (runtime.hpp) and the contention microbenchmark
@@ -1188,25 +1341,271 @@ static void sgd_block_fused(int b, float *P, float *V, const float *work, const 
 namespace chaos {
 
 enum Scheme { CHAOS = 0, HOGWILD = 1, DELAYED = 2, AVERAGED = 3 };
+enum DenseUpdate { DENSE_AUTO = 0, DENSE_LOCKED = 1, DENSE_OWNER = 2 };  // cg_config.dense_update
 
-static float *alloc_floats(size_t n) {
+static void *alloc_aligned(size_t bytes) {
     void *p = nullptr;
 #if defined(__INTEL_COMPILER)
-    p = _mm_malloc(n * sizeof(float), CG_ALIGN);
+    p = _mm_malloc(bytes, CG_ALIGN);
 #else
-    if (posix_memalign(&p, CG_ALIGN, n * sizeof(float)) != 0) p = nullptr;
+    if (posix_memalign(&p, CG_ALIGN, bytes) != 0) p = nullptr;
 #endif
-    if (p) std::memset(p, 0, n * sizeof(float));  // first touch by the calling (owning) thread
-    return static_cast<float *>(p);
+    if (p) std::memset(p, 0, bytes);  // first touch by the calling (owning) thread
+    return p;
 }
 
-static void free_floats(float *p) {
+static void free_aligned(void *p) {
 #if defined(__INTEL_COMPILER)
     _mm_free(p);
 #else
     std::free(p);
 #endif
 }
+
+static float *alloc_floats(size_t n) { return static_cast<float *>(alloc_aligned(n * sizeof(float))); }
+static void free_floats(float *p) { free_aligned(p); }
+
+}  // namespace chaos
+/* ---------------------------------------------------------------------------------------------
+   Owner-applied updates of dense blocks (docs/kernels.md, "Owner-applied dense updates"), for the
+   per-image schemes (CHAOS, Hogwild) on two or more threads. One image's gradient of a dense
+   layer is the outer product dz x^T. Instead of writing it into every row of the shared weights
+   (and, under momentum, of the velocity) under the segment locks, a worker publishes the image's
+   record (x, dz, eta) in the block's ring; every worker owns a fixed range of the layer's units
+   and applies each record, in sequence order, to its own rows (and biases) only. So no line of W
+   or V is written by two cores: the lines migrate only to be read (forward, backward data).
+   Each image's step is applied exactly once, with its own eta, every row taking the records in
+   the same order (the order they were numbered in): the result is the sequential SGD over the
+   records in that order, each computed with the weights as the worker read them, CHAOS's
+   "arbitrary order of synchronization". A worker writes its record into one of its own buffers
+   and only then takes the record's number, so a worker that loses its core never holds back
+   the records numbered after its own; a buffer is reused once every unit has received its
+   record, so each worker has at most OWNER_DEPTH_PER_WORKER records in flight (the bound on the
+   staleness).
+   The units are cut into segments of about the block's lock segment (SEGMENT_FLOATS), each with
+   a lock and a count of the records it has received; each worker owns a run of segments and
+   applies the records to them at its update point of the block. A worker that finds another's
+   segment far behind (its owner lost its core to another process), or that waits for a slot, or
+   is done with its images, applies the records to that segment itself if its lock is free: no
+   worker waits for another to be scheduled, and a descheduled owner holds back at most the one
+   segment it had locked. At the end (the drain) every record is in P when cg_train returns,
+   before validation or a checkpoint.
+   --------------------------------------------------------------------------------------------- */
+namespace chaos {
+
+/* Record buffers per worker. Running, a worker is a record or two behind the others;
+   descheduled (another process took its core) it may hold a segment's lock for a time slice
+   while the others go on publishing: room for a few milliseconds of records before they wait. */
+constexpr int OWNER_DEPTH_PER_WORKER = 16;
+/* Records per worker a segment may lag behind the newest before the publishing worker applies
+   them itself: a running owner is within one or two; one that lost its core would otherwise
+   leave its rows that far behind every worker's own updates. */
+constexpr int OWNER_LAG_PER_WORKER = 2;
+constexpr int OWNER_SPINS = 256;  // checks of a full ring before a waiting worker yields its core
+
+/* A run of units of a ring: a lock for whoever applies records to them (their owner, or a
+   helper), and how many records they have received: records [0, done). */
+struct alignas(64) OwnedSegment {
+    std::atomic<int> held{0};
+    std::atomic<long> done{0};
+    bool try_lock() {
+        return !held.load(std::memory_order_relaxed) && !held.exchange(1, std::memory_order_acquire);
+    }
+    void unlock() { held.store(0, std::memory_order_release); }
+};
+
+/* One owner-applied block's records. Each worker has OWNER_DEPTH_PER_WORKER buffers, each for
+   one record: the block's input x (`inputs` floats), then its deltas dz (`units` floats).
+   Record q (q = 0, 1, ... in the order they were numbered) is announced in slot q % depth,
+   which names its buffer; at most depth records are in flight, so the slot is free by then. */
+struct OwnerRing {
+    int block = -1, units = 0, inputs = 0, depth = 0;
+    int seg_units = 1, n_segments = 0;     // units per segment (the last may have fewer)
+    size_t dz_from = 0, record_floats = 0; // floats: dz's offset in a buffer, a buffer's size
+    float *records = nullptr;              // depth buffers, worker w's from w x OWNER_DEPTH_PER_WORKER
+    float *eta = nullptr;                  // per buffer: its record's eta
+    long *number = nullptr;                // per buffer: its record's q (-1: none; its worker's)
+    int *buffer = nullptr;                 // per slot: the buffer of its record
+    OwnedSegment *segment = nullptr;
+    std::atomic<long> *stamp = nullptr;    // per slot: q once record q is announced in it (-1: none)
+    double *trace = nullptr;               // cg_config.trace's part for this block, or nullptr
+    void *memory = nullptr;
+    alignas(64) std::atomic<long> head{0};  // the next sequence number to claim
+    alignas(64) char after_head = 0;        // (head alone on its line)
+};
+
+static size_t aligned_floats(size_t n) { return (n + 15) / 16 * 16; }
+
+/* Allocates the ring of dense block b for up to `workers` workers; false if out of memory.
+   Segments: SEGMENT_FLOATS of weights each (whole units), at least one per worker if the
+   layer has the units. */
+static bool ring_init(OwnerRing &r, int b, int workers, double *trace) {
+    r.block = b;
+    r.units = net::BLOCK_UNITS[b];
+    r.inputs = net::BLOCK_INPUTS[b];
+    r.depth = OWNER_DEPTH_PER_WORKER * workers;
+    const int per_worker = r.units / workers > 1 ? r.units / workers : 1;
+    const int by_size = net::SEGMENT_FLOATS[b] / r.inputs > 1 ? net::SEGMENT_FLOATS[b] / r.inputs : 1;
+    r.seg_units = by_size < per_worker ? by_size : per_worker;
+    r.n_segments = (r.units + r.seg_units - 1) / r.seg_units;
+    r.dz_from = aligned_floats(size_t(r.inputs));
+    r.record_floats = r.dz_from + aligned_floats(size_t(r.units));
+    auto lines = [](size_t bytes) { return (bytes + 63) / 64 * 64; };
+    const size_t segments = size_t(r.n_segments) * sizeof(OwnedSegment);
+    const size_t stamps = lines(size_t(r.depth) * sizeof(std::atomic<long>));
+    const size_t numbers = lines(size_t(r.depth) * sizeof(long)), buffers = lines(size_t(r.depth) * sizeof(int));
+    const size_t floats = aligned_floats(size_t(r.depth)) + size_t(r.depth) * r.record_floats;
+    r.memory = alloc_aligned(segments + stamps + numbers + buffers + floats * sizeof(float));
+    if (!r.memory) return false;
+    char *m = static_cast<char *>(r.memory);
+    r.segment = reinterpret_cast<OwnedSegment *>(m);
+    for (int s = 0; s < r.n_segments; ++s) new (r.segment + s) OwnedSegment();
+    m += segments;
+    r.stamp = reinterpret_cast<std::atomic<long> *>(m);
+    for (int s = 0; s < r.depth; ++s) new (r.stamp + s) std::atomic<long>(-1);
+    m += stamps;
+    r.number = reinterpret_cast<long *>(m);
+    for (int k = 0; k < r.depth; ++k) r.number[k] = -1;
+    m += numbers;
+    r.buffer = reinterpret_cast<int *>(m);
+    m += buffers;
+    r.eta = reinterpret_cast<float *>(m);
+    r.records = r.eta + aligned_floats(size_t(r.depth));
+    r.trace = trace;
+    return true;
+}
+
+static void ring_free(OwnerRing &r) { free_aligned(r.memory); }
+
+/* The segments worker `me` of `team` owns: [s0, s1), the shares as equal as can be. */
+static void owned_segments(const OwnerRing &r, int me, int team, int &s0, int &s1) {
+    s0 = int(long(r.n_segments) * me / team);
+    s1 = int(long(r.n_segments) * (me + 1) / team);
+}
+
+/* Applies the complete records from segment s's done on, oldest first, to its units: up to
+   OWNER_BATCH records in one pass over their rows. The caller holds the segment's lock. */
+static void apply_records(OwnerRing &r, int s, float *P, const cg_config &c) {
+    const float *m = c.mults ? c.mults + 4 * r.block : nullptr;
+    const float wd_w = c.weight_decay * (m ? m[1] : 1.0f), wd_b = c.weight_decay * (m ? m[3] : 1.0f);
+    const int u0 = s * r.seg_units, u1 = u0 + r.seg_units < r.units ? u0 + r.seg_units : r.units;
+    OwnedSegment &seg = r.segment[s];
+    long q = seg.done.load(std::memory_order_relaxed);  // (its writers hold the lock)
+    for (;;) {
+        const float *x[net::OWNER_BATCH], *dz[net::OWNER_BATCH];
+        float lr_w[net::OWNER_BATCH], lr_b[net::OWNER_BATCH];
+        int n = 0;
+        for (; n < net::OWNER_BATCH; ++n) {
+            const int slot = int((q + n) % r.depth);
+            if (r.stamp[slot].load(std::memory_order_acquire) != q + n) break;
+            const int b = r.buffer[slot];
+            x[n] = r.records + size_t(b) * r.record_floats;
+            dz[n] = x[n] + r.dz_from;
+            lr_w[n] = r.eta[b] * (m ? m[0] : 1.0f);  // as sgd_parts
+            lr_b[n] = r.eta[b] * (m ? m[2] : 1.0f);
+        }
+        if (n == 0) return;
+        net::update_block_owned(r.block, n, P, c.velocity, x, dz, lr_w, lr_b, wd_w, wd_b,
+                                c.momentum, c.nesterov != 0, u0, u1);
+        q += n;
+        seg.done.store(q, std::memory_order_release);  // its slots may be reused
+    }
+}
+
+/* apply_records on segment s if its lock is free (else whoever holds it is applying them). */
+static void try_apply(OwnerRing &r, int s, float *P, const cg_config &c) {
+    if (!r.segment[s].try_lock()) return;
+    apply_records(r, s, P, c);
+    r.segment[s].unlock();
+}
+
+/* try_apply on every segment that has received fewer than `upto` records, worker me's first. */
+static void apply_behind(OwnerRing &r, int me, int team, long upto, float *P, const cg_config &c) {
+    int s0, s1;
+    owned_segments(r, me, team, s0, s1);
+    for (int k = 0; k < r.n_segments; ++k) {
+        const int s = (s0 + k) % r.n_segments;
+        if (r.segment[s].done.load(std::memory_order_relaxed) < upto) try_apply(r, s, P, c);
+    }
+}
+
+/* A worker's place in its buffers of a ring, and its lower bound of every segment's done. */
+struct OwnerCursor {
+    int next = 0;
+    long floor = 0;
+};
+
+/* Publishes this image's record of the block (its input x, deltas dz, eta and its index in the
+   data set): into worker me's next buffer, numbered, announced; then applies the announced
+   records to worker me's segments, and to any segment more than OWNER_LAG_PER_WORKER x team
+   records behind. Until every segment has received the record the buffer held before, this
+   worker applies records to the segments left behind, calling before_wait() and after_wait()
+   around that. */
+template <class Wait, class Waited>
+static void publish(OwnerRing &r, int me, int team, float *P, const cg_config &c, const float *x,
+                    const float *dz, float eta, long index, OwnerCursor &cur, Wait &&before_wait,
+                    Waited &&after_wait) {
+    const int b = me * OWNER_DEPTH_PER_WORKER + cur.next;
+    cur.next = (cur.next + 1) % OWNER_DEPTH_PER_WORKER;
+    const long before = r.number[b];
+    if (before >= cur.floor) {  // the buffer's last record: received everywhere?
+        int waited = 0;
+        for (;;) {
+            long low = r.head.load(std::memory_order_relaxed);
+            for (int s = 0; s < r.n_segments; ++s) {
+                const long d = r.segment[s].done.load(std::memory_order_acquire);
+                low = d < low ? d : low;
+            }
+            cur.floor = low;
+            if (before < cur.floor) break;
+            if (!waited) before_wait();
+            if (waited++ % OWNER_SPINS == OWNER_SPINS - 1) sched_yield();
+            apply_behind(r, me, team, before + 1, P, c);
+        }
+        if (waited) after_wait();
+    }
+    float *rec = r.records + size_t(b) * r.record_floats;
+    std::memcpy(rec, x, sizeof(float) * size_t(r.inputs));
+    std::memcpy(rec + r.dz_from, dz, sizeof(float) * size_t(r.units));
+    r.eta[b] = eta;
+    const long q = r.head.fetch_add(1, std::memory_order_relaxed);
+    r.number[b] = q;
+    const int slot = int(q % r.depth);
+    r.buffer[slot] = b;
+    r.stamp[slot].store(q, std::memory_order_release);
+    if (r.trace) {  // [eta, index, x, dz] of record q
+        double *t = r.trace + size_t(q) * size_t(2 + r.inputs + r.units);
+        t[0] = eta;
+        t[1] = double(index);
+        for (int i = 0; i < r.inputs; ++i) t[2 + i] = x[i];
+        for (int u = 0; u < r.units; ++u) t[2 + r.inputs + u] = dz[u];
+    }
+    int s0, s1;
+    owned_segments(r, me, team, s0, s1);
+    for (int s = s0; s < s1; ++s) try_apply(r, s, P, c);
+    apply_behind(r, me, team, q - OWNER_LAG_PER_WORKER * team, P, c);
+}
+
+/* After worker me's last image: applies records to every segment with some left (its own
+   first) until all `team` workers have finished (`finished`, counted after each one's last
+   publish) and every segment has received every record. */
+static void drain(OwnerRing &r, int me, int team, float *P, const cg_config &c,
+                  std::atomic<int> &finished) {
+    for (int spins = 1;; ++spins) {
+        if (spins % OWNER_SPINS == 0) sched_yield();
+        const bool last = finished.load(std::memory_order_acquire) == team;  // head is final
+        const long head = r.head.load(std::memory_order_relaxed);
+        apply_behind(r, me, team, head, P, c);
+        bool all = true;
+        for (int s = 0; s < r.n_segments && all; ++s)
+            all = r.segment[s].done.load(std::memory_order_acquire) == head;
+        if (last && all) return;
+    }
+}
+
+}  // namespace chaos
+
+namespace chaos {
 
 struct NoProfile {
     void start() {}
@@ -1243,12 +1642,34 @@ struct Tally {
     }
 };
 
-/* One worker's share of a training epoch. Returns false if it could not allocate its buffers. */
+/* Whether the update of dense block b is owner-applied (owner.hpp) by a team of `team` workers
+   (cg_config.dense_update DENSE_AUTO): on two or more threads, when the floats the locked update
+   writes into shared lines per image (the block, and its velocity under momentum) are at least
+   OWNER_MIN_RATIO times the record that replaces them (x and dz). Below that the record's lines
+   and the ring's few shared counters move about as much as the locked update would. */
+constexpr int OWNER_MIN_RATIO = 8;
+
+static bool owner_applies(int b, const cg_config &c, int team) {
+    const long written = long(net::BLOCK_FLOATS[b]) * (c.velocity ? 2 : 1);
+    return team >= 2 && written >= long(OWNER_MIN_RATIO) * (net::BLOCK_INPUTS[b] + net::BLOCK_UNITS[b]);
+}
+
+/* Whether a call with configuration c applies each image's update at once (CHAOS, Hogwild,
+   sequential, delayed with k = 1): the schemes whose dense updates may be owner-applied. */
+static bool per_image(const cg_config &c) {
+    return c.scheme == CHAOS || c.scheme == HOGWILD || (c.scheme == DELAYED && c.update_every <= 1);
+}
+
+/* One worker's share of a training epoch. Returns false if it could not allocate its buffers.
+   rings[b]: block b's ring if its update may be owner-applied (block -1: not); every worker
+   adds 1 to `finished` after its last image, then drains the rings of the blocks it owns
+   rows of; the bits of owner_blocks say which blocks were. */
 template <class Prof>
 static bool train_worker(float *P, const float *images, const int *labels, const int *order,
                          long n, const cg_config &cfg, std::atomic<long> &next,
                          LayerLock *locks, Tally &tally, Prof &prof, volatile int &failed,
-                         float *S) {
+                         float *S, OwnerRing *rings, std::atomic<int> &finished,
+                         unsigned long long &owner_blocks) {
     float *work = alloc_floats(net::WORK_FLOATS);
     float *G = alloc_floats(net::N_PARAMS);
     const bool ok = work && G;
@@ -1262,14 +1683,31 @@ static bool train_worker(float *P, const float *images, const int *labels, const
     auto image_of = [&](long i) { return images + static_cast<size_t>(order[i]) * net::IMAGE_STRIDE; };
     auto stopped = [&]() { return failed || (cfg.stop && *cfg.stop); };
     const int me = omp_get_thread_num(), team = omp_get_num_threads();
+    bool owned[net::N_BLOCKS];  // every worker decides alike
+    OwnerCursor cursor[net::N_BLOCKS];  // this worker's place in each ring
+    unsigned long long owner_bits = 0;
+    for (int b = 0; b < net::N_BLOCKS; ++b) {
+        owned[b] = rings[b].block >= 0 && (cfg.dense_update == DENSE_OWNER || owner_applies(b, cfg, team));
+        owner_bits |= owned[b] ? 1ull << b : 0ull;
+    }
+    if (me == 0) owner_blocks = owner_bits;
     /* Apply this worker's gradient of block b (locked: segment by segment, see locks.hpp,
        starting at a segment of its own so that workers begin apart). fused: the image's
        gradient of a BLOCK_FUSED block is computed on the fly from work (train_image<true>);
        any other gradient is read from G, which is cleared after, outside the locks. */
     const float *image = nullptr;  // the image being trained on (fused updates read it)
+    long index = 0;                // its index in images (owner.hpp's trace)
     auto apply = [&](int b, float scale, bool locked, bool fused) {
         const int layer = net::BLOCK_LAYER[b], seg = net::SEGMENT_FLOATS[b], size = net::BLOCK_FLOATS[b];
         const int first = net::BLOCK_SEGMENT0[b], n = net::BLOCK_SEGMENT0[b + 1] - first;
+        if (owned[b]) {  // (only for the per-image schemes: rings exist for them alone)
+            const float *x, *dz;
+            net::record_of(b, work, image, &x, &dz);
+            publish(rings[b], me, team, P, cfg, x, dz, scale, index, cursor[b],
+                    [&] { prof.tick(layer, net::UPDATE); }, [&] { prof.tick(layer, net::LOCK_WAIT); });
+            prof.tick(layer, net::UPDATE);
+            return;
+        }
         fused = fused && net::BLOCK_FUSED[b];
         auto update = [&](int k0, int k1) {
             if (fused && sgd)
@@ -1352,6 +1790,7 @@ static bool train_worker(float *P, const float *images, const int *labels, const
         for (long i; !stopped() && (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
             const int label = labels[order[i]];
             image = image_of(i);
+            index = order[i];
             if (per_iter) eta = eta_at(cfg, cfg.iter0 + i);
             prof.start();
             float l;
@@ -1372,6 +1811,13 @@ static bool train_worker(float *P, const float *images, const int *labels, const
             for (int b = net::N_BLOCKS - 1; b >= 0; --b) apply(b, eta, true, false);
         }
     }
+    finished.fetch_add(1, std::memory_order_release);
+    for (int b = net::N_BLOCKS - 1; b >= 0; --b)
+        if (owned[b]) {
+            prof.start();
+            drain(rings[b], me, team, P, cfg, finished);
+            prof.tick(net::BLOCK_LAYER[b], net::UPDATE);
+        }
     free_floats(work);
     free_floats(G);
     return ok;
@@ -1414,6 +1860,29 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
     const bool sgd = config->momentum > 0 || config->weight_decay > 0 || config->mults;
     float *S = sgd && config->scheme == chaos::AVERAGED ? chaos::alloc_floats(net::N_PARAMS) : nullptr;
     if (sgd && config->scheme == chaos::AVERAGED && !S) return -1;
+    /* The rings of the dense blocks whose update may be owner-applied (the workers decide, from
+       the team they are); the trace: every dense block's n records, in block order. */
+    chaos::OwnerRing rings[net::N_BLOCKS];
+    std::atomic<int> finished{0};
+    unsigned long long owner_blocks = 0;
+    const bool may_own = chaos::per_image(*config) && config->dense_update != chaos::DENSE_LOCKED &&
+                         (threads >= 2 || config->dense_update == chaos::DENSE_OWNER);
+    bool no_memory = false;
+    double *trace = config->trace;
+    for (int b = 0; b < net::N_BLOCKS; ++b) {
+        if (!net::BLOCK_UNITS[b]) continue;
+        if (may_own && (config->dense_update == chaos::DENSE_OWNER || chaos::owner_applies(b, *config, threads)))
+            no_memory = no_memory || !chaos::ring_init(rings[b], b, threads, trace);
+        if (trace) trace += size_t(n) * size_t(2 + net::BLOCK_INPUTS[b] + net::BLOCK_UNITS[b]);
+    }
+    auto release = [&] {
+        for (int b = 0; b < net::N_BLOCKS; ++b) chaos::ring_free(rings[b]);
+        chaos::free_floats(S);
+    };
+    if (no_memory) {
+        release();
+        return -1;
+    }
 #pragma omp parallel num_threads(threads) reduction(+ : loss, errors, done)
     {
         if (omp_get_thread_num() == 0) ran = omp_get_num_threads();
@@ -1421,12 +1890,14 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
         if (profile) {
             double mine[net::N_LAYERS * net::N_PASSES] = {};
             chaos::Profile prof(mine);
-            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S);
+            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S,
+                                rings, finished, owner_blocks);
 #pragma omp critical
             for (int k = 0; k < net::N_LAYERS * net::N_PASSES; ++k) profile[k] += mine[k];
         } else {
             chaos::NoProfile prof;
-            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S);
+            chaos::train_worker(params, images, labels, order, n, *config, next, locks, tally, prof, failed, S,
+                                rings, finished, owner_blocks);
         }
         loss += tally.loss;
         errors += tally.errors;
@@ -1437,7 +1908,8 @@ int cg_train(float *params, const float *images, const int *labels, const int *o
     stats->images = done;
     stats->seconds = omp_get_wtime() - t0;
     stats->threads = ran;
-    chaos::free_floats(S);
+    stats->owner_blocks = owner_blocks;
+    release();
     return failed ? -1 : 0;
 }
 
