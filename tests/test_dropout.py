@@ -27,7 +27,7 @@ from chaosgen.train import Config, Runtime, Trainer
 torch = pytest.importorskip("torch")
 NET = ROOT / "tests" / "nets" / "dropout.net"
 DATA = Path(os.environ.get("CHAOSGEN_DATA") or ROOT.parent / "shared" / "data" / "mnist")
-RANDOM_DROPOUT_NETS = int(os.environ.get("CHAOSGEN_TEST_DROPOUT_NETS", "30"))
+RANDOM_DROPOUT_NETS = int(os.environ.get("CHAOSGEN_TEST_DROPOUT_NETS", "18"))
 M64 = (1 << 64) - 1
 G = 0x9E3779B97F4A7C15
 

@@ -34,7 +34,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 # Random specs with the new constructs compiled, built and checked per run (~0.5 s each).
-RANDOM_NETS = int(os.environ.get("CHAOSGEN_TEST_RANDOM_GEOMETRY_NETS", "40"))
+RANDOM_NETS = int(os.environ.get("CHAOSGEN_TEST_RANDOM_GEOMETRY_NETS", "24"))
 DATA = Path(os.environ.get("CHAOSGEN_DATA") or ROOT.parent / "shared" / "data" / "mnist")
 
 

@@ -32,7 +32,7 @@ from chaosgen.targets import TARGETS
 torch = pytest.importorskip("torch")
 
 # Random 3D specs compiled, built and checked per run (~1 to 3 s each); raise for a soak test.
-RANDOM_VOLUMES = int(os.environ.get("CHAOSGEN_TEST_RANDOM_VOLUMES", "10"))
+RANDOM_VOLUMES = int(os.environ.get("CHAOSGEN_TEST_RANDOM_VOLUMES", "6"))
 SPEC = ROOT / "specs" / "znn3d.net"
 
 # Between them: every hidden activation on a 3D conv, stride 2, pads that differ per axis, a
